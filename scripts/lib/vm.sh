@@ -1,0 +1,415 @@
+# shellcheck shell=bash
+# Helpers for the tierblk VM test rig (sourced by scripts/vm-run, scripts/vm-test,
+# scripts/demo). The rig boots Debian's packaged 6.12 cloud kernel under
+# qemu-system-x86_64 with a busybox initramfs that holds our binaries, the
+# tools the scenarios use and the kernel modules (ublk_drv, dm-*, md raid).
+#
+# Callers must set REPO (the repository root) before sourcing this file.
+
+: "${REPO:?REPO must be set before sourcing scripts/lib/vm.sh}"
+
+VM_CACHE="${TIERBLK_VM_CACHE:-$REPO/.cache/vm}"
+# Kernel modules loaded at boot, in this order (dependencies are added and
+# loaded first automatically). Modules that are missing or built in are skipped.
+VM_MODULES="virtio_blk ublk_drv dm-mod dm-flakey dm-delay dm-log-writes md-mod raid1 raid10 loop ext4"
+# Host tools copied into the initramfs (with their shared libraries). They go
+# to /usr/bin or /usr/sbin in the guest, which come before busybox's applet
+# links in PATH.
+VM_TOOLS="mkfs.ext4 mke2fs e2fsck fsck.ext4 blkid fio dd sha256sum dmsetup"
+
+vm_log() { printf 'vm: %s\n' "$*" >&2; }
+vm_die() {
+	printf 'vm: error: %s\n' "$*" >&2
+	exit 1
+}
+
+# --- dependencies -------------------------------------------------------------
+
+_vm_apt_updated=0
+vm_apt_install() {
+	# vm_apt_install PKG...: install the given Debian packages (apt-get update
+	# first, once, only because an install is needed).
+	[ "$#" -gt 0 ] || return 0
+	local sudo=""
+	[ "$(id -u)" -eq 0 ] || sudo="sudo"
+	if [ "$_vm_apt_updated" -eq 0 ]; then
+		vm_log "apt-get update"
+		$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 || vm_die "apt-get update failed"
+		_vm_apt_updated=1
+	fi
+	vm_log "apt-get install -y $*"
+	$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2 ||
+		vm_die "apt-get install $* failed"
+}
+
+vm_ensure_deps() {
+	local missing=()
+	command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
+	# busybox-static ships a statically linked /bin/busybox.
+	if ! dpkg -s busybox-static >/dev/null 2>&1; then missing+=(busybox-static); fi
+	command -v cpio >/dev/null || missing+=(cpio)
+	command -v fio >/dev/null || missing+=(fio)
+	{ command -v mkfs.ext4 >/dev/null || [ -x /usr/sbin/mkfs.ext4 ] || [ -x /sbin/mkfs.ext4 ]; } || missing+=(e2fsprogs)
+	command -v xz >/dev/null || missing+=(xz-utils)
+	[ -x /usr/sbin/dmsetup ] || [ -x /sbin/dmsetup ] || missing+=(dmsetup)
+	command -v dpkg-deb >/dev/null || missing+=(dpkg)
+	vm_apt_install "${missing[@]}"
+}
+
+vm_which() {
+	# vm_which TOOL: absolute path of a host tool (also looks in sbin dirs).
+	local t="$1" d
+	for d in /usr/sbin /sbin /usr/bin /bin /usr/local/sbin /usr/local/bin; do
+		if [ -x "$d/$t" ] && [ ! -d "$d/$t" ]; then
+			printf '%s\n' "$d/$t"
+			return 0
+		fi
+	done
+	command -v "$t" 2>/dev/null
+}
+
+# --- kernel -------------------------------------------------------------------
+
+vm_newest_kernel_pkg() {
+	apt-cache search --names-only '^linux-image-6\.12\.[0-9.]+\+deb[0-9]+-cloud-amd64-unsigned$' 2>/dev/null |
+		awk '{print $1}' | sort -V | tail -n 1
+}
+
+vm_fetch_kernel() {
+	# Sets VM_KVER, VM_KROOT (extracted package root), VM_VMLINUZ.
+	mkdir -p "$VM_CACHE"
+	local pkg deb
+	pkg="$(vm_newest_kernel_pkg)"
+	if [ -z "$pkg" ] && ! ls "$VM_CACHE"/linux-image-6.12.*-cloud-amd64-unsigned_*.deb >/dev/null 2>&1; then
+		# apt lists may be missing on a fresh machine.
+		local sudo=""
+		[ "$(id -u)" -eq 0 ] || sudo="sudo"
+		vm_log "apt-get update (no kernel package known to apt-cache)"
+		$sudo apt-get update -qq >&2 || true
+		_vm_apt_updated=1
+		pkg="$(vm_newest_kernel_pkg)"
+	fi
+	if [ -n "$pkg" ]; then
+		deb="$(ls "$VM_CACHE/${pkg}"_*.deb 2>/dev/null | sort -V | tail -n 1 || true)"
+		if [ -z "$deb" ]; then
+			vm_log "downloading $pkg into $VM_CACHE"
+			if (cd "$VM_CACHE" && apt-get download -q "$pkg" >&2 2>/dev/null) ||
+				(cd "$VM_CACHE" && apt-get download "$pkg" >&2); then
+				deb="$(ls "$VM_CACHE/${pkg}"_*.deb 2>/dev/null | sort -V | tail -n 1 || true)"
+			else
+				vm_log "apt-get download $pkg failed; trying a cached kernel package"
+				deb="$(ls "$VM_CACHE"/linux-image-6.12.*-cloud-amd64-unsigned_*.deb 2>/dev/null | sort -V | tail -n 1 || true)"
+			fi
+		fi
+	else
+		# Offline / package gone: use the newest cached one.
+		deb="$(ls "$VM_CACHE"/linux-image-6.12.*-cloud-amd64-unsigned_*.deb 2>/dev/null | sort -V | tail -n 1 || true)"
+	fi
+	[ -n "$deb" ] && [ -f "$deb" ] || vm_die "no linux-image-6.12.*-cloud-amd64-unsigned package available"
+	local name
+	name="$(basename "$deb" .deb)"
+	VM_KROOT="$VM_CACHE/extract/$name"
+	if [ ! -f "$VM_KROOT/.extracted" ]; then
+		vm_log "extracting $(basename "$deb")"
+		rm -rf "$VM_KROOT"
+		mkdir -p "$VM_KROOT"
+		dpkg-deb -x "$deb" "$VM_KROOT" || vm_die "dpkg-deb -x $deb failed"
+		touch "$VM_KROOT/.extracted"
+	fi
+	VM_KVER="$(ls "$VM_KROOT/lib/modules" | sort -V | tail -n 1)"
+	VM_VMLINUZ="$VM_KROOT/boot/vmlinuz-$VM_KVER"
+	[ -f "$VM_VMLINUZ" ] || vm_die "no kernel image in $deb"
+	export VM_KVER VM_KROOT VM_VMLINUZ
+}
+
+# --- binaries -----------------------------------------------------------------
+
+vm_build_bins() {
+	# Builds tierblkd + tierblk (release) unless TIERBLK_BIN_DIR is set. Sets
+	# VM_BIN_DIR. Returns non-zero if the build fails.
+	if [ -n "${TIERBLK_BIN_DIR:-}" ]; then
+		VM_BIN_DIR="$TIERBLK_BIN_DIR"
+	else
+		local target="${CARGO_TARGET_DIR:-$REPO/target}"
+		case "$target" in /*) ;; *) target="$REPO/$target" ;; esac
+		vm_log "cargo build --release -p tierblk"
+		(cd "$REPO" && cargo build --release -p tierblk >&2) || return 1
+		VM_BIN_DIR="$target/release"
+	fi
+	local b
+	for b in tierblkd tierblk; do
+		[ -x "$VM_BIN_DIR/$b" ] || {
+			vm_log "missing $VM_BIN_DIR/$b"
+			return 1
+		}
+	done
+	export VM_BIN_DIR
+}
+
+# --- initramfs ----------------------------------------------------------------
+
+_vm_copy_file() {
+	# _vm_copy_file SRC ROOT DEST: copy SRC (following symlinks) to ROOT/DEST,
+	# removing whatever is there first so a symlink (e.g. a busybox applet
+	# link) is never written through.
+	local src="$1" root="$2" dest="$3"
+	mkdir -p "$root/$(dirname "$dest")"
+	rm -f "$root/$dest"
+	cp -L "$src" "$root/$dest"
+}
+
+_vm_copy_libs() {
+	# _vm_copy_libs BINARY ROOT: copy the shared libraries BINARY needs
+	# (incl. the dynamic loader) to the same paths under ROOT.
+	local bin="$1" root="$2" lib
+	# (ldd fails for static binaries and scripts: nothing to copy then)
+	{ ldd "$bin" 2>/dev/null || true; } | awk '
+		/=>/ { if ($3 ~ /^\//) print $3; next }
+		$1 ~ /^\// { print $1 }' |
+		while read -r lib; do
+			[ -e "$root/$lib" ] || _vm_copy_file "$lib" "$root" "$lib"
+		done
+}
+
+_vm_mod_file() {
+	# _vm_mod_file NAME: path (relative to the module dir) of module NAME,
+	# treating - and _ alike; empty if there is none.
+	local name="$1" moddir="$VM_KROOT/lib/modules/$VM_KVER" a b
+	a="${name//_/-}"
+	b="${name//-/_}"
+	(cd "$moddir" && find kernel \( -name "$a.ko" -o -name "$a.ko.xz" -o -name "$a.ko.zst" -o -name "$a.ko.gz" \
+		-o -name "$b.ko" -o -name "$b.ko.xz" -o -name "$b.ko.zst" -o -name "$b.ko.gz" \) | head -n 1)
+}
+
+_vm_decompress_mod() {
+	# _vm_decompress_mod SRC DEST
+	case "$1" in
+	*.xz) xz -dc "$1" >"$2" ;;
+	*.zst) zstd -dcq "$1" >"$2" ;;
+	*.gz) gzip -dc "$1" >"$2" ;;
+	*) cp "$1" "$2" ;;
+	esac
+}
+
+_vm_add_module() {
+	# _vm_add_module NAME ROOT: add module NAME and (first) its dependencies;
+	# appends to ROOT/etc/tierblk-modules (load order) and modules.dep.
+	local name="$1" root="$2" moddir="$VM_KROOT/lib/modules/$VM_KVER" rel dest deps d depfiles=""
+	local norm="${name//-/_}"
+	grep -qx "$norm" "$root/.mods-seen" 2>/dev/null && return 0
+	echo "$norm" >>"$root/.mods-seen"
+	rel="$(_vm_mod_file "$name")"
+	if [ -z "$rel" ]; then
+		if grep -qE "/(${name//_/-}|${name//-/_})\.ko" "$moddir/modules.builtin" 2>/dev/null; then
+			echo "$norm builtin" >>"$root/.mods-report"
+		else
+			echo "$norm missing" >>"$root/.mods-report"
+		fi
+		return 0
+	fi
+	dest="/lib/modules/$VM_KVER/${rel%.*}"
+	case "$rel" in *.ko) dest="/lib/modules/$VM_KVER/$rel" ;; esac
+	mkdir -p "$root/$(dirname "$dest")"
+	_vm_decompress_mod "$moddir/$rel" "$root/$dest"
+	deps="$(tr '\0' '\n' <"$root/$dest" | sed -n 's/^depends=//p' | head -n 1 | tr ',' ' ')"
+	for d in $deps; do
+		_vm_add_module "$d" "$root"
+		local drel
+		drel="$(_vm_mod_file "$d")"
+		[ -n "$drel" ] && depfiles="$depfiles ${drel%.xz}"
+	done
+	depfiles="${depfiles//.zst/}"
+	depfiles="${depfiles//.gz/}"
+	echo "$dest" >>"$root/etc/tierblk-modules"
+	echo "${dest#/lib/modules/"$VM_KVER"/}:$depfiles" >>"$root/lib/modules/$VM_KVER/modules.dep"
+	echo "$norm module" >>"$root/.mods-report"
+}
+
+_vm_write_init() {
+	cat >"$1/init" <<'EOF'
+#!/bin/sh
+# tierblk VM rig init (generated by scripts/lib/vm.sh)
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export HOME=/root TERM=dumb
+# no udev: libdevmapper (dmsetup) creates /dev/mapper nodes itself
+export DM_DISABLE_UDEV=1
+mkdir -p /proc /sys /dev /run /tmp /root /mnt
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+exec </dev/console >/dev/console 2>&1
+mkdir -p /dev/pts /dev/shm /run/tierblk
+mount -t devpts devpts /dev/pts 2>/dev/null
+mount -t tmpfs tmpfs /dev/shm
+mount -t tmpfs tmpfs /run
+mkdir -p /run/tierblk
+mount -t tmpfs -o size=1g tmpfs /tmp
+mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
+mount -t configfs configfs /sys/kernel/config 2>/dev/null
+ln -sf /proc/mounts /etc/mtab
+hostname tierblk-vm
+echo "TIERBLK-VM-BOOTED uptime=$(cut -d' ' -f1 /proc/uptime)"
+while read -r m; do
+	[ -n "$m" ] || continue
+	insmod "$m" || echo "vm-init: insmod $m failed"
+done </etc/tierblk-modules
+# No udev: stable names from the virtio serials (tierblkN) by hand.
+mkdir -p /dev/disk/by-id
+for s in /sys/block/vd*/serial; do
+	[ -f "$s" ] || continue
+	d=${s%/serial}
+	ln -sf "../../${d##*/}" "/dev/disk/by-id/virtio-$(cat "$s")"
+done
+[ -f /etc/tierblk-env ] && . /etc/tierblk-env
+timeout_s="${TIERBLK_VM_SCENARIO_TIMEOUT:-840}"
+echo "vm-init: running /scenario.sh (timeout ${timeout_s}s), kernel $(uname -r), $(nproc) cpus"
+start=$(cut -d' ' -f1 /proc/uptime)
+cd /
+timeout -s KILL "$timeout_s" sh -e /scenario.sh
+rc=$?
+end=$(cut -d' ' -f1 /proc/uptime)
+echo "vm-init: scenario took $(awk "BEGIN{printf \"%.1f\", $end-$start}")s"
+sync
+echo "TIERBLK-VM-RESULT rc=$rc"
+sync
+poweroff -f
+sleep 5
+echo o >/proc/sysrq-trigger
+EOF
+	chmod +x "$1/init"
+}
+
+vm_base_key() {
+	# Cache key of the base initramfs: kernel, this file, the tools.
+	{
+		echo "$VM_KVER"
+		cat "$REPO/scripts/lib/vm.sh"
+		local t p
+		for t in $VM_TOOLS; do
+			p="$(vm_which "$t" || true)"
+			[ -n "$p" ] && ls -lL "$p"
+		done
+		ls -lL /bin/busybox
+	} | sha256sum | cut -c1-16
+}
+
+vm_build_base_initramfs() {
+	# Builds (or reuses) the scenario-independent part of the initramfs: an
+	# uncompressed newc cpio. Sets VM_BASE_CPIO.
+	local key root t p a
+	key="$(vm_base_key)"
+	VM_BASE_CPIO="$VM_CACHE/initramfs-base-$key.cpio"
+	if [ -f "$VM_BASE_CPIO" ]; then
+		export VM_BASE_CPIO
+		return 0
+	fi
+	vm_log "building base initramfs ($VM_KVER)"
+	root="$(mktemp -d "${TMPDIR:-/tmp}/tierblk-initramfs.XXXXXX")"
+	mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,usr/local/bin,etc,proc,sys,dev,run,tmp,root,mnt,lib/modules/"$VM_KVER"}
+	# busybox + applet links (only in /bin; real tools go to /usr/{s,}bin).
+	cp /bin/busybox "$root/bin/busybox"
+	for a in $(/bin/busybox --list); do
+		[ "$a" = busybox ] && continue
+		ln -sf busybox "$root/bin/$a"
+	done
+	for t in $VM_TOOLS; do
+		p="$(vm_which "$t" || true)"
+		if [ -z "$p" ]; then
+			vm_log "warning: host tool $t not found; the guest uses busybox's if any"
+			continue
+		fi
+		case "$p" in */sbin/*) _vm_copy_file "$p" "$root" "/usr/sbin/$t" ;; *) _vm_copy_file "$p" "$root" "/usr/bin/$t" ;; esac
+		_vm_copy_libs "$p" "$root"
+	done
+	[ -f /etc/mke2fs.conf ] && cp /etc/mke2fs.conf "$root/etc/mke2fs.conf"
+	echo "root:x:0:0:root:/root:/bin/sh" >"$root/etc/passwd"
+	echo "root:x:0:" >"$root/etc/group"
+	# /dev/console for the kernel before devtmpfs is mounted (best effort).
+	mknod -m 600 "$root/dev/console" c 5 1 2>/dev/null || true
+	: >"$root/etc/tierblk-modules"
+	: >"$root/lib/modules/$VM_KVER/modules.dep"
+	cp "$VM_KROOT/lib/modules/$VM_KVER/modules.builtin" "$root/lib/modules/$VM_KVER/" 2>/dev/null || true
+	local m
+	for m in $VM_MODULES; do
+		_vm_add_module "$m" "$root"
+	done
+	vm_log "modules: $(tr '\n' ' ' <"$root/.mods-report")"
+	cp "$root/.mods-report" "$root/etc/tierblk-modules-report"
+	rm -f "$root/.mods-seen" "$root/.mods-report"
+	_vm_write_init "$root"
+	rm -f "$VM_CACHE"/initramfs-base-*.cpio
+	(cd "$root" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) >"$VM_BASE_CPIO.tmp.$$"
+	mv "$VM_BASE_CPIO.tmp.$$" "$VM_BASE_CPIO"
+	rm -rf "$root"
+	export VM_BASE_CPIO
+}
+
+_vm_shquote() {
+	# single-quote for /bin/sh
+	printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")"
+}
+
+vm_build_initramfs() {
+	# vm_build_initramfs SCENARIO OUT [BIN_DIR]: base + scenario + lib.sh +
+	# binaries + TIERBLK_* environment.
+	local scenario="$1" out="$2" bindir="${3:-}" root v
+	root="$(mktemp -d "${TMPDIR:-/tmp}/tierblk-initramfs-x.XXXXXX")"
+	mkdir -p "$root/etc" "$root/usr/local/bin" "$root/tests/vm"
+	cp "$scenario" "$root/scenario.sh"
+	cp "$REPO/tests/vm/lib.sh" "$root/lib.sh"
+	cp "$REPO/tests/vm/lib.sh" "$root/tests/vm/lib.sh"
+	cp "$scenario" "$root/tests/vm/$(basename "$scenario")"
+	if [ -n "$bindir" ]; then
+		for v in tierblkd tierblk; do
+			_vm_copy_file "$bindir/$v" "$root" "/usr/local/bin/$v"
+		done
+	fi
+	{
+		echo "# TIERBLK_* variables passed from the host by scripts/vm-run"
+		while IFS= read -r v; do
+			case "$v" in TIERBLK_BIN_DIR | TIERBLK_VM_CACHE) continue ;; esac
+			echo "export $v=$(_vm_shquote "${!v}")"
+		done < <(compgen -e | grep '^TIERBLK_' || true)
+	} >"$root/etc/tierblk-env"
+	# Dependencies of our binaries (not in the base normally: libgcc_s etc.).
+	local extra
+	extra="$(mktemp -d "${TMPDIR:-/tmp}/tierblk-initramfs-l.XXXXXX")"
+	if [ -n "$bindir" ]; then
+		for v in tierblkd tierblk; do _vm_copy_libs "$bindir/$v" "$extra"; done
+		(cd "$extra" && find . -mindepth 1 -type f) | while read -r v; do
+			_vm_copy_file "$extra/$v" "$root" "$v"
+		done
+	fi
+	rm -rf "$extra"
+	cp "$VM_BASE_CPIO" "$out"
+	(cd "$root" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) >>"$out"
+	rm -rf "$root"
+}
+
+# --- qemu ---------------------------------------------------------------------
+
+vm_kvm_usable() {
+	[ -e /dev/kvm ] && [ -r /dev/kvm ] && [ -w /dev/kvm ]
+}
+
+# vm_qemu_start ACCEL LOG: starts qemu in the background (VM_QEMU_PID). Uses
+# VM_INITRD, VM_DISK_FILES (array), VM_MEM, VM_SMP, VM_CMDLINE_EXTRA.
+vm_qemu_start() {
+	local accel="$1" log="$2" i=0 f cpu
+	local args=(-nographic -monitor none -serial stdio -no-reboot
+		-accel "$accel" -m "$VM_MEM" -smp "$VM_SMP"
+		-kernel "$VM_VMLINUZ" -initrd "$VM_INITRD"
+		-append "console=ttyS0 panic=-1 loglevel=${TIERBLK_VM_LOGLEVEL:-4} rdinit=/init ${VM_CMDLINE_EXTRA:-}"
+		-nic none)
+	if [ "$accel" = kvm ]; then cpu=host; else cpu=max; fi
+	args+=(-cpu "$cpu")
+	for f in "${VM_DISK_FILES[@]}"; do
+		args+=(-drive "file=$f,if=none,id=d$i,format=raw,cache=writeback,discard=unmap"
+			-device "virtio-blk-pci,drive=d$i,serial=tierblk$i")
+		i=$((i + 1))
+	done
+	qemu-system-x86_64 "${args[@]}" </dev/null >>"$log" 2>&1 &
+	VM_QEMU_PID=$!
+}
+
+vm_uptime_s() { awk '{print $1}' /proc/uptime; }

@@ -1,0 +1,260 @@
+# shellcheck shell=sh
+# Helpers for tierblk VM scenarios. Sourced by tests/vm/*.sh, which run as
+# `sh -e /scenario.sh` (busybox ash) inside the guest booted by scripts/vm-run.
+# In the guest this file is /lib.sh; scenarios source "$(dirname "$0")/lib.sh".
+#
+# Guest facts: disks are /dev/vda, /dev/vdb, ... (virtio, serial tierblkN);
+# the root fs is the initramfs; /tmp is a tmpfs; no udev (devtmpfs makes the
+# nodes, /dev/ublkbN included).
+
+TIERBLK_SOCKET="${TIERBLK_SOCKET:-/run/tierblk/control.sock}"
+DAEMON_LOG=/tmp/tierblkd.log
+DAEMON_PID=""
+_daemon_starts=0
+
+say() { echo "== $*"; }
+ok() { echo "ok: $*"; }
+
+fail() {
+	echo "FAIL: $*" >&2
+	exit 1
+}
+
+_lib_on_exit() {
+	_rc=$?
+	if [ "$_rc" -ne 0 ]; then
+		echo "---- scenario failed (rc=$_rc) ----"
+		if [ -f "$DAEMON_LOG" ]; then
+			echo "---- last lines of $DAEMON_LOG ----"
+			tail -n 60 "$DAEMON_LOG"
+		fi
+		echo "---- last kernel messages ----"
+		dmesg | tail -n 30
+	fi
+	if [ -n "$DAEMON_PID" ] && kill -0 "$DAEMON_PID" 2>/dev/null; then
+		kill "$DAEMON_PID" 2>/dev/null || true
+	fi
+	exit "$_rc"
+}
+trap _lib_on_exit EXIT
+
+# tierblk CLI with the test socket.
+tb() { tierblk --socket "$TIERBLK_SOCKET" "$@"; }
+tbj() { tierblk --socket "$TIERBLK_SOCKET" --json "$@"; }
+
+# vm_disks: the guest's virtio disks, one per line.
+vm_disks() {
+	for _d in /dev/vd[a-z]; do
+		[ -b "$_d" ] && echo "$_d"
+	done
+	return 0
+}
+
+# require_disks N
+require_disks() {
+	_n=$(vm_disks | wc -l)
+	[ "$_n" -ge "$1" ] || fail "need $1 virtio disks, have $_n"
+}
+
+# start_daemon [ARGS...]: start tierblkd in the background. Without --alu
+# arguments every virtio disk is passed as --alu. Waits (max 20 s) until
+# `tierblk alu list` answers. The previous log is kept as tierblkd.N.log.
+start_daemon() {
+	if [ -n "$DAEMON_PID" ] && kill -0 "$DAEMON_PID" 2>/dev/null; then
+		fail "start_daemon: daemon already running (pid $DAEMON_PID)"
+	fi
+	_has_alu=0
+	for _a in "$@"; do
+		[ "$_a" = --alu ] && _has_alu=1
+	done
+	_alus=""
+	if [ "$_has_alu" = 0 ]; then
+		for _d in $(vm_disks); do _alus="$_alus --alu $_d"; done
+	fi
+	mkdir -p "$(dirname "$TIERBLK_SOCKET")"
+	if [ -f "$DAEMON_LOG" ]; then
+		mv "$DAEMON_LOG" "/tmp/tierblkd.$_daemon_starts.log"
+	fi
+	_daemon_starts=$((_daemon_starts + 1))
+	# shellcheck disable=SC2086
+	echo "start: tierblkd${_alus} $* --socket $TIERBLK_SOCKET"
+	# shellcheck disable=SC2086
+	tierblkd $_alus "$@" --socket "$TIERBLK_SOCKET" >"$DAEMON_LOG" 2>&1 &
+	DAEMON_PID=$!
+	_i=0
+	while :; do
+		if tb alu list >/dev/null 2>&1; then
+			ok "daemon up (pid $DAEMON_PID, after ~$((_i / 5))s)"
+			return 0
+		fi
+		if ! kill -0 "$DAEMON_PID" 2>/dev/null; then
+			wait "$DAEMON_PID" 2>/dev/null && _drc=0 || _drc=$?
+			DAEMON_PID=""
+			fail "tierblkd exited during startup (rc=$_drc)"
+		fi
+		_i=$((_i + 1))
+		[ "$_i" -le 100 ] || fail "tierblkd did not answer 'tierblk alu list' within 20s"
+		sleep 0.2
+	done
+}
+
+# stop_daemon: SIGTERM, wait for exit (max 20 s), fail otherwise.
+stop_daemon() {
+	[ -n "$DAEMON_PID" ] || fail "stop_daemon: no daemon started"
+	kill -TERM "$DAEMON_PID" 2>/dev/null || fail "stop_daemon: daemon (pid $DAEMON_PID) is not running"
+	_i=0
+	while kill -0 "$DAEMON_PID" 2>/dev/null; do
+		_i=$((_i + 1))
+		if [ "$_i" -gt 100 ]; then
+			kill -KILL "$DAEMON_PID" 2>/dev/null || true
+			DAEMON_PID=""
+			fail "tierblkd did not exit within 20s of SIGTERM"
+		fi
+		sleep 0.2
+	done
+	wait "$DAEMON_PID" 2>/dev/null && _drc=0 || _drc=$?
+	DAEMON_PID=""
+	ok "daemon stopped (rc=$_drc)"
+}
+
+# expect_fail CMD...: CMD must exit non-zero and print exactly one line on
+# stderr.
+expect_fail() {
+	if "$@" >/tmp/expect_fail.out 2>/tmp/expect_fail.err; then
+		cat /tmp/expect_fail.out /tmp/expect_fail.err
+		fail "expected failure, but it succeeded: $*"
+	else
+		_rc=$?
+	fi
+	_lines=$(wc -l </tmp/expect_fail.err)
+	# A last line without a newline counts too.
+	if [ -s /tmp/expect_fail.err ] && [ "$(tail -c 1 /tmp/expect_fail.err | od -An -c | tr -d ' ')" != '\n' ]; then
+		_lines=$((_lines + 1))
+	fi
+	if [ "$_lines" -ne 1 ]; then
+		echo "stderr was:"
+		cat /tmp/expect_fail.err
+		fail "expected exactly one line on stderr, got $_lines: $*"
+	fi
+	ok "fails (rc=$_rc): $* -> $(cat /tmp/expect_fail.err)"
+}
+
+# expect_fail_match PATTERN CMD...: as expect_fail, and the stderr line must
+# match the (grep -i -E) PATTERN.
+expect_fail_match() {
+	_pat="$1"
+	shift
+	expect_fail "$@"
+	grep -qiE "$_pat" /tmp/expect_fail.err || fail "stderr does not match /$_pat/: $(cat /tmp/expect_fail.err)"
+}
+
+# wait_for_dev DEV [SECONDS=20]: wait until DEV is a block device.
+wait_for_dev() {
+	_t=$((${2:-20} * 5))
+	_i=0
+	while [ ! -b "$1" ]; do
+		_i=$((_i + 1))
+		[ "$_i" -le "$_t" ] || fail "$1 did not appear within ${2:-20}s"
+		sleep 0.2
+	done
+	ok "$1 is there"
+}
+
+# expect_no_dev DEV [SECONDS=3]: DEV must not appear within SECONDS.
+expect_no_dev() {
+	_t=$((${2:-3} * 5))
+	_i=0
+	while [ "$_i" -lt "$_t" ]; do
+		[ ! -e "$1" ] || fail "$1 exists but must not"
+		_i=$((_i + 1))
+		sleep 0.2
+	done
+	ok "$1 did not appear"
+}
+
+# sha_dev DEV MiB: sha256 of the first MiB MiB of DEV (O_DIRECT read).
+sha_dev() {
+	dd if="$1" bs=1M count="$2" iflag=direct status=none | sha256sum | cut -d' ' -f1
+}
+
+# json_str JSON KEY: the string value of "KEY" in compact JSON (first match),
+# or "null".
+json_str() {
+	_v=$(printf '%s\n' "$1" | sed -n "s/.*\"$2\":\"\\([^\"]*\\)\".*/\\1/p" | head -n 1)
+	if [ -n "$_v" ]; then
+		echo "$_v"
+	elif printf '%s\n' "$1" | grep -q "\"$2\":null"; then
+		echo null
+	fi
+}
+
+# json_has JSON KEY VALUE: JSON contains "KEY":VALUE (VALUE verbatim JSON,
+# e.g. '"online"', null, 123) somewhere.
+json_has() {
+	case "$1" in *"\"$2\":$3"*) return 0 ;; esac
+	return 1
+}
+
+# json_num JSON KEY: the number value of "KEY" (first match).
+json_num() {
+	printf '%s\n' "$1" | sed -n "s/.*\"$2\":\\([0-9][0-9]*\\).*/\\1/p" | head -n 1
+}
+
+# vol_json NAME: `tierblk --json vol show NAME`.
+vol_json() { tbj vol show "$1"; }
+
+# wait_vol_state NAME STATE [SECONDS=20]
+wait_vol_state() {
+	_t=$((${3:-20} * 5))
+	_i=0
+	while :; do
+		_j=$(vol_json "$1" 2>/dev/null || true)
+		case "$_j" in *"\"state\":\"$2\""*) break ;; esac
+		_i=$((_i + 1))
+		[ "$_i" -le "$_t" ] || fail "volume $1 not $2 within ${3:-20}s: $_j"
+		sleep 0.2
+	done
+	ok "volume $1 is $2"
+}
+
+# vol_device NAME: the volume's device path (or "null").
+vol_device() { json_str "$(vol_json "$1")" device; }
+
+# fio_write_verify DEV SIZE [EXTRA FIO ARGS...]: random 4k direct writes with
+# crc32c verify headers, then a separate verify-only pass that re-reads and
+# checks every block. Fails unless both passes report error 0 and the verify
+# pass read the whole SIZE.
+fio_write_verify() {
+	_dev="$1"
+	_size="$2"
+	shift 2
+	_engine=libaio
+	if fio --enghelp 2>/dev/null | grep -qw io_uring; then _engine=io_uring; fi
+	set -- --filename="$_dev" --rw=randwrite --bs=4k --direct=1 --ioengine="$_engine" \
+		--iodepth=16 --size="$_size" --verify=crc32c --verify_fatal=1 --randrepeat=1 \
+		--output-format=terse --terse-version=3 "$@"
+	echo "fio: write pass on $_dev ($_size, $_engine)"
+	fio --name=w --do_verify=0 "$@" >/tmp/fio-write.out 2>&1 || {
+		cat /tmp/fio-write.out
+		fail "fio write pass failed"
+	}
+	_err=$(grep ';' /tmp/fio-write.out | tail -n 1 | cut -d';' -f5)
+	_wkb=$(grep ';' /tmp/fio-write.out | tail -n 1 | cut -d';' -f47)
+	[ "$_err" = 0 ] || fail "fio write pass error=$_err"
+	ok "fio wrote ${_wkb} KiB to $_dev"
+	echo "fio: verify pass on $_dev"
+	fio --name=w --verify_only "$@" >/tmp/fio-verify.out 2>&1 || {
+		cat /tmp/fio-verify.out
+		fail "fio verify pass failed"
+	}
+	if grep -qi 'verify:.*bad\|bad magic\|crc32c.*wanted' /tmp/fio-verify.out; then
+		cat /tmp/fio-verify.out
+		fail "fio reported verify errors"
+	fi
+	_err=$(grep ';' /tmp/fio-verify.out | tail -n 1 | cut -d';' -f5)
+	_rkb=$(grep ';' /tmp/fio-verify.out | tail -n 1 | cut -d';' -f6)
+	[ "$_err" = 0 ] || fail "fio verify pass error=$_err"
+	[ -n "$_rkb" ] && [ "$_rkb" -gt 0 ] || fail "fio verify pass read nothing"
+	[ "$_rkb" -ge "$_wkb" ] || fail "fio verify pass read ${_rkb} KiB < written ${_wkb} KiB"
+	ok "fio verified ${_rkb} KiB on $_dev (crc32c, 0 errors)"
+}
