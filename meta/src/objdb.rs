@@ -1,0 +1,397 @@
+//! The object database (the spec's "VSM object data region", [059]): per-ALU records
+//! describing the ALU object, the partition objects stored on this ALU, and a full copy
+//! of the top (volume) object of every volume with a partition on this ALU ([056]).
+//! Two slots; a commit writes the slot not holding the live copy and flushes, so the
+//! live copy is never overwritten; a reader takes the valid slot with the highest sequence.
+
+use crate::codec::{is_zero, put_u32, round_up, Rd, Wr};
+use crate::disk::Disk;
+use crate::error::FormatError;
+use crate::types::{valid_volume_name, Segment, Uuid, VolumeDef};
+
+pub const OBJDB_MAGIC: [u8; 8] = *b"TBLKOBJD";
+pub const OBJDB_VERSION: u32 = 1;
+pub const HEADER_LEN: usize = 64;
+/// CRC field offset; the CRC covers header bytes 0..60 followed by the payload.
+pub const CRC_OFFSET: usize = 60;
+
+pub const REC_ALU: u16 = 1;
+pub const REC_PARTITION: u16 = 2;
+pub const REC_VOLUME: u16 = 3;
+/// Record flag: a reader that does not know the record type may skip it.
+pub const REC_FLAG_MAY_SKIP: u16 = 1;
+pub const LAYOUT_LINEAR: u8 = 1;
+
+/// The ALU object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AluObj {
+    pub uuid: Uuid,
+    pub wwn: [u8; 16],
+    pub size: u64,
+    pub data_start: u64,
+    pub data_end: u64,
+}
+
+/// A partition object (stored only on its own ALU).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionObj {
+    pub id: u64,
+    pub alu: Uuid,
+    pub start: u64,
+    pub len: u64,
+    pub volume: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    Alu(AluObj),
+    Partition(PartitionObj),
+    Volume(VolumeDef),
+    /// Unknown record with the may-skip flag; preserved verbatim.
+    Unknown {
+        ty: u16,
+        flags: u16,
+        data: Vec<u8>,
+    },
+}
+
+/// One decoded slot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjDb {
+    pub seq: u64,
+    pub records: Vec<Record>,
+}
+
+/// Encode a volume record payload (also the input of the boot list's definition CRC).
+pub fn encode_volume(v: &VolumeDef) -> Vec<u8> {
+    let mut w = Wr::new();
+    w.u64(v.id);
+    w.u64(v.size);
+    w.bytes(&v.wwn);
+    w.u8(LAYOUT_LINEAR);
+    w.u8(v.name.len().min(63) as u8);
+    w.zeros(6);
+    w.name(&v.name, 64);
+    w.u32(v.segments.len() as u32);
+    w.u32(0);
+    for s in &v.segments {
+        w.u64(s.partition_id);
+        w.bytes(&s.alu.0);
+        w.u64(s.start);
+        w.u64(s.len);
+    }
+    w.v
+}
+
+/// CRC32C of the encoded volume definition.
+pub fn def_crc(v: &VolumeDef) -> u32 {
+    crc32c::crc32c(&encode_volume(v))
+}
+
+pub fn decode_volume(b: &[u8]) -> Result<VolumeDef, FormatError> {
+    let mut r = Rd::new(b);
+    let id = r.u64()?;
+    let size = r.u64()?;
+    let wwn = r.arr16()?;
+    let layout = r.u8()?;
+    if layout != LAYOUT_LINEAR {
+        return Err(FormatError::Invalid(format!("volume layout {layout}")));
+    }
+    let name_len = r.u8()? as usize;
+    r.skip(6)?;
+    let name = r.name(64, "volume name")?;
+    if name.len() != name_len || !valid_volume_name(&name) {
+        return Err(FormatError::Invalid("volume name".into()));
+    }
+    let n = r.u32()? as usize;
+    r.u32()?;
+    if n > r.remaining() / 40 {
+        return Err(FormatError::Truncated);
+    }
+    let mut segments = Vec::with_capacity(n);
+    let mut total: u64 = 0;
+    for _ in 0..n {
+        let s = Segment {
+            partition_id: r.u64()?,
+            alu: Uuid(r.arr16()?),
+            start: r.u64()?,
+            len: r.u64()?,
+        };
+        total = total
+            .checked_add(s.len)
+            .ok_or_else(|| FormatError::Invalid("segment length".into()))?;
+        segments.push(s);
+    }
+    if total != size || r.remaining() != 0 {
+        return Err(FormatError::Invalid("volume size/segments".into()));
+    }
+    Ok(VolumeDef {
+        id,
+        name,
+        size,
+        wwn,
+        segments,
+    })
+}
+
+impl ObjDb {
+    pub fn volumes(&self) -> impl Iterator<Item = &VolumeDef> {
+        self.records.iter().filter_map(|r| match r {
+            Record::Volume(v) => Some(v),
+            _ => None,
+        })
+    }
+    pub fn partitions(&self) -> impl Iterator<Item = &PartitionObj> {
+        self.records.iter().filter_map(|r| match r {
+            Record::Partition(p) => Some(p),
+            _ => None,
+        })
+    }
+    pub fn alu(&self) -> Option<&AluObj> {
+        self.records.iter().find_map(|r| match r {
+            Record::Alu(a) => Some(a),
+            _ => None,
+        })
+    }
+
+    fn encode_payload(&self) -> Vec<u8> {
+        let mut w = Wr::new();
+        for rec in &self.records {
+            let (ty, flags, body) = match rec {
+                Record::Alu(a) => {
+                    let mut b = Wr::new();
+                    b.bytes(&a.uuid.0);
+                    b.bytes(&a.wwn);
+                    b.u64(a.size);
+                    b.u64(a.data_start);
+                    b.u64(a.data_end);
+                    (REC_ALU, 0, b.v)
+                }
+                Record::Partition(p) => {
+                    let mut b = Wr::new();
+                    b.u64(p.id);
+                    b.bytes(&p.alu.0);
+                    b.u64(p.start);
+                    b.u64(p.len);
+                    b.u64(p.volume);
+                    (REC_PARTITION, 0, b.v)
+                }
+                Record::Volume(v) => (REC_VOLUME, 0, encode_volume(v)),
+                Record::Unknown { ty, flags, data } => (*ty, *flags, data.clone()),
+            };
+            w.u16(ty);
+            w.u16(flags);
+            w.u32(body.len() as u32);
+            w.bytes(&body);
+        }
+        w.v
+    }
+
+    /// Encode as written at `own_offset`; padded to a multiple of 4 KiB.
+    pub fn encode(&self, own_offset: u64) -> Vec<u8> {
+        let payload = self.encode_payload();
+        let mut w = Wr::new();
+        w.bytes(&OBJDB_MAGIC);
+        w.u32(OBJDB_VERSION);
+        w.u32(0);
+        w.u64(self.seq);
+        w.u64(payload.len() as u64);
+        w.u64(own_offset);
+        w.pad_to(HEADER_LEN);
+        w.bytes(&payload);
+        let used = w.v.len();
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&w.v[..CRC_OFFSET]), &payload);
+        w.pad_to(round_up(used, 4096));
+        let mut b = w.v;
+        put_u32(&mut b, CRC_OFFSET, crc);
+        b
+    }
+
+    /// Bytes to read for a slot whose first block is `head`.
+    pub fn needed_len(head: &[u8], region_len: u64) -> Result<usize, FormatError> {
+        let mut r = Rd::new(head);
+        if r.take(8)? != OBJDB_MAGIC {
+            return Err(if head.get(..HEADER_LEN).is_some_and(is_zero) {
+                FormatError::Blank
+            } else {
+                FormatError::BadMagic
+            });
+        }
+        r.skip(16)?;
+        let len = r.u64()?;
+        if len > region_len.saturating_sub(HEADER_LEN as u64) {
+            return Err(FormatError::Invalid(format!("payload length {len}")));
+        }
+        Ok(round_up(HEADER_LEN + len as usize, 4096))
+    }
+
+    pub fn decode(b: &[u8], read_offset: u64, region_len: u64) -> Result<ObjDb, FormatError> {
+        let need = Self::needed_len(b, region_len)?;
+        let b = b.get(..need).ok_or(FormatError::Truncated)?;
+        let mut r = Rd::at(b, 8);
+        let version = r.u32()?;
+        r.u32()?;
+        let seq = r.u64()?;
+        let len = r.u64()? as usize;
+        let own = r.u64()?;
+        let payload = b
+            .get(HEADER_LEN..HEADER_LEN + len)
+            .ok_or(FormatError::Truncated)?;
+        let crc = crc32c::crc32c_append(
+            crc32c::crc32c(b.get(..CRC_OFFSET).ok_or(FormatError::Truncated)?),
+            payload,
+        );
+        if crc != Rd::at(b, CRC_OFFSET).u32()? {
+            return Err(FormatError::BadChecksum);
+        }
+        if version != OBJDB_VERSION {
+            return Err(FormatError::Version(version));
+        }
+        if own != read_offset {
+            return Err(FormatError::WrongOffset {
+                found: read_offset,
+                claimed: own,
+            });
+        }
+        let mut records = Vec::new();
+        let mut r = Rd::new(payload);
+        while r.remaining() > 0 {
+            let ty = r.u16()?;
+            let flags = r.u16()?;
+            let n = r.u32()? as usize;
+            let body = r.take(n)?;
+            let mut br = Rd::new(body);
+            let rec = match ty {
+                REC_ALU => Record::Alu(AluObj {
+                    uuid: Uuid(br.arr16()?),
+                    wwn: br.arr16()?,
+                    size: br.u64()?,
+                    data_start: br.u64()?,
+                    data_end: br.u64()?,
+                }),
+                REC_PARTITION => Record::Partition(PartitionObj {
+                    id: br.u64()?,
+                    alu: Uuid(br.arr16()?),
+                    start: br.u64()?,
+                    len: br.u64()?,
+                    volume: br.u64()?,
+                }),
+                REC_VOLUME => Record::Volume(decode_volume(body)?),
+                _ if flags & REC_FLAG_MAY_SKIP != 0 => Record::Unknown {
+                    ty,
+                    flags,
+                    data: body.to_vec(),
+                },
+                _ => return Err(FormatError::Invalid(format!("unknown record type {ty}"))),
+            };
+            records.push(rec);
+        }
+        Ok(ObjDb { seq, records })
+    }
+
+    pub fn read(disk: &mut dyn Disk, offset: u64, region_len: u64) -> Result<ObjDb, FormatError> {
+        let mut head = vec![0u8; 4096];
+        disk.read_at(offset, &mut head)
+            .map_err(|e| FormatError::Io(e.to_string()))?;
+        let need = Self::needed_len(&head, region_len)?;
+        let mut b = vec![0u8; need];
+        disk.read_at(offset, &mut b)
+            .map_err(|e| FormatError::Io(e.to_string()))?;
+        Self::decode(&b, offset, region_len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> ObjDb {
+        let alu = Uuid([3; 16]);
+        ObjDb {
+            seq: 9,
+            records: vec![
+                Record::Alu(AluObj {
+                    uuid: alu,
+                    wwn: [0x60; 16],
+                    size: 64 << 20,
+                    data_start: 8 << 20,
+                    data_end: 63 << 20,
+                }),
+                Record::Partition(PartitionObj {
+                    id: 2,
+                    alu,
+                    start: 8 << 20,
+                    len: 4 << 20,
+                    volume: 1,
+                }),
+                Record::Volume(VolumeDef {
+                    id: 1,
+                    name: "vol.a".into(),
+                    size: 6 << 20,
+                    wwn: [0x61; 16],
+                    segments: vec![
+                        Segment {
+                            partition_id: 2,
+                            alu,
+                            start: 8 << 20,
+                            len: 4 << 20,
+                        },
+                        Segment {
+                            partition_id: 3,
+                            alu: Uuid([4; 16]),
+                            start: 8 << 20,
+                            len: 2 << 20,
+                        },
+                    ],
+                }),
+                Record::Unknown {
+                    ty: 99,
+                    flags: REC_FLAG_MAY_SKIP,
+                    data: vec![1, 2, 3],
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn roundtrip() {
+        let o = sample();
+        let b = o.encode(0x100000);
+        assert_eq!(ObjDb::decode(&b, 0x100000, 0x100000).unwrap(), o);
+        let e = ObjDb {
+            seq: 1,
+            records: vec![],
+        };
+        assert_eq!(
+            ObjDb::decode(&e.encode(0x200000), 0x200000, 0x100000).unwrap(),
+            e
+        );
+    }
+
+    #[test]
+    fn rejects() {
+        let o = sample();
+        let b = o.encode(0x100000);
+        assert!(matches!(
+            ObjDb::decode(&b, 0x200000, 0x100000),
+            Err(FormatError::WrongOffset { .. })
+        ));
+        let mut c = b.clone();
+        c[70] ^= 1;
+        assert_eq!(
+            ObjDb::decode(&c, 0x100000, 0x100000),
+            Err(FormatError::BadChecksum)
+        );
+        // unknown record without may-skip
+        let mut u = o.clone();
+        u.records.push(Record::Unknown {
+            ty: 77,
+            flags: 0,
+            data: vec![],
+        });
+        assert!(matches!(
+            ObjDb::decode(&u.encode(0x100000), 0x100000, 0x100000),
+            Err(FormatError::Invalid(_))
+        ));
+    }
+}

@@ -1,0 +1,1611 @@
+//! The metadata store: scans ALUs, chooses the committed cluster image and performs
+//! the crash-safe commit protocols (claim, release, create/remove volume).
+//!
+//! Ties together the MDR directory ([058]), the label directory ([057]), the object
+//! database with its per-ALU copies of every volume top object ([056], [059]) and the
+//! boot set ("GS ALU set", [059]). The boot set commit is the single commit point of
+//! every operation; everything written before it is invisible garbage until it lands,
+//! everything cleaned up after it is already invisible. See `docs/FORMAT.md`.
+
+use std::collections::HashSet;
+
+use crate::bootset::{read_list, BootList, BootPtr, BootVol, MAX_MEMBERS};
+use crate::disk::Disk;
+use crate::error::{FormatError, MetaError};
+use crate::foreign::detect_foreign;
+use crate::label::{max_entries, now_secs, LabelDir, LabelEntry, STATE_ALLOCATED};
+use crate::mdr::{backup_offset, Directory, BLOCK, DIR_MAGIC, DIR_OFFSET, MIB, MIN_ALU_SIZE};
+use crate::objdb::{def_crc, AluObj, ObjDb, PartitionObj, Record};
+pub use crate::types::{
+    random_wwn, AluRecord, ClusterImage, ClusterSig, Extent, Segment, Uuid, VolumeDef,
+};
+use crate::types::{valid_cluster_name, valid_volume_name};
+
+/// What the store knows about one device.
+#[derive(Clone, Debug)]
+pub enum AluState {
+    /// No tierblk directory. `foreign` names a detected foreign signature.
+    NotOwned { foreign: Option<String> },
+    /// In this cluster's boot list, metadata readable.
+    Owned { uuid: Uuid },
+    /// Ours, but some region is unreadable on every copy: never written.
+    Damaged { uuid: Option<Uuid>, reason: String },
+    /// Owned by another cluster: never written.
+    OtherCluster { sig: ClusterSig },
+    /// Carries this cluster's signature but is not in the committed boot list
+    /// (e.g. crash during claim or release): treated as not owned; claim may reuse it.
+    Orphan { uuid: Uuid },
+    /// The device could not be read.
+    Unreadable { reason: String },
+}
+
+/// One device as seen by the store.
+#[derive(Clone, Debug)]
+pub struct AluStatus {
+    pub path: String,
+    pub size: u64,
+    pub state: AluState,
+}
+
+/// Findings of an open/scan; one human-readable line each, naming the ALU and region.
+#[derive(Default, Debug)]
+pub struct OpenReport {
+    pub repairs: Vec<String>,
+    pub problems: Vec<String>,
+}
+
+type Copy2<T> = [Result<T, FormatError>; 2];
+
+fn blank2<T>() -> Copy2<T> {
+    [Err(FormatError::Blank), Err(FormatError::Blank)]
+}
+
+const COPY: [&str; 2] = ["A", "B"];
+
+/// Index of the valid copy with the highest `seq` (ties: the lower index).
+fn live_idx<T>(c: &Copy2<T>, seq: impl Fn(&T) -> u64) -> Option<usize> {
+    let mut best: Option<(usize, u64)> = None;
+    for (i, r) in c.iter().enumerate() {
+        if let Ok(v) = r {
+            let s = seq(v);
+            if best.is_none_or(|(_, bs)| s > bs) {
+                best = Some((i, s));
+            }
+        }
+    }
+    best.map(|(i, _)| i)
+}
+
+fn both_errors<T>(c: &Copy2<T>) -> String {
+    let e = |i: usize| match &c[i] {
+        Ok(_) => "ok".to_string(),
+        Err(e) => e.to_string(),
+    };
+    format!("copy A: {}, copy B: {}", e(0), e(1))
+}
+
+struct Slot {
+    path: String,
+    disk: Box<dyn Disk>,
+    size: u64,
+    io_error: Option<String>,
+    /// Primary and backup directory.
+    dir: Copy2<Directory>,
+    /// Unchecked ALU uuid of a directory block that has our magic but failed to decode.
+    damaged_dir_uuid: Option<Uuid>,
+    label: Copy2<LabelDir>,
+    objdb: Copy2<ObjDb>,
+    ptr: Copy2<(BootPtr, BootList)>,
+    foreign: Option<String>,
+    state: AluState,
+}
+
+impl Slot {
+    fn new(path: String, disk: Box<dyn Disk>) -> Slot {
+        let size = disk.size();
+        Slot {
+            path,
+            disk,
+            size,
+            io_error: None,
+            dir: blank2(),
+            damaged_dir_uuid: None,
+            label: blank2(),
+            objdb: blank2(),
+            ptr: blank2(),
+            foreign: None,
+            state: AluState::NotOwned { foreign: None },
+        }
+    }
+
+    /// The directory in use: the primary if valid, else the backup.
+    fn dir(&self) -> Option<&Directory> {
+        self.dir[0].as_ref().ok().or(self.dir[1].as_ref().ok())
+    }
+
+    fn label_live(&self) -> Option<&LabelDir> {
+        live_idx(&self.label, |l| l.seq).and_then(|i| self.label[i].as_ref().ok())
+    }
+
+    fn objdb_live(&self) -> Option<&ObjDb> {
+        live_idx(&self.objdb, |o| o.seq).and_then(|i| self.objdb[i].as_ref().ok())
+    }
+
+    fn boot_live(&self) -> Option<&(BootPtr, BootList)> {
+        live_idx(&self.ptr, |p| p.0.seq).and_then(|i| self.ptr[i].as_ref().ok())
+    }
+
+    fn owned_uuid(&self) -> Option<Uuid> {
+        match self.state {
+            AluState::Owned { uuid } => Some(uuid),
+            _ => None,
+        }
+    }
+
+    fn read_block(&mut self, off: u64) -> Result<Vec<u8>, FormatError> {
+        let mut b = vec![0u8; BLOCK as usize];
+        self.disk
+            .read_at(off, &mut b)
+            .map_err(|e| FormatError::Io(e.to_string()))?;
+        Ok(b)
+    }
+
+    /// Read every metadata region from the device.
+    fn load(&mut self) {
+        self.size = self.disk.size();
+        self.io_error = None;
+        self.dir = blank2();
+        self.damaged_dir_uuid = None;
+        self.label = blank2();
+        self.objdb = blank2();
+        self.ptr = blank2();
+        self.foreign = None;
+        if self.size < 2 * BLOCK {
+            return;
+        }
+        let size = self.size;
+        for (i, off) in [DIR_OFFSET, backup_offset(size)].into_iter().enumerate() {
+            match self.read_block(off) {
+                Ok(b) => {
+                    let r = Directory::decode(&b, off, size);
+                    if r.is_err() && b.get(..8) == Some(&DIR_MAGIC[..]) {
+                        let mut u = [0u8; 16];
+                        if let Some(s) = b.get(40..56) {
+                            u.copy_from_slice(s);
+                            self.damaged_dir_uuid.get_or_insert(Uuid(u));
+                        }
+                    }
+                    self.dir[i] = r;
+                }
+                Err(e) => {
+                    if i == 0 {
+                        self.io_error = Some(format!("read directory: {e}"));
+                        return;
+                    }
+                    self.dir[i] = Err(e);
+                }
+            }
+        }
+        let Some(d) = self.dir().cloned() else {
+            match detect_foreign(self.disk.as_mut()) {
+                Ok(f) => self.foreign = f,
+                Err(e) => self.io_error = Some(format!("read signature area: {e}")),
+            }
+            return;
+        };
+        for i in 0..2 {
+            self.label[i] = LabelDir::read(self.disk.as_mut(), d.label[i], d.label_len);
+            self.objdb[i] = ObjDb::read(self.disk.as_mut(), d.objdb[i], d.objdb_len);
+            self.ptr[i] = self.read_block(d.bootptr[i]).and_then(|b| {
+                let p = BootPtr::decode(&b, d.bootptr[i], d.bootlist_len)?;
+                let l = read_list(self.disk.as_mut(), &p, d.bootlist)?;
+                Ok((p, l))
+            });
+        }
+    }
+
+    fn io(&self, action: &str, e: std::io::Error) -> MetaError {
+        MetaError::io(format!("alu {}: {action}", self.path), e)
+    }
+
+    fn write(&mut self, off: u64, b: &[u8], action: &str) -> Result<(), MetaError> {
+        self.disk.write_at(off, b).map_err(|e| self.io(action, e))
+    }
+
+    fn flush(&mut self, action: &str) -> Result<(), MetaError> {
+        self.disk.flush().map_err(|e| self.io(action, e))
+    }
+
+    fn need_dir(&self) -> Result<Directory, MetaError> {
+        self.dir()
+            .cloned()
+            .ok_or_else(|| MetaError::Corrupt(format!("alu {}: no valid directory", self.path)))
+    }
+
+    /// Label update: write the invalid copy (else the one with the lower sequence) with
+    /// seq = max + 1 and flush; then mirror the same content into the other copy and
+    /// flush, so that after a completed update both copies are current.
+    fn write_label(&mut self, entries: Vec<LabelEntry>) -> Result<(), MetaError> {
+        let d = self.need_dir()?;
+        if entries.len() > max_entries(d.label_len) {
+            return Err(MetaError::NoSpace(format!(
+                "alu {}: label directory: more than {} partitions",
+                self.path,
+                max_entries(d.label_len)
+            )));
+        }
+        let target = match (&self.label[0], &self.label[1]) {
+            (Err(_), _) => 0,
+            (_, Err(_)) => 1,
+            (Ok(a), Ok(b)) => usize::from(a.seq >= b.seq),
+        };
+        let max = self
+            .label
+            .iter()
+            .flatten()
+            .map(|l| l.seq)
+            .max()
+            .unwrap_or(0);
+        let l = LabelDir {
+            seq: max + 1,
+            timestamp: now_secs(),
+            entries,
+        };
+        self.write_label_copy(target, &l)?;
+        self.write_label_copy(1 - target, &l)
+    }
+
+    fn write_label_copy(&mut self, c: usize, l: &LabelDir) -> Result<(), MetaError> {
+        let d = self.need_dir()?;
+        let action = format!("label directory copy {}: write", COPY[c]);
+        self.label[c] = Err(FormatError::Io("write in progress".into()));
+        self.write(d.label[c], &l.encode(d.label[c]), &action)?;
+        self.flush(&action)?;
+        self.label[c] = Ok(l.clone());
+        Ok(())
+    }
+
+    /// Object database commit: write the slot not holding the live copy and flush
+    /// (never overwriting the live copy), then mirror into the other slot and flush.
+    fn write_objdb(&mut self, records: Vec<Record>) -> Result<(), MetaError> {
+        let target = match (&self.objdb[0], &self.objdb[1]) {
+            (Err(_), _) => 0,
+            (_, Err(_)) => 1,
+            (Ok(a), Ok(b)) => usize::from(a.seq >= b.seq),
+        };
+        let max = self
+            .objdb
+            .iter()
+            .flatten()
+            .map(|o| o.seq)
+            .max()
+            .unwrap_or(0);
+        let o = ObjDb {
+            seq: max + 1,
+            records,
+        };
+        self.write_objdb_slot(target, &o)?;
+        self.write_objdb_slot(1 - target, &o)
+    }
+
+    fn write_objdb_slot(&mut self, c: usize, o: &ObjDb) -> Result<(), MetaError> {
+        let d = self.need_dir()?;
+        let bytes = o.encode(d.objdb[c]);
+        if bytes.len() as u64 > d.objdb_len {
+            return Err(MetaError::NoSpace(format!(
+                "alu {}: object database: full ({} bytes needed)",
+                self.path,
+                bytes.len()
+            )));
+        }
+        let action = format!("object database slot {}: write", COPY[c]);
+        self.objdb[c] = Err(FormatError::Io("write in progress".into()));
+        self.write(d.objdb[c], &bytes, &action)?;
+        self.flush(&action)?;
+        self.objdb[c] = Ok(o.clone());
+        Ok(())
+    }
+
+    /// Boot set commit on this member: inactive list area, flush, the pointer not
+    /// carrying the highest sequence, flush (the commit point); then the same again
+    /// for the other area/pointer so both copies carry the new list.
+    fn write_boot(&mut self, list: &BootList) -> Result<(), MetaError> {
+        self.write_boot_once(list)?;
+        self.write_boot_once(list)
+    }
+
+    fn write_boot_once(&mut self, list: &BootList) -> Result<(), MetaError> {
+        let d = self.need_dir()?;
+        let best = live_idx(&self.ptr, |p| p.0.seq);
+        let (ptr_idx, area) =
+            match best.and_then(|i| self.ptr[i].as_ref().ok().map(|p| (i, p.0.area))) {
+                Some((i, a)) => (1 - i, 1 - (a as usize & 1)),
+                None => (0, 0),
+            };
+        let bytes = list.encode();
+        if bytes.len() as u64 > d.bootlist_len {
+            return Err(MetaError::NoSpace(format!(
+                "alu {}: boot list too large ({} bytes)",
+                self.path,
+                bytes.len()
+            )));
+        }
+        let p = BootPtr {
+            seq: list.seq,
+            area: area as u32,
+            list_len: bytes.len() as u64,
+            list_crc: crc32c::crc32c(&bytes),
+            cluster: list.sig.uuid,
+        };
+        // Any pointer referring to the area we overwrite becomes invalid.
+        for i in 0..2 {
+            if self.ptr[i]
+                .as_ref()
+                .is_ok_and(|q| q.0.area as usize == area)
+            {
+                self.ptr[i] = Err(FormatError::Io("list area rewritten".into()));
+            }
+        }
+        let mut padded = bytes;
+        padded.resize(padded.len().div_ceil(BLOCK as usize) * BLOCK as usize, 0);
+        let action = format!("boot list area {}: write", COPY[area]);
+        self.write(d.bootlist[area], &padded, &action)?;
+        self.flush(&action)?;
+        let action = format!("boot pointer {}: write", COPY[ptr_idx]);
+        self.ptr[ptr_idx] = Err(FormatError::Io("write in progress".into()));
+        self.write(d.bootptr[ptr_idx], &p.encode(d.bootptr[ptr_idx]), &action)?;
+        self.flush(&action)?;
+        self.ptr[ptr_idx] = Ok((p, list.clone()));
+        Ok(())
+    }
+}
+
+/// The metadata store over a set of devices.
+pub struct Store {
+    slots: Vec<Slot>,
+    cluster_name: Option<String>,
+    repair: bool,
+    list: Option<BootList>,
+    image: Option<ClusterImage>,
+    boot_unreadable: bool,
+    max_seq: u64,
+    vol_problems: Vec<(String, String)>,
+    problems: Vec<String>,
+    /// Set after a failed write: in-memory state may not match the disks.
+    poisoned: Option<String>,
+}
+
+fn alu_obj(r: &AluRecord) -> AluObj {
+    AluObj {
+        uuid: r.uuid,
+        wwn: r.wwn,
+        size: r.size,
+        data_start: r.data_start,
+        data_end: r.data_end,
+    }
+}
+
+/// Sorted free extents of `[lo, hi)` minus `used` (clipped), 1 MiB aligned.
+fn subtract(lo: u64, hi: u64, used: &[Extent]) -> Vec<Extent> {
+    let mut u: Vec<Extent> = used.to_vec();
+    u.sort_by_key(|e| e.start);
+    let mut out = Vec::new();
+    let mut cur = lo;
+    for e in u {
+        let end = e.start.saturating_add(e.len);
+        if end <= cur {
+            continue;
+        }
+        if e.start > cur {
+            let s = cur.div_ceil(MIB) * MIB;
+            let t = (e.start.min(hi) / MIB) * MIB;
+            if t > s {
+                out.push(Extent {
+                    start: s,
+                    len: t - s,
+                });
+            }
+        }
+        cur = cur.max(end);
+        if cur >= hi {
+            break;
+        }
+    }
+    let s = cur.div_ceil(MIB) * MIB;
+    let t = (hi / MIB) * MIB;
+    if t > s {
+        out.push(Extent {
+            start: s,
+            len: t - s,
+        });
+    }
+    out
+}
+
+impl Store {
+    /// Scan every disk: read directories, label directories, object databases and boot
+    /// sets; build the committed image. `cluster_name`: if Some, ALUs of another cluster
+    /// are `OtherCluster`. Repairs are performed only when `repair` is true, and only on
+    /// ALUs that are Owned and consistent; they are listed in the report either way.
+    pub fn open(
+        disks: Vec<(String, Box<dyn Disk>)>,
+        cluster_name: Option<&str>,
+        repair: bool,
+    ) -> Result<(Store, OpenReport), MetaError> {
+        let mut st = Store {
+            slots: disks.into_iter().map(|(p, d)| Slot::new(p, d)).collect(),
+            cluster_name: cluster_name.map(str::to_string),
+            repair,
+            list: None,
+            image: None,
+            boot_unreadable: false,
+            max_seq: 0,
+            vol_problems: Vec::new(),
+            problems: Vec::new(),
+            poisoned: None,
+        };
+        for s in &mut st.slots {
+            s.load();
+        }
+        let report = st.rescan_and_repair();
+        Ok((st, report))
+    }
+
+    fn rescan_and_repair(&mut self) -> OpenReport {
+        self.evaluate();
+        let mut report = OpenReport::default();
+        let needed = self.repairs_needed();
+        for (idx, what) in needed {
+            if self.repair && self.poisoned.is_none() {
+                match self.do_repair(idx, &what) {
+                    Ok(()) => report.repairs.push(format!("{} (repaired)", what.line)),
+                    Err(e) => {
+                        self.poisoned = Some(e.to_string());
+                        report
+                            .repairs
+                            .push(format!("{} (repair failed: {e})", what.line))
+                    }
+                }
+            } else {
+                report
+                    .repairs
+                    .push(format!("{} (not repaired: read-only open)", what.line));
+            }
+        }
+        self.evaluate();
+        report.problems = self.problems.clone();
+        report
+    }
+
+    /// The committed image; None until the first claim commits.
+    pub fn image(&self) -> Option<&ClusterImage> {
+        self.image.as_ref()
+    }
+
+    pub fn alus(&self) -> Vec<AluStatus> {
+        self.slots
+            .iter()
+            .map(|s| AluStatus {
+                path: s.path.clone(),
+                size: s.size,
+                state: s.state.clone(),
+            })
+            .collect()
+    }
+
+    /// Add a newly appeared device (for `alu scan`).
+    pub fn add_disk(&mut self, path: String, disk: Box<dyn Disk>) -> Result<OpenReport, MetaError> {
+        if self.slots.iter().any(|s| s.path == path) {
+            return Err(MetaError::Invalid(format!("alu {path}: already known")));
+        }
+        let mut s = Slot::new(path, disk);
+        s.load();
+        self.slots.push(s);
+        Ok(self.rescan_and_repair())
+    }
+
+    pub fn path_of(&self, alu: Uuid) -> Option<&str> {
+        let owned = self
+            .slots
+            .iter()
+            .find(|s| s.owned_uuid() == Some(alu))
+            .or_else(|| {
+                self.slots
+                    .iter()
+                    .find(|s| s.dir().is_some_and(|d| d.alu_uuid == alu))
+            });
+        owned.map(|s| s.path.as_str())
+    }
+
+    /// Volumes that can't be fully verified, with a one-line reason; held offline.
+    pub fn volume_problems(&self) -> Vec<(String, String)> {
+        self.vol_problems.clone()
+    }
+
+    fn slot_of(&self, alu: Uuid) -> Option<usize> {
+        self.slots
+            .iter()
+            .position(|s| s.owned_uuid() == Some(alu))
+            .or_else(|| {
+                self.slots.iter().position(
+                    |s| matches!(&s.state, AluState::Damaged { uuid: Some(u), .. } if *u == alu),
+                )
+            })
+    }
+
+    // ---------------------------------------------------------------- evaluation
+
+    fn evaluate(&mut self) {
+        self.problems.clear();
+        self.vol_problems.clear();
+        self.list = None;
+        self.image = None;
+        self.boot_unreadable = false;
+        // 1. per-slot state without cluster context
+        for s in &mut self.slots {
+            s.state = if let Some(e) = &s.io_error {
+                AluState::Unreadable { reason: e.clone() }
+            } else if s.dir().is_none() {
+                let ours = s
+                    .dir
+                    .iter()
+                    .any(|r| !matches!(r, Err(FormatError::Blank) | Err(FormatError::BadMagic)));
+                if ours {
+                    AluState::Damaged {
+                        uuid: s.damaged_dir_uuid,
+                        reason: format!("directory: both copies invalid ({})", both_errors(&s.dir)),
+                    }
+                } else {
+                    AluState::NotOwned {
+                        foreign: s.foreign.clone(),
+                    }
+                }
+            } else {
+                AluState::Orphan {
+                    uuid: s.dir().map(|d| d.alu_uuid).unwrap_or(Uuid::NIL),
+                }
+            };
+        }
+        let name_ok = |d: &Directory, want: &Option<String>| {
+            want.as_ref().is_none_or(|n| *n == d.cluster.name)
+        };
+        // 2. boot candidates
+        let mut best: Option<(u64, BootList)> = None;
+        for s in &self.slots {
+            let Some(d) = s.dir() else { continue };
+            if !name_ok(d, &self.cluster_name) {
+                continue;
+            }
+            for (p, l) in s.ptr.iter().flatten() {
+                if l.sig != d.cluster {
+                    continue;
+                }
+                if best.as_ref().is_none_or(|(bs, _)| p.seq > *bs) {
+                    best = Some((p.seq, l.clone()));
+                }
+            }
+        }
+        let cluster_uuid = best.as_ref().map(|(_, l)| l.sig.uuid);
+        self.max_seq = 0;
+        for s in &self.slots {
+            let Some(d) = s.dir() else { continue };
+            if Some(d.cluster.uuid) == cluster_uuid {
+                for (p, _) in s.ptr.iter().flatten() {
+                    self.max_seq = self.max_seq.max(p.seq);
+                }
+            }
+        }
+        match best {
+            Some((_, list)) => self.evaluate_with_list(list),
+            None => self.evaluate_without_list(),
+        }
+    }
+
+    fn region_state(s: &Slot, uuid: Uuid) -> AluState {
+        if s.label_live().is_none() {
+            return AluState::Damaged {
+                uuid: Some(uuid),
+                reason: format!(
+                    "label directory: both copies invalid ({})",
+                    both_errors(&s.label)
+                ),
+            };
+        }
+        if s.objdb_live().is_none() {
+            return AluState::Damaged {
+                uuid: Some(uuid),
+                reason: format!(
+                    "object database: both slots invalid ({})",
+                    both_errors(&s.objdb)
+                ),
+            };
+        }
+        AluState::Owned { uuid }
+    }
+
+    fn has_objects(s: &Slot) -> bool {
+        s.objdb_live()
+            .is_some_and(|o| o.partitions().next().is_some() || o.volumes().next().is_some())
+    }
+
+    fn evaluate_with_list(&mut self, list: BootList) {
+        let sig = list.sig.clone();
+        let in_list: HashSet<Uuid> = list.alus.iter().map(|a| a.uuid).collect();
+        let mut seen: Vec<(Uuid, String)> = Vec::new();
+        for s in &mut self.slots {
+            let Some(d) = s.dir().cloned() else { continue };
+            if d.cluster != sig {
+                let same_name_orphan = d.cluster.name == sig.name
+                    && s.ptr.iter().all(|p| p.is_err())
+                    && !Self::has_objects(s);
+                s.state = if same_name_orphan {
+                    AluState::Orphan { uuid: d.alu_uuid }
+                } else {
+                    AluState::OtherCluster { sig: d.cluster }
+                };
+                continue;
+            }
+            if !in_list.contains(&d.alu_uuid) {
+                s.state = AluState::Orphan { uuid: d.alu_uuid };
+                continue;
+            }
+            if let Some((_, other)) = seen.iter().find(|(u, _)| *u == d.alu_uuid) {
+                s.state = AluState::Damaged {
+                    uuid: Some(d.alu_uuid),
+                    reason: format!("duplicate ALU uuid {} (also at {other})", d.alu_uuid),
+                };
+                continue;
+            }
+            seen.push((d.alu_uuid, s.path.clone()));
+            s.state = Self::region_state(s, d.alu_uuid);
+        }
+        for s in &self.slots {
+            if let AluState::Damaged { reason, .. } = &s.state {
+                self.problems
+                    .push(format!("alu {}: {reason}; never written", s.path));
+            }
+            if let AluState::Unreadable { reason } = &s.state {
+                self.problems
+                    .push(format!("alu {}: unreadable: {reason}", s.path));
+            }
+        }
+        for a in &list.alus {
+            if self.slot_of(a.uuid).is_none() {
+                self.problems.push(format!(
+                    "alu {}: listed in the boot list but not found",
+                    a.uuid
+                ));
+            }
+        }
+        // volumes
+        let mut volumes = Vec::new();
+        for bv in &list.volumes {
+            let (def, problem) = self.resolve_volume(bv, &list);
+            if let Some(p) = problem {
+                self.problems
+                    .push(format!("volume {}: {p}; held offline", bv.name));
+                self.vol_problems.push((bv.name.clone(), p));
+            }
+            volumes.push(def);
+        }
+        self.image = Some(ClusterImage {
+            sig,
+            seq: list.seq,
+            alus: list.alus.clone(),
+            volumes,
+            failed_alus: list.failed.clone(),
+            next_id: list.next_id,
+        });
+        self.list = Some(list);
+    }
+
+    fn resolve_volume(&self, bv: &BootVol, list: &BootList) -> (VolumeDef, Option<String>) {
+        let found = self
+            .slots
+            .iter()
+            .filter(|s| s.owned_uuid().is_some())
+            .filter_map(|s| s.objdb_live())
+            .flat_map(|o| o.volumes())
+            .find(|v| v.id == bv.id && def_crc(v) == bv.def_crc)
+            .cloned();
+        let Some(def) = found else {
+            let def = VolumeDef {
+                id: bv.id,
+                name: bv.name.clone(),
+                size: bv.size,
+                wwn: bv.wwn,
+                segments: Vec::new(),
+            };
+            // Name the damage that hid the definition, so the administrator
+            // knows which ALU to look at.
+            let damaged: Vec<String> = self
+                .slots
+                .iter()
+                .filter_map(|s| match &s.state {
+                    AluState::Damaged { reason, .. } => Some(format!("alu {}: {reason}", s.path)),
+                    _ => None,
+                })
+                .collect();
+            let mut why = "no valid copy of the volume definition on any available ALU".to_string();
+            if !damaged.is_empty() {
+                why = format!("{why} ({})", damaged.join("; "));
+            }
+            return (def, Some(why));
+        };
+        if def.name != bv.name || def.size != bv.size || def.wwn != bv.wwn {
+            return (
+                def,
+                Some("volume definition does not match the boot list".into()),
+            );
+        }
+        for (i, seg) in def.segments.iter().enumerate() {
+            if !list.alus.iter().any(|a| a.uuid == seg.alu) {
+                return (
+                    def.clone(),
+                    Some(format!("segment {i}: ALU {} not in the cluster", seg.alu)),
+                );
+            }
+            let Some(si) = self.slot_of(seg.alu) else {
+                return (
+                    def.clone(),
+                    Some(format!("segment {i}: ALU {} missing", seg.alu)),
+                );
+            };
+            let s = &self.slots[si];
+            let Some(l) = s.label_live().filter(|_| s.owned_uuid().is_some()) else {
+                return (
+                    def.clone(),
+                    Some(format!("segment {i}: ALU {} ({}) damaged", seg.alu, s.path)),
+                );
+            };
+            let ok = l.entries.iter().any(|e| {
+                e.partition == seg.partition_id
+                    && e.owner == def.id
+                    && e.start == seg.start
+                    && e.len == seg.len
+            });
+            if !ok {
+                return (
+                    def.clone(),
+                    Some(format!(
+                        "segment {i}: label entry for partition {} missing on ALU {}",
+                        seg.partition_id, s.path
+                    )),
+                );
+            }
+        }
+        (def, None)
+    }
+
+    fn evaluate_without_list(&mut self) {
+        let want = self.cluster_name.clone();
+        // Which cluster do the signed ALUs belong to?
+        let mut sig: Option<ClusterSig> = None;
+        let mut unreadable = false;
+        for s in &self.slots {
+            let Some(d) = s.dir() else { continue };
+            if want.as_ref().is_some_and(|n| *n != d.cluster.name) {
+                continue;
+            }
+            let bad_ptr = s
+                .ptr
+                .iter()
+                .any(|p| matches!(p, Err(e) if *e != FormatError::Blank));
+            if bad_ptr || Self::has_objects(s) {
+                unreadable = true;
+                sig.get_or_insert(d.cluster.clone());
+            }
+        }
+        for s in &mut self.slots {
+            let Some(d) = s.dir().cloned() else { continue };
+            let mine = sig.as_ref().is_some_and(|g| *g == d.cluster);
+            let name_match = want.as_ref().is_none_or(|n| *n == d.cluster.name);
+            s.state = if mine {
+                Self::region_state(s, d.alu_uuid)
+            } else if name_match
+                && (sig.is_none()
+                    || (s.ptr.iter().all(|p| matches!(p, Err(FormatError::Blank)))
+                        && !Self::has_objects(s)))
+            {
+                AluState::Orphan { uuid: d.alu_uuid }
+            } else {
+                AluState::OtherCluster { sig: d.cluster }
+            };
+        }
+        let Some(sig) = sig.filter(|_| unreadable) else {
+            return;
+        };
+        self.boot_unreadable = true;
+        self.problems.push(format!(
+            "cluster {}: boot set unreadable on every ALU; metadata changes refused",
+            sig.name
+        ));
+        let mut alus = Vec::new();
+        let mut volumes: Vec<VolumeDef> = Vec::new();
+        for s in &self.slots {
+            let Some(d) = s.dir() else { continue };
+            if d.cluster != sig {
+                continue;
+            }
+            for r in s.ptr.iter() {
+                if let Err(e) = r {
+                    if *e != FormatError::Blank {
+                        self.problems
+                            .push(format!("alu {}: boot pointer: {e}", s.path));
+                    }
+                }
+            }
+            alus.push(AluRecord {
+                uuid: d.alu_uuid,
+                wwn: d.wwn,
+                size: d.alu_size,
+                data_start: d.data_start,
+                data_end: d.data_end,
+                boot_member: false,
+            });
+            if let Some(o) = s.objdb_live() {
+                for v in o.volumes() {
+                    if !volumes.iter().any(|x| x.id == v.id) {
+                        volumes.push(v.clone());
+                    }
+                }
+            }
+        }
+        for v in &volumes {
+            self.vol_problems.push((
+                v.name.clone(),
+                "boot set unreadable on every ALU; volume held offline".into(),
+            ));
+        }
+        self.image = Some(ClusterImage {
+            sig,
+            seq: 0,
+            alus,
+            volumes,
+            failed_alus: Vec::new(),
+            next_id: 0,
+        });
+    }
+
+    // ---------------------------------------------------------------- repair
+
+    fn repairs_needed(&self) -> Vec<(usize, RepairItem)> {
+        let mut out = Vec::new();
+        if self.boot_unreadable {
+            return out;
+        }
+        let Some(list) = &self.list else { return out };
+        for (i, s) in self.slots.iter().enumerate() {
+            let Some(uuid) = s.owned_uuid() else { continue };
+            let p = &s.path;
+            match (&s.dir[0], &s.dir[1]) {
+                (Err(e), Ok(_)) => out.push((
+                    i,
+                    RepairItem::new(
+                        RepairKind::DirPrimary,
+                        format!(
+                            "alu {p}: directory: primary copy invalid ({e}); rewrite from backup"
+                        ),
+                    ),
+                )),
+                (Ok(_), Err(e)) => out.push((
+                    i,
+                    RepairItem::new(
+                        RepairKind::DirBackup,
+                        format!(
+                            "alu {p}: directory: backup copy invalid ({e}); rewrite from primary"
+                        ),
+                    ),
+                )),
+                (Ok(a), Ok(b)) if !a.same_content(b) => out.push((
+                    i,
+                    RepairItem::new(
+                        RepairKind::DirBackup,
+                        format!(
+                            "alu {p}: directory: backup differs from primary; rewrite from primary"
+                        ),
+                    ),
+                )),
+                _ => {}
+            }
+            for c in 0..2 {
+                if let Err(e) = &s.label[c] {
+                    out.push((i, RepairItem::new(RepairKind::Label(c), format!("alu {p}: label directory: copy {} invalid ({e}); rewrite from copy {}", COPY[c], COPY[1 - c]))));
+                }
+                if let Err(e) = &s.objdb[c] {
+                    out.push((i, RepairItem::new(RepairKind::Objdb(c), format!("alu {p}: object database: slot {} invalid ({e}); rewrite from slot {}", COPY[c], COPY[1 - c]))));
+                }
+            }
+            let member = list.alus.iter().any(|a| a.uuid == uuid && a.boot_member);
+            if member {
+                let live = s.boot_live().map(|b| b.0.seq);
+                let bad_ptr = s
+                    .ptr
+                    .iter()
+                    .any(|r| matches!(r, Err(e) if *e != FormatError::Blank));
+                if live != Some(list.seq) || bad_ptr {
+                    let why = match live {
+                        Some(q) if q != list.seq => {
+                            format!("stale copy (seq {q}, current {})", list.seq)
+                        }
+                        None => "no valid copy".to_string(),
+                        Some(_) => "one pointer sector invalid".to_string(),
+                    };
+                    out.push((
+                        i,
+                        RepairItem::new(
+                            RepairKind::Boot,
+                            format!("alu {p}: boot set: {why}; rewrite current boot list"),
+                        ),
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    fn do_repair(&mut self, idx: usize, item: &RepairItem) -> Result<(), MetaError> {
+        let list = self.list.clone();
+        let s = &mut self.slots[idx];
+        match item.kind {
+            RepairKind::DirPrimary | RepairKind::DirBackup => {
+                let d = s.need_dir()?;
+                let (i, off) = if item.kind == RepairKind::DirPrimary {
+                    (0, DIR_OFFSET)
+                } else {
+                    (1, d.backup_offset)
+                };
+                let nd = d.at(off);
+                s.write(off, &nd.encode(), "directory: repair")?;
+                s.flush("directory: repair")?;
+                s.dir[i] = Ok(nd);
+            }
+            RepairKind::Label(c) => {
+                let l = s.label_live().cloned().ok_or_else(|| {
+                    MetaError::Corrupt(format!("alu {}: label directory: no valid copy", s.path))
+                })?;
+                s.write_label_copy(c, &l)?;
+            }
+            RepairKind::Objdb(c) => {
+                let o = s.objdb_live().cloned().ok_or_else(|| {
+                    MetaError::Corrupt(format!("alu {}: object database: no valid slot", s.path))
+                })?;
+                s.write_objdb_slot(c, &o)?;
+            }
+            RepairKind::Boot => {
+                if let Some(l) = list {
+                    s.write_boot(&l)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- commits
+
+    fn check_writable(&self) -> Result<(), MetaError> {
+        if let Some(p) = &self.poisoned {
+            return Err(MetaError::Refused(format!(
+                "metadata store must be reopened after a failed write ({p})"
+            )));
+        }
+        if self.boot_unreadable {
+            let name = self
+                .image
+                .as_ref()
+                .map(|i| i.sig.name.as_str())
+                .unwrap_or("?");
+            return Err(MetaError::Refused(format!(
+                "cluster {name}: boot set unreadable on every ALU; metadata changes refused until an administrator repairs it"
+            )));
+        }
+        Ok(())
+    }
+
+    fn poison<T>(&mut self, r: Result<T, MetaError>) -> Result<T, MetaError> {
+        if let Err(e) = &r {
+            if matches!(e, MetaError::Io { .. }) {
+                self.poisoned = Some(e.to_string());
+            }
+        }
+        r
+    }
+
+    fn next_seq(&self) -> u64 {
+        self.max_seq.max(self.list.as_ref().map_or(0, |l| l.seq)) + 1
+    }
+
+    /// Commit `list` on every present, Owned boot member. Succeeds if at least one
+    /// member committed (the others are stale and get healed on the next commit/open).
+    fn boot_commit(&mut self, list: &BootList) -> Result<(), MetaError> {
+        let members: Vec<usize> = list
+            .alus
+            .iter()
+            .filter(|a| a.boot_member)
+            .filter_map(|a| {
+                self.slots
+                    .iter()
+                    .position(|s| s.owned_uuid() == Some(a.uuid))
+            })
+            .collect();
+        let mut ok = 0;
+        let mut first_err = None;
+        for i in members {
+            match self.slots[i].write_boot(list) {
+                Ok(()) => ok += 1,
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        match (ok, first_err) {
+            (0, Some(e)) => Err(e),
+            (0, None) => Err(MetaError::Refused(format!(
+                "cluster {}: no boot set member available",
+                list.sig.name
+            ))),
+            (_, Some(e)) => {
+                self.poisoned = Some(e.to_string());
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn boot_vols(&self, volumes: &[VolumeDef]) -> Vec<BootVol> {
+        volumes
+            .iter()
+            .map(|v| {
+                let old = self
+                    .list
+                    .as_ref()
+                    .and_then(|l| l.volumes.iter().find(|b| b.id == v.id));
+                let crc = match old {
+                    Some(b) if v.segments.is_empty() => b.def_crc,
+                    _ => def_crc(v),
+                };
+                BootVol {
+                    id: v.id,
+                    name: v.name.clone(),
+                    size: v.size,
+                    wwn: v.wwn,
+                    def_crc: crc,
+                }
+            })
+            .collect()
+    }
+
+    /// Bring label directory and object database of every Owned ALU in line with
+    /// `volumes` (drops uncommitted garbage).
+    fn sync_alus(&mut self, alus: &[AluRecord], volumes: &[VolumeDef]) -> Result<(), MetaError> {
+        for rec in alus {
+            let Some(i) = self
+                .slots
+                .iter()
+                .position(|s| s.owned_uuid() == Some(rec.uuid))
+            else {
+                continue;
+            };
+            let s = &self.slots[i];
+            let live_label = s.label_live().cloned();
+            let live_obj = s.objdb_live().cloned();
+            let mut entries = Vec::new();
+            let mut records = vec![Record::Alu(alu_obj(rec))];
+            let mut copies = Vec::new();
+            for v in volumes {
+                if v.segments.is_empty() {
+                    if let Some(l) = &live_label {
+                        entries.extend(l.entries.iter().filter(|e| e.owner == v.id).copied());
+                    }
+                    continue;
+                }
+                let mut here = false;
+                for seg in v.segments.iter().filter(|g| g.alu == rec.uuid) {
+                    here = true;
+                    entries.push(LabelEntry {
+                        start: seg.start,
+                        len: seg.len,
+                        owner: v.id,
+                        partition: seg.partition_id,
+                        state: STATE_ALLOCATED,
+                        flags: 0,
+                    });
+                    records.push(Record::Partition(PartitionObj {
+                        id: seg.partition_id,
+                        alu: rec.uuid,
+                        start: seg.start,
+                        len: seg.len,
+                        volume: v.id,
+                    }));
+                }
+                if here {
+                    copies.push(Record::Volume(v.clone()));
+                }
+            }
+            records.extend(copies);
+            if let Some(o) = &live_obj {
+                records.extend(
+                    o.records
+                        .iter()
+                        .filter(|r| matches!(r, Record::Unknown { .. }))
+                        .cloned(),
+                );
+            }
+            entries.sort_by_key(|e| e.start);
+            if live_label.as_ref().map(|l| &l.entries) != Some(&entries) {
+                let r = self.slots[i].write_label(entries);
+                self.poison(r)?;
+            }
+            if live_obj.as_ref().map(|o| &o.records) != Some(&records) {
+                let r = self.slots[i].write_objdb(records);
+                self.poison(r)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Format the MDR on `path` and add the ALU to the boot list (creating the cluster
+    /// if there is none). Returns the new ALU uuid.
+    pub fn claim(
+        &mut self,
+        path: &str,
+        cluster_name: &str,
+        force: bool,
+    ) -> Result<Uuid, MetaError> {
+        self.check_writable()?;
+        if !valid_cluster_name(cluster_name) {
+            return Err(MetaError::Invalid(format!(
+                "cluster name {cluster_name:?}: must be 1..=63 bytes"
+            )));
+        }
+        let idx = self
+            .slots
+            .iter()
+            .position(|s| s.path == path)
+            .ok_or_else(|| MetaError::NotFound(format!("alu {path}: unknown device")))?;
+        let refuse = |why: String| {
+            Err(MetaError::Refused(format!(
+                "alu {path}: claim refused: {why}"
+            )))
+        };
+        match &self.slots[idx].state {
+            AluState::NotOwned { foreign: Some(f) } if !force => {
+                return Err(MetaError::ForeignData {
+                    path: path.to_string(),
+                    what: f.clone(),
+                })
+            }
+            AluState::NotOwned { .. } | AluState::Orphan { .. } => {}
+            AluState::Owned { .. } => return refuse("already owned by this cluster".into()),
+            AluState::OtherCluster { sig } => {
+                return refuse(format!("owned by cluster {} ({})", sig.name, sig.uuid))
+            }
+            AluState::Damaged { reason, .. } => {
+                return refuse(format!("damaged metadata: {reason}"))
+            }
+            AluState::Unreadable { reason } => return refuse(format!("unreadable: {reason}")),
+        }
+        if let Some(l) = &self.list {
+            if l.sig.name != cluster_name {
+                return refuse(format!("this store holds cluster {}", l.sig.name));
+            }
+        }
+        let size = self.slots[idx].size;
+        if size < MIN_ALU_SIZE {
+            return refuse(format!(
+                "device too small ({size} bytes, minimum {MIN_ALU_SIZE})"
+            ));
+        }
+        let sig = match &self.list {
+            Some(l) => l.sig.clone(),
+            None => ClusterSig {
+                name: cluster_name.to_string(),
+                uuid: Uuid::random(),
+            },
+        };
+        let uuid = Uuid::random();
+        let dir = Directory::new_v1(uuid, random_wwn(), sig.clone(), size);
+        let rec = AluRecord {
+            uuid,
+            wwn: dir.wwn,
+            size,
+            data_start: dir.data_start,
+            data_end: dir.data_end,
+            boot_member: true,
+        };
+        let r = self.format(idx, &dir, &rec);
+        self.poison(r)?;
+        // Commit point: boot set listing the new ALU.
+        let mut list = self.list.clone().unwrap_or(BootList {
+            sig: sig.clone(),
+            seq: 0,
+            next_id: 1,
+            alus: Vec::new(),
+            volumes: Vec::new(),
+            failed: Vec::new(),
+        });
+        let members = list.alus.iter().filter(|a| a.boot_member).count();
+        list.alus.push(AluRecord {
+            boot_member: members < MAX_MEMBERS,
+            ..rec
+        });
+        list.seq = self.next_seq();
+        self.slots[idx].state = AluState::Owned { uuid };
+        let r = self.boot_commit(&list);
+        if r.is_err() {
+            self.poisoned
+                .get_or_insert_with(|| "claim: boot set commit failed".into());
+            self.evaluate();
+        }
+        r?;
+        self.cluster_name = Some(sig.name.clone());
+        self.evaluate();
+        Ok(uuid)
+    }
+
+    fn format(&mut self, idx: usize, dir: &Directory, rec: &AluRecord) -> Result<(), MetaError> {
+        let s = &mut self.slots[idx];
+        let zero = vec![0u8; BLOCK as usize];
+        s.write(0, &zero, "claim: wipe block 0")?;
+        let label = LabelDir {
+            seq: 1,
+            timestamp: now_secs(),
+            entries: Vec::new(),
+        };
+        let obj = ObjDb {
+            seq: 1,
+            records: vec![Record::Alu(alu_obj(rec))],
+        };
+        for i in 0..2 {
+            s.write(
+                dir.label[i],
+                &label.encode(dir.label[i]),
+                "claim: write label directory",
+            )?;
+            s.write(
+                dir.objdb[i],
+                &obj.encode(dir.objdb[i]),
+                "claim: write object database",
+            )?;
+            s.write(dir.bootptr[i], &zero, "claim: clear boot pointer")?;
+        }
+        s.flush("claim: flush metadata regions")?;
+        s.write(DIR_OFFSET, &dir.encode(), "claim: write directory")?;
+        let bk = dir.at(dir.backup_offset);
+        s.write(bk.own_offset, &bk.encode(), "claim: write backup directory")?;
+        s.flush("claim: flush directory")?;
+        s.dir = [Ok(dir.clone()), Ok(bk)];
+        s.damaged_dir_uuid = None;
+        s.label = [Ok(label.clone()), Ok(label)];
+        s.objdb = [Ok(obj.clone()), Ok(obj)];
+        s.ptr = blank2();
+        s.foreign = None;
+        Ok(())
+    }
+
+    /// Remove an ALU from the cluster (refused while any volume uses it).
+    pub fn release(&mut self, path: &str) -> Result<(), MetaError> {
+        self.check_writable()?;
+        let idx = self
+            .slots
+            .iter()
+            .position(|s| s.path == path)
+            .ok_or_else(|| MetaError::NotFound(format!("alu {path}: unknown device")))?;
+        let Some(uuid) = self.slots[idx].owned_uuid() else {
+            return Err(MetaError::Refused(format!(
+                "alu {path}: release refused: not an owned, healthy ALU of this cluster"
+            )));
+        };
+        let Some(mut list) = self.list.clone() else {
+            return Err(MetaError::Refused(format!(
+                "alu {path}: no committed cluster"
+            )));
+        };
+        let image = self.image.clone();
+        let in_use = image.iter().flat_map(|i| i.volumes.iter()).find(|v| {
+            v.segments.iter().any(|g| g.alu == uuid)
+                || (v.segments.is_empty()
+                    && self.slots[idx]
+                        .label_live()
+                        .is_some_and(|l| l.entries.iter().any(|e| e.owner == v.id)))
+        });
+        if let Some(v) = in_use {
+            return Err(MetaError::Refused(format!(
+                "alu {path}: release refused: volume {} has a segment on it",
+                v.name
+            )));
+        }
+        let was_member = list.alus.iter().any(|a| a.uuid == uuid && a.boot_member);
+        list.alus.retain(|a| a.uuid != uuid);
+        if !list.alus.is_empty() {
+            if was_member {
+                let slots = &self.slots;
+                if let Some(a) = list.alus.iter_mut().find(|a| {
+                    !a.boot_member && slots.iter().any(|s| s.owned_uuid() == Some(a.uuid))
+                }) {
+                    a.boot_member = true;
+                }
+            }
+            list.seq = self.next_seq();
+            let r = self.boot_commit(&list);
+            self.poison(r)?;
+        }
+        // After the commit point: invalidate the directory (primary, then backup).
+        let s = &mut self.slots[idx];
+        let d = s.need_dir()?;
+        let zero = vec![0u8; BLOCK as usize];
+        let r = (|| {
+            s.write(DIR_OFFSET, &zero, "release: invalidate directory")?;
+            s.flush("release: invalidate directory")?;
+            s.dir[0] = Err(FormatError::Blank);
+            s.write(
+                d.backup_offset,
+                &zero,
+                "release: invalidate backup directory",
+            )?;
+            s.flush("release: invalidate backup directory")?;
+            s.dir[1] = Err(FormatError::Blank);
+            Ok(())
+        })();
+        let r = self.poison(r);
+        if r.is_ok() {
+            self.slots[idx].load();
+        }
+        self.evaluate();
+        r
+    }
+
+    /// Free extents on an Owned ALU: data area minus allocated extents, 1 MiB aligned.
+    pub fn free_extents(&self, alu: Uuid) -> Vec<Extent> {
+        let (Some(img), Some(i)) = (
+            &self.image,
+            self.slots.iter().position(|s| s.owned_uuid() == Some(alu)),
+        ) else {
+            return Vec::new();
+        };
+        let Some(rec) = img.alus.iter().find(|a| a.uuid == alu) else {
+            return Vec::new();
+        };
+        let label = self.slots[i].label_live();
+        let mut used = Vec::new();
+        for v in &img.volumes {
+            if v.segments.is_empty() {
+                if let Some(l) = label {
+                    used.extend(
+                        l.entries
+                            .iter()
+                            .filter(|e| e.owner == v.id)
+                            .map(|e| Extent {
+                                start: e.start,
+                                len: e.len,
+                            }),
+                    );
+                }
+            }
+            used.extend(v.segments.iter().filter(|g| g.alu == alu).map(|g| Extent {
+                start: g.start,
+                len: g.len,
+            }));
+        }
+        subtract(rec.data_start, rec.data_end, &used)
+    }
+
+    /// Create a linear volume from `plan` = ordered (alu, len) pieces.
+    pub fn create_volume(
+        &mut self,
+        name: &str,
+        size: u64,
+        plan: &[(Uuid, u64)],
+    ) -> Result<VolumeDef, MetaError> {
+        self.check_writable()?;
+        let Some(mut list) = self.list.clone() else {
+            return Err(MetaError::Refused(format!(
+                "volume {name}: no cluster (claim an ALU first)"
+            )));
+        };
+        let Some(image) = self.image.clone() else {
+            return Err(MetaError::Refused(format!("volume {name}: no cluster")));
+        };
+        if !valid_volume_name(name) {
+            return Err(MetaError::Invalid(format!(
+                "volume {name:?}: invalid name (1..=63 bytes of [A-Za-z0-9._-])"
+            )));
+        }
+        if image.volumes.iter().any(|v| v.name == name) {
+            return Err(MetaError::Invalid(format!(
+                "volume {name}: name already in use"
+            )));
+        }
+        if size == 0 || !size.is_multiple_of(MIB) {
+            return Err(MetaError::Invalid(format!(
+                "volume {name}: size must be a non-zero multiple of 1 MiB"
+            )));
+        }
+        if plan.is_empty()
+            || plan.iter().any(|(_, l)| *l == 0 || l % MIB != 0)
+            || plan.iter().try_fold(0u64, |a, (_, l)| a.checked_add(*l)) != Some(size)
+        {
+            return Err(MetaError::Invalid(format!(
+                "volume {name}: plan pieces must be non-zero multiples of 1 MiB summing to the size"
+            )));
+        }
+        let mut next_id = list.next_id.max(1);
+        let vol_id = next_id;
+        next_id += 1;
+        let mut segments = Vec::new();
+        let mut taken: Vec<(Uuid, Extent)> = Vec::new();
+        for &(alu, len) in plan {
+            if !image.alus.iter().any(|a| a.uuid == alu) {
+                return Err(MetaError::NotFound(format!(
+                    "volume {name}: ALU {alu} is not part of the cluster"
+                )));
+            }
+            if self.slots.iter().all(|s| s.owned_uuid() != Some(alu)) {
+                return Err(MetaError::Refused(format!(
+                    "volume {name}: ALU {alu} is missing or damaged"
+                )));
+            }
+            let used: Vec<Extent> = taken
+                .iter()
+                .filter(|(u, _)| *u == alu)
+                .map(|(_, e)| *e)
+                .collect();
+            let mut free = Vec::new();
+            for f in self.free_extents(alu) {
+                free.extend(subtract(f.start, f.start + f.len, &used));
+            }
+            let mut pieces = Vec::new();
+            if let Some(f) = free.iter().find(|f| f.len >= len) {
+                pieces.push(Extent {
+                    start: f.start,
+                    len,
+                });
+            } else {
+                let mut need = len;
+                for f in &free {
+                    if need == 0 {
+                        break;
+                    }
+                    let l = f.len.min(need);
+                    pieces.push(Extent {
+                        start: f.start,
+                        len: l,
+                    });
+                    need -= l;
+                }
+                if need > 0 {
+                    return Err(MetaError::NoSpace(format!(
+                        "volume {name}: not enough free space on ALU {alu} ({} MiB short)",
+                        need / MIB
+                    )));
+                }
+            }
+            for p in pieces {
+                taken.push((alu, p));
+                segments.push(Segment {
+                    partition_id: next_id,
+                    alu,
+                    start: p.start,
+                    len: p.len,
+                });
+                next_id += 1;
+            }
+        }
+        let def = VolumeDef {
+            id: vol_id,
+            name: name.to_string(),
+            size,
+            wwn: random_wwn(),
+            segments,
+        };
+        let mut volumes = image.volumes.clone();
+        volumes.push(def.clone());
+        // Before the commit point: partitions, labels and volume copies on every ALU.
+        self.sync_alus(&list.alus, &volumes)?;
+        list.volumes = self.boot_vols(&volumes);
+        list.next_id = next_id;
+        list.seq = self.next_seq();
+        let r = self.boot_commit(&list);
+        self.poison(r)?;
+        self.evaluate();
+        Ok(def)
+    }
+
+    /// Remove a volume: boot set commit first, then per-ALU cleanup.
+    pub fn remove_volume(&mut self, name: &str) -> Result<(), MetaError> {
+        self.check_writable()?;
+        let (Some(mut list), Some(image)) = (self.list.clone(), self.image.clone()) else {
+            return Err(MetaError::NotFound(format!("volume {name}: no cluster")));
+        };
+        if !image.volumes.iter().any(|v| v.name == name) {
+            return Err(MetaError::NotFound(format!("volume {name}: not found")));
+        }
+        let volumes: Vec<VolumeDef> = image
+            .volumes
+            .iter()
+            .filter(|v| v.name != name)
+            .cloned()
+            .collect();
+        list.volumes = self.boot_vols(&volumes);
+        list.seq = self.next_seq();
+        let r = self.boot_commit(&list);
+        self.poison(r)?;
+        self.list = Some(list.clone());
+        let r = self.sync_alus(&list.alus, &volumes);
+        self.evaluate();
+        r.map_err(|e| {
+            MetaError::Corrupt(format!("volume {name}: removed, but cleanup failed: {e}"))
+        })
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum RepairKind {
+    DirPrimary,
+    DirBackup,
+    Label(usize),
+    Objdb(usize),
+    Boot,
+}
+
+struct RepairItem {
+    kind: RepairKind,
+    line: String,
+}
+
+impl RepairItem {
+    fn new(kind: RepairKind, line: String) -> Self {
+        RepairItem { kind, line }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subtract_works() {
+        let m = MIB;
+        assert_eq!(
+            subtract(8 * m, 20 * m, &[]),
+            vec![Extent {
+                start: 8 * m,
+                len: 12 * m
+            }]
+        );
+        let used = [
+            Extent {
+                start: 10 * m,
+                len: 2 * m,
+            },
+            Extent {
+                start: 8 * m,
+                len: m,
+            },
+        ];
+        assert_eq!(
+            subtract(8 * m, 20 * m, &used),
+            vec![
+                Extent {
+                    start: 9 * m,
+                    len: m
+                },
+                Extent {
+                    start: 12 * m,
+                    len: 8 * m
+                }
+            ]
+        );
+        assert_eq!(
+            subtract(
+                8 * m,
+                20 * m,
+                &[Extent {
+                    start: 0,
+                    len: 30 * m
+                }]
+            ),
+            vec![]
+        );
+    }
+}
