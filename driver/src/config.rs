@@ -1,0 +1,78 @@
+//! `/etc/tierblk/tierblkd.toml`: defaults the command line can extend.
+//!
+//! ```toml
+//! cluster = "lab"
+//! alus = ["/dev/vdb", "/var/lib/tierblk/alu0.img"]
+//! socket = "/run/tierblk/control.sock"
+//! queues = 2
+//! depth = 128
+//! ```
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+pub const DEFAULT_CONFIG: &str = "/etc/tierblk/tierblkd.toml";
+pub const DEFAULT_CLUSTER: &str = "tierblk";
+
+#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub cluster: Option<String>,
+    #[serde(default)]
+    pub alus: Vec<PathBuf>,
+    pub socket: Option<PathBuf>,
+    pub queues: Option<u16>,
+    pub depth: Option<u16>,
+}
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("config {0}: {1}")]
+    Read(String, std::io::Error),
+    #[error("config {0}: {1}")]
+    Parse(String, String),
+}
+
+/// Load the config file; a missing default file is an empty config, a missing
+/// file named on the command line is an error.
+pub fn load(path: &Path, explicit: bool) -> Result<FileConfig, ConfigError> {
+    let name = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse(&name, &text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+            Ok(FileConfig::default())
+        }
+        Err(e) => Err(ConfigError::Read(name, e)),
+    }
+}
+
+pub fn parse(name: &str, text: &str) -> Result<FileConfig, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Parse(name.to_string(), e.message().to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_rejects_unknown_keys() {
+        let c = parse(
+            "t",
+            "cluster = \"lab\"\nalus = [\"/dev/vdb\"]\nqueues = 2\n",
+        )
+        .unwrap();
+        assert_eq!(c.cluster.as_deref(), Some("lab"));
+        assert_eq!(c.alus, vec![PathBuf::from("/dev/vdb")]);
+        assert_eq!(c.queues, Some(2));
+        let e = parse("t", "clustr = \"lab\"\n").unwrap_err();
+        assert!(e.to_string().contains("clustr"), "{e}");
+    }
+
+    #[test]
+    fn missing_default_is_empty_but_missing_explicit_is_an_error() {
+        let p = Path::new("/nonexistent/tierblkd.toml");
+        assert_eq!(load(p, false).unwrap(), FileConfig::default());
+        assert!(load(p, true).is_err());
+    }
+}

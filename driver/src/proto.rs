@@ -1,0 +1,168 @@
+//! The control API between the admin CLI and the daemon (the spec's MIC,
+//! [063]): one JSON request line, one JSON reply line, on a Unix socket that
+//! only root may use.
+//!
+//! Every request carries a protocol version so that an older CLI talking to a
+//! newer daemon gets a clear refusal instead of a misparse.
+
+use serde::{Deserialize, Serialize};
+
+pub const PROTOCOL_VERSION: u32 = 1;
+/// A request line longer than this is refused unread: a peer cannot make the
+/// daemon allocate without bound.
+pub const MAX_LINE: usize = 64 * 1024;
+pub const DEFAULT_SOCKET: &str = "/run/tierblk/control.sock";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case")]
+pub enum Request {
+    AluList,
+    AluScan,
+    AluClaim {
+        path: String,
+        force: bool,
+    },
+    AluRelease {
+        path: String,
+    },
+    AluShow {
+        path: String,
+    },
+    VolCreate {
+        name: String,
+        size: u64,
+        alus: Vec<String>,
+    },
+    VolList,
+    VolShow {
+        name: String,
+    },
+    VolRemove {
+        name: String,
+    },
+    VolOnline {
+        name: String,
+    },
+    VolOffline {
+        name: String,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Envelope {
+    pub version: u32,
+    pub request: Request,
+}
+
+/// The reply: exactly one of `ok` or `error`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Reply {
+    Ok(Payload),
+    Error(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "data", rename_all = "kebab-case")]
+pub enum Payload {
+    Done(String),
+    Alus(Vec<AluView>),
+    Alu(AluView),
+    Volumes(Vec<VolumeView>),
+    Volume(VolumeView),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AluView {
+    pub path: String,
+    /// owned, not-owned, orphan, damaged, other-cluster, unreadable
+    pub state: String,
+    pub size: u64,
+    pub uuid: Option<String>,
+    pub cluster: Option<String>,
+    /// Why the ALU is in this state (foreign signature, damage, ...).
+    pub detail: Option<String>,
+    pub boot_member: bool,
+    /// Bytes free in the data area (owned ALUs only).
+    pub free: Option<u64>,
+    pub partitions: Vec<PartitionView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionView {
+    pub volume: String,
+    pub start: u64,
+    pub len: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeView {
+    pub name: String,
+    pub id: u64,
+    pub size: u64,
+    pub layout: String,
+    /// online, offline, failed
+    pub state: String,
+    pub device: Option<String>,
+    pub wwn: String,
+    /// Why the volume is not online, when it is not.
+    pub problem: Option<String>,
+    pub segments: Vec<SegmentView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SegmentView {
+    pub alu: String,
+    pub path: Option<String>,
+    pub start: u64,
+    pub len: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_wire_format_is_stable() {
+        let env = Envelope {
+            version: PROTOCOL_VERSION,
+            request: Request::AluClaim {
+                path: "/dev/vdb".into(),
+                force: false,
+            },
+        };
+        let line = serde_json::to_string(&env).unwrap();
+        assert_eq!(
+            line,
+            r#"{"version":1,"request":{"cmd":"alu-claim","path":"/dev/vdb","force":false}}"#
+        );
+        let back: Envelope = serde_json::from_str(&line).unwrap();
+        assert_eq!(back.request, env.request);
+    }
+
+    #[test]
+    fn reply_round_trip() {
+        let r = Reply::Error("volume v1: not found".into());
+        let line = serde_json::to_string(&r).unwrap();
+        assert_eq!(line, r#"{"error":"volume v1: not found"}"#);
+        let r = Reply::Ok(Payload::Done("x".into()));
+        let line = serde_json::to_string(&r).unwrap();
+        assert!(matches!(
+            serde_json::from_str::<Reply>(&line).unwrap(),
+            Reply::Ok(Payload::Done(_))
+        ));
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for bad in [
+            "",
+            "{",
+            "null",
+            r#"{"version":1}"#,
+            r#"{"version":1,"request":{"cmd":"nope"}}"#,
+        ] {
+            assert!(serde_json::from_str::<Envelope>(bad).is_err());
+        }
+    }
+}

@@ -1,0 +1,289 @@
+//! End-to-end tests of tierblkd and tierblk on the host, over image-file ALUs.
+//!
+//! The host has no ublk driver, so volumes cannot go online here: these tests
+//! prove the control path, the on-disk metadata and the refusals; the VM
+//! scenarios in tests/vm prove the data path through /dev/ublkbN.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const MIB: u64 = 1 << 20;
+
+struct Env {
+    dir: PathBuf,
+    socket: PathBuf,
+    daemon: Option<Child>,
+    alus: Vec<PathBuf>,
+}
+
+impl Env {
+    fn new(name: &str, disks: &[u64]) -> Env {
+        let dir = std::env::temp_dir().join(format!("tierblk-cli-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let alus = disks
+            .iter()
+            .enumerate()
+            .map(|(i, size)| {
+                let p = dir.join(format!("alu{i}.img"));
+                let f = std::fs::File::create(&p).unwrap();
+                f.set_len(*size).unwrap();
+                p
+            })
+            .collect();
+        Env {
+            socket: dir.join("control.sock"),
+            dir,
+            daemon: None,
+            alus,
+        }
+    }
+
+    fn alu(&self, i: usize) -> String {
+        self.alus[i].display().to_string()
+    }
+
+    fn start(&mut self) -> String {
+        let log = self.dir.join("tierblkd.log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tierblkd"));
+        cmd.arg("--socket")
+            .arg(&self.socket)
+            .arg("--cluster")
+            .arg("lab");
+        cmd.arg("--config").arg(self.dir.join("none.toml"));
+        std::fs::write(self.dir.join("none.toml"), "").unwrap();
+        for a in &self.alus {
+            cmd.arg("--alu").arg(a);
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        self.daemon = Some(child);
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(20) {
+            if self.cli(&["alu", "list"]).status.success() {
+                return std::fs::read_to_string(&log).unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "daemon did not come up: {}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(c.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            )
+            .unwrap();
+            let t = Instant::now();
+            loop {
+                if let Some(st) = c.try_wait().unwrap() {
+                    assert!(st.success(), "daemon exited with {st}");
+                    break;
+                }
+                assert!(
+                    t.elapsed() < Duration::from_secs(20),
+                    "daemon ignored SIGTERM"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        assert!(!self.socket.exists(), "socket left behind");
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_tierblk"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.cli(args);
+        assert!(
+            o.status.success(),
+            "tierblk {args:?} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let mut a = vec!["--json"];
+        a.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&a)).unwrap()
+    }
+
+    /// The command fails with exactly one line on stderr, which is returned.
+    fn refused(&self, args: &[&str]) -> String {
+        let o = self.cli(args);
+        assert!(
+            !o.status.success(),
+            "tierblk {args:?} unexpectedly succeeded"
+        );
+        let err = String::from_utf8(o.stderr).unwrap();
+        assert_eq!(err.lines().count(), 1, "not one line: {err:?}");
+        err
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn sha(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap()
+}
+
+#[test]
+fn claim_create_restart_remove() {
+    let mut env = Env::new("lifecycle", &[256 * MIB, 256 * MIB]);
+    env.start();
+    let alus = env.json(&["alu", "list"]);
+    assert_eq!(alus.as_array().unwrap().len(), 2);
+    assert!(alus
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|a| a["state"] == "not-owned"));
+
+    env.ok(&["alu", "claim", &env.alu(0)]);
+    env.ok(&["alu", "claim", &env.alu(1)]);
+    let v = env.json(&["vol", "create", "v1", "--size", "384M"]);
+    assert_eq!(v["size"], 384 * MIB);
+    let segs = v["segments"].as_array().unwrap();
+    let paths: std::collections::BTreeSet<_> =
+        segs.iter().map(|s| s["path"].as_str().unwrap()).collect();
+    assert_eq!(paths.len(), 2, "384M on two 256M ALUs must span both: {v}");
+    // No ublk on the host: the volume is defined but offline, and says why.
+    assert_eq!(v["state"], "offline");
+    assert!(v["problem"].as_str().unwrap().contains("ublk"), "{v}");
+
+    env.stop();
+    env.start();
+    let list = env.json(&["vol", "list"]);
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["name"], "v1");
+    assert_eq!(list[0]["size"], 384 * MIB);
+    assert!(list[0]["device"].is_null());
+    let table = env.ok(&["vol", "list"]);
+    assert!(table.starts_with("NAME") && table.contains("v1"), "{table}");
+
+    env.ok(&["vol", "remove", "v1"]);
+    assert_eq!(env.json(&["vol", "list"]).as_array().unwrap().len(), 0);
+    env.stop();
+    env.start();
+    assert_eq!(env.json(&["vol", "list"]).as_array().unwrap().len(), 0);
+    // The space came back: the same volume fits again.
+    env.ok(&["vol", "create", "v1", "--size", "384M"]);
+    env.stop();
+}
+
+#[test]
+fn bad_input_is_refused_with_one_line() {
+    let mut env = Env::new("bad", &[128 * MIB, 128 * MIB]);
+    env.start();
+    env.ok(&["alu", "claim", &env.alu(0)]);
+    env.ok(&["vol", "create", "v1", "--size", "10M"]);
+    let e = env.refused(&["vol", "create", "v1", "--size", "10M"]);
+    assert!(e.contains("already taken"), "{e}");
+    let e = env.refused(&["vol", "create", "v2", "--size", "100T"]);
+    assert!(e.contains("not enough free space"), "{e}");
+    let e = env.refused(&["vol", "create", "bad/name", "--size", "10M"]);
+    assert!(e.contains("bad/name"), "{e}");
+    let e = env.refused(&["vol", "create", "v3", "--size", "ten"]);
+    assert!(e.contains("size"), "{e}");
+    let e = env.refused(&["vol", "create", "v3", "--size", "10M", "--alu", &env.alu(1)]);
+    assert!(e.contains("not owned"), "{e}");
+    let e = env.refused(&["alu", "claim", "/nonexistent/disk"]);
+    assert!(e.contains("/nonexistent/disk"), "{e}");
+    let e = env.refused(&["vol", "show", "nosuch"]);
+    assert!(e.contains("not found"), "{e}");
+    let e = env.refused(&["alu", "claim", &env.alu(0)]);
+    assert!(e.contains("already"), "{e}");
+    let e = env.refused(&["alu", "release", &env.alu(0)]);
+    assert!(e.contains("v1"), "{e}");
+    // A refused request wrote nothing: the unowned ALU is still all zeroes.
+    assert!(sha(&env.alus[1]).iter().all(|&b| b == 0));
+    env.stop();
+    let e = env.refused(&["vol", "list"]);
+    assert!(e.contains("daemon not running"), "{e}");
+}
+
+#[test]
+fn claim_refuses_a_disk_holding_a_filesystem() {
+    let mut env = Env::new("foreign", &[64 * MIB]);
+    // An ext4 superblock magic at byte 1080.
+    let mut img = vec![0u8; 64 * MIB as usize];
+    img[1080] = 0x53;
+    img[1081] = 0xEF;
+    std::fs::write(&env.alus[0], &img).unwrap();
+    env.start();
+    let a = env.json(&["alu", "show", &env.alu(0)]);
+    assert_eq!(a["state"], "not-owned");
+    let e = env.refused(&["alu", "claim", &env.alu(0)]);
+    assert!(e.contains("--force"), "{e}");
+    assert_eq!(sha(&env.alus[0]), img, "refused claim modified the disk");
+    env.ok(&["alu", "claim", "--force", &env.alu(0)]);
+    assert_eq!(env.json(&["alu", "show", &env.alu(0)])["state"], "owned");
+    env.stop();
+}
+
+#[test]
+fn control_socket_is_root_only() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: needs root to drop to another uid");
+        return;
+    }
+    let mut env = Env::new("peercred", &[64 * MIB]);
+    env.start();
+    use std::os::unix::fs::PermissionsExt;
+    let socket = env.socket.clone();
+    assert_eq!(
+        std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let as_nobody = || {
+        Command::new(env!("CARGO_BIN_EXE_tierblk"))
+            .arg("--socket")
+            .arg(&socket)
+            .args(["alu", "list"])
+            .uid(65534)
+            .output()
+            .unwrap()
+    };
+    // The file mode keeps other users out...
+    let out = as_nobody();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("permission denied"));
+    // ...and if the mode is loosened, SO_PEERCRED still refuses them.
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = as_nobody();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("root-only") && !err.contains("socket"),
+        "{err}"
+    );
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).unwrap();
+    env.stop();
+}
+
+use std::os::unix::process::CommandExt;
