@@ -8,12 +8,16 @@
 //!   of libublk's per-queue ring; [`uring::LocalRing`] is a standalone
 //!   implementation for tests, tools and host benchmarks.
 //! * [`BlockDev`] is the one seam between drivers: every virtual volume object
-//!   (partition, linear, and future striping/mirroring objects) implements it and
-//!   stacks on other `BlockDev`s through static dispatch (generics), with no
-//!   per-I/O allocation, boxing or locking.
+//!   (partition, linear, stripe, mirror, volume) implements it and stacks on
+//!   other `BlockDev`s through static dispatch (generics), with no per-I/O
+//!   allocation, boxing or locking.
 //! * [`partition`] is the tier-1 partition object (spec [056]/[080]): a byte
 //!   range of one ALU.
 //! * [`linear`] is the concatenation object (spec [061]).
+//! * [`stripe`] (RAID0), [`mirror`] (RAID1) and their composition RAID10 are
+//!   the second-tier objects of spec [074]–[076]; [`volume`] assembles any
+//!   supported layout into one [`Volume`] enum per queue thread.
+//! * [`join`] runs the pieces of one request concurrently without allocating.
 //! * [`AlignedBuf`] is a page-aligned heap buffer usable for `O_DIRECT` I/O.
 //!
 //! All futures in this crate are `!Send` and are meant to be driven on the
@@ -26,13 +30,20 @@ use std::future::Future;
 use std::sync::Arc;
 
 pub mod aligned;
+pub mod join;
 pub mod linear;
+pub mod mirror;
 pub mod partition;
+pub mod stripe;
 pub mod uring;
+pub mod volume;
 
 pub use aligned::AlignedBuf;
 pub use linear::Linear;
+pub use mirror::{Mirror, MirrorHealth, MirrorState};
 pub use partition::{open_alu, Partition};
+pub use stripe::Stripe;
+pub use volume::{build_volume, BuildError, Layout, MemberDesc, Volume, VolumeDesc};
 
 /// A submission ring owned by one thread (one ublk queue). Futures are `!Send`;
 /// no locks.

@@ -66,3 +66,6 @@ impl Rng {
         }
     }
 }
+
+pub mod memdev;
+pub mod workload;

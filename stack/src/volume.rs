@@ -1,0 +1,401 @@
+//! The runtime volume tree (spec [074]–[076]): the second-tier objects
+//! (striping, mirroring, striping over mirroring) stacked over first-tier
+//! partitions, built per queue thread from a [`VolumeDesc`].
+//!
+//! Every supported layout is one variant of the [`Volume`] enum, so the daemon
+//! handles any layout with one concrete type and I/O dispatch is a `match`
+//! (no boxing, no dynamic dispatch per I/O):
+//!
+//! | layout  | tree                                   |
+//! |---------|----------------------------------------|
+//! | linear  | `Linear<Partition>` (spec [061])        |
+//! | stripe  | `Stripe<Linear<Partition>>`             |
+//! | mirror  | `Mirror<Linear<Partition>>`             |
+//! | raid10  | `Stripe<Mirror<Linear<Partition>>>` (Fig. 6: one striping object over mirroring objects over partitions) |
+//!
+//! Each member (stripe column or mirror leg) is itself a concatenation of
+//! partitions, so members can be assembled from free extents of several ALUs.
+//!
+//! Mirror health ([`MirrorHealth`]) is created once per volume by the daemon
+//! and shared by every queue's tree: a leg failed on one queue is skipped by
+//! all, and the failure is reported (persisted) once.
+
+use std::fs::File;
+use std::sync::Arc;
+
+use crate::mirror::{Mirror, MirrorHealth, MirrorState, MAX_LEGS};
+use crate::stripe::Stripe;
+use crate::{build_linear, BlockDev, IoResult, Limits, Linear, Partition, Ring};
+
+/// Volume layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// Concatenation of the pieces of one member.
+    Linear,
+    /// RAID0 over N members.
+    Stripe {
+        /// Chunk size in bytes (power of two, >= 4096).
+        chunk: u32,
+    },
+    /// RAID1 over `copies` legs.
+    Mirror,
+    /// RAID0 over N mirrors of `copies` legs each.
+    Raid10 {
+        /// Chunk size in bytes (power of two, >= 4096).
+        chunk: u32,
+    },
+}
+
+/// One member: a concatenation of ALU pieces `(alu, start, len)`.
+#[derive(Clone, Debug)]
+pub struct MemberDesc {
+    /// Pieces in member order.
+    pub pieces: Vec<(Arc<File>, u64, u64)>,
+}
+
+impl MemberDesc {
+    /// Size in bytes (sum of the piece lengths).
+    pub fn size(&self) -> u64 {
+        self.pieces
+            .iter()
+            .fold(0u64, |a, (_, _, len)| a.saturating_add(*len))
+    }
+}
+
+/// Description of a volume, shared by the queue threads.
+#[derive(Clone, Debug)]
+pub struct VolumeDesc {
+    /// Layout.
+    pub layout: Layout,
+    /// Legs per mirror (1 for linear and stripe).
+    pub copies: usize,
+    /// Members. Linear: 1; stripe: N; mirror: `copies`; raid10: `N * copies`,
+    /// member `m` being leg `m % copies` of stripe column `m / copies`.
+    pub members: Vec<MemberDesc>,
+    /// One per mirror: 1 for mirror, N for raid10, none otherwise. Created
+    /// once per volume and shared by every queue.
+    pub health: Vec<Arc<MirrorHealth>>,
+}
+
+/// Why a volume description was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BuildError {
+    /// Wrong number of members for the layout.
+    #[error("{layout}: expected {expected} members, got {got}")]
+    MemberCount {
+        /// Layout name.
+        layout: &'static str,
+        /// What was expected.
+        expected: String,
+        /// What was given.
+        got: usize,
+    },
+    /// Wrong `copies` for the layout.
+    #[error("{layout}: invalid copies {copies} (expected {expected})")]
+    Copies {
+        /// Layout name.
+        layout: &'static str,
+        /// What was given.
+        copies: usize,
+        /// What was expected.
+        expected: String,
+    },
+    /// Wrong number of mirror health objects.
+    #[error("{layout}: expected {expected} mirror health objects, got {got}")]
+    HealthCount {
+        /// Layout name.
+        layout: &'static str,
+        /// One per mirror.
+        expected: usize,
+        /// What was given.
+        got: usize,
+    },
+    /// A mirror's health describes a different number of legs.
+    #[error("mirror {mirror}: health describes {health_legs} legs, the mirror has {legs}")]
+    HealthLegs {
+        /// Mirror index.
+        mirror: usize,
+        /// Legs in the health object.
+        health_legs: usize,
+        /// Legs of the mirror.
+        legs: usize,
+    },
+    /// Chunk size not a power of two or below 4096.
+    #[error("chunk size {0} must be a power of two of at least 4096 bytes")]
+    Chunk(u32),
+    /// Chunk size not a multiple of the members' logical block.
+    #[error("chunk size {chunk} is not a multiple of the logical block size {logical_block}")]
+    ChunkBlock {
+        /// Chunk size.
+        chunk: u32,
+        /// Members' logical block size.
+        logical_block: u32,
+    },
+    /// Members of different sizes.
+    #[error(
+        "member {member} is {size} bytes but member 0 is {expected}; members must be of equal size"
+    )]
+    UnequalMembers {
+        /// Offending member.
+        member: usize,
+        /// Its size.
+        size: u64,
+        /// Size of member 0.
+        expected: u64,
+    },
+    /// Members smaller than one chunk (or empty).
+    #[error("members are {size} bytes, need at least {min}")]
+    MemberTooSmall {
+        /// Member size.
+        size: u64,
+        /// Minimum.
+        min: u64,
+    },
+}
+
+/// A volume tree for one queue thread.
+pub enum Volume<R: Ring + Clone> {
+    /// Concatenation.
+    Linear(Linear<Partition<R>>),
+    /// RAID0.
+    Stripe(Stripe<Linear<Partition<R>>>),
+    /// RAID1.
+    Mirror(Mirror<Linear<Partition<R>>>),
+    /// RAID10: striping over mirroring.
+    Raid10(Stripe<Mirror<Linear<Partition<R>>>>),
+}
+
+impl<R: Ring + Clone> Volume<R> {
+    /// Whether any mirror of the volume has a failed leg (it still serves I/O
+    /// unless a mirror has no leg left, see [`Volume::failed`]).
+    pub fn degraded(&self) -> bool {
+        self.mirror_states().any(|s| s != MirrorState::Optimal)
+    }
+
+    /// Whether some mirror has no healthy leg left (part of the volume is
+    /// unreadable).
+    pub fn failed(&self) -> bool {
+        self.mirror_states().any(|s| s == MirrorState::Failed)
+    }
+
+    /// State of every mirror, in stripe order (empty for linear and stripe).
+    pub fn mirror_states(&self) -> impl Iterator<Item = MirrorState> + '_ {
+        let mirrors: &[Mirror<_>] = match self {
+            Volume::Linear(_) | Volume::Stripe(_) => &[],
+            Volume::Mirror(m) => std::slice::from_ref(m),
+            Volume::Raid10(s) => s.members(),
+        };
+        mirrors.iter().map(|m| m.state())
+    }
+}
+
+fn check_chunk(chunk: u32) -> Result<(), BuildError> {
+    if chunk.is_power_of_two() && chunk >= crate::stripe::MIN_CHUNK {
+        Ok(())
+    } else {
+        Err(BuildError::Chunk(chunk))
+    }
+}
+
+fn check_copies(layout: &'static str, copies: usize, mirrored: bool) -> Result<(), BuildError> {
+    let ok = if mirrored {
+        (2..=MAX_LEGS).contains(&copies)
+    } else {
+        copies == 1
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(BuildError::Copies {
+            layout,
+            copies,
+            expected: if mirrored {
+                format!("2 to {MAX_LEGS}")
+            } else {
+                "1".into()
+            },
+        })
+    }
+}
+
+fn check_health(
+    layout: &'static str,
+    health: &[Arc<MirrorHealth>],
+    mirrors: usize,
+    copies: usize,
+) -> Result<(), BuildError> {
+    if health.len() != mirrors {
+        return Err(BuildError::HealthCount {
+            layout,
+            expected: mirrors,
+            got: health.len(),
+        });
+    }
+    if let Some((i, h)) = health.iter().enumerate().find(|(_, h)| h.legs() != copies) {
+        return Err(BuildError::HealthLegs {
+            mirror: i,
+            health_legs: h.legs(),
+            legs: copies,
+        });
+    }
+    Ok(())
+}
+
+/// Refuse members of different sizes (rather than silently using the
+/// smallest: a mismatch means the description is wrong) and empty members.
+fn check_equal(members: &[MemberDesc]) -> Result<(), BuildError> {
+    let expected = members[0].size();
+    if let Some((i, m)) = members
+        .iter()
+        .enumerate()
+        .find(|(_, m)| m.size() != expected)
+    {
+        return Err(BuildError::UnequalMembers {
+            member: i,
+            size: m.size(),
+            expected,
+        });
+    }
+    if expected == 0 {
+        return Err(BuildError::MemberTooSmall { size: 0, min: 1 });
+    }
+    Ok(())
+}
+
+fn member_count(layout: &'static str, expected: String, got: usize) -> BuildError {
+    BuildError::MemberCount {
+        layout,
+        expected,
+        got,
+    }
+}
+
+/// Build the volume tree of `desc` for one queue thread, with every partition
+/// submitting on `ring`. Validates the description first (counts, copies,
+/// health objects, equal member sizes, chunk size); nothing is opened here.
+pub fn build_volume<R: Ring + Clone>(desc: &VolumeDesc, ring: R) -> Result<Volume<R>, BuildError> {
+    let n = desc.members.len();
+    let member = |m: &MemberDesc| build_linear(&m.pieces, ring.clone());
+    match desc.layout {
+        Layout::Linear => {
+            check_copies("linear", desc.copies, false)?;
+            if n != 1 {
+                return Err(member_count("linear", "exactly 1".into(), n));
+            }
+            check_health("linear", &desc.health, 0, 1)?;
+            Ok(Volume::Linear(member(&desc.members[0])))
+        }
+        Layout::Stripe { chunk } => {
+            check_copies("stripe", desc.copies, false)?;
+            if n < 2 {
+                return Err(member_count("stripe", "at least 2".into(), n));
+            }
+            check_health("stripe", &desc.health, 0, 1)?;
+            check_chunk(chunk)?;
+            check_equal(&desc.members)?;
+            let members = desc.members.iter().map(member).collect();
+            Ok(Volume::Stripe(Stripe::new(members, chunk)?))
+        }
+        Layout::Mirror => {
+            check_copies("mirror", desc.copies, true)?;
+            if n != desc.copies {
+                return Err(member_count(
+                    "mirror",
+                    format!("copies = {}", desc.copies),
+                    n,
+                ));
+            }
+            check_health("mirror", &desc.health, 1, desc.copies)?;
+            check_equal(&desc.members)?;
+            let legs = desc.members.iter().map(member).collect();
+            Ok(Volume::Mirror(Mirror::new(legs, desc.health[0].clone())?))
+        }
+        Layout::Raid10 { chunk } => {
+            let copies = desc.copies;
+            check_copies("raid10", copies, true)?;
+            if n < 2 * copies || !n.is_multiple_of(copies) {
+                return Err(member_count(
+                    "raid10",
+                    format!("a multiple of copies = {copies}, at least 2 stripes"),
+                    n,
+                ));
+            }
+            let stripes = n / copies;
+            check_health("raid10", &desc.health, stripes, copies)?;
+            check_chunk(chunk)?;
+            check_equal(&desc.members)?;
+            let mirrors = desc
+                .members
+                .chunks(copies)
+                .zip(&desc.health)
+                .map(|(legs, h)| Mirror::new(legs.iter().map(member).collect(), h.clone()))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(Volume::Raid10(Stripe::new(mirrors, chunk)?))
+        }
+    }
+}
+
+impl<R: Ring + Clone> BlockDev for Volume<R> {
+    fn size(&self) -> u64 {
+        match self {
+            Volume::Linear(v) => v.size(),
+            Volume::Stripe(v) => v.size(),
+            Volume::Mirror(v) => v.size(),
+            Volume::Raid10(v) => v.size(),
+        }
+    }
+
+    fn limits(&self) -> Limits {
+        match self {
+            Volume::Linear(v) => v.limits(),
+            Volume::Stripe(v) => v.limits(),
+            Volume::Mirror(v) => v.limits(),
+            Volume::Raid10(v) => v.limits(),
+        }
+    }
+
+    async fn read(&self, offset: u64, buf: &mut [u8]) -> IoResult<()> {
+        match self {
+            Volume::Linear(v) => v.read(offset, buf).await,
+            Volume::Stripe(v) => v.read(offset, buf).await,
+            Volume::Mirror(v) => v.read(offset, buf).await,
+            Volume::Raid10(v) => v.read(offset, buf).await,
+        }
+    }
+
+    async fn write(&self, offset: u64, buf: &[u8], fua: bool) -> IoResult<()> {
+        match self {
+            Volume::Linear(v) => v.write(offset, buf, fua).await,
+            Volume::Stripe(v) => v.write(offset, buf, fua).await,
+            Volume::Mirror(v) => v.write(offset, buf, fua).await,
+            Volume::Raid10(v) => v.write(offset, buf, fua).await,
+        }
+    }
+
+    async fn flush(&self) -> IoResult<()> {
+        match self {
+            Volume::Linear(v) => v.flush().await,
+            Volume::Stripe(v) => v.flush().await,
+            Volume::Mirror(v) => v.flush().await,
+            Volume::Raid10(v) => v.flush().await,
+        }
+    }
+
+    async fn discard(&self, offset: u64, len: u64) -> IoResult<()> {
+        match self {
+            Volume::Linear(v) => v.discard(offset, len).await,
+            Volume::Stripe(v) => v.discard(offset, len).await,
+            Volume::Mirror(v) => v.discard(offset, len).await,
+            Volume::Raid10(v) => v.discard(offset, len).await,
+        }
+    }
+
+    async fn write_zeroes(&self, offset: u64, len: u64) -> IoResult<()> {
+        match self {
+            Volume::Linear(v) => v.write_zeroes(offset, len).await,
+            Volume::Stripe(v) => v.write_zeroes(offset, len).await,
+            Volume::Mirror(v) => v.write_zeroes(offset, len).await,
+            Volume::Raid10(v) => v.write_zeroes(offset, len).await,
+        }
+    }
+}
