@@ -8,7 +8,10 @@
 use crate::codec::{is_zero, put_u32, Rd, Wr};
 use crate::disk::Disk;
 use crate::error::FormatError;
-use crate::types::{valid_cluster_name, valid_volume_name, AluRecord, ClusterSig, Uuid};
+use crate::types::{
+    valid_cluster_name, valid_volume_name, AluRecord, ClusterSig, Layout, LayoutKind, MemberHealth,
+    Uuid,
+};
 
 pub const PTR_MAGIC: [u8; 8] = *b"TBLKBOOT";
 pub const LIST_MAGIC: [u8; 8] = *b"TBLKLIST";
@@ -17,10 +20,15 @@ pub const BOOT_VERSION: u32 = 1;
 pub const PTR_LEN: usize = 512;
 /// CRC of the pointer sector covers bytes 0..508.
 pub const PTR_CRC_OFFSET: usize = 508;
-pub const LIST_HEADER_LEN: usize = 128;
+pub const LIST_HEADER_LEN: usize = 136;
 pub const LIST_ALU_LEN: usize = 64;
-pub const LIST_VOL_LEN: usize = 104;
-pub const LIST_FAILED_LEN: usize = 16;
+/// Fixed part of a volume entry; followed by [`LIST_MEMBER_LEN`] bytes per member.
+pub const LIST_VOL_LEN: usize = 112;
+pub const LIST_MEMBER_LEN: usize = 16;
+pub const LIST_FAILED_LEN: usize = 24;
+pub const HEALTH_OK: u8 = 0;
+pub const HEALTH_FAILED: u8 = 1;
+pub const HEALTH_REBUILDING: u8 = 2;
 /// Maximum number of boot set members.
 pub const MAX_MEMBERS: usize = 6;
 pub const ALU_FLAG_BOOT_MEMBER: u32 = 1;
@@ -110,6 +118,12 @@ pub struct BootVol {
     /// CRC32C of the volume's encoded definition (objdb volume record payload):
     /// selects the matching copy in the object databases.
     pub def_crc: u32,
+    /// The layout (also in the definition; here so a volume whose definition is
+    /// unavailable still has the right member count).
+    pub layout: Layout,
+    /// Persisted health of each member (`layout.members()` entries): changes with one
+    /// boot set commit, never by rewriting definitions.
+    pub health: Vec<MemberHealth>,
 }
 
 /// The boot list.
@@ -118,9 +132,12 @@ pub struct BootList {
     pub sig: ClusterSig,
     pub seq: u64,
     pub next_id: u64,
+    /// Next fail sequence number to hand out (cluster-wide, increasing; 0 = none yet).
+    pub next_fail_seq: u64,
     pub alus: Vec<AluRecord>,
     pub volumes: Vec<BootVol>,
-    pub failed: Vec<Uuid>,
+    /// Failed ALUs with the fail sequence number assigned when they failed.
+    pub failed: Vec<(Uuid, u64)>,
 }
 
 impl BootList {
@@ -134,6 +151,7 @@ impl BootList {
         w.bytes(&self.sig.uuid.0);
         w.name(&self.sig.name, 64);
         w.u64(self.next_id);
+        w.u64(self.next_fail_seq);
         w.u32(self.alus.len() as u32);
         w.u32(self.volumes.len() as u32);
         w.u32(self.failed.len() as u32);
@@ -157,11 +175,26 @@ impl BootList {
             w.bytes(&v.wwn);
             w.u32(v.def_crc);
             w.u8(v.name.len().min(63) as u8);
-            w.zeros(3);
+            w.u8(v.layout.kind.code());
+            w.u16(v.layout.stripes);
+            w.u16(v.layout.copies);
+            w.u16(v.health.len() as u16);
+            w.u32(v.layout.chunk);
             w.name(&v.name, 64);
+            for h in &v.health {
+                let (code, val) = match *h {
+                    MemberHealth::Ok => (HEALTH_OK, 0),
+                    MemberHealth::Failed { fail_seq } => (HEALTH_FAILED, fail_seq),
+                    MemberHealth::Rebuilding { checkpoint } => (HEALTH_REBUILDING, checkpoint),
+                };
+                w.u8(code);
+                w.zeros(7);
+                w.u64(val);
+            }
         }
-        for f in &self.failed {
-            w.bytes(&f.0);
+        for (u, q) in &self.failed {
+            w.bytes(&u.0);
+            w.u64(*q);
         }
         w.v
     }
@@ -183,6 +216,7 @@ impl BootList {
             return Err(FormatError::Invalid("cluster name".into()));
         }
         let next_id = r.u64()?;
+        let next_fail_seq = r.u64()?;
         let na = r.u32()? as usize;
         let nv = r.u32()? as usize;
         let nf = r.u32()? as usize;
@@ -192,7 +226,9 @@ impl BootList {
             .and_then(|x| x.checked_add(nv.checked_mul(LIST_VOL_LEN)?))
             .and_then(|x| x.checked_add(nf.checked_mul(LIST_FAILED_LEN)?))
             .ok_or(FormatError::Truncated)?;
-        if need != r.remaining() {
+        // Volume entries are variable length: this is a lower bound (it also bounds
+        // the allocations below).
+        if need > r.remaining() {
             return Err(FormatError::Invalid("boot list length".into()));
         }
         let mut alus = Vec::with_capacity(na);
@@ -215,10 +251,44 @@ impl BootList {
             let wwn = r.arr16()?;
             let def_crc = r.u32()?;
             let nl = r.u8()? as usize;
-            r.skip(3)?;
+            let code = r.u8()?;
+            let stripes = r.u16()?;
+            let copies = r.u16()?;
+            let nm = r.u16()? as usize;
+            let chunk = r.u32()?;
             let name = r.name(64, "volume name")?;
             if name.len() != nl || !valid_volume_name(&name) {
                 return Err(FormatError::Invalid("volume name".into()));
+            }
+            let kind = LayoutKind::from_code(code)
+                .ok_or_else(|| FormatError::Invalid(format!("volume layout {code}")))?;
+            let layout = Layout {
+                kind,
+                stripes,
+                copies,
+                chunk,
+            };
+            layout
+                .validate()
+                .map_err(|e| FormatError::Invalid(format!("volume {name}: {e}")))?;
+            if nm != layout.members() {
+                return Err(FormatError::Invalid(format!("volume {name}: member count")));
+            }
+            let mut health = Vec::with_capacity(nm.min(r.remaining() / LIST_MEMBER_LEN));
+            for _ in 0..nm {
+                let code = r.u8()?;
+                r.skip(7)?;
+                let val = r.u64()?;
+                health.push(match code {
+                    HEALTH_OK if val == 0 => MemberHealth::Ok,
+                    HEALTH_FAILED => MemberHealth::Failed { fail_seq: val },
+                    HEALTH_REBUILDING => MemberHealth::Rebuilding { checkpoint: val },
+                    _ => {
+                        return Err(FormatError::Invalid(format!(
+                            "volume {name}: member health {code}"
+                        )))
+                    }
+                });
             }
             volumes.push(BootVol {
                 id,
@@ -226,16 +296,22 @@ impl BootList {
                 size,
                 wwn,
                 def_crc,
+                layout,
+                health,
             });
         }
-        let mut failed = Vec::with_capacity(nf);
+        let mut failed = Vec::with_capacity(nf.min(r.remaining() / LIST_FAILED_LEN));
         for _ in 0..nf {
-            failed.push(Uuid(r.arr16()?));
+            failed.push((Uuid(r.arr16()?), r.u64()?));
+        }
+        if r.remaining() != 0 {
+            return Err(FormatError::Invalid("boot list length".into()));
         }
         Ok(BootList {
             sig: ClusterSig { name, uuid },
             seq,
             next_id,
+            next_fail_seq,
             alus,
             volumes,
             failed,
@@ -279,6 +355,7 @@ mod tests {
             },
             seq: 42,
             next_id: 17,
+            next_fail_seq: 5,
             alus: vec![AluRecord {
                 uuid: Uuid([6; 16]),
                 wwn: [0x60; 16],
@@ -287,14 +364,39 @@ mod tests {
                 data_end: 63 << 20,
                 boot_member: true,
             }],
-            volumes: vec![BootVol {
-                id: 3,
-                name: "v1".into(),
-                size: 1 << 20,
-                wwn: [0x61; 16],
-                def_crc: 0xdead_beef,
-            }],
-            failed: vec![Uuid([7; 16])],
+            volumes: vec![
+                BootVol {
+                    id: 3,
+                    name: "v1".into(),
+                    size: 1 << 20,
+                    wwn: [0x61; 16],
+                    def_crc: 0xdead_beef,
+                    layout: Layout::linear(),
+                    health: vec![MemberHealth::Ok],
+                },
+                BootVol {
+                    id: 9,
+                    name: "mirror".into(),
+                    size: 2 << 20,
+                    wwn: [0x62; 16],
+                    def_crc: 0x1234_5678,
+                    layout: Layout {
+                        kind: LayoutKind::Raid10,
+                        stripes: 2,
+                        copies: 2,
+                        chunk: 1 << 16,
+                    },
+                    health: vec![
+                        MemberHealth::Ok,
+                        MemberHealth::Failed { fail_seq: 3 },
+                        MemberHealth::Rebuilding {
+                            checkpoint: 1 << 20,
+                        },
+                        MemberHealth::Failed { fail_seq: 4 },
+                    ],
+                },
+            ],
+            failed: vec![(Uuid([7; 16]), 2)],
         }
     }
 
@@ -327,5 +429,27 @@ mod tests {
         );
         let e = l.encode();
         assert!(BootList::decode(&e[..e.len() - 1]).is_err());
+        let mut x = e.clone();
+        x.push(0);
+        assert!(BootList::decode(&x).is_err());
+        assert_eq!(
+            e.len(),
+            LIST_HEADER_LEN
+                + LIST_ALU_LEN
+                + 2 * LIST_VOL_LEN
+                + 5 * LIST_MEMBER_LEN
+                + LIST_FAILED_LEN
+        );
+        // member count must match the layout; health codes are checked
+        let mut bad = l.clone();
+        bad.volumes[1].health.pop();
+        assert!(BootList::decode(&bad.encode()).is_err());
+        let vol1 = LIST_HEADER_LEN + LIST_ALU_LEN + LIST_VOL_LEN + LIST_MEMBER_LEN;
+        let mut c = e.clone();
+        c[vol1 + LIST_VOL_LEN] = 7;
+        assert!(BootList::decode(&c).is_err());
+        let mut c = e.clone();
+        c[vol1 + 37] = 0;
+        assert!(BootList::decode(&c).is_err());
     }
 }

@@ -28,4 +28,7 @@ pub use disk::{Disk, FileDisk, MemDisk};
 pub use error::{FormatError, MetaError};
 pub use foreign::detect_foreign;
 pub use store::{AluState, AluStatus, OpenReport, Store};
-pub use types::{AluRecord, ClusterImage, ClusterSig, Extent, Segment, Uuid, VolumeDef};
+pub use types::{
+    AluRecord, ClusterImage, ClusterSig, Extent, Layout, LayoutKind, MemberHealth, Segment, Uuid,
+    VolumeDef,
+};

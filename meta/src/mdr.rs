@@ -332,8 +332,29 @@ mod tests {
             size: 0,
             wwn: [0; 16],
             segments: vec![],
+            layout: crate::types::Layout::linear(),
+            members: vec![crate::types::MemberHealth::Ok],
         };
         assert_eq!(crate::objdb::encode_volume(&v).len(), 112);
+        assert!(doc.contains(&format!(
+            "Type 3, volume (top) object, {} + {}·n bytes",
+            crate::objdb::VOLUME_HEADER_LEN,
+            crate::objdb::SEGMENT_LEN
+        )));
+        assert!(doc.contains(&format!(
+            "Volume entry ({} + {}·m bytes)",
+            crate::bootset::LIST_VOL_LEN,
+            crate::bootset::LIST_MEMBER_LEN
+        )));
+        assert!(doc.contains(&format!(
+            "| {} | {}·a | ALU entries |",
+            crate::bootset::LIST_HEADER_LEN,
+            crate::bootset::LIST_ALU_LEN
+        )));
+        assert!(doc.contains(&format!(
+            "| … | {}·f | failed ALU entries |",
+            crate::bootset::LIST_FAILED_LEN
+        )));
         assert_eq!(
             Directory::new_v1(
                 Uuid::NIL,

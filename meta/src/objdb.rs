@@ -7,7 +7,7 @@
 use crate::codec::{is_zero, put_u32, round_up, Rd, Wr};
 use crate::disk::Disk;
 use crate::error::FormatError;
-use crate::types::{valid_volume_name, Segment, Uuid, VolumeDef};
+use crate::types::{valid_volume_name, Layout, LayoutKind, MemberHealth, Segment, Uuid, VolumeDef};
 
 pub const OBJDB_MAGIC: [u8; 8] = *b"TBLKOBJD";
 pub const OBJDB_VERSION: u32 = 1;
@@ -20,7 +20,6 @@ pub const REC_PARTITION: u16 = 2;
 pub const REC_VOLUME: u16 = 3;
 /// Record flag: a reader that does not know the record type may skip it.
 pub const REC_FLAG_MAY_SKIP: u16 = 1;
-pub const LAYOUT_LINEAR: u8 = 1;
 
 /// The ALU object.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,23 +61,33 @@ pub struct ObjDb {
     pub records: Vec<Record>,
 }
 
+/// Bytes of the fixed part of a volume record.
+pub const VOLUME_HEADER_LEN: usize = 112;
+/// Bytes per segment entry of a volume record.
+pub const SEGMENT_LEN: usize = 48;
+
 /// Encode a volume record payload (also the input of the boot list's definition CRC).
+/// Member health is not part of it.
 pub fn encode_volume(v: &VolumeDef) -> Vec<u8> {
     let mut w = Wr::new();
     w.u64(v.id);
     w.u64(v.size);
     w.bytes(&v.wwn);
-    w.u8(LAYOUT_LINEAR);
+    w.u8(v.layout.kind.code());
     w.u8(v.name.len().min(63) as u8);
-    w.zeros(6);
+    w.u16(v.layout.stripes);
+    w.u16(v.layout.copies);
+    w.u16(0);
     w.name(&v.name, 64);
     w.u32(v.segments.len() as u32);
-    w.u32(0);
+    w.u32(v.layout.chunk);
     for s in &v.segments {
         w.u64(s.partition_id);
         w.bytes(&s.alu.0);
         w.u64(s.start);
         w.u64(s.len);
+        w.u16(s.member);
+        w.zeros(6);
     }
     w.v
 }
@@ -88,41 +97,61 @@ pub fn def_crc(v: &VolumeDef) -> u32 {
     crc32c::crc32c(&encode_volume(v))
 }
 
+/// Decode a volume record; the members' health is returned as all `Ok` (the boot
+/// list holds the real health).
 pub fn decode_volume(b: &[u8]) -> Result<VolumeDef, FormatError> {
     let mut r = Rd::new(b);
     let id = r.u64()?;
     let size = r.u64()?;
     let wwn = r.arr16()?;
-    let layout = r.u8()?;
-    if layout != LAYOUT_LINEAR {
-        return Err(FormatError::Invalid(format!("volume layout {layout}")));
-    }
+    let code = r.u8()?;
+    let kind = LayoutKind::from_code(code)
+        .ok_or_else(|| FormatError::Invalid(format!("volume layout {code}")))?;
     let name_len = r.u8()? as usize;
-    r.skip(6)?;
+    let stripes = r.u16()?;
+    let copies = r.u16()?;
+    r.u16()?;
     let name = r.name(64, "volume name")?;
     if name.len() != name_len || !valid_volume_name(&name) {
         return Err(FormatError::Invalid("volume name".into()));
     }
     let n = r.u32()? as usize;
-    r.u32()?;
-    if n > r.remaining() / 40 {
+    let chunk = r.u32()?;
+    let layout = Layout {
+        kind,
+        stripes,
+        copies,
+        chunk,
+    };
+    layout
+        .validate()
+        .and_then(|()| layout.check_size(size))
+        .map_err(|e| FormatError::Invalid(format!("volume layout: {e}")))?;
+    if n > r.remaining() / SEGMENT_LEN {
         return Err(FormatError::Truncated);
     }
+    let members = layout.members();
+    let mut totals = vec![0u64; members];
     let mut segments = Vec::with_capacity(n);
-    let mut total: u64 = 0;
     for _ in 0..n {
         let s = Segment {
             partition_id: r.u64()?,
             alu: Uuid(r.arr16()?),
             start: r.u64()?,
             len: r.u64()?,
+            member: r.u16()?,
         };
-        total = total
+        r.skip(6)?;
+        let t = totals
+            .get_mut(usize::from(s.member))
+            .ok_or_else(|| FormatError::Invalid(format!("segment member {}", s.member)))?;
+        *t = t
             .checked_add(s.len)
             .ok_or_else(|| FormatError::Invalid("segment length".into()))?;
         segments.push(s);
     }
-    if total != size || r.remaining() != 0 {
+    let want = layout.member_size(size);
+    if totals.iter().any(|&t| t != want) || r.remaining() != 0 {
         return Err(FormatError::Invalid("volume size/segments".into()));
     }
     Ok(VolumeDef {
@@ -131,6 +160,8 @@ pub fn decode_volume(b: &[u8]) -> Result<VolumeDef, FormatError> {
         size,
         wwn,
         segments,
+        layout,
+        members: vec![MemberHealth::Ok; members],
     })
 }
 
@@ -335,15 +366,20 @@ mod tests {
                             alu,
                             start: 8 << 20,
                             len: 4 << 20,
+                            member: 0,
                         },
                         Segment {
                             partition_id: 3,
                             alu: Uuid([4; 16]),
                             start: 8 << 20,
                             len: 2 << 20,
+                            member: 0,
                         },
                     ],
+                    layout: Layout::linear(),
+                    members: vec![MemberHealth::Ok],
                 }),
+                Record::Volume(raid10_sample()),
                 Record::Unknown {
                     ty: 99,
                     flags: REC_FLAG_MAY_SKIP,
@@ -351,6 +387,84 @@ mod tests {
                 },
             ],
         }
+    }
+
+    pub(crate) fn raid10_sample() -> VolumeDef {
+        let layout = Layout {
+            kind: LayoutKind::Raid10,
+            stripes: 2,
+            copies: 2,
+            chunk: 65536,
+        };
+        let segments = (0..4u16)
+            .flat_map(|m| {
+                (0..2u64).map(move |j| Segment {
+                    partition_id: 10 + u64::from(m) * 2 + j,
+                    alu: Uuid([20 + m as u8; 16]),
+                    start: (8 + j) << 20,
+                    len: 1 << 20,
+                    member: m,
+                })
+            })
+            .collect();
+        VolumeDef {
+            id: 7,
+            name: "r10".into(),
+            size: 4 << 20,
+            wwn: [0x62; 16],
+            segments,
+            layout,
+            members: vec![MemberHealth::Ok; 4],
+        }
+    }
+
+    #[test]
+    fn volume_roundtrip_and_checks() {
+        let v = raid10_sample();
+        let b = encode_volume(&v);
+        assert_eq!(b.len(), VOLUME_HEADER_LEN + 8 * SEGMENT_LEN);
+        assert_eq!(b[32], LayoutKind::Raid10.code());
+        assert_eq!(decode_volume(&b).unwrap(), v);
+        // health is not part of the definition
+        let mut f = v.clone();
+        f.members[1] = MemberHealth::Failed { fail_seq: 3 };
+        assert_eq!(def_crc(&f), def_crc(&v));
+        assert_eq!(decode_volume(&encode_volume(&f)).unwrap(), v);
+        assert_eq!(f.definition(), v);
+        // a member of the wrong size
+        let mut w = v.clone();
+        w.segments[7].len = 2 << 20;
+        assert!(decode_volume(&encode_volume(&w)).is_err());
+        // member out of range
+        let mut w = v.clone();
+        w.segments[7].member = 4;
+        assert!(decode_volume(&encode_volume(&w)).is_err());
+        // invalid layouts
+        let mut w = v.clone();
+        w.layout.chunk = 1000;
+        assert!(decode_volume(&encode_volume(&w)).is_err());
+        let mut bad = b.clone();
+        bad[32] = 9;
+        assert!(decode_volume(&bad).is_err());
+        // every mirror/stripe kind round trips
+        let mut m = v.clone();
+        m.layout = Layout {
+            kind: LayoutKind::Mirror,
+            stripes: 1,
+            copies: 4,
+            chunk: 0,
+        };
+        m.size = 2 << 20;
+        assert_eq!(decode_volume(&encode_volume(&m)).unwrap(), m);
+        let mut s = v.clone();
+        s.layout = Layout {
+            kind: LayoutKind::Stripe,
+            stripes: 4,
+            copies: 1,
+            chunk: 4096,
+        };
+        s.size = 8 << 20;
+        assert_eq!(decode_volume(&encode_volume(&s)).unwrap(), s);
     }
 
     #[test]

@@ -17,7 +17,8 @@ use crate::label::{max_entries, now_secs, LabelDir, LabelEntry, STATE_ALLOCATED}
 use crate::mdr::{backup_offset, Directory, BLOCK, DIR_MAGIC, DIR_OFFSET, MIB, MIN_ALU_SIZE};
 use crate::objdb::{def_crc, AluObj, ObjDb, PartitionObj, Record};
 pub use crate::types::{
-    random_wwn, AluRecord, ClusterImage, ClusterSig, Extent, Segment, Uuid, VolumeDef,
+    random_wwn, AluRecord, ClusterImage, ClusterSig, Extent, Layout, LayoutKind, MemberHealth,
+    Segment, Uuid, VolumeDef,
 };
 use crate::types::{valid_cluster_name, valid_volume_name};
 
@@ -28,7 +29,9 @@ pub enum AluState {
     NotOwned { foreign: Option<String> },
     /// In this cluster's boot list, metadata readable.
     Owned { uuid: Uuid },
-    /// Ours, but some region is unreadable on every copy: never written.
+    /// Ours, but some region is unreadable on every copy, or the ALU is in the
+    /// failed-ALU list (reason "failed by administrator or on I/O error (fail_seq N)"):
+    /// never written.
     Damaged { uuid: Option<Uuid>, reason: String },
     /// Owned by another cluster: never written.
     OtherCluster { sig: ClusterSig },
@@ -370,6 +373,8 @@ pub struct Store {
     boot_unreadable: bool,
     max_seq: u64,
     vol_problems: Vec<(String, String)>,
+    /// (volume, member, why) for members that are failed or unavailable.
+    vol_degraded: Vec<(String, u16, String)>,
     problems: Vec<String>,
     /// Set after a failed write: in-memory state may not match the disks.
     poisoned: Option<String>,
@@ -441,6 +446,7 @@ impl Store {
             boot_unreadable: false,
             max_seq: 0,
             vol_problems: Vec::new(),
+            vol_degraded: Vec::new(),
             problems: Vec::new(),
             poisoned: None,
         };
@@ -517,9 +523,22 @@ impl Store {
         owned.map(|s| s.path.as_str())
     }
 
-    /// Volumes that can't be fully verified, with a one-line reason; held offline.
+    /// Volumes that cannot serve I/O, with a one-line reason; held offline. Linear and
+    /// stripe volumes: any member failed or with a segment missing/damaged; mirror and
+    /// raid10: some mirror with no leg available. A mirror running degraded is not a
+    /// problem (see [`Store::degraded_members`]).
     pub fn volume_problems(&self) -> Vec<(String, String)> {
         self.vol_problems.clone()
+    }
+
+    /// Members of `volume` that are Failed, Rebuilding, or whose segments are
+    /// unavailable (ALU missing, damaged or failed; label entry missing), with why.
+    pub fn degraded_members(&self, volume: &str) -> Vec<(u16, String)> {
+        self.vol_degraded
+            .iter()
+            .filter(|(v, _, _)| v == volume)
+            .map(|(_, m, w)| (*m, w.clone()))
+            .collect()
     }
 
     fn slot_of(&self, alu: Uuid) -> Option<usize> {
@@ -538,6 +557,7 @@ impl Store {
     fn evaluate(&mut self) {
         self.problems.clear();
         self.vol_problems.clear();
+        self.vol_degraded.clear();
         self.list = None;
         self.image = None;
         self.boot_unreadable = false;
@@ -657,7 +677,13 @@ impl Store {
                 continue;
             }
             seen.push((d.alu_uuid, s.path.clone()));
-            s.state = Self::region_state(s, d.alu_uuid);
+            s.state = match list.failed.iter().find(|(u, _)| *u == d.alu_uuid) {
+                Some((_, q)) => AluState::Damaged {
+                    uuid: Some(d.alu_uuid),
+                    reason: format!("failed by administrator or on I/O error (fail_seq {q})"),
+                },
+                None => Self::region_state(s, d.alu_uuid),
+            };
         }
         for s in &self.slots {
             if let AluState::Damaged { reason, .. } = &s.state {
@@ -680,11 +706,14 @@ impl Store {
         // volumes
         let mut volumes = Vec::new();
         for bv in &list.volumes {
-            let (def, problem) = self.resolve_volume(bv, &list);
+            let (def, problem, degraded) = self.resolve_volume(bv, &list);
             if let Some(p) = problem {
                 self.problems
                     .push(format!("volume {}: {p}; held offline", bv.name));
                 self.vol_problems.push((bv.name.clone(), p));
+            }
+            for (m, why) in degraded {
+                self.vol_degraded.push((bv.name.clone(), m, why));
             }
             volumes.push(def);
         }
@@ -693,13 +722,20 @@ impl Store {
             seq: list.seq,
             alus: list.alus.clone(),
             volumes,
-            failed_alus: list.failed.clone(),
+            failed_alus: list.failed.iter().map(|f| f.0).collect(),
             next_id: list.next_id,
         });
         self.list = Some(list);
     }
 
-    fn resolve_volume(&self, bv: &BootVol, list: &BootList) -> (VolumeDef, Option<String>) {
+    /// Resolve a boot-list volume: its definition, a problem if it cannot serve I/O
+    /// (held offline), and the members that are unavailable (failed, rebuilding, or a
+    /// segment missing/damaged) with the reason.
+    fn resolve_volume(
+        &self,
+        bv: &BootVol,
+        list: &BootList,
+    ) -> (VolumeDef, Option<String>, Vec<(u16, String)>) {
         let found = self
             .slots
             .iter()
@@ -708,13 +744,15 @@ impl Store {
             .flat_map(|o| o.volumes())
             .find(|v| v.id == bv.id && def_crc(v) == bv.def_crc)
             .cloned();
-        let Some(def) = found else {
+        let Some(mut def) = found else {
             let def = VolumeDef {
                 id: bv.id,
                 name: bv.name.clone(),
                 size: bv.size,
                 wwn: bv.wwn,
                 segments: Vec::new(),
+                layout: bv.layout,
+                members: bv.health.clone(),
             };
             // Name the damage that hid the definition, so the administrator
             // knows which ALU to look at.
@@ -730,51 +768,112 @@ impl Store {
             if !damaged.is_empty() {
                 why = format!("{why} ({})", damaged.join("; "));
             }
-            return (def, Some(why));
+            return (def, Some(why), Vec::new());
         };
-        if def.name != bv.name || def.size != bv.size || def.wwn != bv.wwn {
+        def.members = bv.health.clone();
+        if def.name != bv.name
+            || def.size != bv.size
+            || def.wwn != bv.wwn
+            || def.layout != bv.layout
+            || def.members.len() != def.layout.members()
+        {
             return (
                 def,
                 Some("volume definition does not match the boot list".into()),
+                Vec::new(),
             );
         }
+        let n = def.layout.members();
+        let mut why: Vec<Option<String>> = def
+            .members
+            .iter()
+            .map(|h| match h {
+                MemberHealth::Ok => None,
+                MemberHealth::Failed { fail_seq } => Some(format!("failed (fail_seq {fail_seq})")),
+                MemberHealth::Rebuilding { checkpoint } => {
+                    Some(format!("rebuilding (checkpoint {checkpoint})"))
+                }
+            })
+            .collect();
+        // Segment problems, first per member; `seg_why` keeps the first overall.
+        let mut seg_why: Vec<Option<String>> = vec![None; n];
         for (i, seg) in def.segments.iter().enumerate() {
-            if !list.alus.iter().any(|a| a.uuid == seg.alu) {
-                return (
-                    def.clone(),
-                    Some(format!("segment {i}: ALU {} not in the cluster", seg.alu)),
-                );
+            let m = usize::from(seg.member);
+            if seg_why.get(m).is_none_or(|w| w.is_some()) {
+                continue;
             }
-            let Some(si) = self.slot_of(seg.alu) else {
-                return (
-                    def.clone(),
-                    Some(format!("segment {i}: ALU {} missing", seg.alu)),
-                );
+            let problem = if !list.alus.iter().any(|a| a.uuid == seg.alu) {
+                Some(format!("segment {i}: ALU {} not in the cluster", seg.alu))
+            } else if let Some(si) = self.slot_of(seg.alu) {
+                let s = &self.slots[si];
+                match s.label_live().filter(|_| s.owned_uuid().is_some()) {
+                    None => Some(format!("segment {i}: ALU {} ({}) damaged", seg.alu, s.path)),
+                    Some(l) => {
+                        let ok = l.entries.iter().any(|e| {
+                            e.partition == seg.partition_id
+                                && e.owner == def.id
+                                && e.start == seg.start
+                                && e.len == seg.len
+                        });
+                        (!ok).then(|| {
+                            format!(
+                                "segment {i}: label entry for partition {} missing on ALU {}",
+                                seg.partition_id, s.path
+                            )
+                        })
+                    }
+                }
+            } else {
+                Some(format!("segment {i}: ALU {} missing", seg.alu))
             };
-            let s = &self.slots[si];
-            let Some(l) = s.label_live().filter(|_| s.owned_uuid().is_some()) else {
-                return (
-                    def.clone(),
-                    Some(format!("segment {i}: ALU {} ({}) damaged", seg.alu, s.path)),
-                );
-            };
-            let ok = l.entries.iter().any(|e| {
-                e.partition == seg.partition_id
-                    && e.owner == def.id
-                    && e.start == seg.start
-                    && e.len == seg.len
-            });
-            if !ok {
-                return (
-                    def.clone(),
-                    Some(format!(
-                        "segment {i}: label entry for partition {} missing on ALU {}",
-                        seg.partition_id, s.path
-                    )),
-                );
+            seg_why[m] = problem;
+        }
+        for (w, sw) in why.iter_mut().zip(seg_why) {
+            match (w.as_mut(), sw) {
+                (Some(w), Some(sw)) => *w = format!("{w}; {sw}"),
+                (None, Some(sw)) => *w = Some(sw),
+                _ => {}
             }
         }
-        (def, None)
+        let degraded: Vec<(u16, String)> = why
+            .iter()
+            .enumerate()
+            .filter_map(|(m, w)| w.clone().map(|w| (m as u16, w)))
+            .collect();
+        let copies = usize::from(def.layout.copies.max(1));
+        let mut problem = None;
+        for g in 0..usize::from(def.layout.stripes.max(1)) {
+            let legs = g * copies..(g + 1) * copies;
+            if why[legs.clone()].iter().any(|w| w.is_none()) {
+                continue;
+            }
+            problem = Some(if copies == 1 {
+                let w = why[g].clone().unwrap_or_default();
+                if n == 1 && !w.starts_with("failed") && !w.starts_with("rebuilding") {
+                    w
+                } else {
+                    format!("member {g}: {w}")
+                }
+            } else {
+                let detail: Vec<String> = legs
+                    .clone()
+                    .map(|m| format!("member {m}: {}", why[m].clone().unwrap_or_default()))
+                    .collect();
+                let newest = legs
+                    .filter_map(|m| match def.members[m] {
+                        MemberHealth::Failed { fail_seq } => Some((fail_seq, m)),
+                        _ => None,
+                    })
+                    .max();
+                let mut p = format!("mirror {g}: no leg available ({})", detail.join("; "));
+                if let Some((q, m)) = newest {
+                    p = format!("{p}; newest leg: member {m} (fail_seq {q})");
+                }
+                p
+            });
+            break;
+        }
+        (def, problem, degraded)
     }
 
     fn evaluate_without_list(&mut self) {
@@ -1070,6 +1169,8 @@ impl Store {
                     size: v.size,
                     wwn: v.wwn,
                     def_crc: crc,
+                    layout: v.layout,
+                    health: v.members.clone(),
                 }
             })
             .collect()
@@ -1119,7 +1220,7 @@ impl Store {
                     }));
                 }
                 if here {
-                    copies.push(Record::Volume(v.clone()));
+                    copies.push(Record::Volume(v.definition()));
                 }
             }
             records.extend(copies);
@@ -1220,6 +1321,7 @@ impl Store {
             sig: sig.clone(),
             seq: 0,
             next_id: 1,
+            next_fail_seq: 1,
             alus: Vec::new(),
             volumes: Vec::new(),
             failed: Vec::new(),
@@ -1397,6 +1499,22 @@ impl Store {
         size: u64,
         plan: &[(Uuid, u64)],
     ) -> Result<VolumeDef, MetaError> {
+        let plan: Vec<(u16, Uuid, u64)> = plan.iter().map(|&(a, l)| (0, a, l)).collect();
+        self.create_volume_with(name, size, Layout::linear(), &plan)
+    }
+
+    /// Create a volume of any layout: `plan` lists (member, alu, len) pieces; for each
+    /// member the pieces are concatenated in order; every member must total
+    /// size / stripes (stripe, raid10) or size (linear, mirror); legs of the same mirror
+    /// must not share an ALU. Same crash-safe commit order as [`Store::create_volume`]:
+    /// every check is done before anything is written.
+    pub fn create_volume_with(
+        &mut self,
+        name: &str,
+        size: u64,
+        layout: Layout,
+        plan: &[(u16, Uuid, u64)],
+    ) -> Result<VolumeDef, MetaError> {
         self.check_writable()?;
         let Some(mut list) = self.list.clone() else {
             return Err(MetaError::Refused(format!(
@@ -1416,28 +1534,83 @@ impl Store {
                 "volume {name}: name already in use"
             )));
         }
+        layout
+            .validate()
+            .map_err(|e| MetaError::Invalid(format!("volume {name}: {e}")))?;
         if size == 0 || !size.is_multiple_of(MIB) {
             return Err(MetaError::Invalid(format!(
                 "volume {name}: size must be a non-zero multiple of 1 MiB"
             )));
         }
-        if plan.is_empty()
-            || plan.iter().any(|(_, l)| *l == 0 || l % MIB != 0)
-            || plan.iter().try_fold(0u64, |a, (_, l)| a.checked_add(*l)) != Some(size)
-        {
+        layout
+            .check_size(size)
+            .map_err(|e| MetaError::Invalid(format!("volume {name}: {e}")))?;
+        let members = layout.members();
+        let member_size = layout.member_size(size);
+        if !member_size.is_multiple_of(MIB) {
+            return Err(MetaError::Invalid(format!(
+                "volume {name}: size / stripes ({member_size} bytes) must be a multiple of 1 MiB"
+            )));
+        }
+        if plan.is_empty() || plan.iter().any(|(_, _, l)| *l == 0 || l % MIB != 0) {
             return Err(MetaError::Invalid(format!(
                 "volume {name}: plan pieces must be non-zero multiples of 1 MiB summing to the size"
             )));
         }
-        let mut next_id = list.next_id.max(1);
-        let vol_id = next_id;
-        next_id += 1;
-        let mut segments = Vec::new();
-        let mut taken: Vec<(Uuid, Extent)> = Vec::new();
-        for &(alu, len) in plan {
+        if let Some((m, _, _)) = plan.iter().find(|(m, _, _)| usize::from(*m) >= members) {
+            return Err(MetaError::Invalid(format!(
+                "volume {name}: plan names member {m}, but the layout has {members} members"
+            )));
+        }
+        for m in 0..members {
+            let total = plan
+                .iter()
+                .filter(|(pm, _, _)| usize::from(*pm) == m)
+                .try_fold(0u64, |a, (_, _, l)| a.checked_add(*l));
+            if total != Some(member_size) {
+                return Err(MetaError::Invalid(if members == 1 {
+                    format!(
+                        "volume {name}: plan pieces must be non-zero multiples of 1 MiB summing to the size"
+                    )
+                } else {
+                    format!(
+                        "volume {name}: member {m}: plan pieces total {} bytes, expected {member_size} (size / stripes)",
+                        total.unwrap_or(u64::MAX)
+                    )
+                }));
+            }
+        }
+        // Legs of one mirror on distinct ALUs: a shared ALU would lose both legs at once.
+        if layout.redundant() {
+            let alus_of = |m: usize| -> HashSet<Uuid> {
+                plan.iter()
+                    .filter(|(pm, _, _)| usize::from(*pm) == m)
+                    .map(|(_, a, _)| *a)
+                    .collect()
+            };
+            let copies = usize::from(layout.copies);
+            for g in 0..usize::from(layout.stripes) {
+                for x in g * copies..(g + 1) * copies {
+                    for y in x + 1..(g + 1) * copies {
+                        if let Some(a) = alus_of(x).intersection(&alus_of(y)).next() {
+                            return Err(MetaError::Invalid(format!(
+                                "volume {name}: refused: members {x} and {y} are legs of mirror {g} and both use ALU {a}; legs of one mirror must be on different ALUs"
+                            )));
+                        }
+                    }
+                }
+            }
+        }
+        for (_, alu, _) in plan {
+            let alu = *alu;
             if !image.alus.iter().any(|a| a.uuid == alu) {
                 return Err(MetaError::NotFound(format!(
                     "volume {name}: ALU {alu} is not part of the cluster"
+                )));
+            }
+            if list.failed.iter().any(|(u, _)| *u == alu) {
+                return Err(MetaError::Refused(format!(
+                    "volume {name}: ALU {alu} has failed"
                 )));
             }
             if self.slots.iter().all(|s| s.owned_uuid() != Some(alu)) {
@@ -1445,6 +1618,13 @@ impl Store {
                     "volume {name}: ALU {alu} is missing or damaged"
                 )));
             }
+        }
+        let mut next_id = list.next_id.max(1);
+        let vol_id = next_id;
+        next_id += 1;
+        let mut segments = Vec::new();
+        let mut taken: Vec<(Uuid, Extent)> = Vec::new();
+        for &(member, alu, len) in plan {
             let used: Vec<Extent> = taken
                 .iter()
                 .filter(|(u, _)| *u == alu)
@@ -1487,16 +1667,21 @@ impl Store {
                     alu,
                     start: p.start,
                     len: p.len,
+                    member,
                 });
                 next_id += 1;
             }
         }
+        // Canonical order: by member, each member's pieces in plan order.
+        segments.sort_by_key(|g| g.member);
         let def = VolumeDef {
             id: vol_id,
             name: name.to_string(),
             size,
             wwn: random_wwn(),
             segments,
+            layout,
+            members: vec![MemberHealth::Ok; members],
         };
         let mut volumes = image.volumes.clone();
         volumes.push(def.clone());
@@ -1509,6 +1694,172 @@ impl Store {
         self.poison(r)?;
         self.evaluate();
         Ok(def)
+    }
+
+    /// Persist one member's health with one boot set commit (definitions are not
+    /// rewritten). `Failed { .. }`: the store assigns a new cluster-wide fail sequence
+    /// number (the value passed is ignored); a member already Failed keeps its original
+    /// number (nothing is written). `Rebuilding` needs a redundant layout, another leg
+    /// of the same mirror that is Ok, and checkpoint <= member size. A member with a
+    /// segment on a failed ALU can only be Failed. Returns the stored value.
+    pub fn set_member_health(
+        &mut self,
+        volume: &str,
+        member: u16,
+        health: MemberHealth,
+    ) -> Result<MemberHealth, MetaError> {
+        self.check_writable()?;
+        let (Some(mut list), Some(image)) = (self.list.clone(), self.image.clone()) else {
+            return Err(MetaError::NotFound(format!("volume {volume}: no cluster")));
+        };
+        let Some(vi) = list.volumes.iter().position(|v| v.name == volume) else {
+            return Err(MetaError::NotFound(format!("volume {volume}: not found")));
+        };
+        let bv = &list.volumes[vi];
+        let m = usize::from(member);
+        let Some(cur) = bv.health.get(m).copied() else {
+            return Err(MetaError::Invalid(format!(
+                "volume {volume}: no member {member} (the layout has {} members)",
+                bv.health.len()
+            )));
+        };
+        let layout = bv.layout;
+        let def = image.volumes.iter().find(|v| v.id == bv.id);
+        let stored = match health {
+            MemberHealth::Failed { .. } => {
+                if let MemberHealth::Failed { .. } = cur {
+                    return Ok(cur);
+                }
+                let q = list.next_fail_seq.max(1);
+                list.next_fail_seq = q + 1;
+                MemberHealth::Failed { fail_seq: q }
+            }
+            MemberHealth::Ok | MemberHealth::Rebuilding { .. } => {
+                if let Some((alu, _)) = def.and_then(|d| {
+                    d.member_segments(member)
+                        .find_map(|g| list.failed.iter().find(|(u, _)| *u == g.alu))
+                }) {
+                    return Err(MetaError::Refused(format!(
+                        "volume {volume}: member {member}: has a segment on failed ALU {alu}"
+                    )));
+                }
+                if let MemberHealth::Rebuilding { checkpoint } = health {
+                    if !layout.redundant() {
+                        return Err(MetaError::Invalid(format!(
+                            "volume {volume}: a {:?} volume has no redundancy to rebuild from",
+                            layout.kind
+                        )));
+                    }
+                    if checkpoint > layout.member_size(bv.size) {
+                        return Err(MetaError::Invalid(format!(
+                            "volume {volume}: member {member}: checkpoint {checkpoint} beyond the member size {}",
+                            layout.member_size(bv.size)
+                        )));
+                    }
+                    let g = layout.group_of(member);
+                    let copies = usize::from(layout.copies);
+                    let lo = usize::from(g) * copies;
+                    let source = (lo..lo + copies)
+                        .any(|x| x != m && bv.health.get(x) == Some(&MemberHealth::Ok));
+                    if !source {
+                        return Err(MetaError::Refused(format!(
+                            "volume {volume}: member {member}: no other leg of mirror {g} is in sync to rebuild from"
+                        )));
+                    }
+                }
+                health
+            }
+        };
+        if stored == cur {
+            return Ok(cur);
+        }
+        list.volumes[vi].health[m] = stored;
+        list.seq = self.next_seq();
+        let r = self.boot_commit(&list);
+        self.poison(r)?;
+        self.evaluate();
+        Ok(stored)
+    }
+
+    /// Mark an ALU failed: add it to the failed-ALU list and set every member with a
+    /// segment on it to Failed (new fail sequence numbers, in volume/member order), in
+    /// one boot set commit. Nothing is ever written to the ALU again: it stops being a
+    /// boot set member (the first Owned non-member is promoted) and shows as
+    /// [`AluState::Damaged`]. Refused if no other boot set member can take the commit.
+    /// Returns the affected (volume, member) pairs (members already Failed keep their
+    /// number and are included). Failing an ALU that already failed changes nothing.
+    pub fn fail_alu(&mut self, alu: Uuid) -> Result<Vec<(String, u16)>, MetaError> {
+        self.check_writable()?;
+        let (Some(mut list), Some(image)) = (self.list.clone(), self.image.clone()) else {
+            return Err(MetaError::NotFound(format!("alu {alu}: no cluster")));
+        };
+        if !list.alus.iter().any(|a| a.uuid == alu) {
+            return Err(MetaError::NotFound(format!(
+                "alu {alu}: not part of the cluster"
+            )));
+        }
+        let mut affected = Vec::new();
+        for v in &image.volumes {
+            let mut ms: Vec<u16> = v
+                .segments
+                .iter()
+                .filter(|g| g.alu == alu)
+                .map(|g| g.member)
+                .collect();
+            ms.sort_unstable();
+            ms.dedup();
+            for m in ms {
+                affected.push((v.name.clone(), m));
+            }
+        }
+        if list.failed.iter().any(|(u, _)| *u == alu) {
+            return Ok(affected);
+        }
+        let mut q = list.next_fail_seq.max(1);
+        list.failed.push((alu, q));
+        q += 1;
+        for (name, m) in &affected {
+            let Some(bv) = list.volumes.iter_mut().find(|b| b.name == *name) else {
+                continue;
+            };
+            if let Some(h) = bv.health.get_mut(usize::from(*m)) {
+                if !matches!(h, MemberHealth::Failed { .. }) {
+                    *h = MemberHealth::Failed { fail_seq: q };
+                    q += 1;
+                }
+            }
+        }
+        list.next_fail_seq = q;
+        let was_member = list.alus.iter().any(|a| a.uuid == alu && a.boot_member);
+        if was_member {
+            for a in list.alus.iter_mut().filter(|a| a.uuid == alu) {
+                a.boot_member = false;
+            }
+            let slots = &self.slots;
+            let failed = &list.failed;
+            if let Some(a) = list.alus.iter_mut().find(|a| {
+                !a.boot_member
+                    && !failed.iter().any(|(u, _)| *u == a.uuid)
+                    && slots.iter().any(|s| s.owned_uuid() == Some(a.uuid))
+            }) {
+                a.boot_member = true;
+            }
+        }
+        let writable = list.alus.iter().any(|a| {
+            a.boot_member
+                && a.uuid != alu
+                && self.slots.iter().any(|s| s.owned_uuid() == Some(a.uuid))
+        });
+        if !writable {
+            return Err(MetaError::Refused(format!(
+                "alu {alu}: fail refused: no other boot set member can record it"
+            )));
+        }
+        list.seq = self.next_seq();
+        let r = self.boot_commit(&list);
+        self.poison(r)?;
+        self.evaluate();
+        Ok(affected)
     }
 
     /// Remove a volume: boot set commit first, then per-ALU cleanup.

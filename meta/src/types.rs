@@ -113,16 +113,189 @@ pub struct AluRecord {
     pub boot_member: bool,
 }
 
-/// One piece of a linear volume: a partition on an ALU.
+/// One piece of a volume member: a partition on an ALU.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Segment {
     pub partition_id: u64,
     pub alu: Uuid,
     pub start: u64,
     pub len: u64,
+    /// The member this segment belongs to (see [`Layout`]); each member is the
+    /// concatenation of its segments in order.
+    pub member: u16,
 }
 
-/// A volume top object. Linear layout: segments concatenated in order.
+/// How a volume maps onto its members.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayoutKind {
+    /// One member (segments concatenated).
+    Linear,
+    /// `stripes` members, `chunk` bytes per stripe unit, round robin.
+    Stripe,
+    /// `copies` members (legs), each a full copy.
+    Mirror,
+    /// `stripes` mirrors of `copies` legs each, striped with `chunk`.
+    Raid10,
+}
+
+impl LayoutKind {
+    /// On-disk code (object database volume record and boot list volume entry).
+    pub fn code(self) -> u8 {
+        match self {
+            LayoutKind::Linear => 1,
+            LayoutKind::Stripe => 2,
+            LayoutKind::Mirror => 3,
+            LayoutKind::Raid10 => 4,
+        }
+    }
+    pub fn from_code(c: u8) -> Option<LayoutKind> {
+        Some(match c {
+            1 => LayoutKind::Linear,
+            2 => LayoutKind::Stripe,
+            3 => LayoutKind::Mirror,
+            4 => LayoutKind::Raid10,
+            _ => return None,
+        })
+    }
+}
+
+/// A volume layout. linear: stripes 1, copies 1, chunk 0; stripe: stripes >= 2,
+/// copies 1, chunk; mirror: stripes 1, copies 2..=4, chunk 0; raid10: stripes >= 2,
+/// copies 2..=4, chunk. `chunk`: a power of two >= 4096 (striped layouts only).
+/// Member `m` is stripe `m / copies`, leg `m % copies`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    pub kind: LayoutKind,
+    pub stripes: u16,
+    pub copies: u16,
+    pub chunk: u32,
+}
+
+/// Smallest stripe chunk.
+pub const MIN_CHUNK: u32 = 4096;
+/// Most legs of one mirror.
+pub const MAX_COPIES: u16 = 4;
+
+impl Layout {
+    pub fn linear() -> Layout {
+        Layout {
+            kind: LayoutKind::Linear,
+            stripes: 1,
+            copies: 1,
+            chunk: 0,
+        }
+    }
+
+    /// Number of members: stripes × copies.
+    pub fn members(&self) -> usize {
+        usize::from(self.stripes) * usize::from(self.copies)
+    }
+
+    /// Bytes each member holds for a volume of `size` bytes.
+    pub fn member_size(&self, size: u64) -> u64 {
+        size / u64::from(self.stripes.max(1))
+    }
+
+    /// The mirror (stripe) a member belongs to.
+    pub fn group_of(&self, member: u16) -> u16 {
+        member / self.copies.max(1)
+    }
+
+    /// Whether the layout keeps more than one copy of the data.
+    pub fn redundant(&self) -> bool {
+        self.copies > 1
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        let chunk_ok = |c: u32| c >= MIN_CHUNK && c.is_power_of_two();
+        let (s, c, k) = (self.stripes, self.copies, self.chunk);
+        match self.kind {
+            LayoutKind::Linear => {
+                if (s, c, k) != (1, 1, 0) {
+                    return Err(format!(
+                        "linear layout: stripes, copies, chunk must be 1, 1, 0 (got {s}, {c}, {k})"
+                    ));
+                }
+            }
+            LayoutKind::Stripe => {
+                if s < 2 || c != 1 {
+                    return Err(format!(
+                        "stripe layout: needs stripes >= 2 and copies = 1 (got {s}, {c})"
+                    ));
+                }
+                if !chunk_ok(k) {
+                    return Err(format!(
+                        "stripe layout: chunk {k} must be a power of two >= {MIN_CHUNK}"
+                    ));
+                }
+            }
+            LayoutKind::Mirror => {
+                if s != 1 || !(2..=MAX_COPIES).contains(&c) || k != 0 {
+                    return Err(format!(
+                        "mirror layout: needs stripes = 1, copies 2..={MAX_COPIES}, chunk 0 (got {s}, {c}, {k})"
+                    ));
+                }
+            }
+            LayoutKind::Raid10 => {
+                if s < 2 || !(2..=MAX_COPIES).contains(&c) {
+                    return Err(format!(
+                        "raid10 layout: needs stripes >= 2 and copies 2..={MAX_COPIES} (got {s}, {c})"
+                    ));
+                }
+                if !chunk_ok(k) {
+                    return Err(format!(
+                        "raid10 layout: chunk {k} must be a power of two >= {MIN_CHUNK}"
+                    ));
+                }
+            }
+        }
+        if self.members() > usize::from(u16::MAX) {
+            return Err(format!("layout: too many members ({})", self.members()));
+        }
+        Ok(())
+    }
+
+    /// Size rules for a volume of this layout: the size splits evenly into the
+    /// stripes, and (striped layouts) each member is a whole number of chunks.
+    pub fn check_size(&self, size: u64) -> Result<(), String> {
+        let s = u64::from(self.stripes.max(1));
+        if !size.is_multiple_of(s) {
+            return Err(format!("size {size} is not divisible by {s} stripes"));
+        }
+        if self.chunk != 0 && !self.member_size(size).is_multiple_of(u64::from(self.chunk)) {
+            return Err(format!(
+                "member size {} is not a multiple of the chunk ({})",
+                self.member_size(size),
+                self.chunk
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Default for Layout {
+    fn default() -> Self {
+        Layout::linear()
+    }
+}
+
+/// Persisted health of one volume member (stored in the boot list, not in the
+/// definition copies).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemberHealth {
+    Ok,
+    /// Failed; `fail_seq` is a cluster-wide increasing number: of the failed legs of a
+    /// mirror, the one with the highest `fail_seq` failed last and holds the newest data.
+    Failed {
+        fail_seq: u64,
+    },
+    /// Being resynchronised; bytes below `checkpoint` (member offset) are in sync.
+    Rebuilding {
+        checkpoint: u64,
+    },
+}
+
+/// A volume top object.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VolumeDef {
     pub id: u64,
@@ -130,6 +303,25 @@ pub struct VolumeDef {
     pub size: u64,
     pub wwn: [u8; 16],
     pub segments: Vec<Segment>,
+    pub layout: Layout,
+    /// Health of each member (`layout.members()` entries). Comes from the boot list;
+    /// not part of the definition (nor of its CRC).
+    pub members: Vec<MemberHealth>,
+}
+
+impl VolumeDef {
+    /// Segments of one member, in order.
+    pub fn member_segments(&self, member: u16) -> impl Iterator<Item = &Segment> {
+        self.segments.iter().filter(move |s| s.member == member)
+    }
+
+    /// The definition alone (members all `Ok`), as stored in the object database.
+    pub fn definition(&self) -> VolumeDef {
+        VolumeDef {
+            members: vec![MemberHealth::Ok; self.layout.members()],
+            ..self.clone()
+        }
+    }
 }
 
 /// The committed cluster configuration.
@@ -179,6 +371,50 @@ mod tests {
         );
         assert_ne!(Uuid::random(), Uuid::random());
         assert_eq!(random_wwn()[0] >> 4, 6);
+    }
+
+    #[test]
+    fn layout_validate() {
+        let l = |kind, stripes, copies, chunk| Layout {
+            kind,
+            stripes,
+            copies,
+            chunk,
+        };
+        use LayoutKind::*;
+        assert!(Layout::linear().validate().is_ok());
+        assert_eq!(Layout::linear().members(), 1);
+        assert!(l(Linear, 2, 1, 0).validate().is_err());
+        assert!(l(Linear, 1, 1, 4096).validate().is_err());
+        assert!(l(Stripe, 2, 1, 4096).validate().is_ok());
+        assert!(l(Stripe, 3, 1, 65536).validate().is_ok());
+        assert!(l(Stripe, 1, 1, 4096).validate().is_err());
+        assert!(l(Stripe, 2, 2, 4096).validate().is_err());
+        assert!(l(Stripe, 2, 1, 2048).validate().is_err());
+        assert!(l(Stripe, 2, 1, 12288).validate().is_err());
+        assert!(l(Stripe, 2, 1, 0).validate().is_err());
+        assert!(l(Mirror, 1, 2, 0).validate().is_ok());
+        assert!(l(Mirror, 1, 4, 0).validate().is_ok());
+        assert!(l(Mirror, 1, 5, 0).validate().is_err());
+        assert!(l(Mirror, 1, 1, 0).validate().is_err());
+        assert!(l(Mirror, 2, 2, 0).validate().is_err());
+        assert!(l(Mirror, 1, 2, 4096).validate().is_err());
+        assert!(l(Raid10, 2, 2, 4096).validate().is_ok());
+        assert_eq!(l(Raid10, 3, 2, 4096).members(), 6);
+        assert_eq!(l(Raid10, 3, 2, 4096).group_of(5), 2);
+        assert!(l(Raid10, 1, 2, 4096).validate().is_err());
+        assert!(l(Raid10, 2, 1, 4096).validate().is_err());
+        assert!(l(Raid10, 2, 5, 4096).validate().is_err());
+        assert!(l(Raid10, 2, 2, 100).validate().is_err());
+        assert!(l(Raid10, 20000, 4, 4096).validate().is_err());
+        for k in [Linear, Stripe, Mirror, Raid10] {
+            assert_eq!(LayoutKind::from_code(k.code()), Some(k));
+        }
+        assert_eq!(LayoutKind::from_code(0), None);
+        let s = l(Stripe, 2, 1, 1 << 20);
+        assert!(s.check_size(4 << 20).is_ok());
+        assert!(s.check_size(3 << 20).is_err());
+        assert!(l(Stripe, 3, 1, 4096).check_size(4 << 20).is_err());
     }
 
     #[test]

@@ -166,3 +166,145 @@ fn decoders_never_panic_on_random_bytes() {
         }
     }
 }
+
+/// A state with every layout, member health and a failed ALU.
+fn layout_state() -> (Vec<u64>, Vec<Event>) {
+    use tierblk_meta::{Layout, LayoutKind, MemberHealth};
+    let rec = Recorder::new();
+    let mut st = open_rec(&rec, 4, SIZE);
+    claim_all(&mut st);
+    let a: Vec<_> = (0..4).map(|i| alu_uuid(&st, i)).collect();
+    let mirror = Layout {
+        kind: LayoutKind::Mirror,
+        stripes: 1,
+        copies: 2,
+        chunk: 0,
+    };
+    let raid10 = Layout {
+        kind: LayoutKind::Raid10,
+        stripes: 2,
+        copies: 2,
+        chunk: 4096,
+    };
+    let stripe = Layout {
+        kind: LayoutKind::Stripe,
+        stripes: 2,
+        copies: 1,
+        chunk: 65536,
+    };
+    st.create_volume_with(
+        "m",
+        2 * MIB,
+        mirror,
+        &[(0, a[0], 2 * MIB), (1, a[1], 2 * MIB)],
+    )
+    .unwrap();
+    st.create_volume_with(
+        "r",
+        4 * MIB,
+        raid10,
+        &[
+            (0, a[0], 2 * MIB),
+            (1, a[1], 2 * MIB),
+            (2, a[2], MIB),
+            (2, a[0], MIB),
+            (3, a[3], 2 * MIB),
+        ],
+    )
+    .unwrap();
+    st.create_volume_with("s", 2 * MIB, stripe, &[(0, a[2], MIB), (1, a[3], MIB)])
+        .unwrap();
+    st.create_volume("v1", MIB, &[(a[3], MIB)]).unwrap();
+    st.set_member_health("r", 1, MemberHealth::Failed { fail_seq: 0 })
+        .unwrap();
+    st.set_member_health("r", 1, MemberHealth::Rebuilding { checkpoint: MIB })
+        .unwrap();
+    st.fail_alu(a[1]).unwrap();
+    (vec![SIZE; 4], rec.log())
+}
+
+#[test]
+fn random_corruption_with_layouts_never_panics() {
+    let (sizes, log) = layout_state();
+    let n = write_count(&log);
+    let mut rng = XorShift::new(0xfa11_5eed);
+    for case in 0..1500 {
+        let mut disks = replay(&sizes, &log, n, false);
+        for _ in 0..1 + rng.below(3) {
+            let d = rng.below(disks.len() as u64) as usize;
+            let regs = regions(disks[d].data.len() as u64);
+            let (lo, hi) = regs[rng.below(regs.len() as u64) as usize];
+            let data = &mut disks[d].data;
+            let hi = hi.min(data.len());
+            if lo >= hi {
+                continue;
+            }
+            if rng.below(2) == 0 {
+                flip_bits(data, lo..hi, 1 + rng.below(16) as usize, &mut rng);
+            } else {
+                let s = lo + rng.below((hi - lo) as u64) as usize;
+                let e = (s + 1 + rng.below(600) as usize).min(hi);
+                rng.fill(&mut data[s..e]);
+            }
+        }
+        let mut st = open_disks(disks, case % 2 == 0);
+        let _ = st.volume_problems();
+        for v in ["m", "r", "s", "v1"] {
+            let _ = st.degraded_members(v);
+        }
+        if case % 5 == 0 {
+            if let Some(img) = st.image().cloned() {
+                let _ = st.set_member_health("m", 0, tierblk_meta::MemberHealth::Ok);
+                if let Some(a) = img.alus.get(2) {
+                    let _ = st.fail_alu(a.uuid);
+                }
+            }
+        }
+    }
+}
+
+/// The boot list and the volume record have no checksum of their own inside the
+/// decoders: feed them mutated encodings directly.
+#[test]
+fn layout_decoders_never_panic() {
+    let (sizes, log) = layout_state();
+    let n = write_count(&log);
+    let disks = replay(&sizes, &log, n, false);
+    let d = &disks[0].data;
+    let obj = ObjDb::decode(&d[0x100000..0x200000], 0x100000, MIB).unwrap();
+    let vols: Vec<Vec<u8>> = obj
+        .volumes()
+        .map(tierblk_meta::objdb::encode_volume)
+        .collect();
+    assert!(vols.len() >= 2);
+    let ptr = BootPtr::decode(&d[0x2000..0x3000], 0x2000, MIB)
+        .or_else(|_| BootPtr::decode(&d[0x3000..0x4000], 0x3000, MIB))
+        .unwrap();
+    let off = [0x300000usize, 0x400000][ptr.area as usize];
+    let list = d[off..off + ptr.list_len as usize].to_vec();
+    let parsed = BootList::decode(&list).unwrap();
+    assert_eq!(parsed.failed.len(), 1);
+    let mut rng = XorShift::new(7);
+    for i in 0..20000 {
+        let base = if i % 2 == 0 {
+            &list
+        } else {
+            &vols[i % vols.len()]
+        };
+        let mut b = base.clone();
+        let len = b.len();
+        flip_bits(&mut b, 0..len, 1 + rng.below(4) as usize, &mut rng);
+        if rng.below(4) == 0 {
+            b.truncate(rng.below(len as u64 + 1) as usize);
+        }
+        if rng.below(8) == 0 {
+            let s = rng.below(len as u64) as usize;
+            let e = (s + 8).min(b.len());
+            if s < e {
+                b[s..e].fill(0xff);
+            }
+        }
+        let _ = BootList::decode(&b);
+        let _ = decode_volume(&b);
+    }
+}

@@ -5,7 +5,8 @@
 mod common;
 use common::*;
 use tierblk_meta::store::{AluState, Store};
-use tierblk_meta::testing::{replay, Recorder};
+use tierblk_meta::testing::{replay, Event, Recorder};
+use tierblk_meta::{Layout, LayoutKind, MemberHealth};
 
 fn enumerate(n: usize, setup: impl Fn(&mut Store), op: impl Fn(&mut Store)) {
     let rec = Recorder::new();
@@ -178,4 +179,238 @@ fn crash_release_last_alu() {
             st.release(&path(0)).unwrap();
         },
     );
+}
+
+fn mirror2() -> Layout {
+    Layout {
+        kind: LayoutKind::Mirror,
+        stripes: 1,
+        copies: 2,
+        chunk: 0,
+    }
+}
+
+fn raid10_2x2() -> Layout {
+    Layout {
+        kind: LayoutKind::Raid10,
+        stripes: 2,
+        copies: 2,
+        chunk: 64 * 1024,
+    }
+}
+
+#[test]
+fn crash_create_mirror_two_alus() {
+    enumerate(
+        2,
+        |st| {
+            claim_all(st);
+            let a0 = alu_uuid(st, 0);
+            st.create_volume("base", 3 * MIB, &[(a0, 3 * MIB)]).unwrap();
+        },
+        |st| {
+            let (a0, a1) = (alu_uuid(st, 0), alu_uuid(st, 1));
+            st.create_volume_with(
+                "m",
+                4 * MIB,
+                mirror2(),
+                &[(0, a0, 4 * MIB), (1, a1, 3 * MIB), (1, a1, MIB)],
+            )
+            .unwrap();
+        },
+    );
+}
+
+#[test]
+fn crash_create_raid10_four_alus() {
+    enumerate(
+        4,
+        |st| {
+            claim_all(st);
+        },
+        |st| {
+            let a: Vec<_> = (0..4).map(|i| alu_uuid(st, i)).collect();
+            st.create_volume_with(
+                "r10",
+                4 * MIB,
+                raid10_2x2(),
+                &[
+                    (0, a[0], 2 * MIB),
+                    (1, a[1], 2 * MIB),
+                    (2, a[2], 2 * MIB),
+                    (3, a[3], MIB),
+                    (3, a[0], MIB),
+                ],
+            )
+            .unwrap();
+        },
+    );
+}
+
+#[test]
+fn crash_set_member_health() {
+    for health in [
+        MemberHealth::Failed { fail_seq: 0 },
+        MemberHealth::Rebuilding { checkpoint: MIB },
+    ] {
+        enumerate(
+            2,
+            |st| {
+                claim_all(st);
+                let (a0, a1) = (alu_uuid(st, 0), alu_uuid(st, 1));
+                st.create_volume_with(
+                    "m",
+                    2 * MIB,
+                    mirror2(),
+                    &[(0, a0, 2 * MIB), (1, a1, 2 * MIB)],
+                )
+                .unwrap();
+                if matches!(health, MemberHealth::Rebuilding { .. }) {
+                    st.set_member_health("m", 1, MemberHealth::Failed { fail_seq: 0 })
+                        .unwrap();
+                }
+            },
+            |st| {
+                st.set_member_health("m", 1, health).unwrap();
+            },
+        );
+    }
+}
+
+/// Like `enumerate`, for `fail_alu(alu #failed)`: the failed ALU is never written by
+/// the operation nor afterwards, shows as Damaged once the new state is committed,
+/// and everything else behaves as in `enumerate`.
+fn enumerate_fail(n: usize, failed: usize, setup: impl Fn(&mut Store)) {
+    let rec = Recorder::new();
+    let mut st = open_rec(&rec, n, SIZE);
+    setup(&mut st);
+    let old = image(&st);
+    let n0 = rec.write_count();
+    let fu = alu_uuid(&st, failed);
+    let affected = st.fail_alu(fu).unwrap();
+    assert!(!affected.is_empty());
+    let new = image(&st);
+    assert_ne!(old, new, "operation changed nothing");
+    drop(st);
+    let log = rec.log();
+    let n1 = write_count(&log);
+    assert!(n1 > n0);
+    let op_writes: Vec<_> = log
+        .iter()
+        .filter(|e| matches!(e, Event::Write { .. }))
+        .skip(n0)
+        .collect();
+    assert!(
+        op_writes
+            .iter()
+            .all(|e| !matches!(e, Event::Write { disk, .. } if *disk == failed)),
+        "fail_alu wrote to the failed ALU"
+    );
+    let sizes = vec![SIZE; n];
+    for k in n0..=n1 {
+        for tear in [false, true] {
+            if tear && k == n1 {
+                continue;
+            }
+            for repair in [false, true] {
+                let disks = share(replay(&sizes, &log, k, tear));
+                let (mut st, _rep) = open_shared(&disks, repair);
+                let got = image(&st);
+                let ctx = format!("k={k} (n0={n0}, n1={n1}) tear={tear} repair={repair}");
+                assert!(
+                    got == old || got == new,
+                    "{ctx}: image neither old nor new:\n{got:#?}"
+                );
+                if k == n0 && !tear {
+                    assert_eq!(got, old, "{ctx}");
+                }
+                if k == n1 {
+                    assert_eq!(got, new, "{ctx}");
+                }
+                // mirrors run degraded: never a volume problem
+                assert!(
+                    st.volume_problems().is_empty(),
+                    "{ctx}: {:?}",
+                    st.volume_problems()
+                );
+                let is_new = got == new;
+                let before = disks[failed].lock().data.clone();
+                if is_new {
+                    assert!(
+                        matches!(&st.alus()[failed].state, AluState::Damaged { reason, .. } if reason.contains("failed by administrator")),
+                        "{ctx}: {:?}",
+                        st.alus()[failed]
+                    );
+                    for (v, m) in &affected {
+                        assert!(
+                            st.degraded_members(v).iter().any(|(x, _)| x == m),
+                            "{ctx}: {v}/{m} not degraded"
+                        );
+                    }
+                }
+                if !repair {
+                    continue;
+                }
+                claim_all(&mut st);
+                let img = st.image().cloned().expect("image");
+                let a0 = img.alus[0].uuid;
+                st.create_volume("fresh", 2 * MIB, &[(a0, 2 * MIB)])
+                    .unwrap_or_else(|e| panic!("{ctx}: follow-up create: {e}"));
+                let expect = image(&st);
+                drop(st);
+                let (st2, rep2) = open_shared(&disks, false);
+                assert!(
+                    rep2.repairs.is_empty(),
+                    "{ctx}: repairs after follow-up: {:?}",
+                    rep2.repairs
+                );
+                assert_eq!(image(&st2), expect, "{ctx}");
+                assert!(st2.volume_problems().is_empty(), "{ctx}");
+                if is_new {
+                    assert!(
+                        disks[failed].lock().data == before,
+                        "{ctx}: failed ALU written after the commit"
+                    );
+                    assert_eq!(rep2.problems.len(), 1, "{ctx}: {:?}", rep2.problems);
+                } else {
+                    assert!(rep2.problems.is_empty(), "{ctx}: {:?}", rep2.problems);
+                }
+                for (i, a) in st2.alus().iter().enumerate() {
+                    if is_new && i == failed {
+                        continue;
+                    }
+                    assert!(matches!(a.state, AluState::Owned { .. }), "{ctx}: {a:?}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn crash_fail_alu() {
+    enumerate_fail(4, 1, |st| {
+        claim_all(st);
+        let a: Vec<_> = (0..4).map(|i| alu_uuid(st, i)).collect();
+        st.create_volume_with(
+            "m",
+            2 * MIB,
+            mirror2(),
+            &[(0, a[0], 2 * MIB), (1, a[1], 2 * MIB)],
+        )
+        .unwrap();
+        st.create_volume_with(
+            "r10",
+            4 * MIB,
+            raid10_2x2(),
+            &[
+                (0, a[0], 2 * MIB),
+                (1, a[1], 2 * MIB),
+                (2, a[2], 2 * MIB),
+                (3, a[3], 2 * MIB),
+            ],
+        )
+        .unwrap();
+        st.create_volume("lin", 2 * MIB, &[(a[2], 2 * MIB)])
+            .unwrap();
+    });
 }
