@@ -44,9 +44,13 @@ pub fn call(socket: &Path, request: Request, timeout: Duration) -> Result<Payloa
     };
     let mut line = serde_json::to_vec(&env).expect("requests always serialize");
     line.push(b'\n');
-    stream
-        .write_all(&line)
-        .map_err(|e| ClientError::Io(name.clone(), e))?;
+    if let Err(e) = stream.write_all(&line) {
+        // The daemon may have answered and closed early (a refusal): its
+        // reply, if any, says more than the broken pipe.
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            return Err(ClientError::Io(name, e));
+        }
+    }
     let mut reply = String::new();
     // Replies can be large (many volumes) but are bounded like requests are, times a margin.
     BufReader::new(stream.take((MAX_LINE * 64) as u64))

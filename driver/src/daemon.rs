@@ -7,17 +7,42 @@
 //! volume's stack offline ([092]); bring the volumes that are complete online
 //! and leave the others offline with the reason ([094]–[095]).
 
-use crate::planner::{plan_linear, Candidate};
-use crate::proto::{AluView, PartitionView, Payload, Request, SegmentView, VolumeView};
-use crate::size::{format_size, round_up_mib};
-use crate::ublk::{self, Exposed, Piece, VolumeSpec};
+use crate::planner::{self, Candidate};
+use crate::proto::{
+    AluView, LayoutSpec, MemberView, PartitionView, Payload, Request, SegmentView, VolumeView,
+};
+use crate::size::format_size;
+use crate::ublk::{self, Exposed, VolumeSpec};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::PathBuf;
+use std::sync::mpsc;
 use std::sync::Arc;
-use tierblk_meta::{AluState, ClusterImage, MetaError, Store, Uuid, VolumeDef};
+use std::time::Duration;
+use tierblk_meta::{
+    AluState, ClusterImage, Layout, LayoutKind, MemberHealth, MetaError, Store, Uuid, VolumeDef,
+};
 use tierblk_meta::{Disk, FileDisk};
+use tierblk_stack::mirror::MirrorHealth;
+use tierblk_stack::volume::{Layout as StackLayout, MemberDesc, VolumeDesc};
 use tracing::{error, info, warn};
+
+/// Something a volume's data path tells the daemon, off the hot path.
+pub enum Event {
+    /// A mirror leg failed with `errno`; `done` is answered once the failure
+    /// is persisted, so the write that found it completes only afterwards
+    /// (a leg that missed a write must never be trusted at reassembly).
+    LegFailed {
+        volume: String,
+        member: u16,
+        errno: i32,
+        done: mpsc::Sender<()>,
+    },
+}
+
+/// How long a queue thread waits for a leg failure to be persisted before it
+/// completes the write anyway (the failure stays in memory).
+const PERSIST_WAIT: Duration = Duration::from_secs(10);
 
 /// What the daemon was told on its command line and in its config file.
 #[derive(Debug, Clone)]
@@ -33,10 +58,12 @@ pub struct Config {
 enum Runtime {
     /// Built but not exposed: by an administrator, or because a piece is
     /// missing (`reason`).
-    Offline {
-        reason: Option<String>,
+    Offline { reason: Option<String> },
+    Online {
+        exposed: Exposed,
+        /// One per mirror, shared with every queue thread of the volume.
+        health: Vec<Arc<MirrorHealth>>,
     },
-    Online(Exposed),
 }
 
 pub struct Daemon {
@@ -47,6 +74,7 @@ pub struct Daemon {
     runtime: BTreeMap<String, Runtime>,
     /// Data-path file handles, one per ALU, shared by every queue thread.
     files: HashMap<Uuid, Arc<File>>,
+    events: mpsc::Sender<Event>,
 }
 
 fn open_disk(path: &str) -> Result<Box<dyn Disk>, String> {
@@ -57,7 +85,7 @@ fn open_disk(path: &str) -> Result<Box<dyn Disk>, String> {
 
 impl Daemon {
     /// Scan the ALUs, open the object database, and bring complete volumes online.
-    pub fn start(cfg: Config) -> Result<Daemon, String> {
+    pub fn start(cfg: Config, events: mpsc::Sender<Event>) -> Result<Daemon, String> {
         let mut disks = Vec::new();
         let mut missing = BTreeMap::new();
         for p in &cfg.alus {
@@ -87,6 +115,7 @@ impl Daemon {
             missing,
             runtime: BTreeMap::new(),
             files: HashMap::new(),
+            events,
         };
         for s in d.store.alus() {
             info!(alu = %s.path, state = %state_name(&s.state), "scanned");
@@ -129,7 +158,13 @@ impl Daemon {
             Request::AluScan => self.scan().map(Payload::Alus),
             Request::AluClaim { path, force } => self.claim(&path, force),
             Request::AluRelease { path } => self.release(&path),
-            Request::VolCreate { name, size, alus } => self.create(&name, size, &alus),
+            Request::AluFail { path } => self.fail_alu(&path),
+            Request::VolCreate {
+                name,
+                size,
+                alus,
+                layout,
+            } => self.create(&name, size, &alus, &layout),
             Request::VolList => Ok(Payload::Volumes(
                 self.image_volumes()
                     .iter()
@@ -193,14 +228,14 @@ impl Daemon {
     /// Build the volume's stack and expose it; a volume with a problem stays
     /// offline and remembers why ([094]).
     fn online(&mut self, name: &str) -> Result<(), String> {
-        if matches!(self.runtime.get(name), Some(Runtime::Online(_))) {
+        if matches!(self.runtime.get(name), Some(Runtime::Online { .. })) {
             return Ok(());
         }
         let v = self.volume(name)?;
         match self.bring_online(&v) {
-            Ok(exposed) => {
+            Ok((exposed, health)) => {
                 self.runtime
-                    .insert(name.to_string(), Runtime::Online(exposed));
+                    .insert(name.to_string(), Runtime::Online { exposed, health });
                 Ok(())
             }
             Err(e) => {
@@ -215,44 +250,156 @@ impl Daemon {
         }
     }
 
-    fn bring_online(&mut self, v: &VolumeDef) -> Result<Exposed, String> {
+    fn bring_online(&mut self, v: &VolumeDef) -> Result<(Exposed, Vec<Arc<MirrorHealth>>), String> {
         if let Some(p) = self.problem_of(&v.name) {
             return Err(format!("volume {}: held offline: {p}", v.name));
         }
-        let mut pieces = Vec::with_capacity(v.segments.len());
-        for s in &v.segments {
-            let file = self
-                .data_file(s.alu)
-                .map_err(|e| format!("volume {}: {e}", v.name))?;
-            pieces.push(Piece {
-                file,
-                start: s.start,
-                len: s.len,
-            });
+        let degraded: Vec<u16> = self
+            .store
+            .degraded_members(&v.name)
+            .into_iter()
+            .map(|(m, _)| m)
+            .collect();
+        let mut members = Vec::with_capacity(v.members.len());
+        for m in 0..v.layout.members() as u16 {
+            let mut pieces = Vec::new();
+            for s in v.segments.iter().filter(|s| s.member == m) {
+                let file = match self.data_file(s.alu) {
+                    Ok(f) => f,
+                    // A degraded leg starts marked failed in its mirror and is
+                    // never touched: a read-only /dev/null stands in for an
+                    // ALU that is gone (a write to it would fail, not vanish).
+                    Err(_) if degraded.contains(&m) => absent_alu()?,
+                    Err(e) => return Err(format!("volume {}: {e}", v.name)),
+                };
+                pieces.push((file, s.start, s.len));
+            }
+            members.push(MemberDesc { pieces });
         }
+        let copies = usize::from(v.layout.copies.max(1));
+        let health = self.mirror_health(v, &degraded);
+        let layout = match v.layout.kind {
+            LayoutKind::Linear => StackLayout::Linear,
+            LayoutKind::Stripe => StackLayout::Stripe {
+                chunk: v.layout.chunk,
+            },
+            LayoutKind::Mirror => StackLayout::Mirror,
+            LayoutKind::Raid10 => StackLayout::Raid10 {
+                chunk: v.layout.chunk,
+            },
+        };
+        let desc = VolumeDesc {
+            layout,
+            copies,
+            members,
+            health: health.clone(),
+        };
         if !ublk::available() {
             return Err(format!(
                 "volume {}: cannot expose: /dev/ublk-control missing (load the ublk_drv module)",
                 v.name
             ));
         }
-        ublk::expose(VolumeSpec {
+        let exposed = ublk::expose(VolumeSpec {
             name: v.name.clone(),
             wwn: hex(&v.wwn),
-            pieces,
+            desc: Arc::new(desc),
             queues: self.cfg.queues,
             depth: self.cfg.depth,
         })
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+        Ok((exposed, health))
+    }
+
+    /// One shared health record per mirror; a failing leg reports through the
+    /// event channel and waits until the failure is on disk.
+    fn mirror_health(&self, v: &VolumeDef, degraded: &[u16]) -> Vec<Arc<MirrorHealth>> {
+        let copies = v.layout.copies.max(1);
+        let mirrors = match v.layout.kind {
+            LayoutKind::Mirror => 1,
+            LayoutKind::Raid10 => v.layout.stripes,
+            _ => 0,
+        };
+        (0..mirrors)
+            .map(|j| {
+                let mut mask = 0u32;
+                for leg in 0..copies {
+                    if degraded.contains(&(j * copies + leg)) {
+                        mask |= 1 << leg;
+                    }
+                }
+                let events = self.events.clone();
+                let volume = v.name.clone();
+                let on_fail = move |leg: usize, errno: i32| {
+                    let (done, wait) = mpsc::channel();
+                    let member = j * copies + leg as u16;
+                    error!(volume = %volume, member, errno, "mirror leg failed: degrading");
+                    let sent = events.send(Event::LegFailed {
+                        volume: volume.clone(),
+                        member,
+                        errno,
+                        done,
+                    });
+                    if sent.is_err() || wait.recv_timeout(PERSIST_WAIT).is_err() {
+                        error!(volume = %volume, member, "leg failure not yet persisted");
+                    }
+                };
+                Arc::new(MirrorHealth::new(
+                    usize::from(copies),
+                    mask,
+                    Box::new(on_fail),
+                ))
+            })
+            .collect()
+    }
+
+    /// Persist a leg failure found on the data path ([0168]–[0171]). An
+    /// I/O error means the ALU under the leg is dead (as MD marks a device
+    /// faulty): the ALU is failed, which fails every member on it in one
+    /// commit and stops every running mirror from using it.
+    pub fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::LegFailed {
+                volume,
+                member,
+                errno,
+                done,
+            } => {
+                let alus: Vec<Uuid> = self
+                    .volume(&volume)
+                    .map(|v| {
+                        let mut a: Vec<Uuid> = v
+                            .segments
+                            .iter()
+                            .filter(|s| s.member == member)
+                            .map(|s| s.alu)
+                            .collect();
+                        a.dedup();
+                        a
+                    })
+                    .unwrap_or_default();
+                for alu in alus {
+                    match self.fail_alu_uuid(alu) {
+                        Ok(_) => {
+                            warn!(volume = %volume, member, errno, %alu, "leg failure persisted; ALU failed")
+                        }
+                        Err(e) => {
+                            error!(volume = %volume, member, "cannot persist the leg failure: {e}")
+                        }
+                    }
+                }
+                let _ = done.send(());
+            }
+        }
     }
 
     fn offline(&mut self, name: &str) -> Result<(), String> {
         match self.runtime.remove(name) {
-            Some(Runtime::Online(exposed)) => {
+            Some(Runtime::Online { exposed, health }) => {
                 let dev = exposed.device();
                 if let Err(e) = ensure_unused(&dev) {
                     self.runtime
-                        .insert(name.to_string(), Runtime::Online(exposed));
+                        .insert(name.to_string(), Runtime::Online { exposed, health });
                     return Err(format!("volume {name}: {e}"));
                 }
                 let r = exposed.stop().map_err(|e| e.to_string());
@@ -346,11 +493,19 @@ impl Daemon {
         Ok(self.alu_views())
     }
 
-    fn create(&mut self, name: &str, size: u64, alus: &[String]) -> Result<Payload, String> {
+    fn create(
+        &mut self,
+        name: &str,
+        size: u64,
+        alus: &[String],
+        spec: &LayoutSpec,
+    ) -> Result<Payload, String> {
         if self.image_volumes().iter().any(|v| v.name == name) {
             return Err(format!("volume {name}: name already taken"));
         }
-        let size = round_up_mib(size).ok_or_else(|| format!("volume {name}: size too large"))?;
+        let layout = layout_from(spec).map_err(|e| format!("volume {name}: {e}"))?;
+        let size = planner::rounded_size(size, &layout)
+            .ok_or_else(|| format!("volume {name}: size too large"))?;
         let mut candidates = Vec::new();
         let paths: Vec<String> = if alus.is_empty() {
             let mut owned: Vec<String> = self
@@ -373,12 +528,13 @@ impl Daemon {
                 free: self.store.free_extents(uuid),
             });
         }
-        let plan = plan_linear(size, &candidates).map_err(|e| format!("volume {name}: {e}"))?;
+        let plan =
+            planner::plan(size, &layout, &candidates).map_err(|e| format!("volume {name}: {e}"))?;
         let def = self
             .store
-            .create_volume(name, size, &plan)
+            .create_volume_with(name, size, layout, &plan)
             .map_err(|e| e.to_string())?;
-        info!(volume = %name, size = %format_size(size), "created");
+        info!(volume = %name, size = %format_size(size), layout = %spec.kind, "created");
         self.runtime
             .insert(name.to_string(), Runtime::Offline { reason: None });
         if let Err(e) = self.online(name) {
@@ -397,8 +553,17 @@ impl Daemon {
     }
 
     fn volume_view(&self, v: &VolumeDef) -> VolumeView {
+        let degraded = self.store.degraded_members(&v.name);
         let (state, device, problem) = match self.runtime.get(&v.name) {
-            Some(Runtime::Online(e)) => ("online", Some(e.device()), None),
+            Some(Runtime::Online { exposed, health }) => {
+                let live_degraded = health.iter().any(|h| h.failed_mask() != 0);
+                let state = if live_degraded || !degraded.is_empty() {
+                    "degraded"
+                } else {
+                    "online"
+                };
+                (state, Some(exposed.device()), None)
+            }
             Some(Runtime::Offline { reason }) => (
                 "offline",
                 None,
@@ -406,19 +571,48 @@ impl Daemon {
             ),
             None => ("offline", None, self.problem_of(&v.name)),
         };
+        let members = v
+            .members
+            .iter()
+            .enumerate()
+            .map(|(i, h)| {
+                let index = i as u16;
+                let detail = degraded
+                    .iter()
+                    .find(|(m, _)| *m == index)
+                    .map(|(_, why)| why.clone());
+                let (health, fail_seq) = match h {
+                    MemberHealth::Ok if detail.is_some() => ("failed", None),
+                    MemberHealth::Ok => ("ok", None),
+                    MemberHealth::Failed { fail_seq } => ("failed", Some(*fail_seq)),
+                    MemberHealth::Rebuilding { .. } => ("rebuilding", None),
+                };
+                MemberView {
+                    index,
+                    health: health.into(),
+                    detail,
+                    fail_seq,
+                }
+            })
+            .collect();
         VolumeView {
             name: v.name.clone(),
             id: v.id,
             size: v.size,
-            layout: "linear".into(),
+            layout: layout_name(&v.layout).into(),
+            stripes: v.layout.stripes,
+            copies: v.layout.copies,
+            chunk: v.layout.chunk,
             state: state.into(),
             device,
             wwn: hex(&v.wwn),
             problem,
+            members,
             segments: v
                 .segments
                 .iter()
                 .map(|s| SegmentView {
+                    member: s.member,
                     alu: s.alu.to_string(),
                     path: self.store.path_of(s.alu).map(str::to_string),
                     start: s.start,
@@ -426,6 +620,40 @@ impl Daemon {
                 })
                 .collect(),
         }
+    }
+
+    fn fail_alu(&mut self, path: &str) -> Result<Payload, String> {
+        let uuid = self.owned_uuid(path)?;
+        let affected = self.fail_alu_uuid(uuid)?;
+        let list = affected
+            .iter()
+            .map(|(v, m)| format!("{v} member {m}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        Ok(Payload::Done(if list.is_empty() {
+            format!("alu {path}: failed (no volume used it)")
+        } else {
+            format!("alu {path}: failed; degraded: {list}")
+        }))
+    }
+
+    /// Fail an ALU: persist it, then stop every running mirror from using it.
+    fn fail_alu_uuid(&mut self, uuid: Uuid) -> Result<Vec<(String, u16)>, String> {
+        let affected = self.store.fail_alu(uuid).map_err(|e| e.to_string())?;
+        for (volume, member) in &affected {
+            let copies = self
+                .volume(volume)
+                .map(|v| v.layout.copies.max(1))
+                .unwrap_or(1);
+            if let Some(Runtime::Online { health, .. }) = self.runtime.get(volume) {
+                if let Some(h) = health.get(usize::from(member / copies)) {
+                    h.mark_failed(usize::from(member % copies));
+                }
+            }
+            warn!(alu = %uuid, volume = %volume, member, "member failed with its ALU");
+        }
+        self.files.remove(&uuid);
+        Ok(affected)
     }
 
     fn alu_view(&self, path: &str) -> Result<AluView, String> {
@@ -505,6 +733,50 @@ impl Daemon {
         }
         out.sort_by(|a, b| a.path.cmp(&b.path));
         out
+    }
+}
+
+fn absent_alu() -> Result<Arc<File>, String> {
+    File::open("/dev/null")
+        .map(Arc::new)
+        .map_err(|e| format!("cannot open /dev/null: {e}"))
+}
+
+/// Turn the CLI's layout request into a validated layout, with defaults.
+fn layout_from(spec: &LayoutSpec) -> Result<Layout, String> {
+    let chunk = spec.chunk.unwrap_or(64 << 10);
+    let (kind, stripes, copies, chunk) = match spec.kind.as_str() {
+        "linear" | "concat" => (LayoutKind::Linear, 1, 1, 0),
+        "stripe" => (LayoutKind::Stripe, spec.stripes.unwrap_or(2), 1, chunk),
+        "mirror" => (LayoutKind::Mirror, 1, spec.copies.unwrap_or(2), 0),
+        "raid10" => (
+            LayoutKind::Raid10,
+            spec.stripes.unwrap_or(2),
+            spec.copies.unwrap_or(2),
+            chunk,
+        ),
+        other => {
+            return Err(format!(
+                "unknown layout {other:?} (linear, concat, stripe, mirror, raid10)"
+            ))
+        }
+    };
+    let layout = Layout {
+        kind,
+        stripes,
+        copies,
+        chunk,
+    };
+    layout.validate()?;
+    Ok(layout)
+}
+
+fn layout_name(l: &Layout) -> &'static str {
+    match l.kind {
+        LayoutKind::Linear => "linear",
+        LayoutKind::Stripe => "stripe",
+        LayoutKind::Mirror => "mirror",
+        LayoutKind::Raid10 => "raid10",
     }
 }
 

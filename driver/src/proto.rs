@@ -28,10 +28,15 @@ pub enum Request {
     AluShow {
         path: String,
     },
+    AluFail {
+        path: String,
+    },
     VolCreate {
         name: String,
         size: u64,
         alus: Vec<String>,
+        #[serde(default)]
+        layout: LayoutSpec,
     },
     VolList,
     VolShow {
@@ -46,6 +51,27 @@ pub enum Request {
     VolOffline {
         name: String,
     },
+}
+
+/// The shape a new volume should have (`--layout`, `--stripes`, `--copies`, `--chunk`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayoutSpec {
+    /// linear, concat, stripe, mirror, raid10
+    pub kind: String,
+    pub stripes: Option<u16>,
+    pub copies: Option<u16>,
+    pub chunk: Option<u32>,
+}
+
+impl Default for LayoutSpec {
+    fn default() -> Self {
+        LayoutSpec {
+            kind: "linear".into(),
+            stripes: None,
+            copies: None,
+            chunk: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -101,17 +127,34 @@ pub struct VolumeView {
     pub id: u64,
     pub size: u64,
     pub layout: String,
-    /// online, offline, failed
+    pub stripes: u16,
+    pub copies: u16,
+    /// Stripe chunk in bytes (0 when the layout has no stripes).
+    pub chunk: u32,
+    /// online, degraded (online with a failed mirror leg), offline
     pub state: String,
     pub device: Option<String>,
     pub wwn: String,
     /// Why the volume is not online, when it is not.
     pub problem: Option<String>,
+    pub members: Vec<MemberView>,
     pub segments: Vec<SegmentView>,
+}
+
+/// A stripe member or mirror leg: the concatenation of its segments.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberView {
+    pub index: u16,
+    /// ok, failed, rebuilding
+    pub health: String,
+    /// Why the member is not serving, when it is not.
+    pub detail: Option<String>,
+    pub fail_seq: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SegmentView {
+    pub member: u16,
     pub alu: String,
     pub path: Option<String>,
     pub start: u64,

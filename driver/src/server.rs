@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use thiserror::Error;
 use tracing::{debug, info, warn};
@@ -42,7 +42,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
 
 /// Serve requests until `stop` is set (a signal handler sets it and then
 /// connects once to wake the accept).
-pub fn serve(listener: UnixListener, daemon: &mut Daemon, stop: Arc<AtomicBool>) {
+pub fn serve(listener: UnixListener, daemon: &Mutex<Daemon>, stop: Arc<AtomicBool>) {
     for conn in listener.incoming() {
         if stop.load(Ordering::SeqCst) {
             break;
@@ -60,13 +60,19 @@ fn peer_uid(stream: &UnixStream) -> Option<u32> {
         .map(|c| c.uid())
 }
 
-fn handle_conn(mut stream: UnixStream, daemon: &mut Daemon) {
+fn handle_conn(mut stream: UnixStream, daemon: &Mutex<Daemon>) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
     let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
+    // Read the request before judging the peer, so that a refused client
+    // gets its reply instead of a broken pipe.
+    let request = read_request(&stream);
     let reply = match peer_uid(&stream) {
-        Some(0) => read_request(&stream).and_then(|env| {
+        Some(0) => request.and_then(|env| {
             debug!(request = ?env.request, "control request");
-            daemon.handle(env.request)
+            daemon
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .handle(env.request)
         }),
         Some(uid) => {
             warn!(uid, "control socket: refused a non-root peer");

@@ -11,13 +11,13 @@ use libublk::helpers::IoBuf;
 use libublk::io::{UblkDev, UblkQueue};
 use libublk::uring_async::ublk_submit_sqe_async;
 use libublk::{BufDesc, UblkError, UblkFlags, UblkUringData};
-use std::fs::File;
 use std::rc::Rc;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use thiserror::Error;
-use tierblk_stack::{build_linear, BlockDev, Ring};
+use tierblk_stack::volume::{build_volume, VolumeDesc};
+use tierblk_stack::{BlockDev, Ring};
 use tracing::{error, info, info_span};
 
 /// Largest single I/O the kernel will send us (per-tag buffer size).
@@ -33,20 +33,13 @@ pub enum FrontendError {
     Stop(String, u32, String),
 }
 
-/// One piece of a linear volume: a byte range of an opened ALU.
-#[derive(Clone)]
-pub struct Piece {
-    pub file: Arc<File>,
-    pub start: u64,
-    pub len: u64,
-}
-
 /// What the frontend needs to know to expose a volume.
 #[derive(Clone)]
 pub struct VolumeSpec {
     pub name: String,
     pub wwn: String,
-    pub pieces: Vec<Piece>,
+    /// The volume's tree; every queue builds its own instance of it.
+    pub desc: Arc<VolumeDesc>,
     pub queues: u16,
     pub depth: u16,
 }
@@ -158,7 +151,15 @@ fn run_device(spec: VolumeSpec, tx: mpsc::Sender<Result<u32, FrontendError>>) {
             return;
         }
     };
-    let size: u64 = spec.pieces.iter().map(|p| p.len).sum();
+    // Build once here to validate the tree and learn its size before the
+    // device exists.
+    let size = match build_volume(&spec.desc, UblkRing) {
+        Ok(v) => v.size(),
+        Err(e) => {
+            let _ = tx.send(Err(FrontendError::Create(spec.name.clone(), e.to_string())));
+            return;
+        }
+    };
     let json = serde_json::json!({ "tierblk": { "volume": spec.name, "wwn": spec.wwn } });
     let tgt_init = move |dev: &mut UblkDev| {
         let max_sectors = dev.dev_info.max_io_buf_bytes >> 9;
@@ -189,8 +190,8 @@ fn run_device(spec: VolumeSpec, tx: mpsc::Sender<Result<u32, FrontendError>>) {
         dev.set_target_json(json);
         Ok(())
     };
-    let pieces = spec.pieces.clone();
-    let q_fn = move |qid: u16, dev: &UblkDev| serve_queue(qid, dev, &pieces);
+    let desc = spec.desc.clone();
+    let q_fn = move |qid: u16, dev: &UblkDev| serve_queue(qid, dev, &desc);
     let started = tx.clone();
     let dev_fn = move |ctrl: &UblkCtrl| {
         let _ = started.send(Ok(ctrl.dev_info().dev_id));
@@ -201,7 +202,7 @@ fn run_device(spec: VolumeSpec, tx: mpsc::Sender<Result<u32, FrontendError>>) {
     // Dropping `ctrl` deletes the device.
 }
 
-fn serve_queue(qid: u16, dev: &UblkDev, pieces: &[Piece]) {
+fn serve_queue(qid: u16, dev: &UblkDev, desc: &VolumeDesc) {
     let q = match UblkQueue::new(qid, dev) {
         Ok(q) => Rc::new(q),
         Err(e) => {
@@ -209,12 +210,14 @@ fn serve_queue(qid: u16, dev: &UblkDev, pieces: &[Piece]) {
             return;
         }
     };
-    let ranges: Vec<(Arc<File>, u64, u64)> = pieces
-        .iter()
-        .map(|p| (p.file.clone(), p.start, p.len))
-        .collect();
     // This queue's own instance of the stack, submitting on this queue's ring.
-    let vol = Rc::new(build_linear(&ranges, UblkRing));
+    let vol = match build_volume(desc, UblkRing) {
+        Ok(v) => Rc::new(v),
+        Err(e) => {
+            error!(queue = qid, "cannot build the volume stack: {e}");
+            return;
+        }
+    };
     let exe = Rc::new(smol::LocalExecutor::new());
     let mut tasks = Vec::new();
     for tag in q.tags() {

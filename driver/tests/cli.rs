@@ -287,3 +287,95 @@ fn control_socket_is_root_only() {
 }
 
 use std::os::unix::process::CommandExt;
+
+#[test]
+fn layouts_are_planned_on_distinct_alus_and_failures_persist() {
+    let mut env = Env::new("layouts", &[128 * MIB, 128 * MIB, 128 * MIB, 128 * MIB]);
+    env.start();
+    for i in 0..4 {
+        env.ok(&["alu", "claim", &env.alu(i)]);
+    }
+    let members_on = |v: &Value| -> Vec<(u64, String)> {
+        let mut m: Vec<(u64, String)> = v["segments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["member"].as_u64().unwrap(),
+                    s["path"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        m.sort();
+        m.dedup();
+        m
+    };
+    let r = env.json(&[
+        "vol",
+        "create",
+        "r1",
+        "--size",
+        "100M",
+        "--layout",
+        "raid10",
+        "--stripes",
+        "2",
+        "--copies",
+        "2",
+        "--chunk",
+        "128K",
+    ]);
+    assert_eq!(
+        (
+            r["layout"].as_str(),
+            r["stripes"].as_u64(),
+            r["copies"].as_u64()
+        ),
+        (Some("raid10"), Some(2), Some(2))
+    );
+    assert_eq!(r["chunk"], 128 << 10);
+    let m = members_on(&r);
+    assert_eq!(m.len(), 4, "{r}");
+    let alus: std::collections::BTreeSet<_> = m.iter().map(|x| x.1.clone()).collect();
+    assert_eq!(alus.len(), 4, "raid10 members share an ALU: {r}");
+    let mirror = env.json(&["vol", "create", "m1", "--size", "20M", "--layout", "mirror"]);
+    let m = members_on(&mirror);
+    assert_eq!(m.len(), 2);
+    assert_ne!(m[0].1, m[1].1, "mirror legs on one ALU: {mirror}");
+    // A 3-way mirror of 100M does not fit: every ALU has < 100M left after r1.
+    let e = env.refused(&[
+        "vol", "create", "m3", "--size", "100M", "--layout", "mirror", "--copies", "3",
+    ]);
+    assert!(e.contains("needs 3 ALUs"), "{e}");
+    let e = env.refused(&[
+        "vol", "create", "s9", "--size", "10M", "--layout", "stripe", "--chunk", "3K",
+    ]);
+    assert!(e.contains("chunk"), "{e}");
+
+    // Fail the ALU under one raid10 leg: persisted, reported, survives a restart.
+    let victim = members_on(&r)[1].1.clone();
+    let out = env.ok(&["alu", "fail", &victim]);
+    assert!(out.contains("r1 member 1"), "{out}");
+    let check = |env: &Env| {
+        let r = env.json(&["vol", "show", "r1"]);
+        let members = r["members"].as_array().unwrap();
+        assert_eq!(members[1]["health"], "failed", "{r}");
+        assert!(members[1]["fail_seq"].as_u64().unwrap() > 0, "{r}");
+        assert_eq!(members[0]["health"], "ok", "{r}");
+        // Degraded, not a problem: the mirror still has a leg.
+        assert!(
+            r["problem"]
+                .as_str()
+                .is_none_or(|p| !p.contains("held offline")),
+            "{r}"
+        );
+        let a = env.json(&["alu", "show", &victim]);
+        assert_eq!(a["state"], "damaged", "{a}");
+    };
+    check(&env);
+    env.stop();
+    env.start();
+    check(&env);
+    env.stop();
+}

@@ -4,7 +4,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
 use tierblk::client;
-use tierblk::proto::{AluView, Payload, Request, VolumeView, DEFAULT_SOCKET};
+use tierblk::proto::{AluView, LayoutSpec, Payload, Request, VolumeView, DEFAULT_SOCKET};
 use tierblk::size::{format_size, parse_size};
 use tierblk::table::render;
 
@@ -49,11 +49,13 @@ enum AluCmd {
     Release { path: String },
     /// Show one ALU with its partitions.
     Show { path: String },
+    /// Declare an ALU failed (for tests and administrators): mirror legs on it stop being used.
+    Fail { path: String },
 }
 
 #[derive(Subcommand, Debug)]
 enum VolCmd {
-    /// Create a linear volume and bring it online.
+    /// Create a volume and bring it online.
     Create {
         name: String,
         /// Size, e.g. 512M or 10G (rounded up to whole MiB).
@@ -62,6 +64,18 @@ enum VolCmd {
         /// Allocate from these ALUs, in this order (repeatable; default: every owned ALU).
         #[arg(long = "alu", value_name = "PATH")]
         alus: Vec<String>,
+        /// linear (alias concat): pieces end to end; stripe: RAID0; mirror: RAID1; raid10: stripe over mirrors.
+        #[arg(long, default_value = "linear", value_parser = ["linear", "concat", "stripe", "mirror", "raid10"])]
+        layout: String,
+        /// Stripe members (stripe, raid10; default 2).
+        #[arg(long)]
+        stripes: Option<u16>,
+        /// Copies per mirror (mirror, raid10; 2-4, default 2).
+        #[arg(long)]
+        copies: Option<u16>,
+        /// Stripe chunk, a power of two of at least 4K (default 64K).
+        #[arg(long)]
+        chunk: Option<String>,
     },
     /// List volumes.
     List,
@@ -97,10 +111,34 @@ fn run(cli: &Cli) -> Result<(), String> {
         },
         Cmd::Alu(AluCmd::Release { path }) => Request::AluRelease { path: path.clone() },
         Cmd::Alu(AluCmd::Show { path }) => Request::AluShow { path: path.clone() },
-        Cmd::Vol(VolCmd::Create { name, size, alus }) => Request::VolCreate {
+        Cmd::Alu(AluCmd::Fail { path }) => Request::AluFail { path: path.clone() },
+        Cmd::Vol(VolCmd::Create {
+            name,
+            size,
+            alus,
+            layout,
+            stripes,
+            copies,
+            chunk,
+        }) => Request::VolCreate {
             name: name.clone(),
             size: parse_size(size).map_err(|e| e.to_string())?,
             alus: alus.clone(),
+            layout: LayoutSpec {
+                kind: layout.clone(),
+                stripes: *stripes,
+                copies: *copies,
+                chunk: chunk
+                    .as_deref()
+                    .map(|c| {
+                        parse_size(c)
+                            .map_err(|e| format!("--chunk: {e}"))
+                            .and_then(|b| {
+                                u32::try_from(b).map_err(|_| format!("--chunk {c}: too large"))
+                            })
+                    })
+                    .transpose()?,
+            },
         },
         Cmd::Vol(VolCmd::List) => Request::VolList,
         Cmd::Vol(VolCmd::Show { name }) => Request::VolShow { name: name.clone() },
@@ -209,7 +247,10 @@ fn human(p: &Payload) -> String {
                 .segments
                 .iter()
                 .map(|g| {
+                    let m = v.members.iter().find(|m| m.index == g.member);
                     vec![
+                        g.member.to_string(),
+                        m.map(|m| m.health.clone()).unwrap_or_default(),
                         opt(&g.path),
                         g.alu.clone(),
                         g.start.to_string(),
@@ -218,7 +259,13 @@ fn human(p: &Payload) -> String {
                 })
                 .collect();
             s.push('\n');
-            s.push_str(&render(&["ALU", "UUID", "START", "LENGTH"], &rows));
+            s.push_str(&render(
+                &["MEMBER", "HEALTH", "ALU", "UUID", "START", "LENGTH"],
+                &rows,
+            ));
+            for m in v.members.iter().filter(|m| m.detail.is_some()) {
+                s.push_str(&format!("member {}: {}\n", m.index, opt(&m.detail)));
+            }
             s
         }
     }

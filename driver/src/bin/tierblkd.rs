@@ -6,7 +6,7 @@ use clap::Parser;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{mpsc, Arc, Mutex};
 use tierblk::config::{self, DEFAULT_CLUSTER, DEFAULT_CONFIG};
 use tierblk::daemon::{Config, Daemon};
 use tierblk::proto::DEFAULT_SOCKET;
@@ -88,10 +88,23 @@ fn run(args: Args) -> Result<()> {
         .context("cannot install signal handling")?;
     let listener = server::bind(&cfg.socket)?;
     let socket = cfg.socket.clone();
-    let mut daemon = Daemon::start(cfg).map_err(anyhow::Error::msg)?;
+    let (events, incoming) = mpsc::channel();
+    let daemon = Arc::new(Mutex::new(
+        Daemon::start(cfg, events).map_err(anyhow::Error::msg)?,
+    ));
+    // Failures found on the data path are persisted here, off the hot path.
+    let d = daemon.clone();
+    std::thread::Builder::new()
+        .name("events".into())
+        .spawn(move || {
+            for ev in incoming {
+                d.lock().unwrap_or_else(|p| p.into_inner()).on_event(ev);
+            }
+        })
+        .context("cannot start the event thread")?;
     tracing::info!(socket = %socket.display(), "ready");
-    server::serve(listener, &mut daemon, stop);
-    daemon.shutdown();
+    server::serve(listener, &daemon, stop);
+    daemon.lock().unwrap_or_else(|p| p.into_inner()).shutdown();
     let _ = std::fs::remove_file(&socket);
     tracing::info!("stopped");
     Ok(())
