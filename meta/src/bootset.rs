@@ -1,6 +1,7 @@
 //! The boot set (the spec's "GS ALU set", [059]): up to six ALUs each hold two boot
 //! list areas and two boot pointer sectors. The boot list is the cluster-wide commit
-//! record (cluster signature, ALU list, volume list, failed-ALU list, next object id).
+//! record (cluster signature, ALU list, volume list, failed-ALU list, next object id,
+//! job table).
 //! A commit writes the inactive list area, flushes, then writes the pointer sector that
 //! does not carry the highest sequence and flushes, on every member. The pointer write
 //! (one 512-byte sector) is the atomic commit point.
@@ -9,8 +10,8 @@ use crate::codec::{is_zero, put_u32, Rd, Wr};
 use crate::disk::Disk;
 use crate::error::FormatError;
 use crate::types::{
-    valid_cluster_name, valid_volume_name, AluRecord, ClusterSig, Layout, LayoutKind, MemberHealth,
-    Uuid,
+    valid_cluster_name, valid_volume_name, AluRecord, ClusterSig, Job, JobKind, JobState, Layout,
+    LayoutKind, MemberHealth, Uuid, MAX_JOB_MESSAGE,
 };
 
 pub const PTR_MAGIC: [u8; 8] = *b"TBLKBOOT";
@@ -26,6 +27,14 @@ pub const LIST_ALU_LEN: usize = 64;
 pub const LIST_VOL_LEN: usize = 112;
 pub const LIST_MEMBER_LEN: usize = 16;
 pub const LIST_FAILED_LEN: usize = 24;
+/// Bytes per job entry.
+pub const LIST_JOB_LEN: usize = 192;
+/// Offset of the message field inside a job entry (128 bytes: text, NUL padded).
+pub const JOB_MESSAGE_OFFSET: usize = 64;
+pub const JOB_FLAG_REPAIR: u8 = 1;
+pub const JOB_FLAG_MEMBER: u8 = 2;
+/// Most jobs a boot list may hold.
+pub const MAX_JOBS: usize = 64;
 pub const HEALTH_OK: u8 = 0;
 pub const HEALTH_FAILED: u8 = 1;
 pub const HEALTH_REBUILDING: u8 = 2;
@@ -138,6 +147,88 @@ pub struct BootList {
     pub volumes: Vec<BootVol>,
     /// Failed ALUs with the fail sequence number assigned when they failed.
     pub failed: Vec<(Uuid, u64)>,
+    /// Persisted jobs (ids allocated from `next_id`), at most [`MAX_JOBS`].
+    pub jobs: Vec<Job>,
+}
+
+fn encode_job(w: &mut Wr, j: &Job) {
+    let start = w.v.len();
+    w.u64(j.id);
+    w.u64(j.volume);
+    w.u8(j.kind.code());
+    w.u8(j.state.code());
+    let mut flags = 0;
+    if j.repair {
+        flags |= JOB_FLAG_REPAIR;
+    }
+    if j.member.is_some() {
+        flags |= JOB_FLAG_MEMBER;
+    }
+    w.u8(flags);
+    let msg = &j.message.as_bytes()[..j.message.len().min(MAX_JOB_MESSAGE)];
+    w.u8(msg.len() as u8);
+    w.u16(j.member.unwrap_or(0));
+    w.zeros(2);
+    w.u64(j.checkpoint);
+    w.u64(j.total);
+    w.u64(j.mismatches);
+    w.u64(j.repaired);
+    w.zeros(start + JOB_MESSAGE_OFFSET - w.v.len());
+    w.bytes(msg);
+    w.zeros(start + LIST_JOB_LEN - w.v.len());
+}
+
+fn decode_job(r: &mut Rd) -> Result<Job, FormatError> {
+    let e = r.take(LIST_JOB_LEN)?;
+    let mut r = Rd::new(e);
+    let id = r.u64()?;
+    let volume = r.u64()?;
+    let kind = r.u8()?;
+    let state = r.u8()?;
+    let flags = r.u8()?;
+    let ml = usize::from(r.u8()?);
+    let member = r.u16()?;
+    r.skip(2)?;
+    let bad = |what: &str| FormatError::Invalid(format!("job {id}: {what}"));
+    let kind = JobKind::from_code(kind).ok_or_else(|| bad("kind"))?;
+    let state = JobState::from_code(state).ok_or_else(|| bad("state"))?;
+    if flags & !(JOB_FLAG_REPAIR | JOB_FLAG_MEMBER) != 0 {
+        return Err(bad("flags"));
+    }
+    if flags & JOB_FLAG_MEMBER == 0 && member != 0 {
+        return Err(bad("member"));
+    }
+    let checkpoint = r.u64()?;
+    let total = r.u64()?;
+    let mismatches = r.u64()?;
+    let repaired = r.u64()?;
+    let text = e
+        .get(JOB_MESSAGE_OFFSET..LIST_JOB_LEN)
+        .ok_or(FormatError::Truncated)?;
+    if ml > MAX_JOB_MESSAGE || text[ml..].iter().any(|&c| c != 0) {
+        return Err(bad("message length/padding"));
+    }
+    let message = std::str::from_utf8(&text[..ml])
+        .map_err(|_| bad("message (not UTF-8)"))?
+        .to_string();
+    if e.get(56..JOB_MESSAGE_OFFSET).is_none_or(|z| !is_zero(z)) || !is_zero(&e[22..24]) {
+        return Err(bad("reserved bytes"));
+    }
+    let j = Job {
+        id,
+        kind,
+        volume,
+        member: (flags & JOB_FLAG_MEMBER != 0).then_some(member),
+        repair: flags & JOB_FLAG_REPAIR != 0,
+        state,
+        checkpoint,
+        total,
+        mismatches,
+        repaired,
+        message,
+    };
+    j.check().map_err(FormatError::Invalid)?;
+    Ok(j)
 }
 
 impl BootList {
@@ -155,7 +246,7 @@ impl BootList {
         w.u32(self.alus.len() as u32);
         w.u32(self.volumes.len() as u32);
         w.u32(self.failed.len() as u32);
-        w.u32(0);
+        w.u32(self.jobs.len() as u32);
         for a in &self.alus {
             w.bytes(&a.uuid.0);
             w.bytes(&a.wwn);
@@ -196,6 +287,9 @@ impl BootList {
             w.bytes(&u.0);
             w.u64(*q);
         }
+        for j in &self.jobs {
+            encode_job(&mut w, j);
+        }
         w.v
     }
 
@@ -220,11 +314,15 @@ impl BootList {
         let na = r.u32()? as usize;
         let nv = r.u32()? as usize;
         let nf = r.u32()? as usize;
-        r.u32()?;
+        let nj = r.u32()? as usize;
+        if nj > MAX_JOBS {
+            return Err(FormatError::Invalid(format!("job count {nj}")));
+        }
         let need = na
             .checked_mul(LIST_ALU_LEN)
             .and_then(|x| x.checked_add(nv.checked_mul(LIST_VOL_LEN)?))
             .and_then(|x| x.checked_add(nf.checked_mul(LIST_FAILED_LEN)?))
+            .and_then(|x| x.checked_add(nj.checked_mul(LIST_JOB_LEN)?))
             .ok_or(FormatError::Truncated)?;
         // Volume entries are variable length: this is a lower bound (it also bounds
         // the allocations below).
@@ -304,6 +402,14 @@ impl BootList {
         for _ in 0..nf {
             failed.push((Uuid(r.arr16()?), r.u64()?));
         }
+        let mut jobs: Vec<Job> = Vec::with_capacity(nj);
+        for _ in 0..nj {
+            let j = decode_job(&mut r)?;
+            if jobs.iter().any(|x| x.id == j.id) {
+                return Err(FormatError::Invalid(format!("job {}: duplicate id", j.id)));
+            }
+            jobs.push(j);
+        }
         if r.remaining() != 0 {
             return Err(FormatError::Invalid("boot list length".into()));
         }
@@ -315,6 +421,7 @@ impl BootList {
             alus,
             volumes,
             failed,
+            jobs,
         })
     }
 }
@@ -397,7 +504,135 @@ mod tests {
                 },
             ],
             failed: vec![(Uuid([7; 16]), 2)],
+            jobs: Vec::new(),
         }
+    }
+
+    fn job(id: u64) -> Job {
+        Job {
+            id,
+            kind: JobKind::Rebuild,
+            volume: 9,
+            member: Some(2),
+            repair: false,
+            state: JobState::Running,
+            checkpoint: 1 << 20,
+            total: 2 << 20,
+            mismatches: 0,
+            repaired: 0,
+            message: String::new(),
+        }
+    }
+
+    /// docs/FORMAT.md documents the job entry as encoded here.
+    #[test]
+    fn format_doc_matches_job_entry() {
+        let doc = include_str!("../../docs/FORMAT.md");
+        for row in [
+            format!("Job entry ({LIST_JOB_LEN} bytes)"),
+            format!("| … | {LIST_JOB_LEN}·j | job entries |"),
+            format!("| 132 | 4 | job count j (≤ {MAX_JOBS};"),
+            format!(
+                "| {JOB_MESSAGE_OFFSET} | {} | message |",
+                LIST_JOB_LEN - JOB_MESSAGE_OFFSET
+            ),
+            format!("| 19 | 1 | message length | 0..={MAX_JOB_MESSAGE} |"),
+        ] {
+            assert!(doc.contains(&row), "FORMAT.md lacks {row}");
+        }
+        // field offsets of an encoded entry
+        let j = Job {
+            id: 0x0101,
+            volume: 0x0202,
+            checkpoint: 0x0303,
+            total: 0x0404,
+            mismatches: 0x0505,
+            repaired: 0x0606,
+            message: "hi".into(),
+            ..job(0)
+        };
+        let mut w = Wr::new();
+        encode_job(&mut w, &j);
+        let b = w.v;
+        assert_eq!(b.len(), LIST_JOB_LEN);
+        let u = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+        assert_eq!(
+            (u(0), u(8), u(24), u(32), u(40), u(48), u(56)),
+            (0x0101, 0x0202, 0x0303, 0x0404, 0x0505, 0x0606, 0)
+        );
+        assert_eq!(&b[16..24], &[1, 1, JOB_FLAG_MEMBER, 2, 2, 0, 0, 0]);
+        assert_eq!(&b[JOB_MESSAGE_OFFSET..JOB_MESSAGE_OFFSET + 3], b"hi\0");
+    }
+
+    #[test]
+    fn jobs_roundtrip_and_checks() {
+        let mut l = sample();
+        l.jobs = vec![
+            job(20),
+            Job {
+                id: 21,
+                kind: JobKind::Scrub,
+                member: None,
+                repair: true,
+                state: JobState::Failed,
+                checkpoint: 3,
+                total: 4 << 20,
+                mismatches: 7,
+                repaired: 5,
+                message: format!("read error: {}", "ü".repeat(50)),
+                ..job(21)
+            },
+            Job {
+                state: JobState::Paused,
+                message: "m".repeat(MAX_JOB_MESSAGE),
+                ..job(22)
+            },
+        ];
+        let e = l.encode();
+        assert_eq!(BootList::decode(&e).unwrap(), l);
+        assert_eq!(
+            e.len(),
+            LIST_HEADER_LEN
+                + LIST_ALU_LEN
+                + 2 * LIST_VOL_LEN
+                + 5 * LIST_MEMBER_LEN
+                + LIST_FAILED_LEN
+                + 3 * LIST_JOB_LEN
+        );
+        let j0 = e.len() - 3 * LIST_JOB_LEN;
+        // kind, state, flags, message length, reserved, padding, truncation
+        for (off, val) in [
+            (16, 0u8),
+            (16, 3),
+            (17, 0),
+            (17, 5),
+            (18, 4),
+            (19, 128),
+            (19, 0),
+            (22, 1),
+            (60, 1),
+            (JOB_MESSAGE_OFFSET + 127, 1),
+        ] {
+            let mut c = e.clone();
+            c[j0 + LIST_JOB_LEN + off] = val;
+            assert!(BootList::decode(&c).is_err(), "off {off} val {val}");
+        }
+        let mut c = e.clone();
+        c[j0 + 18] = 0; // rebuild without member
+        c[j0 + 20] = 0;
+        assert!(BootList::decode(&c).is_err());
+        let mut c = e.clone();
+        c[j0 + 24..j0 + 32].copy_from_slice(&(3u64 << 20).to_le_bytes()); // checkpoint > total
+        assert!(BootList::decode(&c).is_err());
+        let mut dup = l.clone();
+        dup.jobs[1].id = 20;
+        assert!(BootList::decode(&dup.encode()).is_err());
+        assert!(BootList::decode(&e[..e.len() - 1]).is_err());
+        let mut c = e.clone();
+        c[132] = 4; // more jobs than bytes
+        assert!(BootList::decode(&c).is_err());
+        c[132..136].copy_from_slice(&(MAX_JOBS as u32 + 1).to_le_bytes());
+        assert!(BootList::decode(&c).is_err());
     }
 
     #[test]

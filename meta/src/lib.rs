@@ -29,6 +29,6 @@ pub use error::{FormatError, MetaError};
 pub use foreign::detect_foreign;
 pub use store::{AluState, AluStatus, OpenReport, Store};
 pub use types::{
-    AluRecord, ClusterImage, ClusterSig, Extent, Layout, LayoutKind, MemberHealth, Segment, Uuid,
-    VolumeDef,
+    AluRecord, ClusterImage, ClusterSig, Extent, Job, JobKind, JobState, Layout, LayoutKind,
+    MemberHealth, Segment, Uuid, VolumeDef,
 };

@@ -1,5 +1,6 @@
 //! The metadata store: scans ALUs, chooses the committed cluster image and performs
-//! the crash-safe commit protocols (claim, release, create/remove volume).
+//! the crash-safe commit protocols (claim, release, create/remove volume, replace
+//! member, persisted jobs).
 //!
 //! Ties together the MDR directory ([058]), the label directory ([057]), the object
 //! database with its per-ALU copies of every volume top object ([056], [059]) and the
@@ -9,7 +10,7 @@
 
 use std::collections::HashSet;
 
-use crate::bootset::{read_list, BootList, BootPtr, BootVol, MAX_MEMBERS};
+use crate::bootset::{read_list, BootList, BootPtr, BootVol, MAX_JOBS, MAX_MEMBERS};
 use crate::disk::Disk;
 use crate::error::{FormatError, MetaError};
 use crate::foreign::detect_foreign;
@@ -17,8 +18,8 @@ use crate::label::{max_entries, now_secs, LabelDir, LabelEntry, STATE_ALLOCATED}
 use crate::mdr::{backup_offset, Directory, BLOCK, DIR_MAGIC, DIR_OFFSET, MIB, MIN_ALU_SIZE};
 use crate::objdb::{def_crc, AluObj, ObjDb, PartitionObj, Record};
 pub use crate::types::{
-    random_wwn, AluRecord, ClusterImage, ClusterSig, Extent, Layout, LayoutKind, MemberHealth,
-    Segment, Uuid, VolumeDef,
+    random_wwn, AluRecord, ClusterImage, ClusterSig, Extent, Job, JobKind, JobState, Layout,
+    LayoutKind, MemberHealth, Segment, Uuid, VolumeDef,
 };
 use crate::types::{valid_cluster_name, valid_volume_name};
 
@@ -362,6 +363,9 @@ impl Slot {
         Ok(())
     }
 }
+
+/// Finished (Done/Failed) jobs kept when a job commit prunes the table.
+pub const KEEP_FINISHED_JOBS: usize = 16;
 
 /// The metadata store over a set of devices.
 pub struct Store {
@@ -724,6 +728,7 @@ impl Store {
             volumes,
             failed_alus: list.failed.iter().map(|f| f.0).collect(),
             next_id: list.next_id,
+            jobs: list.jobs.clone(),
         });
         self.list = Some(list);
     }
@@ -963,6 +968,7 @@ impl Store {
             volumes,
             failed_alus: Vec::new(),
             next_id: 0,
+            jobs: Vec::new(),
         });
     }
 
@@ -1203,14 +1209,20 @@ impl Store {
                 let mut here = false;
                 for seg in v.segments.iter().filter(|g| g.alu == rec.uuid) {
                     here = true;
-                    entries.push(LabelEntry {
+                    let e = LabelEntry {
                         start: seg.start,
                         len: seg.len,
                         owner: v.id,
                         partition: seg.partition_id,
                         state: STATE_ALLOCATED,
                         flags: 0,
-                    });
+                    };
+                    // `volumes` may list two definitions of one volume (replace_member
+                    // before its commit point): shared partitions appear once.
+                    if entries.contains(&e) {
+                        continue;
+                    }
+                    entries.push(e);
                     records.push(Record::Partition(PartitionObj {
                         id: seg.partition_id,
                         alu: rec.uuid,
@@ -1325,6 +1337,7 @@ impl Store {
             alus: Vec::new(),
             volumes: Vec::new(),
             failed: Vec::new(),
+            jobs: Vec::new(),
         });
         let members = list.alus.iter().filter(|a| a.boot_member).count();
         list.alus.push(AluRecord {
@@ -1774,6 +1787,15 @@ impl Store {
             return Ok(cur);
         }
         list.volumes[vi].health[m] = stored;
+        if let MemberHealth::Failed { fail_seq } = stored {
+            let id = list.volumes[vi].id;
+            Self::fail_rebuild_jobs(
+                &mut list,
+                id,
+                member,
+                &format!("target member failed (fail_seq {fail_seq})"),
+            );
+        }
         list.seq = self.next_seq();
         let r = self.boot_commit(&list);
         self.poison(r)?;
@@ -1828,6 +1850,8 @@ impl Store {
                     q += 1;
                 }
             }
+            let id = bv.id;
+            Self::fail_rebuild_jobs(&mut list, id, *m, &format!("target ALU {alu} failed"));
         }
         list.next_fail_seq = q;
         let was_member = list.alus.iter().any(|a| a.uuid == alu && a.boot_member);
@@ -1877,6 +1901,13 @@ impl Store {
             .filter(|v| v.name != name)
             .cloned()
             .collect();
+        let ids: Vec<u64> = image
+            .volumes
+            .iter()
+            .filter(|v| v.name == name)
+            .map(|v| v.id)
+            .collect();
+        list.jobs.retain(|j| !ids.contains(&j.volume));
         list.volumes = self.boot_vols(&volumes);
         list.seq = self.next_seq();
         let r = self.boot_commit(&list);
@@ -1887,6 +1918,450 @@ impl Store {
         r.map_err(|e| {
             MetaError::Corrupt(format!("volume {name}: removed, but cleanup failed: {e}"))
         })
+    }
+
+    // ---------------------------------------------------------------- jobs
+
+    /// Persisted jobs of the committed boot list (empty without a cluster).
+    pub fn jobs(&self) -> Vec<Job> {
+        self.list
+            .as_ref()
+            .map(|l| l.jobs.clone())
+            .unwrap_or_default()
+    }
+
+    /// Check a rebuild job against its volume and return the member health to store in
+    /// the same commit (None: leave it). Running/Paused: Rebuilding { checkpoint }
+    /// (refused for a failed member, a member with a segment on a failed ALU, or without
+    /// another in-sync leg). Done: Ok (needs checkpoint = total). Failed: unchanged.
+    fn rebuild_health(list: &BootList, job: &Job) -> Result<Option<MemberHealth>, MetaError> {
+        let Some(bv) = list.volumes.iter().find(|v| v.id == job.volume) else {
+            return Err(MetaError::NotFound(format!(
+                "job {}: volume id {} not found",
+                job.id, job.volume
+            )));
+        };
+        let name = &bv.name;
+        let Some(member) = job.member else {
+            return Err(MetaError::Invalid(format!(
+                "job {}: a rebuild job needs a member",
+                job.id
+            )));
+        };
+        let m = usize::from(member);
+        let Some(cur) = bv.health.get(m).copied() else {
+            return Err(MetaError::Invalid(format!(
+                "volume {name}: no member {member} (the layout has {} members)",
+                bv.health.len()
+            )));
+        };
+        let layout = bv.layout;
+        if !layout.redundant() {
+            return Err(MetaError::Invalid(format!(
+                "volume {name}: a {:?} volume has no redundancy to rebuild from",
+                layout.kind
+            )));
+        }
+        if job.state == JobState::Failed {
+            return Ok(None);
+        }
+        if let MemberHealth::Failed { fail_seq } = cur {
+            return Err(MetaError::Refused(format!(
+                "volume {name}: member {member}: failed (fail_seq {fail_seq}); replace it before rebuilding"
+            )));
+        }
+        let msize = layout.member_size(bv.size);
+        if job.checkpoint > msize {
+            return Err(MetaError::Invalid(format!(
+                "volume {name}: member {member}: checkpoint {} beyond the member size {msize}",
+                job.checkpoint
+            )));
+        }
+        if job.state == JobState::Done {
+            if job.checkpoint != job.total {
+                return Err(MetaError::Invalid(format!(
+                    "job {}: done before its checkpoint ({}) reached the total ({})",
+                    job.id, job.checkpoint, job.total
+                )));
+            }
+            return Ok(Some(MemberHealth::Ok));
+        }
+        if cur == MemberHealth::Ok {
+            let g = layout.group_of(member);
+            let copies = usize::from(layout.copies);
+            let lo = usize::from(g) * copies;
+            let source =
+                (lo..lo + copies).any(|x| x != m && bv.health.get(x) == Some(&MemberHealth::Ok));
+            if !source {
+                return Err(MetaError::Refused(format!(
+                    "volume {name}: member {member}: no other leg of mirror {g} is in sync to rebuild from"
+                )));
+            }
+        }
+        Ok(Some(MemberHealth::Rebuilding {
+            checkpoint: job.checkpoint,
+        }))
+    }
+
+    /// Drop finished (Done/Failed) jobs beyond the newest [`KEEP_FINISHED_JOBS`], then
+    /// refuse if more than [`MAX_JOBS`] remain.
+    fn prune_jobs(jobs: &mut Vec<Job>) -> Result<(), MetaError> {
+        let mut finished: Vec<u64> = jobs
+            .iter()
+            .filter(|j| j.state.finished())
+            .map(|j| j.id)
+            .collect();
+        finished.sort_unstable_by(|a, b| b.cmp(a));
+        if let Some(&cut) = finished.get(KEEP_FINISHED_JOBS) {
+            jobs.retain(|j| !j.state.finished() || j.id > cut);
+        }
+        if jobs.len() > MAX_JOBS {
+            return Err(MetaError::NoSpace(format!(
+                "job table full ({MAX_JOBS} jobs, {} still running or paused): remove finished jobs first",
+                jobs.iter().filter(|j| !j.state.finished()).count()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Record a new job with one boot set commit. The id is assigned from the boot
+    /// list's next object id (the value passed is ignored). A Rebuild job also sets its
+    /// member's health in the same commit (see [`Store::update_job`]); only one
+    /// unfinished rebuild job per member. Finished jobs beyond the newest 16 are pruned;
+    /// refused when 64 jobs would remain.
+    pub fn add_job(&mut self, job: Job) -> Result<Job, MetaError> {
+        self.check_writable()?;
+        let Some(mut list) = self.list.clone() else {
+            return Err(MetaError::NotFound("job: no cluster".into()));
+        };
+        let mut job = job;
+        job.id = list.next_id.max(1);
+        job.truncate_message();
+        job.check().map_err(MetaError::Invalid)?;
+        let Some(vi) = list.volumes.iter().position(|v| v.id == job.volume) else {
+            return Err(MetaError::NotFound(format!(
+                "job: volume id {} not found",
+                job.volume
+            )));
+        };
+        if job.kind == JobKind::Rebuild {
+            if let Some(other) = list.jobs.iter().find(|j| {
+                j.kind == JobKind::Rebuild
+                    && j.volume == job.volume
+                    && j.member == job.member
+                    && !j.state.finished()
+            }) {
+                return Err(MetaError::Refused(format!(
+                    "volume {}: member {}: rebuild job {} is already {:?}",
+                    list.volumes[vi].name,
+                    job.member.unwrap_or(0),
+                    other.id,
+                    other.state
+                )));
+            }
+            if let Some(h) = Self::rebuild_health(&list, &job)? {
+                let m = usize::from(job.member.unwrap_or(0));
+                list.volumes[vi].health[m] = h;
+            }
+        }
+        list.next_id = job.id + 1;
+        list.jobs.push(job.clone());
+        Self::prune_jobs(&mut list.jobs)?;
+        list.seq = self.next_seq();
+        let r = self.boot_commit(&list);
+        self.poison(r)?;
+        self.evaluate();
+        Ok(job)
+    }
+
+    /// Persist a job's progress (checkpoint, state, counters, message) with one boot set
+    /// commit (a message over 127 bytes is cut at a character boundary); kind, volume,
+    /// member and repair cannot change. For a Rebuild job the
+    /// member's health changes in the same commit: Running/Paused → Rebuilding
+    /// { checkpoint }, Done → Ok (needs checkpoint = total), Failed → unchanged.
+    /// Nothing is written if nothing changes.
+    pub fn update_job(&mut self, job: &Job) -> Result<(), MetaError> {
+        self.check_writable()?;
+        let Some(mut list) = self.list.clone() else {
+            return Err(MetaError::NotFound(format!("job {}: no cluster", job.id)));
+        };
+        let Some(ji) = list.jobs.iter().position(|j| j.id == job.id) else {
+            return Err(MetaError::NotFound(format!("job {}: not found", job.id)));
+        };
+        let old = &list.jobs[ji];
+        if (old.kind, old.volume, old.member, old.repair)
+            != (job.kind, job.volume, job.member, job.repair)
+        {
+            return Err(MetaError::Invalid(format!(
+                "job {}: kind, volume, member and repair cannot change",
+                job.id
+            )));
+        }
+        let mut job = job.clone();
+        job.truncate_message();
+        job.check().map_err(MetaError::Invalid)?;
+        if job.kind == JobKind::Rebuild {
+            if let Some(h) = Self::rebuild_health(&list, &job)? {
+                let m = usize::from(job.member.unwrap_or(0));
+                if let Some(v) = list.volumes.iter_mut().find(|v| v.id == job.volume) {
+                    v.health[m] = h;
+                }
+            }
+        }
+        list.jobs[ji] = job;
+        if Some(&list) == self.list.as_ref() {
+            return Ok(());
+        }
+        Self::prune_jobs(&mut list.jobs)?;
+        list.seq = self.next_seq();
+        let r = self.boot_commit(&list);
+        self.poison(r)?;
+        self.evaluate();
+        Ok(())
+    }
+
+    /// Remove a job with one boot set commit (member health is left as it is).
+    pub fn remove_job(&mut self, id: u64) -> Result<(), MetaError> {
+        self.check_writable()?;
+        let Some(mut list) = self.list.clone() else {
+            return Err(MetaError::NotFound(format!("job {id}: no cluster")));
+        };
+        let n = list.jobs.len();
+        list.jobs.retain(|j| j.id != id);
+        if list.jobs.len() == n {
+            return Err(MetaError::NotFound(format!("job {id}: not found")));
+        }
+        list.seq = self.next_seq();
+        let r = self.boot_commit(&list);
+        self.poison(r)?;
+        self.evaluate();
+        Ok(())
+    }
+
+    /// Mark unfinished rebuild jobs of (volume id, member) Failed with `why`.
+    fn fail_rebuild_jobs(list: &mut BootList, volume: u64, member: u16, why: &str) {
+        for j in list.jobs.iter_mut().filter(|j| {
+            j.kind == JobKind::Rebuild
+                && j.volume == volume
+                && j.member == Some(member)
+                && !j.state.finished()
+        }) {
+            j.state = JobState::Failed;
+            j.message = why.to_string();
+            j.truncate_message();
+        }
+    }
+
+    // ---------------------------------------------------------------- replace
+
+    /// Give mirror leg `member` of a mirror/raid10 volume new extents on `new_alu`
+    /// (first fit, possibly several extents), replacing that member's segments; the
+    /// member becomes Rebuilding { checkpoint: 0 } and a Running Rebuild job (total =
+    /// member size) is recorded in the same commit; both are returned.
+    ///
+    /// Refused (nothing written): linear/stripe volume, unknown volume/member/ALU,
+    /// `new_alu` failed, missing, damaged or holding another leg of the same mirror,
+    /// no other in-sync leg of the mirror, not enough room.
+    ///
+    /// Commit order: label entries and partitions on `new_alu` and the new definition
+    /// copy on every ALU holding a partition of it, each ALU keeping the old definition
+    /// and old label entries too; then the boot set commit (new definition CRC, health,
+    /// job, next id) — the commit point; then cleanup of the old definition copies and
+    /// old extents on writable ALUs (a failed ALU is never written: its stale entries are
+    /// garbage no committed definition references).
+    pub fn replace_member(
+        &mut self,
+        volume: &str,
+        member: u16,
+        new_alu: Uuid,
+    ) -> Result<(VolumeDef, Job), MetaError> {
+        self.check_writable()?;
+        let (Some(mut list), Some(image)) = (self.list.clone(), self.image.clone()) else {
+            return Err(MetaError::NotFound(format!("volume {volume}: no cluster")));
+        };
+        let Some(vi) = list.volumes.iter().position(|v| v.name == volume) else {
+            return Err(MetaError::NotFound(format!("volume {volume}: not found")));
+        };
+        let Some(old) = image.volumes.iter().find(|v| v.name == volume).cloned() else {
+            return Err(MetaError::NotFound(format!("volume {volume}: not found")));
+        };
+        let layout = old.layout;
+        if !layout.redundant() {
+            return Err(MetaError::Refused(format!(
+                "volume {volume}: replace refused: a {:?} volume has no mirror legs",
+                layout.kind
+            )));
+        }
+        let m = usize::from(member);
+        if m >= layout.members() {
+            return Err(MetaError::NotFound(format!(
+                "volume {volume}: no member {member} (the layout has {} members)",
+                layout.members()
+            )));
+        }
+        if let Some((_, p)) = self.vol_problems.iter().find(|(v, _)| v == volume) {
+            return Err(MetaError::Refused(format!(
+                "volume {volume}: replace refused: volume is offline ({p})"
+            )));
+        }
+        if old.segments.is_empty() {
+            return Err(MetaError::Refused(format!(
+                "volume {volume}: replace refused: definition unavailable"
+            )));
+        }
+        let g = layout.group_of(member);
+        let copies = usize::from(layout.copies);
+        let lo = usize::from(g) * copies;
+        let degraded = self.degraded_members(volume);
+        let available = |x: usize| {
+            list.volumes[vi].health.get(x) == Some(&MemberHealth::Ok)
+                && !degraded.iter().any(|(d, _)| usize::from(*d) == x)
+        };
+        if !(lo..lo + copies).any(|x| x != m && available(x)) {
+            return Err(MetaError::Refused(if available(m) {
+                format!(
+                    "volume {volume}: member {member}: replace refused: it is the last in-sync leg of mirror {g}"
+                )
+            } else {
+                format!(
+                    "volume {volume}: member {member}: replace refused: no other leg of mirror {g} is in sync to rebuild from"
+                )
+            }));
+        }
+        if !list.alus.iter().any(|a| a.uuid == new_alu) {
+            return Err(MetaError::NotFound(format!(
+                "volume {volume}: ALU {new_alu} is not part of the cluster"
+            )));
+        }
+        if list.failed.iter().any(|(u, _)| *u == new_alu) {
+            return Err(MetaError::Refused(format!(
+                "volume {volume}: replace refused: ALU {new_alu} has failed"
+            )));
+        }
+        if self.slots.iter().all(|s| s.owned_uuid() != Some(new_alu)) {
+            return Err(MetaError::Refused(format!(
+                "volume {volume}: replace refused: ALU {new_alu} is missing or damaged"
+            )));
+        }
+        if let Some(x) = old
+            .segments
+            .iter()
+            .find(|s| s.alu == new_alu && s.member != member && layout.group_of(s.member) == g)
+            .map(|s| s.member)
+        {
+            return Err(MetaError::Refused(format!(
+                "volume {volume}: replace refused: ALU {new_alu} holds member {x}, another leg of mirror {g}"
+            )));
+        }
+        let msize = layout.member_size(old.size);
+        let free = self.free_extents(new_alu);
+        let mut pieces = Vec::new();
+        if let Some(f) = free.iter().find(|f| f.len >= msize) {
+            pieces.push(Extent {
+                start: f.start,
+                len: msize,
+            });
+        } else {
+            let mut need = msize;
+            for f in &free {
+                if need == 0 {
+                    break;
+                }
+                let l = f.len.min(need);
+                pieces.push(Extent {
+                    start: f.start,
+                    len: l,
+                });
+                need -= l;
+            }
+            if need > 0 {
+                return Err(MetaError::NoSpace(format!(
+                    "volume {volume}: member {member}: not enough free space on ALU {new_alu} ({} MiB short)",
+                    need.div_ceil(MIB)
+                )));
+            }
+        }
+        let mut next_id = list.next_id.max(1);
+        let mut segments: Vec<Segment> = old
+            .segments
+            .iter()
+            .filter(|s| s.member != member)
+            .cloned()
+            .collect();
+        for p in pieces {
+            segments.push(Segment {
+                partition_id: next_id,
+                alu: new_alu,
+                start: p.start,
+                len: p.len,
+                member,
+            });
+            next_id += 1;
+        }
+        segments.sort_by_key(|s| s.member);
+        let mut def = VolumeDef {
+            segments,
+            ..old.clone()
+        };
+        def.members[m] = MemberHealth::Rebuilding { checkpoint: 0 };
+        let job = Job {
+            id: next_id,
+            kind: JobKind::Rebuild,
+            volume: def.id,
+            member: Some(member),
+            repair: false,
+            state: JobState::Running,
+            checkpoint: 0,
+            total: msize,
+            mismatches: 0,
+            repaired: 0,
+            message: String::new(),
+        };
+        next_id += 1;
+        Self::fail_rebuild_jobs(
+            &mut list,
+            def.id,
+            member,
+            &format!("superseded by job {} (member replaced)", job.id),
+        );
+        list.jobs.push(job.clone());
+        Self::prune_jobs(&mut list.jobs)?;
+        let volumes: Vec<VolumeDef> = image
+            .volumes
+            .iter()
+            .map(|v| {
+                if v.id == def.id {
+                    def.clone()
+                } else {
+                    v.clone()
+                }
+            })
+            .collect();
+        // Before the commit point: both definitions (old one still committed) on every
+        // writable ALU; old label entries kept, new ones added.
+        let mut both = volumes.clone();
+        both.push(old);
+        self.sync_alus(&list.alus, &both)?;
+        list.volumes = self.boot_vols(&volumes);
+        list.next_id = next_id;
+        list.seq = self.next_seq();
+        let r = self.boot_commit(&list);
+        self.poison(r)?;
+        // After the commit point: drop the old definition and old extents.
+        self.list = Some(list.clone());
+        let r = self.sync_alus(&list.alus, &volumes);
+        self.evaluate();
+        r.map_err(|e| {
+            MetaError::Corrupt(format!(
+                "volume {volume}: member {member} replaced, but cleanup failed: {e}"
+            ))
+        })?;
+        let def = self
+            .image
+            .as_ref()
+            .and_then(|i| i.volumes.iter().find(|v| v.id == def.id).cloned())
+            .unwrap_or(def);
+        Ok((def, job))
     }
 }
 

@@ -333,6 +333,139 @@ pub struct ClusterImage {
     pub volumes: Vec<VolumeDef>,
     pub failed_alus: Vec<Uuid>,
     pub next_id: u64,
+    /// Persisted long-running jobs (rebuild, scrub), from the boot list.
+    pub jobs: Vec<Job>,
+}
+
+/// What a persisted job does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobKind {
+    /// Resynchronise one member (`Job::member`) from the other legs of its mirror.
+    Rebuild,
+    /// Compare (and with `Job::repair`, fix) the legs of every mirror.
+    Scrub,
+}
+
+impl JobKind {
+    /// On-disk code (boot list job entry).
+    pub fn code(self) -> u8 {
+        match self {
+            JobKind::Rebuild => 1,
+            JobKind::Scrub => 2,
+        }
+    }
+    pub fn from_code(c: u8) -> Option<JobKind> {
+        Some(match c {
+            1 => JobKind::Rebuild,
+            2 => JobKind::Scrub,
+            _ => return None,
+        })
+    }
+}
+
+/// Lifecycle state of a persisted job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobState {
+    Running,
+    /// Cancelled by the administrator; resumable from `checkpoint`.
+    Paused,
+    Done,
+    Failed,
+}
+
+impl JobState {
+    /// On-disk code (boot list job entry).
+    pub fn code(self) -> u8 {
+        match self {
+            JobState::Running => 1,
+            JobState::Paused => 2,
+            JobState::Done => 3,
+            JobState::Failed => 4,
+        }
+    }
+    pub fn from_code(c: u8) -> Option<JobState> {
+        Some(match c {
+            1 => JobState::Running,
+            2 => JobState::Paused,
+            3 => JobState::Done,
+            4 => JobState::Failed,
+            _ => return None,
+        })
+    }
+    /// Done or Failed.
+    pub fn finished(self) -> bool {
+        matches!(self, JobState::Done | JobState::Failed)
+    }
+}
+
+/// Longest job message in bytes.
+pub const MAX_JOB_MESSAGE: usize = 127;
+
+/// A persisted long-running job (stored in the boot list; progress survives restarts).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Job {
+    /// Assigned by the store from the boot list's next object id.
+    pub id: u64,
+    pub kind: JobKind,
+    /// Volume id.
+    pub volume: u64,
+    /// Rebuild: the member being rebuilt (required). Scrub: None (whole volume).
+    pub member: Option<u16>,
+    /// Scrub: repair mismatches (else only count them). Always false for a rebuild.
+    pub repair: bool,
+    pub state: JobState,
+    /// Member (rebuild) or volume (scrub) offset below which the job is done.
+    pub checkpoint: u64,
+    /// Bytes the job covers; checkpoint <= total.
+    pub total: u64,
+    pub mismatches: u64,
+    pub repaired: u64,
+    /// At most [`MAX_JOB_MESSAGE`] bytes of UTF-8 (e.g. a failure reason); the store
+    /// cuts longer messages at a character boundary.
+    pub message: String,
+}
+
+impl Job {
+    /// Cut the message to at most [`MAX_JOB_MESSAGE`] bytes at a character boundary.
+    pub fn truncate_message(&mut self) {
+        if self.message.len() > MAX_JOB_MESSAGE {
+            let mut n = MAX_JOB_MESSAGE;
+            while !self.message.is_char_boundary(n) {
+                n -= 1;
+            }
+            self.message.truncate(n);
+        }
+    }
+
+    /// Field rules shared by the decoder and the store: one line naming the problem.
+    pub fn check(&self) -> Result<(), String> {
+        if self.message.len() > MAX_JOB_MESSAGE {
+            return Err(format!(
+                "job {}: message longer than {MAX_JOB_MESSAGE} bytes",
+                self.id
+            ));
+        }
+        if self.checkpoint > self.total {
+            return Err(format!(
+                "job {}: checkpoint {} beyond total {}",
+                self.id, self.checkpoint, self.total
+            ));
+        }
+        match self.kind {
+            JobKind::Rebuild if self.member.is_none() => {
+                Err(format!("job {}: a rebuild job needs a member", self.id))
+            }
+            JobKind::Rebuild if self.repair => Err(format!(
+                "job {}: repair applies to scrub jobs only",
+                self.id
+            )),
+            JobKind::Scrub if self.member.is_some() => Err(format!(
+                "job {}: a scrub job covers the whole volume (no member)",
+                self.id
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Maximum length of cluster and volume names in bytes.

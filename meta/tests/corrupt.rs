@@ -220,6 +220,22 @@ fn layout_state() -> (Vec<u64>, Vec<Event>) {
     st.set_member_health("r", 1, MemberHealth::Rebuilding { checkpoint: MIB })
         .unwrap();
     st.fail_alu(a[1]).unwrap();
+    // a replaced leg and a job table
+    let (def, _job) = st.replace_member("m", 1, a[2]).unwrap();
+    st.add_job(tierblk_meta::Job {
+        id: 0,
+        kind: tierblk_meta::JobKind::Scrub,
+        volume: def.id,
+        member: None,
+        repair: true,
+        state: tierblk_meta::JobState::Failed,
+        checkpoint: MIB,
+        total: 2 * MIB,
+        mismatches: 2,
+        repaired: 1,
+        message: "read error".into(),
+    })
+    .unwrap();
     (vec![SIZE; 4], rec.log())
 }
 

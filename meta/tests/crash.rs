@@ -6,14 +6,30 @@ mod common;
 use common::*;
 use tierblk_meta::store::{AluState, Store};
 use tierblk_meta::testing::{replay, Event, Recorder};
+use tierblk_meta::{Job, JobKind, JobState};
 use tierblk_meta::{Layout, LayoutKind, MemberHealth};
 
 fn enumerate(n: usize, setup: impl Fn(&mut Store), op: impl Fn(&mut Store)) {
+    enumerate_with(n, None, setup, op)
+}
+
+/// `enumerate`; `failed`: an ALU failed during setup, which the operation (and every
+/// follow-up) must never write; it is the only problem reported and is not Owned.
+fn enumerate_with(
+    n: usize,
+    failed: Option<usize>,
+    setup: impl Fn(&mut Store),
+    op: impl Fn(&mut Store),
+) {
     let rec = Recorder::new();
     let mut st = open_rec(&rec, n, SIZE);
     setup(&mut st);
     let old = image(&st);
     let n0 = rec.write_count();
+    let skip: Vec<_> = old
+        .iter()
+        .flat_map(|i| i.failed_alus.iter().copied())
+        .collect();
     op(&mut st);
     let new = image(&st);
     assert_ne!(old, new, "operation changed nothing");
@@ -22,6 +38,15 @@ fn enumerate(n: usize, setup: impl Fn(&mut Store), op: impl Fn(&mut Store)) {
     let n1 = write_count(&log);
     assert!(n1 > n0);
     eprintln!("writes: setup {n0}, operation {}", n1 - n0);
+    if let Some(f) = failed {
+        assert!(
+            log.iter()
+                .filter(|e| matches!(e, Event::Write { .. }))
+                .skip(n0)
+                .all(|e| !matches!(e, Event::Write { disk, .. } if *disk == f)),
+            "operation wrote to the failed ALU"
+        );
+    }
     let sizes = vec![SIZE; n];
     for k in n0..=n1 {
         for tear in [false, true] {
@@ -43,17 +68,18 @@ fn enumerate(n: usize, setup: impl Fn(&mut Store), op: impl Fn(&mut Store)) {
                 if k == n1 {
                     assert_eq!(got, new, "{ctx}");
                 }
-                check_healthy(&st);
+                check_healthy_except(&st, &skip);
                 if !repair {
                     continue;
                 }
+                let before = failed.map(|f| disks[f].lock().data.clone());
                 // The next operation works and garbage is invisible.
                 claim_all(&mut st);
                 let img = st.image().cloned().expect("image after claim_all");
                 let a0 = img.alus[0].uuid;
                 st.create_volume("fresh", 2 * MIB, &[(a0, 2 * MIB)])
                     .unwrap_or_else(|e| panic!("{ctx}: follow-up create: {e}"));
-                check_healthy(&st);
+                check_healthy_except(&st, &skip);
                 let expect = image(&st);
                 drop(st);
                 let (st2, rep2) = open_shared(&disks, false);
@@ -62,14 +88,19 @@ fn enumerate(n: usize, setup: impl Fn(&mut Store), op: impl Fn(&mut Store)) {
                     "{ctx}: repairs after follow-up: {:?}",
                     rep2.repairs
                 );
-                assert!(
-                    rep2.problems.is_empty(),
+                assert_eq!(
+                    rep2.problems.len(),
+                    usize::from(failed.is_some()),
                     "{ctx}: problems: {:?}",
                     rep2.problems
                 );
                 assert_eq!(image(&st2), expect, "{ctx}");
-                check_healthy(&st2);
-                for a in st2.alus() {
+                check_healthy_except(&st2, &skip);
+                for (i, a) in st2.alus().iter().enumerate() {
+                    if Some(i) == failed {
+                        assert!(disks[i].lock().data == *before.as_ref().unwrap(), "{ctx}");
+                        continue;
+                    }
                     assert!(matches!(a.state, AluState::Owned { .. }), "{ctx}: {a:?}");
                 }
             }
@@ -413,4 +444,167 @@ fn crash_fail_alu() {
         st.create_volume("lin", 2 * MIB, &[(a[2], 2 * MIB)])
             .unwrap();
     });
+}
+
+fn mirror_setup(st: &mut Store) {
+    claim_all(st);
+    let (a0, a1) = (alu_uuid(st, 0), alu_uuid(st, 1));
+    st.create_volume("base", 3 * MIB, &[(a0, 3 * MIB)]).unwrap();
+    st.create_volume_with(
+        "m",
+        4 * MIB,
+        mirror2(),
+        &[(0, a0, 4 * MIB), (1, a1, 4 * MIB)],
+    )
+    .unwrap();
+}
+
+#[test]
+fn crash_replace_member_healthy_old_alu() {
+    // old leg on a writable ALU: its extents are freed after the commit
+    enumerate(
+        3,
+        |st| {
+            mirror_setup(st);
+            // fragment alu 2 so the new leg needs two extents
+            let a2 = alu_uuid(st, 2);
+            st.create_volume("f1", 20 * MIB, &[(a2, 20 * MIB)]).unwrap();
+            st.create_volume("f2", MIB, &[(a2, MIB)]).unwrap();
+            st.remove_volume("f1").unwrap();
+            st.create_volume("f3", 17 * MIB, &[(a2, 17 * MIB)]).unwrap();
+        },
+        |st| {
+            let a2 = alu_uuid(st, 2);
+            let (def, job) = st.replace_member("m", 1, a2).unwrap();
+            assert!(def.member_segments(1).count() >= 2);
+            assert_eq!(job.state, JobState::Running);
+        },
+    );
+}
+
+#[test]
+fn crash_replace_member_on_failed_alu() {
+    enumerate_with(
+        3,
+        Some(1),
+        |st| {
+            mirror_setup(st);
+            let a1 = alu_uuid(st, 1);
+            st.fail_alu(a1).unwrap();
+        },
+        |st| {
+            let a2 = match st.alus()[2].state {
+                AluState::Owned { uuid } => uuid,
+                _ => unreachable!(),
+            };
+            st.replace_member("m", 1, a2).unwrap();
+        },
+    );
+}
+
+#[test]
+fn crash_replace_raid10_member() {
+    enumerate(
+        4,
+        |st| {
+            claim_all(st);
+            let a: Vec<_> = (0..4).map(|i| alu_uuid(st, i)).collect();
+            st.create_volume_with(
+                "r10",
+                4 * MIB,
+                raid10_2x2(),
+                &[
+                    (0, a[0], 2 * MIB),
+                    (1, a[1], 2 * MIB),
+                    (2, a[2], 2 * MIB),
+                    (3, a[3], 2 * MIB),
+                ],
+            )
+            .unwrap();
+        },
+        |st| {
+            // member 3 moves to alu 0 (which holds member 0 of the other mirror)
+            let a0 = alu_uuid(st, 0);
+            st.replace_member("r10", 3, a0).unwrap();
+        },
+    );
+}
+
+fn scrub(volume: u64) -> Job {
+    Job {
+        id: 0,
+        kind: JobKind::Scrub,
+        volume,
+        member: None,
+        repair: true,
+        state: JobState::Running,
+        checkpoint: 0,
+        total: 4 * MIB,
+        mismatches: 0,
+        repaired: 0,
+        message: String::new(),
+    }
+}
+
+fn vol_id(st: &Store, name: &str) -> u64 {
+    st.image()
+        .unwrap()
+        .volumes
+        .iter()
+        .find(|v| v.name == name)
+        .unwrap()
+        .id
+}
+
+#[test]
+fn crash_add_job() {
+    enumerate(2, mirror_setup, |st| {
+        let id = vol_id(st, "m");
+        st.add_job(scrub(id)).unwrap();
+    });
+}
+
+#[test]
+fn crash_update_rebuild_job() {
+    for done in [false, true] {
+        enumerate(
+            3,
+            |st| {
+                mirror_setup(st);
+                let a2 = alu_uuid(st, 2);
+                st.replace_member("m", 1, a2).unwrap();
+            },
+            |st| {
+                let mut j = st.jobs()[0].clone();
+                j.checkpoint = if done { j.total } else { MIB };
+                if done {
+                    j.state = JobState::Done;
+                }
+                st.update_job(&j).unwrap();
+                let want = if done {
+                    MemberHealth::Ok
+                } else {
+                    MemberHealth::Rebuilding { checkpoint: MIB }
+                };
+                let img = st.image().unwrap();
+                assert_eq!(img.volumes[1].members[1], want);
+            },
+        );
+    }
+}
+
+#[test]
+fn crash_remove_job() {
+    enumerate(
+        2,
+        |st| {
+            mirror_setup(st);
+            let id = vol_id(st, "m");
+            st.add_job(scrub(id)).unwrap();
+        },
+        |st| {
+            let id = st.jobs()[0].id;
+            st.remove_job(id).unwrap();
+        },
+    );
 }
