@@ -7,9 +7,11 @@
 //! volume's stack offline ([092]); bring the volumes that are complete online
 //! and leave the others offline with the reason ([094]–[095]).
 
+use crate::jobs::{self, Work};
 use crate::planner::{self, Candidate};
 use crate::proto::{
-    AluView, LayoutSpec, MemberView, PartitionView, Payload, Request, SegmentView, VolumeView,
+    AluView, JobView, LayoutSpec, MemberView, PartitionView, Payload, Request, SegmentView,
+    VolumeView,
 };
 use crate::size::format_size;
 use crate::ublk::{self, Exposed, VolumeSpec};
@@ -20,7 +22,8 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 use tierblk_meta::{
-    AluState, ClusterImage, Layout, LayoutKind, MemberHealth, MetaError, Store, Uuid, VolumeDef,
+    AluState, ClusterImage, Job, JobKind, JobState, Layout, LayoutKind, MemberHealth, MetaError,
+    Store, Uuid, VolumeDef,
 };
 use tierblk_meta::{Disk, FileDisk};
 use tierblk_stack::mirror::MirrorHealth;
@@ -38,6 +41,10 @@ pub enum Event {
         errno: i32,
         done: mpsc::Sender<()>,
     },
+    /// A job reached a checkpoint worth persisting.
+    JobProgress { id: u64, checkpoint: u64 },
+    /// A job's thread ended.
+    JobEnded { id: u64, outcome: jobs::Outcome },
 }
 
 /// How long a queue thread waits for a leg failure to be persisted before it
@@ -61,6 +68,8 @@ enum Runtime {
     Offline { reason: Option<String> },
     Online {
         exposed: Exposed,
+        /// The tree every queue (and every job) builds its instance from.
+        desc: Arc<VolumeDesc>,
         /// One per mirror, shared with every queue thread of the volume.
         health: Vec<Arc<MirrorHealth>>,
     },
@@ -75,6 +84,11 @@ pub struct Daemon {
     /// Data-path file handles, one per ALU, shared by every queue thread.
     files: HashMap<Uuid, Arc<File>>,
     events: mpsc::Sender<Event>,
+    /// Jobs whose thread is running, by job id.
+    jobs: BTreeMap<u64, jobs::Runner>,
+    /// Rate limits asked for at job creation (not persisted: a restarted
+    /// job runs unthrottled).
+    rates: HashMap<u64, u64>,
 }
 
 fn open_disk(path: &str) -> Result<Box<dyn Disk>, String> {
@@ -116,6 +130,8 @@ impl Daemon {
             runtime: BTreeMap::new(),
             files: HashMap::new(),
             events,
+            jobs: BTreeMap::new(),
+            rates: HashMap::new(),
         };
         for s in d.store.alus() {
             info!(alu = %s.path, state = %state_name(&s.state), "scanned");
@@ -159,6 +175,14 @@ impl Daemon {
             Request::AluClaim { path, force } => self.claim(&path, force),
             Request::AluRelease { path } => self.release(&path),
             Request::AluFail { path } => self.fail_alu(&path),
+            Request::AluReplace { old, new, rate } => self.replace(&old, &new, rate),
+            Request::VolScrub { name, repair, rate } => self.scrub(&name, repair, rate),
+            Request::JobList => Ok(Payload::Jobs(
+                self.store.jobs().iter().map(|j| self.job_view(j)).collect(),
+            )),
+            Request::JobShow { id } => self.job(id).map(|j| Payload::Job(self.job_view(&j))),
+            Request::JobCancel { id } => self.cancel_job(id),
+            Request::JobResume { id } => self.resume_job(id),
             Request::VolCreate {
                 name,
                 size,
@@ -195,6 +219,9 @@ impl Daemon {
     /// as it is stopped.
     pub fn shutdown(&mut self) {
         let names: Vec<String> = self.runtime.keys().cloned().collect();
+        for name in &names {
+            self.stop_jobs_of(name);
+        }
         for name in names {
             if let Err(e) = self.offline(&name) {
                 error!("{e}");
@@ -233,9 +260,16 @@ impl Daemon {
         }
         let v = self.volume(name)?;
         match self.bring_online(&v) {
-            Ok((exposed, health)) => {
-                self.runtime
-                    .insert(name.to_string(), Runtime::Online { exposed, health });
+            Ok((exposed, desc, health)) => {
+                self.runtime.insert(
+                    name.to_string(),
+                    Runtime::Online {
+                        exposed,
+                        desc,
+                        health,
+                    },
+                );
+                self.start_jobs_of(&v);
                 Ok(())
             }
             Err(e) => {
@@ -250,7 +284,11 @@ impl Daemon {
         }
     }
 
-    fn bring_online(&mut self, v: &VolumeDef) -> Result<(Exposed, Vec<Arc<MirrorHealth>>), String> {
+    #[allow(clippy::type_complexity)]
+    fn bring_online(
+        &mut self,
+        v: &VolumeDef,
+    ) -> Result<(Exposed, Arc<VolumeDesc>, Vec<Arc<MirrorHealth>>), String> {
         if let Some(p) = self.problem_of(&v.name) {
             return Err(format!("volume {}: held offline: {p}", v.name));
         }
@@ -300,15 +338,16 @@ impl Daemon {
                 v.name
             ));
         }
+        let desc = Arc::new(desc);
         let exposed = ublk::expose(VolumeSpec {
             name: v.name.clone(),
             wwn: hex(&v.wwn),
-            desc: Arc::new(desc),
+            desc: desc.clone(),
             queues: self.cfg.queues,
             depth: self.cfg.depth,
         })
         .map_err(|e| e.to_string())?;
-        Ok((exposed, health))
+        Ok((exposed, desc, health))
     }
 
     /// One shared health record per mirror; a failing leg reports through the
@@ -320,12 +359,22 @@ impl Daemon {
             LayoutKind::Raid10 => v.layout.stripes,
             _ => 0,
         };
+        let leg_size = v.layout.member_size(v.size);
         (0..mirrors)
             .map(|j| {
+                // A leg being rebuilt (with its ALU present) resumes from its
+                // checkpoint; any other unavailable leg starts failed.
                 let mut mask = 0u32;
+                let mut rebuilding = Vec::new();
                 for leg in 0..copies {
-                    if degraded.contains(&(j * copies + leg)) {
-                        mask |= 1 << leg;
+                    let m = j * copies + leg;
+                    let available = !self.member_alus_missing(v, m);
+                    match v.members.get(usize::from(m)) {
+                        Some(MemberHealth::Rebuilding { checkpoint }) if available => {
+                            rebuilding.push((usize::from(leg), *checkpoint));
+                        }
+                        _ if degraded.contains(&m) => mask |= 1 << leg,
+                        _ => {}
                     }
                 }
                 let events = self.events.clone();
@@ -344,13 +393,25 @@ impl Daemon {
                         error!(volume = %volume, member, "leg failure not yet persisted");
                     }
                 };
-                Arc::new(MirrorHealth::new(
+                Arc::new(MirrorHealth::new_with_rebuild(
                     usize::from(copies),
                     mask,
+                    &rebuilding,
+                    leg_size,
                     Box::new(on_fail),
                 ))
             })
             .collect()
+    }
+
+    /// Whether any ALU under member `m` is gone, failed or damaged.
+    fn member_alus_missing(&self, v: &VolumeDef, m: u16) -> bool {
+        let alus = self.store.alus();
+        v.segments.iter().filter(|s| s.member == m).any(|s| {
+            !alus
+                .iter()
+                .any(|a| matches!(a.state, AluState::Owned { uuid } if uuid == s.alu))
+        })
     }
 
     /// Persist a leg failure found on the data path ([0168]–[0171]). An
@@ -390,18 +451,33 @@ impl Daemon {
                 }
                 let _ = done.send(());
             }
+            Event::JobProgress { id, checkpoint } => self.on_job_progress(id, checkpoint),
+            Event::JobEnded { id, outcome } => self.on_job_ended(id, outcome),
         }
     }
 
     fn offline(&mut self, name: &str) -> Result<(), String> {
         match self.runtime.remove(name) {
-            Some(Runtime::Online { exposed, health }) => {
+            Some(Runtime::Online {
+                exposed,
+                desc,
+                health,
+            }) => {
                 let dev = exposed.device();
                 if let Err(e) = ensure_unused(&dev) {
-                    self.runtime
-                        .insert(name.to_string(), Runtime::Online { exposed, health });
+                    self.runtime.insert(
+                        name.to_string(),
+                        Runtime::Online {
+                            exposed,
+                            desc,
+                            health,
+                        },
+                    );
                     return Err(format!("volume {name}: {e}"));
                 }
+                // Jobs stop at a step boundary; their checkpoint is kept and
+                // they resume when the volume is online again.
+                self.stop_jobs_of(name);
                 let r = exposed.stop().map_err(|e| e.to_string());
                 self.runtime
                     .insert(name.to_string(), Runtime::Offline { reason: None });
@@ -555,7 +631,9 @@ impl Daemon {
     fn volume_view(&self, v: &VolumeDef) -> VolumeView {
         let degraded = self.store.degraded_members(&v.name);
         let (state, device, problem) = match self.runtime.get(&v.name) {
-            Some(Runtime::Online { exposed, health }) => {
+            Some(Runtime::Online {
+                exposed, health, ..
+            }) => {
                 let live_degraded = health.iter().any(|h| h.failed_mask() != 0);
                 let state = if live_degraded || !degraded.is_empty() {
                     "degraded"
@@ -654,6 +732,330 @@ impl Daemon {
         }
         self.files.remove(&uuid);
         Ok(affected)
+    }
+
+    fn job(&self, id: u64) -> Result<Job, String> {
+        self.store
+            .jobs()
+            .into_iter()
+            .find(|j| j.id == id)
+            .ok_or_else(|| format!("job {id}: not found"))
+    }
+
+    fn volume_by_id(&self, id: u64) -> Option<VolumeDef> {
+        self.image_volumes().into_iter().find(|v| v.id == id)
+    }
+
+    fn job_view(&self, j: &Job) -> JobView {
+        let live = self.jobs.get(&j.id);
+        JobView {
+            id: j.id,
+            kind: match (j.kind, j.repair) {
+                (JobKind::Rebuild, _) => "rebuild",
+                (JobKind::Scrub, false) => "scrub",
+                (JobKind::Scrub, true) => "scrub-repair",
+            }
+            .into(),
+            volume: self
+                .volume_by_id(j.volume)
+                .map(|v| v.name)
+                .unwrap_or_else(|| format!("#{}", j.volume)),
+            member: j.member,
+            state: match j.state {
+                JobState::Running => "running",
+                JobState::Paused => "paused",
+                JobState::Done => "done",
+                JobState::Failed => "failed",
+            }
+            .into(),
+            done: live.map(|r| r.done()).unwrap_or(j.checkpoint).min(j.total),
+            total: j.total,
+            mismatches: j.mismatches,
+            repaired: j.repaired,
+            message: (!j.message.is_empty()).then(|| j.message.clone()),
+        }
+    }
+
+    /// Start the threads of the volume's running jobs (at start-up, after a
+    /// replace, when the volume comes online again).
+    fn start_jobs_of(&mut self, v: &VolumeDef) {
+        let Some(Runtime::Online { desc, .. }) = self.runtime.get(&v.name) else {
+            return;
+        };
+        let desc = desc.clone();
+        for j in self.store.jobs() {
+            if j.volume != v.id || j.state != JobState::Running || self.jobs.contains_key(&j.id) {
+                continue;
+            }
+            let copies = usize::from(v.layout.copies.max(1));
+            let work = match (j.kind, j.member) {
+                (JobKind::Rebuild, Some(m)) => Work::Rebuild {
+                    mirror: usize::from(m) / copies,
+                    leg: usize::from(m) % copies,
+                },
+                (JobKind::Scrub, _) => Work::Scrub { repair: j.repair },
+                (JobKind::Rebuild, None) => continue,
+            };
+            let spec = jobs::Spec {
+                id: j.id,
+                volume: v.name.clone(),
+                desc: desc.clone(),
+                work,
+                start: j.checkpoint,
+                mismatches: j.mismatches,
+                repaired: j.repaired,
+                rate: self.rates.get(&j.id).copied().unwrap_or(0),
+                leg_size: jobs::leg_size(&desc),
+            };
+            match jobs::spawn(spec, self.events.clone()) {
+                Ok(r) => {
+                    info!(job = j.id, volume = %v.name, from = j.checkpoint, "job started");
+                    self.jobs.insert(j.id, r);
+                }
+                Err(e) => error!(job = j.id, "cannot start the job thread: {e}"),
+            }
+        }
+    }
+
+    /// Stop the volume's job threads, persisting how far they got; they stay
+    /// Running in the job table and resume when the volume is online again.
+    fn stop_jobs_of(&mut self, name: &str) {
+        let Ok(v) = self.volume(name) else { return };
+        let ids: Vec<u64> = self
+            .store
+            .jobs()
+            .iter()
+            .filter(|j| j.volume == v.id)
+            .map(|j| j.id)
+            .collect();
+        for id in ids {
+            if let Some(r) = self.jobs.remove(&id) {
+                let done = r.stop();
+                if let Ok(mut j) = self.job(id) {
+                    if j.state == JobState::Running {
+                        j.checkpoint = done.min(j.total);
+                        if let Err(e) = self.store.update_job(&j) {
+                            error!(job = id, "cannot persist the job's checkpoint: {e}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn replace(&mut self, old: &str, new: &str, rate: u64) -> Result<Payload, String> {
+        let new_uuid = self.owned_uuid(new)?;
+        let old_uuid = self
+            .store
+            .alus()
+            .into_iter()
+            .find(|a| a.path == old)
+            .and_then(|a| match a.state {
+                AluState::Owned { uuid } => Some(uuid),
+                AluState::Damaged { uuid, .. } => uuid,
+                _ => None,
+            })
+            .ok_or_else(|| format!("alu {old}: not an ALU of this cluster"))?;
+        if old_uuid == new_uuid {
+            return Err(format!("alu {old}: cannot replace an ALU by itself"));
+        }
+        // Check everything before writing anything.
+        let mut todo = Vec::new();
+        for v in self.image_volumes() {
+            for m in 0..v.layout.members() as u16 {
+                if v.segments
+                    .iter()
+                    .any(|s| s.member == m && s.alu == old_uuid)
+                {
+                    if !matches!(v.layout.kind, LayoutKind::Mirror | LayoutKind::Raid10) {
+                        return Err(format!(
+                            "volume {}: {} has no redundancy: its data on {old} cannot be rebuilt",
+                            v.name,
+                            layout_name(&v.layout)
+                        ));
+                    }
+                    todo.push((v.name.clone(), m));
+                }
+            }
+        }
+        if todo.is_empty() {
+            return Err(format!("alu {old}: no volume uses it: nothing to replace"));
+        }
+        // The old leg stops being used first (mdadm --fail, then --add).
+        self.fail_alu_uuid(old_uuid)?;
+        let mut out = Vec::new();
+        for (name, member) in todo {
+            let (def, job) = self
+                .store
+                .replace_member(&name, member, new_uuid)
+                .map_err(|e| e.to_string())?;
+            info!(volume = %name, member, alu = %new, job = job.id, "leg replaced; rebuilding");
+            if rate > 0 {
+                self.rates.insert(job.id, rate);
+            }
+            self.swap_leg(&def, member)?;
+            self.start_jobs_of(&def);
+            out.push(self.job_view(&job));
+        }
+        Ok(Payload::Jobs(out))
+    }
+
+    /// Hand the running volume its new leg: every queue switches at its next
+    /// I/O, and the leg takes writes (never reads) while it is rebuilt.
+    fn swap_leg(&mut self, def: &VolumeDef, member: u16) -> Result<(), String> {
+        let copies = def.layout.copies.max(1);
+        let mut pieces = Vec::new();
+        for s in def.segments.iter().filter(|s| s.member == member) {
+            pieces.push((self.data_file(s.alu)?, s.start, s.len));
+        }
+        let Some(Runtime::Online { desc, health, .. }) = self.runtime.get(&def.name) else {
+            return Ok(());
+        };
+        let (mirror, leg) = (usize::from(member / copies), usize::from(member % copies));
+        let _ = desc;
+        let slot = health[mirror]
+            .slot(leg)
+            .ok_or_else(|| format!("volume {}: member {member}: no leg slot", def.name))?;
+        slot.replace(MemberDesc { pieces })
+            .map_err(|e| format!("volume {}: member {member}: {e}", def.name))?;
+        health[mirror].start_rebuild(leg, 0);
+        Ok(())
+    }
+
+    fn scrub(&mut self, name: &str, repair: bool, rate: u64) -> Result<Payload, String> {
+        let v = self.volume(name)?;
+        if !matches!(v.layout.kind, LayoutKind::Mirror | LayoutKind::Raid10) {
+            return Err(format!(
+                "volume {name}: {} has no copies to compare",
+                layout_name(&v.layout)
+            ));
+        }
+        let Some(Runtime::Online { desc, .. }) = self.runtime.get(name) else {
+            return Err(format!(
+                "volume {name}: offline: bring it online to scrub it"
+            ));
+        };
+        if let Some(j) = self
+            .store
+            .jobs()
+            .into_iter()
+            .find(|j| j.volume == v.id && j.state == JobState::Running)
+        {
+            return Err(format!(
+                "volume {name}: job {} is already running on it",
+                j.id
+            ));
+        }
+        let mirrors = u64::from(v.layout.stripes.max(1));
+        let total = jobs::leg_size(desc) * mirrors;
+        let job = self
+            .store
+            .add_job(Job {
+                id: 0,
+                kind: JobKind::Scrub,
+                volume: v.id,
+                member: None,
+                repair,
+                state: JobState::Running,
+                checkpoint: 0,
+                total,
+                mismatches: 0,
+                repaired: 0,
+                message: String::new(),
+            })
+            .map_err(|e| e.to_string())?;
+        if rate > 0 {
+            self.rates.insert(job.id, rate);
+        }
+        self.start_jobs_of(&v);
+        Ok(Payload::Job(self.job_view(&job)))
+    }
+
+    fn cancel_job(&mut self, id: u64) -> Result<Payload, String> {
+        let mut j = self.job(id)?;
+        if j.state != JobState::Running {
+            return Err(format!("job {id}: not running"));
+        }
+        if let Some(r) = self.jobs.remove(&id) {
+            j.checkpoint = r.stop().min(j.total);
+        }
+        j.state = JobState::Paused;
+        self.store.update_job(&j).map_err(|e| e.to_string())?;
+        info!(job = id, checkpoint = j.checkpoint, "job paused");
+        Ok(Payload::Job(self.job_view(&j)))
+    }
+
+    fn resume_job(&mut self, id: u64) -> Result<Payload, String> {
+        let mut j = self.job(id)?;
+        if j.state != JobState::Paused {
+            return Err(format!("job {id}: not paused"));
+        }
+        j.state = JobState::Running;
+        self.store.update_job(&j).map_err(|e| e.to_string())?;
+        if let Some(v) = self.volume_by_id(j.volume) {
+            self.start_jobs_of(&v);
+        }
+        Ok(Payload::Job(self.job_view(&j)))
+    }
+
+    fn on_job_progress(&mut self, id: u64, checkpoint: u64) {
+        let Ok(mut j) = self.job(id) else { return };
+        if j.state != JobState::Running || checkpoint <= j.checkpoint {
+            return;
+        }
+        j.checkpoint = checkpoint.min(j.total);
+        if let Err(e) = self.store.update_job(&j) {
+            error!(job = id, "cannot persist the job's checkpoint: {e}");
+        }
+    }
+
+    fn on_job_ended(&mut self, id: u64, outcome: jobs::Outcome) {
+        let stopped_here = self.jobs.remove(&id).is_none();
+        let Ok(mut j) = self.job(id) else { return };
+        match outcome {
+            jobs::Outcome::Done {
+                mismatches,
+                repaired,
+            } => {
+                j.state = JobState::Done;
+                j.checkpoint = j.total;
+                j.mismatches = mismatches;
+                j.repaired = repaired;
+            }
+            // Stopped by us (offline, cancel, shutdown): already persisted.
+            jobs::Outcome::Stopped { .. } if stopped_here => return,
+            jobs::Outcome::Stopped {
+                checkpoint,
+                mismatches,
+                repaired,
+            } => {
+                j.state = JobState::Paused;
+                j.checkpoint = checkpoint.min(j.total);
+                j.mismatches = mismatches;
+                j.repaired = repaired;
+            }
+            jobs::Outcome::Failed {
+                checkpoint,
+                message,
+            } => {
+                j.state = JobState::Failed;
+                j.checkpoint = checkpoint.min(j.total);
+                j.message = message.chars().take(120).collect();
+            }
+        }
+        if let Err(e) = self.store.update_job(&j) {
+            error!(job = id, "cannot persist the job's end: {e}");
+            return;
+        }
+        if j.state == JobState::Done && j.kind == JobKind::Rebuild {
+            if let (Some(v), Some(m)) = (self.volume_by_id(j.volume), j.member) {
+                let copies = v.layout.copies.max(1);
+                if let Some(Runtime::Online { health, .. }) = self.runtime.get(&v.name) {
+                    health[usize::from(m / copies)].finish_rebuild(usize::from(m % copies));
+                }
+                info!(volume = %v.name, member = m, "rebuild complete: leg in sync");
+            }
+        }
     }
 
     fn alu_view(&self, path: &str) -> Result<AluView, String> {

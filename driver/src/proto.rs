@@ -38,6 +38,32 @@ pub enum Request {
         #[serde(default)]
         layout: LayoutSpec,
     },
+    /// Move every mirror leg off `old` onto `new`, rebuilding each online.
+    AluReplace {
+        old: String,
+        new: String,
+        /// Bytes per second per job, 0 = unlimited.
+        #[serde(default)]
+        rate: u64,
+    },
+    /// Compare mirror legs (and with `repair`, rewrite mismatches from the first leg).
+    VolScrub {
+        name: String,
+        repair: bool,
+        #[serde(default)]
+        rate: u64,
+    },
+    JobList,
+    JobShow {
+        id: u64,
+    },
+    /// Stop a running job at its next step; it can be resumed with `job resume`.
+    JobCancel {
+        id: u64,
+    },
+    JobResume {
+        id: u64,
+    },
     VolList,
     VolShow {
         name: String,
@@ -96,6 +122,26 @@ pub enum Payload {
     Alu(AluView),
     Volumes(Vec<VolumeView>),
     Volume(VolumeView),
+    Jobs(Vec<JobView>),
+    Job(JobView),
+}
+
+/// A long-running job (rebuild, scrub) with its persisted progress.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobView {
+    pub id: u64,
+    /// rebuild, scrub, scrub-repair
+    pub kind: String,
+    pub volume: String,
+    pub member: Option<u16>,
+    /// running, paused, done, failed
+    pub state: String,
+    /// Bytes done (persisted checkpoint, or live progress while running).
+    pub done: u64,
+    pub total: u64,
+    pub mismatches: u64,
+    pub repaired: u64,
+    pub message: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

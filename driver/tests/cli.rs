@@ -379,3 +379,43 @@ fn layouts_are_planned_on_distinct_alus_and_failures_persist() {
     check(&env);
     env.stop();
 }
+
+#[test]
+fn replace_and_scrub_refuse_what_cannot_work() {
+    let mut env = Env::new("jobs", &[96 * MIB, 96 * MIB, 96 * MIB]);
+    env.start();
+    for i in 0..3 {
+        env.ok(&["alu", "claim", &env.alu(i)]);
+    }
+    env.ok(&["vol", "create", "l1", "--size", "10M", "--alu", &env.alu(0)]);
+    env.ok(&[
+        "vol",
+        "create",
+        "m1",
+        "--size",
+        "10M",
+        "--layout",
+        "mirror",
+        "--alu",
+        &env.alu(0),
+        "--alu",
+        &env.alu(1),
+    ]);
+    let e = env.refused(&["vol", "scrub", "l1"]);
+    assert!(e.contains("no copies"), "{e}");
+    // No ublk on the host: the mirror is offline, and a scrub needs it online.
+    let e = env.refused(&["vol", "scrub", "m1"]);
+    assert!(e.contains("offline"), "{e}");
+    let e = env.refused(&["alu", "replace", &env.alu(0), &env.alu(2)]);
+    assert!(e.contains("l1") && e.contains("no redundancy"), "{e}");
+    // Nothing was failed by the refused replace.
+    assert_eq!(env.json(&["alu", "show", &env.alu(0)])["state"], "owned");
+    let e = env.refused(&["alu", "replace", &env.alu(2), &env.alu(1)]);
+    assert!(e.contains("nothing to replace"), "{e}");
+    let e = env.refused(&["job", "show", "999"]);
+    assert!(e.contains("not found"), "{e}");
+    let e = env.refused(&["vol", "scrub", "m1", "--rate", "fast"]);
+    assert!(e.contains("--rate"), "{e}");
+    assert_eq!(env.json(&["job", "list"]).as_array().unwrap().len(), 0);
+    env.stop();
+}

@@ -17,6 +17,9 @@
 //! * [`stripe`] (RAID0), [`mirror`] (RAID1) and their composition RAID10 are
 //!   the second-tier objects of spec [074]–[076]; [`volume`] assembles any
 //!   supported layout into one [`Volume`] enum per queue thread.
+//! * [`resync`] rebuilds a new or replaced mirror leg and scrubs mirrors
+//!   online, on a job thread of its own, behind a sync window the queues'
+//!   writes respect.
 //! * [`join`] runs the pieces of one request concurrently without allocating.
 //! * [`AlignedBuf`] is a page-aligned heap buffer usable for `O_DIRECT` I/O.
 //!
@@ -34,7 +37,9 @@ pub mod join;
 pub mod linear;
 pub mod mirror;
 pub mod partition;
+pub mod resync;
 pub mod stripe;
+pub mod swap;
 pub mod uring;
 pub mod volume;
 
@@ -42,7 +47,9 @@ pub use aligned::AlignedBuf;
 pub use linear::Linear;
 pub use mirror::{Mirror, MirrorHealth, MirrorState};
 pub use partition::{open_alu, Partition};
+pub use resync::{rebuild_leg, scrub, JobControl, JobError, ScrubReport};
 pub use stripe::Stripe;
+pub use swap::{LegSlot, SwapLeg};
 pub use volume::{build_volume, BuildError, Layout, MemberDesc, Volume, VolumeDesc};
 
 /// A submission ring owned by one thread (one ublk queue). Futures are `!Send`;

@@ -11,12 +11,20 @@
 //!   request succeeds if at least one leg succeeded. FUA is passed to every leg.
 //! * Flush goes to every healthy leg; failing legs are marked failed; it fails
 //!   only if no leg succeeded.
+//! * A *rebuilding* leg (new or replaced, being copied onto by
+//!   [`crate::resync::rebuild_leg`]) is never read, but gets every write,
+//!   write-zeroes, discard and flush; its errors fail it (stopping the
+//!   rebuild). It does not count as healthy: a request succeeds only if a
+//!   healthy leg succeeded, and the last healthy leg is never failed.
+//! * Writes, write-zeroes and discards respect the resync/scrub job's sync
+//!   window (see [`MirrorHealth`]): lock-free and allocation-free, one
+//!   atomic increment per touched 1 MiB region and one window check.
 //!
 //! So a degraded mirror never returns an error to the host while one leg
 //! works. A failed leg is never read again: it missed writes, and serving a
 //! stale block would be silent corruption (MD's lesson: a failed-device record
-//! keeps a stale disk from winning). Bringing a leg back needs a resync, which
-//! is the daemon's job, not the data path's.
+//! keeps a stale disk from winning). Bringing a leg back needs a rebuild
+//! ([`crate::resync`]), run by the daemon on a job thread.
 //!
 //! Health is shared by every queue thread of a volume through
 //! [`MirrorHealth`] (one `AtomicU32` bitmask of failed legs): a leg failed on
@@ -25,10 +33,12 @@
 
 use std::cell::Cell;
 use std::fmt;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::Poll;
 
 use crate::join::join_bounded;
+use crate::swap::LegSlot;
 use crate::volume::BuildError;
 use crate::{check_range, BlockDev, IoError, IoResult, Limits};
 
@@ -38,11 +48,47 @@ pub const MAX_LEGS: usize = 4;
 /// Callback run when a leg transitions to failed: `(leg, errno)`.
 pub type OnFail = Box<dyn Fn(usize, i32) + Send + Sync>;
 
-/// Health of a mirror, shared (in an `Arc`) by every queue's [`Mirror`].
+/// Largest number of sync-window regions; the region size grows past
+/// [`REGION_SHIFT_MIN`] for huge mirrors so the counters stay bounded (4 MiB).
+const MAX_REGIONS: u64 = 1 << 20;
+
+/// Smallest sync-window region: 1 MiB.
+pub const REGION_SHIFT_MIN: u32 = 20;
+
+/// No sync window open.
+const NO_WINDOW: u64 = u64::MAX;
+
+/// Health of a mirror, shared (in an `Arc`) by every queue's [`Mirror`] and by
+/// the resync job ([`crate::resync`]).
+///
+/// Besides the failed legs it holds the *rebuilding* legs (a new or replaced
+/// leg being copied onto: written by the host at every offset, never read) with
+/// their checkpoints (`[0, checkpoint)` of the leg is in sync), and the sync
+/// window of the one running resync/scrub job (MD's resync barrier): host
+/// writes touching the window's regions (1 MiB granularity) wait until it
+/// moves; the job waits, before copying or comparing the window, until no
+/// host write is in flight in the window's regions. Both sides are lock-free:
+/// per-region in-flight counters and the window position, all SeqCst
+/// (Dekker-style, see `JobGuard::open`). See
+/// [`MirrorHealth::new_with_rebuild`].
 pub struct MirrorHealth {
     legs: usize,
     failed: AtomicU32,
+    rebuilding: AtomicU32,
+    checkpoint: [AtomicU64; MAX_LEGS],
+    /// Leg size covered by the region counters (0: no window support).
+    size: u64,
+    region_shift: u32,
+    /// Host writes/write-zeroes/discards in flight per region.
+    inflight: Box<[AtomicU32]>,
+    window_start: AtomicU64,
+    window_len: AtomicU64,
+    /// A resync or scrub job holds the window.
+    job: AtomicBool,
     on_fail: OnFail,
+    /// The legs' replaceable descriptions, set by the first tree built over
+    /// this health record and shared by every queue's tree after it.
+    slots: OnceLock<Vec<Arc<LegSlot>>>,
 }
 
 impl fmt::Debug for MirrorHealth {
@@ -50,6 +96,7 @@ impl fmt::Debug for MirrorHealth {
         f.debug_struct("MirrorHealth")
             .field("legs", &self.legs)
             .field("failed", &format_args!("{:#b}", self.failed_mask()))
+            .field("rebuilding", &format_args!("{:#b}", self.rebuilding_mask()))
             .finish()
     }
 }
@@ -59,23 +106,161 @@ impl fmt::Debug for MirrorHealth {
 pub enum MirrorState {
     /// Every leg is healthy.
     Optimal,
-    /// Some legs failed; at least one works.
+    /// Some legs failed or are rebuilding; at least one is healthy.
     Degraded,
     /// No leg works: I/O fails.
     Failed,
+}
+
+/// Waits one scheduling round without blocking the thread: pending once
+/// (waking itself). Every 64 rounds the thread also yields to the OS, so a
+/// waiter spinning against another thread does not burn a full core.
+pub(crate) async fn backoff(spins: &mut u32) {
+    *spins = spins.wrapping_add(1);
+    if spins.is_multiple_of(64) {
+        std::thread::yield_now();
+    }
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
+    .await
+}
+
+/// Held by a host write while it is in flight: its regions' counters are
+/// incremented; dropping it decrements them.
+pub(crate) struct WriteGuard<'a> {
+    health: &'a MirrorHealth,
+    regions: std::ops::Range<usize>,
+}
+
+impl Drop for WriteGuard<'_> {
+    fn drop(&mut self) {
+        for r in self.regions.clone() {
+            self.health.inflight[r].fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Exclusive right of one resync/scrub job over the sync window; releases the
+/// window and the job slot on drop.
+pub(crate) struct JobGuard<'a> {
+    health: &'a MirrorHealth,
+}
+
+impl Drop for JobGuard<'_> {
+    fn drop(&mut self) {
+        self.health.window_start.store(NO_WINDOW, Ordering::SeqCst);
+        self.health.job.store(false, Ordering::SeqCst);
+    }
+}
+
+impl JobGuard<'_> {
+    /// Open the window on `[start, start + len)` and wait until every host
+    /// write in flight in its regions has completed. Host writes overlapping
+    /// it wait from now on until [`JobGuard::close`].
+    ///
+    /// Dekker-style with the host side ([`MirrorHealth::enter_write`]), all
+    /// SeqCst: the job stores the window then loads the counters, a host
+    /// write increments its counters then loads the window, so at least one
+    /// of them sees the other.
+    pub(crate) async fn open(&self, start: u64, len: u64) {
+        let h = self.health;
+        h.window_start.store(NO_WINDOW, Ordering::SeqCst);
+        h.window_len.store(len, Ordering::SeqCst);
+        h.window_start.store(start, Ordering::SeqCst);
+        let mut spins = 0;
+        for r in h.regions(start, len) {
+            while h.inflight[r].load(Ordering::SeqCst) != 0 {
+                backoff(&mut spins).await;
+            }
+        }
+    }
+
+    /// Release the window (host writes anywhere proceed).
+    pub(crate) fn close(&self) {
+        self.health.window_start.store(NO_WINDOW, Ordering::SeqCst);
+    }
 }
 
 impl MirrorHealth {
     /// Health of a mirror of `legs` legs (clamped to 1..=[`MAX_LEGS`]) whose
     /// legs in `initially_failed` (bit `i` = leg `i`, as persisted by the
     /// daemon) are already failed. `on_fail` is not called for those.
+    ///
+    /// No leg rebuilds and there is no sync window: resync and scrub jobs
+    /// refuse such a health ([`crate::resync::JobError::NoWindow`]); use
+    /// [`MirrorHealth::new_with_rebuild`] for a mirror that may run them.
     pub fn new(legs: usize, initially_failed: u32, on_fail: OnFail) -> Self {
+        Self::new_with_rebuild(legs, initially_failed, &[], 0, on_fail)
+    }
+
+    /// Health of a mirror of `legs` legs of `size` bytes each, with the legs
+    /// of `initially_failed` failed and the legs of `rebuilding` (as
+    /// `(leg, checkpoint)`, persisted by the daemon) rebuilding from their
+    /// checkpoint. A leg both failed and rebuilding counts as failed.
+    ///
+    /// The sync-window region counters (one `AtomicU32` per 1 MiB region,
+    /// more for mirrors above 1 TiB) are allocated here, once; host I/O never
+    /// allocates.
+    pub fn new_with_rebuild(
+        legs: usize,
+        initially_failed: u32,
+        rebuilding: &[(usize, u64)],
+        size: u64,
+        on_fail: OnFail,
+    ) -> Self {
         let legs = legs.clamp(1, MAX_LEGS);
+        let failed = initially_failed & Self::all(legs);
+        let checkpoint = [const { AtomicU64::new(0) }; MAX_LEGS];
+        let mut reb = 0u32;
+        for &(leg, cp) in rebuilding {
+            if leg < legs && failed & (1 << leg) == 0 {
+                reb |= 1 << leg;
+                checkpoint[leg].store(cp.min(size), Ordering::Relaxed);
+            }
+        }
+        let mut region_shift = REGION_SHIFT_MIN;
+        while (size >> region_shift) >= MAX_REGIONS {
+            region_shift += 1;
+        }
+        let regions = if size == 0 {
+            0
+        } else {
+            ((size - 1) >> region_shift) + 1
+        };
         MirrorHealth {
             legs,
-            failed: AtomicU32::new(initially_failed & Self::all(legs)),
+            failed: AtomicU32::new(failed),
+            rebuilding: AtomicU32::new(reb),
+            checkpoint,
+            size,
+            region_shift,
+            inflight: (0..regions).map(|_| AtomicU32::new(0)).collect(),
+            window_start: AtomicU64::new(NO_WINDOW),
+            window_len: AtomicU64::new(0),
+            job: AtomicBool::new(false),
             on_fail,
+            slots: OnceLock::new(),
         }
+    }
+
+    /// The legs' shared slots, made from `make` the first time (by the first
+    /// tree built over this mirror).
+    pub fn slots_or_init(&self, make: impl FnOnce() -> Vec<Arc<LegSlot>>) -> &[Arc<LegSlot>] {
+        self.slots.get_or_init(make)
+    }
+
+    /// The slot of `leg`, once a tree has been built: replacing it hands every
+    /// queue a new leg (see [`crate::swap`]).
+    pub fn slot(&self, leg: usize) -> Option<&Arc<LegSlot>> {
+        self.slots.get().and_then(|s| s.get(leg))
     }
 
     fn all(legs: usize) -> u32 {
@@ -87,19 +272,78 @@ impl MirrorHealth {
         self.legs
     }
 
+    /// Leg size covered by the sync window (0 when built with
+    /// [`MirrorHealth::new`]).
+    pub fn window_size(&self) -> u64 {
+        self.size
+    }
+
     /// Bitmask of failed legs (bit `i` = leg `i`).
     pub fn failed_mask(&self) -> u32 {
         self.failed.load(Ordering::Acquire)
     }
 
-    /// Whether leg `leg` is healthy.
-    pub fn is_healthy(&self, leg: usize) -> bool {
-        leg < self.legs && self.failed_mask() & (1 << leg) == 0
+    /// Bitmask of rebuilding legs (bit `i` = leg `i`).
+    pub fn rebuilding_mask(&self) -> u32 {
+        self.rebuilding.load(Ordering::Acquire)
     }
 
-    /// Number of healthy legs.
+    /// Legs that are neither failed nor rebuilding.
+    pub fn healthy_mask(&self) -> u32 {
+        Self::all(self.legs) & !self.failed_mask() & !self.rebuilding_mask()
+    }
+
+    /// Whether leg `leg` is healthy (neither failed nor rebuilding): the only
+    /// legs reads go to.
+    pub fn is_healthy(&self, leg: usize) -> bool {
+        leg < self.legs && self.healthy_mask() & (1 << leg) != 0
+    }
+
+    /// Whether leg `leg` is rebuilding.
+    pub fn is_rebuilding(&self, leg: usize) -> bool {
+        leg < self.legs && self.rebuilding_mask() & (1 << leg) != 0
+    }
+
+    /// Checkpoint of a rebuilding leg (`[0, checkpoint)` is in sync), `None`
+    /// if the leg is not rebuilding.
+    pub fn rebuild_checkpoint(&self, leg: usize) -> Option<u64> {
+        self.is_rebuilding(leg)
+            .then(|| self.checkpoint[leg].load(Ordering::SeqCst))
+    }
+
+    pub(crate) fn set_checkpoint(&self, leg: usize, pos: u64) {
+        self.checkpoint[leg].store(pos, Ordering::SeqCst);
+    }
+
+    /// Turn a failed leg (e.g. re-added or replaced by the daemon) into a
+    /// rebuilding one starting at `checkpoint`. The leg is never healthy in
+    /// between. Returns false if the leg is not failed.
+    ///
+    /// Writes skip the leg until this call: pass a checkpoint of 0 unless the
+    /// daemon knows the leg holds every write below it.
+    pub fn start_rebuild(&self, leg: usize, checkpoint: u64) -> bool {
+        if leg >= self.legs || self.failed_mask() & (1 << leg) == 0 {
+            return false;
+        }
+        self.checkpoint[leg].store(checkpoint.min(self.size), Ordering::SeqCst);
+        self.rebuilding.fetch_or(1 << leg, Ordering::SeqCst);
+        self.failed.fetch_and(!(1 << leg), Ordering::SeqCst);
+        true
+    }
+
+    /// End the rebuild of `leg`: it becomes healthy (read again). Returns
+    /// false if it was not rebuilding (or failed meanwhile).
+    pub fn finish_rebuild(&self, leg: usize) -> bool {
+        if leg >= self.legs || self.failed_mask() & (1 << leg) != 0 {
+            return false;
+        }
+        self.checkpoint[leg].store(self.size, Ordering::SeqCst);
+        self.rebuilding.fetch_and(!(1 << leg), Ordering::SeqCst) & (1 << leg) != 0
+    }
+
+    /// Number of healthy legs (rebuilding legs do not count).
     pub fn healthy_count(&self) -> usize {
-        self.legs - self.failed_mask().count_ones() as usize
+        self.healthy_mask().count_ones() as usize
     }
 
     /// Overall state.
@@ -117,7 +361,8 @@ impl MirrorHealth {
     ///
     /// The last healthy leg is never failed (as MD never fails the last
     /// device of an array): its error goes to the host for that one request,
-    /// and the mirror keeps serving what it still can.
+    /// and the mirror keeps serving what it still can. Rebuilding legs do not
+    /// count as healthy; failing one stops its rebuild.
     pub fn fail(&self, leg: usize, errno: i32) -> bool {
         if !self.transition(leg) {
             return false;
@@ -144,12 +389,73 @@ impl MirrorHealth {
             return false;
         }
         let bit = 1u32 << leg;
-        let all = (1u32 << self.legs) - 1;
-        self.failed
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |prev| {
-                (prev & bit == 0 && prev | bit != all).then_some(prev | bit)
+        let all = Self::all(self.legs);
+        let ok = self
+            .failed
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |prev| {
+                let reb = self.rebuilding.load(Ordering::SeqCst);
+                let others_healthy = all & !(prev | reb | bit) != 0;
+                (prev & bit == 0 && (reb & bit != 0 || others_healthy)).then_some(prev | bit)
             })
-            .is_ok()
+            .is_ok();
+        if ok {
+            // Failed first, then no longer rebuilding: never healthy between.
+            self.rebuilding.fetch_and(!bit, Ordering::SeqCst);
+        }
+        ok
+    }
+
+    /// Sync-window regions touched by `[off, off + len)` (clamped to the
+    /// covered size).
+    fn regions(&self, off: u64, len: u64) -> std::ops::Range<usize> {
+        if self.inflight.is_empty() || len == 0 || off >= self.size {
+            return 0..0;
+        }
+        let last = (off.saturating_add(len) - 1).min(self.size - 1);
+        (off >> self.region_shift) as usize..(last >> self.region_shift) as usize + 1
+    }
+
+    /// Host side of the sync window, for a write/write-zeroes/discard of
+    /// `[off, off + len)`: count it in flight in its regions, then wait while
+    /// it overlaps the window. No lock, no allocation. The returned guard
+    /// keeps it counted until dropped (after the legs completed).
+    pub(crate) async fn enter_write(&self, off: u64, len: u64) -> WriteGuard<'_> {
+        let regions = self.regions(off, len);
+        let mut spins = 0;
+        loop {
+            for r in regions.clone() {
+                self.inflight[r].fetch_add(1, Ordering::SeqCst);
+            }
+            let guard = WriteGuard {
+                health: self,
+                regions: regions.clone(),
+            };
+            let ws = self.window_start.load(Ordering::SeqCst);
+            if ws == NO_WINDOW || regions.is_empty() {
+                return guard;
+            }
+            // Compare whole regions, not bytes: a write sharing a region with
+            // the window waits too, so the region's counter drains and the
+            // job cannot be starved by writes next to its window.
+            let window = self.regions(ws, self.window_len.load(Ordering::SeqCst));
+            if window.end <= regions.start || regions.end <= window.start {
+                return guard;
+            }
+            // Overlaps the window: back off (the guard decrements) and wait
+            // until the window moved.
+            drop(guard);
+            while self.window_start.load(Ordering::SeqCst) == ws {
+                backoff(&mut spins).await;
+            }
+        }
+    }
+
+    /// Claim the sync window for one job; `None` if another job holds it.
+    pub(crate) fn claim_job(&self) -> Option<JobGuard<'_>> {
+        self.job
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .ok()
+            .map(|_| JobGuard { health: self })
     }
 }
 
@@ -218,8 +524,9 @@ impl<D: BlockDev> Mirror<D> {
         self.health.state()
     }
 
-    /// Run `op` on every healthy leg concurrently; mark legs that fail.
-    /// Succeeds if at least one leg succeeded.
+    /// Run `op` on every leg not failed (healthy and rebuilding legs)
+    /// concurrently; mark legs that fail. Succeeds if at least one leg that
+    /// was healthy (not rebuilding) when the request started succeeded.
     async fn all_legs<'a, F, Fut>(
         &'a self,
         op: F,
@@ -232,15 +539,16 @@ impl<D: BlockDev> Mirror<D> {
         Fut: std::future::Future<Output = IoResult<()>>,
     {
         let mask = self.health.failed_mask();
-        let healthy = (0..self.legs.len()).filter(|i| mask & (1 << i) == 0);
-        let legs = healthy.map(|i| {
+        let rebuilding = self.health.rebuilding_mask();
+        let live = (0..self.legs.len()).filter(|i| mask & (1 << i) == 0);
+        let legs = live.map(|i| {
             let f = op(&self.legs[i]);
             async move { (i, f.await) }
         });
         let mut ok = 0;
         let mut err = None;
         join_bounded::<MAX_LEGS, _, _, _>(legs, |_, (leg, r)| match r {
-            Ok(()) => ok += 1,
+            Ok(()) => ok += usize::from(rebuilding & (1 << leg) == 0),
             Err(e) => {
                 self.health.fail(leg, e.errno());
                 err.get_or_insert(e);
@@ -250,7 +558,7 @@ impl<D: BlockDev> Mirror<D> {
         if ok > 0 {
             return Ok(());
         }
-        // Every leg we tried failed, or none was healthy to begin with.
+        // Every healthy leg we tried failed, or none was healthy to begin with.
         let errno = err.map_or(libc::EIO, |e| e.errno());
         Err(IoError::new(errno, name, offset, len))
     }
@@ -293,6 +601,7 @@ impl<D: BlockDev> BlockDev for Mirror<D> {
     async fn write(&self, offset: u64, buf: &[u8], fua: bool) -> IoResult<()> {
         let len = buf.len() as u64;
         check_range("write", offset, len, self.size)?;
+        let _in_flight = self.health.enter_write(offset, len).await;
         self.all_legs(|l| l.write(offset, buf, fua), "write", offset, len)
             .await
     }
@@ -303,12 +612,14 @@ impl<D: BlockDev> BlockDev for Mirror<D> {
 
     async fn discard(&self, offset: u64, len: u64) -> IoResult<()> {
         check_range("discard", offset, len, self.size)?;
+        let _in_flight = self.health.enter_write(offset, len).await;
         self.all_legs(|l| l.discard(offset, len), "discard", offset, len)
             .await
     }
 
     async fn write_zeroes(&self, offset: u64, len: u64) -> IoResult<()> {
         check_range("write_zeroes", offset, len, self.size)?;
+        let _in_flight = self.health.enter_write(offset, len).await;
         self.all_legs(|l| l.write_zeroes(offset, len), "write_zeroes", offset, len)
             .await
     }
@@ -357,6 +668,44 @@ mod tests {
         );
         assert!(h.mark_failed(2));
         assert!(!h.mark_failed(2));
+    }
+
+    #[test]
+    fn rebuild_state_and_last_healthy_leg_rule() {
+        let h = MirrorHealth::new_with_rebuild(
+            3,
+            0b100,
+            &[(1, 1 << 40), (2, 0), (9, 0)],
+            1 << 30,
+            Box::new(|_, _| {}),
+        );
+        assert_eq!((h.failed_mask(), h.rebuilding_mask()), (0b100, 0b010));
+        assert_eq!(
+            h.rebuild_checkpoint(1),
+            Some(1 << 30),
+            "clamped to the size"
+        );
+        assert_eq!(h.rebuild_checkpoint(2), None, "failed wins");
+        assert_eq!((h.healthy_count(), h.state()), (1, MirrorState::Degraded));
+        assert!(!h.fail(0, 5), "leg 0 is the last healthy leg");
+        assert!(h.fail(1, 5), "a rebuilding leg always can fail");
+        assert_eq!((h.failed_mask(), h.rebuilding_mask()), (0b110, 0));
+        assert!(!h.finish_rebuild(1));
+        // Counters stay bounded for huge mirrors; none without a size.
+        let h = MirrorHealth::new_with_rebuild(2, 0, &[], 1 << 42, Box::new(|_, _| {}));
+        assert!(h.inflight.len() as u64 <= MAX_REGIONS);
+        assert_eq!(
+            h.regions((1 << 42) - 1, 1 << 20),
+            h.inflight.len() - 1..h.inflight.len()
+        );
+        assert_eq!(
+            MirrorHealth::new(2, 0, Box::new(|_, _| {})).inflight.len(),
+            0
+        );
+        let h = MirrorHealth::new_with_rebuild(2, 0, &[], 3 << 20, Box::new(|_, _| {}));
+        assert_eq!(h.inflight.len(), 3);
+        assert_eq!(h.regions((1 << 20) - 1, 2), 0..2);
+        assert_eq!(h.regions(0, 0), 0..0);
     }
 
     #[test]

@@ -25,6 +25,7 @@ use std::sync::Arc;
 
 use crate::mirror::{Mirror, MirrorHealth, MirrorState, MAX_LEGS};
 use crate::stripe::Stripe;
+use crate::swap::{LegSlot, SwapLeg};
 use crate::{build_linear, BlockDev, IoResult, Limits, Linear, Partition, Ring};
 
 /// Volume layout.
@@ -159,10 +160,10 @@ pub enum Volume<R: Ring + Clone> {
     Linear(Linear<Partition<R>>),
     /// RAID0.
     Stripe(Stripe<Linear<Partition<R>>>),
-    /// RAID1.
-    Mirror(Mirror<Linear<Partition<R>>>),
+    /// RAID1; its legs can be replaced online ([`SwapLeg`]).
+    Mirror(Mirror<SwapLeg<R>>),
     /// RAID10: striping over mirroring.
-    Raid10(Stripe<Mirror<Linear<Partition<R>>>>),
+    Raid10(Stripe<Mirror<SwapLeg<R>>>),
 }
 
 impl<R: Ring + Clone> Volume<R> {
@@ -180,12 +181,19 @@ impl<R: Ring + Clone> Volume<R> {
 
     /// State of every mirror, in stripe order (empty for linear and stripe).
     pub fn mirror_states(&self) -> impl Iterator<Item = MirrorState> + '_ {
-        let mirrors: &[Mirror<_>] = match self {
+        self.mirrors().iter().map(|m| m.state())
+    }
+
+    /// Every mirror of the volume, in stripe order: one for a mirror, one per
+    /// stripe column for RAID10, none for linear and stripe. Mirror `i` uses
+    /// `VolumeDesc::health[i]`; the resync jobs ([`crate::resync`]) run per
+    /// mirror.
+    pub fn mirrors(&self) -> &[Mirror<SwapLeg<R>>] {
+        match self {
             Volume::Linear(_) | Volume::Stripe(_) => &[],
             Volume::Mirror(m) => std::slice::from_ref(m),
             Volume::Raid10(s) => s.members(),
-        };
-        mirrors.iter().map(|m| m.state())
+        }
     }
 }
 
@@ -307,7 +315,7 @@ pub fn build_volume<R: Ring + Clone>(desc: &VolumeDesc, ring: R) -> Result<Volum
             }
             check_health("mirror", &desc.health, 1, desc.copies)?;
             check_equal(&desc.members)?;
-            let legs = desc.members.iter().map(member).collect();
+            let legs = swap_legs(&desc.members, &desc.health[0], &ring);
             Ok(Volume::Mirror(Mirror::new(legs, desc.health[0].clone())?))
         }
         Layout::Raid10 { chunk } => {
@@ -328,11 +336,30 @@ pub fn build_volume<R: Ring + Clone>(desc: &VolumeDesc, ring: R) -> Result<Volum
                 .members
                 .chunks(copies)
                 .zip(&desc.health)
-                .map(|(legs, h)| Mirror::new(legs.iter().map(member).collect(), h.clone()))
+                .map(|(legs, h)| Mirror::new(swap_legs(legs, h, &ring), h.clone()))
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(Volume::Raid10(Stripe::new(mirrors, chunk)?))
         }
     }
+}
+
+/// This queue's instances of a mirror's legs, over slots shared through the
+/// mirror's health record (created by the first tree built over it).
+fn swap_legs<R: Ring + Clone>(
+    members: &[MemberDesc],
+    health: &Arc<MirrorHealth>,
+    ring: &R,
+) -> Vec<SwapLeg<R>> {
+    let slots = health.slots_or_init(|| {
+        members
+            .iter()
+            .map(|m| Arc::new(LegSlot::new(m.clone())))
+            .collect()
+    });
+    slots
+        .iter()
+        .map(|slot| SwapLeg::new(slot.clone(), ring.clone()))
+        .collect()
 }
 
 impl<R: Ring + Clone> BlockDev for Volume<R> {

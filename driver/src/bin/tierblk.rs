@@ -4,7 +4,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
 use tierblk::client;
-use tierblk::proto::{AluView, LayoutSpec, Payload, Request, VolumeView, DEFAULT_SOCKET};
+use tierblk::proto::{AluView, JobView, LayoutSpec, Payload, Request, VolumeView, DEFAULT_SOCKET};
 use tierblk::size::{format_size, parse_size};
 use tierblk::table::render;
 
@@ -30,6 +30,30 @@ enum Cmd {
     /// Volumes exposed as /dev/ublkbN.
     #[command(subcommand)]
     Vol(VolCmd),
+    /// Long-running work: rebuilds and scrubs.
+    #[command(subcommand)]
+    Job(JobCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum JobCmd {
+    /// List jobs with their progress.
+    List,
+    /// Show one job.
+    Show {
+        id: u64,
+        /// Wait until the job ends, showing progress.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Stop a running job at its next step (its checkpoint is kept).
+    Cancel { id: u64 },
+    /// Restart a cancelled job from its checkpoint.
+    Resume {
+        id: u64,
+        #[arg(long)]
+        wait: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -51,6 +75,17 @@ enum AluCmd {
     Show { path: String },
     /// Declare an ALU failed (for tests and administrators): mirror legs on it stop being used.
     Fail { path: String },
+    /// Replace OLD by NEW (a claimed ALU): every mirror leg on OLD is rebuilt on NEW, online.
+    Replace {
+        old: String,
+        new: String,
+        /// Rebuild rate limit per job, e.g. 50M (per second); default unlimited.
+        #[arg(long)]
+        rate: Option<String>,
+        /// Wait until the rebuilds end, showing progress.
+        #[arg(long)]
+        wait: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -83,6 +118,18 @@ enum VolCmd {
     Show { name: String },
     /// Remove a volume (it must not be mounted); its space is freed.
     Remove { name: String },
+    /// Compare the legs of a mirror or raid10 volume (md's check); --repair rewrites mismatches.
+    Scrub {
+        name: String,
+        #[arg(long)]
+        repair: bool,
+        /// Rate limit, e.g. 50M (per second); default unlimited.
+        #[arg(long)]
+        rate: Option<String>,
+        /// Wait until the scrub ends, showing progress.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Expose a volume as /dev/ublkbN.
     Online { name: String },
     /// Stop exposing a volume (it must not be mounted); lasts until the daemon restarts.
@@ -112,6 +159,22 @@ fn run(cli: &Cli) -> Result<(), String> {
         Cmd::Alu(AluCmd::Release { path }) => Request::AluRelease { path: path.clone() },
         Cmd::Alu(AluCmd::Show { path }) => Request::AluShow { path: path.clone() },
         Cmd::Alu(AluCmd::Fail { path }) => Request::AluFail { path: path.clone() },
+        Cmd::Alu(AluCmd::Replace { old, new, rate, .. }) => Request::AluReplace {
+            old: old.clone(),
+            new: new.clone(),
+            rate: parse_rate(rate)?,
+        },
+        Cmd::Vol(VolCmd::Scrub {
+            name, repair, rate, ..
+        }) => Request::VolScrub {
+            name: name.clone(),
+            repair: *repair,
+            rate: parse_rate(rate)?,
+        },
+        Cmd::Job(JobCmd::List) => Request::JobList,
+        Cmd::Job(JobCmd::Show { id, .. }) => Request::JobShow { id: *id },
+        Cmd::Job(JobCmd::Cancel { id }) => Request::JobCancel { id: *id },
+        Cmd::Job(JobCmd::Resume { id, .. }) => Request::JobResume { id: *id },
         Cmd::Vol(VolCmd::Create {
             name,
             size,
@@ -149,6 +212,47 @@ fn run(cli: &Cli) -> Result<(), String> {
     // Creating a volume writes metadata on several ALUs and starts a device.
     let payload =
         client::call(&cli.socket, request, Duration::from_secs(120)).map_err(|e| e.to_string())?;
+    let wait = matches!(
+        cli.cmd,
+        Cmd::Alu(AluCmd::Replace { wait: true, .. })
+            | Cmd::Vol(VolCmd::Scrub { wait: true, .. })
+            | Cmd::Job(JobCmd::Show { wait: true, .. })
+            | Cmd::Job(JobCmd::Resume { wait: true, .. })
+    );
+    if !wait {
+        print!(
+            "{}",
+            if cli.json {
+                json(&payload)
+            } else {
+                human(&payload)
+            }
+        );
+        return Ok(());
+    }
+    let ids: Vec<u64> = match &payload {
+        Payload::Jobs(j) => j.iter().map(|j| j.id).collect(),
+        Payload::Job(j) => vec![j.id],
+        _ => Vec::new(),
+    };
+    let ended = wait_jobs(&cli.socket, &ids)?;
+    let failed: Vec<String> = ended
+        .iter()
+        .filter(|j| j.state != "done")
+        .map(|j| {
+            format!(
+                "job {} {}: {}",
+                j.id,
+                j.state,
+                j.message.clone().unwrap_or_default()
+            )
+        })
+        .collect();
+    // One job is shown as an object, several as an array (like the request's reply).
+    let payload = match ended.as_slice() {
+        [one] if matches!(payload, Payload::Job(_)) => Payload::Job(one.clone()),
+        _ => Payload::Jobs(ended),
+    };
     print!(
         "{}",
         if cli.json {
@@ -157,7 +261,66 @@ fn run(cli: &Cli) -> Result<(), String> {
             human(&payload)
         }
     );
-    Ok(())
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(failed.join("; "))
+    }
+}
+
+fn parse_rate(rate: &Option<String>) -> Result<u64, String> {
+    rate.as_deref()
+        .map(|r| parse_size(r.trim_end_matches("/s")).map_err(|e| format!("--rate: {e}")))
+        .transpose()
+        .map(|r| r.unwrap_or(0))
+}
+
+/// Poll the jobs until none is running, drawing progress on stderr.
+fn wait_jobs(socket: &std::path::Path, ids: &[u64]) -> Result<Vec<JobView>, String> {
+    use std::io::{IsTerminal, Write};
+    let tty = std::io::stderr().is_terminal();
+    let mut last_tenth = vec![u64::MAX; ids.len()];
+    loop {
+        let mut jobs = Vec::new();
+        for id in ids {
+            match client::call(
+                socket,
+                Request::JobShow { id: *id },
+                Duration::from_secs(30),
+            ) {
+                Ok(Payload::Job(j)) => jobs.push(j),
+                Ok(_) => return Err(format!("job {id}: unexpected reply")),
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        let mut err = std::io::stderr().lock();
+        for (i, j) in jobs.iter().enumerate() {
+            let pct = (j.done.min(j.total) * 100)
+                .checked_div(j.total)
+                .unwrap_or(100);
+            if tty {
+                let bar: String = (0..30)
+                    .map(|k| if k * 100 < pct * 30 { '#' } else { '.' })
+                    .collect();
+                let _ = write!(
+                    err,
+                    "\r[{bar}] {pct:3}% job {} {} {}",
+                    j.id, j.kind, j.volume
+                );
+            } else if pct / 10 != last_tenth[i] {
+                last_tenth[i] = pct / 10;
+                let _ = writeln!(err, "job {} {} {}: {pct}%", j.id, j.kind, j.volume);
+            }
+        }
+        if jobs.iter().all(|j| j.state != "running") {
+            if tty {
+                let _ = writeln!(err);
+            }
+            return Ok(jobs);
+        }
+        drop(err);
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 fn json(p: &Payload) -> String {
@@ -167,6 +330,8 @@ fn json(p: &Payload) -> String {
         Payload::Alu(a) => serde_json::to_value(a).unwrap_or_default(),
         Payload::Volumes(v) => serde_json::to_value(v).unwrap_or_default(),
         Payload::Volume(v) => serde_json::to_value(v).unwrap_or_default(),
+        Payload::Jobs(j) => serde_json::to_value(j).unwrap_or_default(),
+        Payload::Job(j) => serde_json::to_value(j).unwrap_or_default(),
     };
     format!("{v}\n")
 }
@@ -223,8 +388,48 @@ fn vol_rows(vols: &[VolumeView]) -> String {
     )
 }
 
+fn job_rows(jobs: &[JobView]) -> String {
+    let rows: Vec<Vec<String>> = jobs
+        .iter()
+        .map(|j| {
+            let pct = (j.done.min(j.total) * 100)
+                .checked_div(j.total)
+                .unwrap_or(100);
+            vec![
+                j.id.to_string(),
+                j.kind.clone(),
+                j.volume.clone(),
+                j.member
+                    .map(|m| m.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                j.state.clone(),
+                format!("{pct}%"),
+                format!("{}/{}", format_size(j.done), format_size(j.total)),
+                j.mismatches.to_string(),
+                opt(&j.message),
+            ]
+        })
+        .collect();
+    render(
+        &[
+            "ID",
+            "KIND",
+            "VOLUME",
+            "MEMBER",
+            "STATE",
+            "PROGRESS",
+            "DONE",
+            "MISMATCHES",
+            "MESSAGE",
+        ],
+        &rows,
+    )
+}
+
 fn human(p: &Payload) -> String {
     match p {
+        Payload::Jobs(j) => job_rows(j),
+        Payload::Job(j) => job_rows(std::slice::from_ref(j)),
         Payload::Done(msg) => format!("{msg}\n"),
         Payload::Alus(a) => alu_rows(a),
         Payload::Alu(a) => {

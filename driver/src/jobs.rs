@@ -1,0 +1,224 @@
+//! Long-running work on online volumes: mirror rebuild onto a replaced leg
+//! and scrub (spec [0168]–[0171]; MD's recovery, check and repair).
+//!
+//! Each job runs on a thread of its own with its own io_uring and its own
+//! instance of the volume's tree, sharing only the mirrors' health records
+//! (and their resync window) with the ublk queue threads. Progress reaches
+//! the daemon as events; the daemon persists it in the boot set's job table,
+//! so a job resumes from its last checkpoint after a crash. A job stops
+//! cleanly at its next step when cancelled (quiescence relies on this).
+
+use crate::daemon::Event;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use tierblk_stack::resync::{rebuild_leg, scrub, JobControl, JobError};
+use tierblk_stack::uring::LocalRing;
+use tierblk_stack::volume::{build_volume, VolumeDesc};
+use tracing::{info, info_span, warn};
+
+/// Bytes copied or compared per step (the resync window).
+pub const STEP: u64 = 1 << 20;
+/// Progress is persisted at least this often.
+pub const CHECKPOINT_EVERY: u64 = 32 << 20;
+
+/// What a job does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Work {
+    /// Copy leg `leg` of mirror `mirror` from the healthy legs.
+    Rebuild { mirror: usize, leg: usize },
+    /// Compare (and with `repair`, fix) every mirror of the volume.
+    Scrub { repair: bool },
+}
+
+/// How a job ended.
+#[derive(Debug)]
+pub enum Outcome {
+    Done {
+        mismatches: u64,
+        repaired: u64,
+    },
+    Stopped {
+        checkpoint: u64,
+        mismatches: u64,
+        repaired: u64,
+    },
+    Failed {
+        checkpoint: u64,
+        message: String,
+    },
+}
+
+/// A running job, as the daemon holds it.
+pub struct Runner {
+    pub control: Arc<JobControl>,
+    /// Where the job started.
+    start: u64,
+    /// Offset of the mirror being worked on within the job's range (a scrub
+    /// walks every mirror of a raid10 in turn).
+    base: Arc<AtomicU64>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Runner {
+    /// Ask the job to stop at its next step and wait for its thread.
+    pub fn stop(mut self) -> u64 {
+        self.control.cancel();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.done()
+    }
+
+    /// Bytes done so far, including what was done before this run.
+    pub fn done(&self) -> u64 {
+        (self.base.load(Ordering::SeqCst) + self.control.progress()).max(self.start)
+    }
+
+    pub fn finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+}
+
+/// Everything a job thread needs.
+pub struct Spec {
+    pub id: u64,
+    pub volume: String,
+    pub desc: Arc<VolumeDesc>,
+    pub work: Work,
+    /// Bytes already done (persisted checkpoint).
+    pub start: u64,
+    /// Counters carried over from before the checkpoint (scrub).
+    pub mismatches: u64,
+    pub repaired: u64,
+    /// Bytes per second, 0 = unlimited.
+    pub rate: u64,
+    /// Bytes per mirror leg: a scrub's checkpoint runs over every mirror in turn.
+    pub leg_size: u64,
+}
+
+pub fn spawn(spec: Spec, events: mpsc::Sender<Event>) -> std::io::Result<Runner> {
+    let id = spec.id;
+    let progress_events = events.clone();
+    let base = Arc::new(AtomicU64::new(0));
+    let b = base.clone();
+    // The stack reports offsets within the mirror being worked on.
+    let control = Arc::new(JobControl::new().with_checkpoint(
+        CHECKPOINT_EVERY,
+        Box::new(move |offset| {
+            let _ = progress_events.send(Event::JobProgress {
+                id,
+                checkpoint: b.load(Ordering::SeqCst) + offset,
+            });
+        }),
+    ));
+    control.set_rate_limit(spec.rate);
+    let ctl = control.clone();
+    let job_base = base.clone();
+    let spec_start = spec.start;
+    let thread = std::thread::Builder::new()
+        .name(format!("job-{id}"))
+        .spawn(move || {
+            let span = info_span!("job", id, volume = %spec.volume);
+            let _enter = span.enter();
+            let outcome = run(&spec, &ctl, &job_base);
+            info!(?outcome, "job ended");
+            let _ = events.send(Event::JobEnded { id, outcome });
+        })?;
+    Ok(Runner {
+        control,
+        start: spec_start,
+        base,
+        thread: Some(thread),
+    })
+}
+
+fn run(spec: &Spec, ctl: &JobControl, base: &AtomicU64) -> Outcome {
+    let ring = match LocalRing::new(64) {
+        Ok(r) => r,
+        Err(e) => {
+            return Outcome::Failed {
+                checkpoint: spec.start,
+                message: format!("cannot set up io_uring: {e}"),
+            }
+        }
+    };
+    let vol = match build_volume(&spec.desc, ring.clone()) {
+        Ok(v) => v,
+        Err(e) => {
+            return Outcome::Failed {
+                checkpoint: spec.start,
+                message: e.to_string(),
+            }
+        }
+    };
+    let mirrors = vol.mirrors();
+    match spec.work {
+        Work::Rebuild { mirror, leg } => {
+            let Some(m) = mirrors.get(mirror) else {
+                return Outcome::Failed {
+                    checkpoint: spec.start,
+                    message: format!("no mirror {mirror}"),
+                };
+            };
+            match ring.block_on(rebuild_leg(m, leg, STEP, ctl)) {
+                Ok(_) => Outcome::Done {
+                    mismatches: 0,
+                    repaired: 0,
+                },
+                Err(e) => ended(spec, ctl, base, e, 0, 0),
+            }
+        }
+        Work::Scrub { repair } => {
+            let (mut mismatches, mut repaired) = (spec.mismatches, spec.repaired);
+            let leg = spec.leg_size.max(1);
+            let first = (spec.start / leg) as usize;
+            for (i, m) in mirrors.iter().enumerate().skip(first) {
+                let from = if i == first { spec.start % leg } else { 0 };
+                base.store(i as u64 * leg, Ordering::SeqCst);
+                match ring.block_on(scrub(m, from, STEP, repair, ctl)) {
+                    Ok(r) => {
+                        mismatches += r.mismatches;
+                        repaired += r.repaired;
+                    }
+                    Err(e) => return ended(spec, ctl, base, e, mismatches, repaired),
+                }
+            }
+            if mismatches > 0 {
+                warn!(mismatches, repaired, "scrub found mismatches");
+            }
+            Outcome::Done {
+                mismatches,
+                repaired,
+            }
+        }
+    }
+}
+
+fn ended(
+    spec: &Spec,
+    ctl: &JobControl,
+    base: &AtomicU64,
+    e: JobError,
+    mismatches: u64,
+    repaired: u64,
+) -> Outcome {
+    let checkpoint = (base.load(Ordering::SeqCst) + ctl.progress()).max(spec.start);
+    match e {
+        JobError::Cancelled { .. } => Outcome::Stopped {
+            checkpoint,
+            mismatches,
+            repaired,
+        },
+        other => Outcome::Failed {
+            checkpoint,
+            message: other.to_string(),
+        },
+    }
+}
+
+/// The size of one leg of the volume's mirrors (0 when it has none).
+pub fn leg_size(desc: &VolumeDesc) -> u64 {
+    desc.members.first().map(|m| m.size()).unwrap_or(0)
+}

@@ -1,0 +1,473 @@
+//! Online mirror rebuild and scrub (MD's resync and `check`/`repair`).
+//!
+//! Both jobs run on their own thread with their own ring and their own
+//! [`Mirror`] instance (built from the same [`crate::VolumeDesc`], so over the
+//! same ALUs), sharing the mirror's [`MirrorHealth`] with the ublk queue
+//! threads. They walk the mirror one `step` at a time under the health's *sync
+//! window* (MD's resync barrier): the job opens the window over the step, waits
+//! until no host write is in flight in it, copies or compares, advances the
+//! checkpoint and closes the window. Host writes overlapping the window wait
+//! (see [`MirrorHealth`]); everything else proceeds. One job per mirror at a
+//! time ([`JobError::Busy`] otherwise).
+//!
+//! * [`rebuild_leg`] copies a *rebuilding* leg's `[checkpoint, size)` from the
+//!   healthy legs. Host writes go to the rebuilding leg at every offset
+//!   meanwhile (so the part already copied stays in sync) and reads never go
+//!   to it. When the copy completes the leg becomes healthy.
+//! * [`scrub`] compares every healthy leg against the first healthy one and
+//!   counts mismatches in 4 KiB blocks ([`MISMATCH_BLOCK`]); with `repair`
+//!   the first healthy leg's data is written over the mismatching blocks.
+//!
+//! [`JobControl`] is shared with the daemon: cancellation (honoured at the
+//! next step boundary), progress, a rate limit and a checkpoint callback so
+//! the daemon persists progress (a rebuild resumes from its checkpoint after
+//! a restart, as pvmove and MD's `recovery_offset` do).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::mirror::{Mirror, MirrorHealth};
+use crate::{AlignedBuf, BlockDev, IoError};
+
+/// Unit of [`ScrubReport::mismatches`] and [`ScrubReport::repaired`]: one
+/// 4 KiB block of one leg (MD's `mismatch_cnt` counts 512-byte sectors; ours
+/// counts 4 KiB blocks, a partial block at the end of the mirror counting as
+/// one).
+pub const MISMATCH_BLOCK: u64 = 4096;
+
+/// Default interval between checkpoint callbacks: 64 MiB.
+pub const DEFAULT_CHECKPOINT_EVERY: u64 = 64 << 20;
+
+/// Callback receiving a checkpoint position (bytes of the leg/mirror done).
+pub type OnCheckpoint = Box<dyn Fn(u64) + Send + Sync>;
+
+/// Control of a running job, shared (e.g. in an `Arc`) between the job thread
+/// and the daemon.
+pub struct JobControl {
+    cancelled: AtomicBool,
+    progress: AtomicU64,
+    rate: AtomicU64,
+    checkpoint_every: u64,
+    on_checkpoint: Option<OnCheckpoint>,
+}
+
+impl Default for JobControl {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for JobControl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobControl")
+            .field("cancelled", &self.is_cancelled())
+            .field("progress", &self.progress())
+            .field("rate", &self.rate_limit())
+            .finish()
+    }
+}
+
+impl JobControl {
+    /// No rate limit, no checkpoint callback.
+    pub fn new() -> Self {
+        JobControl {
+            cancelled: AtomicBool::new(false),
+            progress: AtomicU64::new(0),
+            rate: AtomicU64::new(0),
+            checkpoint_every: DEFAULT_CHECKPOINT_EVERY,
+            on_checkpoint: None,
+        }
+    }
+
+    /// Call `on_checkpoint(position)` each time the job advanced by at least
+    /// `every` bytes since the last call (0 = after every step), when it is
+    /// cancelled, and at the end.
+    pub fn with_checkpoint(mut self, every: u64, on_checkpoint: OnCheckpoint) -> Self {
+        self.checkpoint_every = every;
+        self.on_checkpoint = Some(on_checkpoint);
+        self
+    }
+
+    /// Ask the job to stop at its next step boundary.
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether [`JobControl::cancel`] was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// Position reached: the byte offset (in the leg) below which the job is
+    /// done (for a rebuild, its checkpoint; for a scrub, `from` + checked).
+    pub fn progress(&self) -> u64 {
+        self.progress.load(Ordering::Relaxed)
+    }
+
+    /// Limit the job to `bytes_per_sec` (0 = unlimited); may be changed while
+    /// it runs. The job sleeps between steps (on its own thread).
+    pub fn set_rate_limit(&self, bytes_per_sec: u64) {
+        self.rate.store(bytes_per_sec, Ordering::Relaxed);
+    }
+
+    /// Current rate limit in bytes per second (0 = unlimited).
+    pub fn rate_limit(&self) -> u64 {
+        self.rate.load(Ordering::Relaxed)
+    }
+
+    fn checkpoint(&self, pos: u64) {
+        if let Some(cb) = &self.on_checkpoint {
+            cb(pos);
+        }
+    }
+}
+
+/// Why a job stopped.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum JobError {
+    /// Cancelled through [`JobControl::cancel`], at a step boundary.
+    #[error("cancelled at checkpoint {checkpoint}")]
+    Cancelled {
+        /// Position reached: `[start, checkpoint)` is done (for a rebuild,
+        /// the leg's checkpoint, kept in the health).
+        checkpoint: u64,
+    },
+    /// The leg being rebuilt failed (an I/O error here or on a queue); the
+    /// rebuild stopped and the leg is failed.
+    #[error("rebuilding leg {leg} failed (errno {errno}) at {checkpoint}")]
+    LegFailed {
+        /// The leg.
+        leg: usize,
+        /// The errno (`EIO` when failed elsewhere).
+        errno: i32,
+        /// Its checkpoint when it failed.
+        checkpoint: u64,
+    },
+    /// No healthy leg could be read.
+    #[error("no healthy leg readable: {0}")]
+    Io(IoError),
+    /// The leg is not rebuilding (or does not exist).
+    #[error("leg {0} is not rebuilding")]
+    NotRebuilding(usize),
+    /// Another job holds this mirror's sync window.
+    #[error("another resync or scrub job is running on this mirror")]
+    Busy,
+    /// The health has no sync window covering the mirror (built with
+    /// [`MirrorHealth::new`], or for another size).
+    #[error("mirror health has no sync window of {0} bytes")]
+    NoWindow(u64),
+    /// `step` is zero or not a multiple of the logical block size, or `from`
+    /// is not block aligned / beyond the mirror.
+    #[error("invalid step {step} or start {from}")]
+    InvalidRange {
+        /// Step requested.
+        step: u64,
+        /// Start requested.
+        from: u64,
+    },
+}
+
+/// Result of a completed scrub.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScrubReport {
+    /// Bytes of the mirror compared (from `from` to the end).
+    pub checked: u64,
+    /// Mismatching [`MISMATCH_BLOCK`]s, summed over the compared legs.
+    pub mismatches: u64,
+    /// Mismatching blocks rewritten from the first healthy leg (repair).
+    pub repaired: u64,
+}
+
+fn check_job<D: BlockDev>(mirror: &Mirror<D>, from: u64, step: u64) -> Result<(), JobError> {
+    let h = mirror.health();
+    if h.window_size() < mirror.size() {
+        return Err(JobError::NoWindow(mirror.size()));
+    }
+    let block = u64::from(mirror.limits().logical_block.max(1));
+    if step == 0
+        || !step.is_multiple_of(block)
+        || step > usize::MAX as u64
+        || !from.is_multiple_of(block)
+    {
+        return Err(JobError::InvalidRange { step, from });
+    }
+    if from > mirror.size() {
+        return Err(JobError::InvalidRange { step, from });
+    }
+    Ok(())
+}
+
+/// Paces a job to the control's rate limit and calls the checkpoint callback.
+struct Pacer<'a> {
+    ctl: &'a JobControl,
+    started: Instant,
+    start: u64,
+    last_checkpoint: u64,
+}
+
+impl<'a> Pacer<'a> {
+    fn new(ctl: &'a JobControl, start: u64) -> Self {
+        ctl.progress.store(start, Ordering::Relaxed);
+        Pacer {
+            ctl,
+            started: Instant::now(),
+            start,
+            last_checkpoint: start,
+        }
+    }
+
+    /// `pos` reached: publish progress, checkpoint if due, then throttle.
+    /// Whether reaching `pos` calls the checkpoint callback.
+    fn due(&self, pos: u64) -> bool {
+        pos - self.last_checkpoint >= self.ctl.checkpoint_every
+    }
+
+    fn advance(&mut self, pos: u64) {
+        self.ctl.progress.store(pos, Ordering::Relaxed);
+        if self.due(pos) {
+            self.ctl.checkpoint(pos);
+            self.last_checkpoint = pos;
+        }
+        let rate = self.ctl.rate_limit();
+        if rate > 0 {
+            let due = Duration::from_secs_f64((pos - self.start) as f64 / rate as f64);
+            let elapsed = self.started.elapsed();
+            if due > elapsed {
+                // The job owns its thread and ring: blocking is fine.
+                std::thread::sleep(due - elapsed);
+            }
+        }
+    }
+
+    /// Final (or cancelled) position: publish it and checkpoint unless just
+    /// done for it.
+    fn finish(&mut self, pos: u64) {
+        self.ctl.progress.store(pos, Ordering::Relaxed);
+        if pos != self.last_checkpoint || pos == self.start {
+            self.ctl.checkpoint(pos);
+            self.last_checkpoint = pos;
+        }
+    }
+}
+
+/// Read `buf` at `pos` from a healthy leg other than `skip` (in leg order);
+/// a leg failing the read is failed (last-leg rule applies) and the next one
+/// tried. Returns the leg read.
+async fn read_healthy<D: BlockDev>(
+    mirror: &Mirror<D>,
+    pos: u64,
+    buf: &mut [u8],
+) -> Result<usize, JobError> {
+    let h = mirror.health();
+    let mut last = IoError::new(libc::EIO, "read", pos, buf.len() as u64);
+    for leg in 0..h.legs() {
+        if !h.is_healthy(leg) {
+            continue;
+        }
+        match mirror.legs()[leg].read(pos, buf).await {
+            Ok(()) => return Ok(leg),
+            Err(e) => {
+                h.fail(leg, e.errno());
+                last = e;
+            }
+        }
+    }
+    Err(JobError::Io(last))
+}
+
+fn leg_failed(h: &MirrorHealth, leg: usize, errno: i32, checkpoint: u64) -> JobError {
+    JobError::LegFailed {
+        leg,
+        errno,
+        checkpoint: h.rebuild_checkpoint(leg).unwrap_or(checkpoint),
+    }
+}
+
+/// Flush the leg being rebuilt; an error fails it.
+async fn flush_leg<D: BlockDev>(mirror: &Mirror<D>, leg: usize, pos: u64) -> Result<(), JobError> {
+    let h = mirror.health();
+    mirror.legs()[leg].flush().await.map_err(|e| {
+        h.fail(leg, e.errno());
+        leg_failed(h, leg, e.errno(), pos)
+    })
+}
+
+/// Rebuild `leg` of `mirror`: copy `[checkpoint, size)` from the healthy legs
+/// `step` bytes at a time under the sync window, advancing the shared
+/// checkpoint after each step; then the leg becomes healthy
+/// ([`MirrorHealth::finish_rebuild`]). Returns the size copied up to (the
+/// mirror size).
+///
+/// `mirror` is the job's own instance (own ring); its health is the one the
+/// queues share. A write error on `leg` fails it (`on_fail`) and stops with
+/// [`JobError::LegFailed`]; a read error fails the source leg and the next
+/// healthy leg is used. Cancellation stops at a step boundary with the window
+/// released and [`JobError::Cancelled`] carrying the checkpoint.
+pub async fn rebuild_leg<D: BlockDev>(
+    mirror: &Mirror<D>,
+    leg: usize,
+    step: u64,
+    ctl: &JobControl,
+) -> Result<u64, JobError> {
+    let h = mirror.health();
+    let mut pos = h
+        .rebuild_checkpoint(leg)
+        .ok_or(JobError::NotRebuilding(leg))?;
+    check_job(mirror, 0, step)?;
+    let job = h.claim_job().ok_or(JobError::Busy)?;
+    let size = mirror.size();
+    let mut buf = AlignedBuf::new(step.min(size.max(1)) as usize);
+    let mut pacer = Pacer::new(ctl, pos);
+    let start = pos;
+    tracing::info!(leg, from = pos, size, step, "mirror rebuild started");
+    while pos < size {
+        if ctl.is_cancelled() {
+            flush_leg(mirror, leg, pos).await?;
+            pacer.finish(pos);
+            tracing::info!(leg, checkpoint = pos, "mirror rebuild cancelled");
+            return Err(JobError::Cancelled { checkpoint: pos });
+        }
+        if !h.is_rebuilding(leg) {
+            return Err(leg_failed(h, leg, libc::EIO, pos));
+        }
+        let n = step.min(size - pos);
+        let chunk = &mut buf[..n as usize];
+        job.open(pos, n).await;
+        let copied = match read_healthy(mirror, pos, chunk).await {
+            Ok(_) => mirror.legs()[leg]
+                .write(pos, chunk, false)
+                .await
+                .map_err(|e| {
+                    h.fail(leg, e.errno());
+                    leg_failed(h, leg, e.errno(), pos)
+                }),
+            Err(e) => Err(e),
+        };
+        if copied.is_ok() {
+            h.set_checkpoint(leg, pos + n);
+        }
+        job.close();
+        copied?;
+        pos += n;
+        // The copy is durable before a checkpoint is reported (the daemon
+        // persists it) and before the leg counts as in sync.
+        if pacer.due(pos) || pos == size {
+            flush_leg(mirror, leg, pos).await?;
+        }
+        pacer.advance(pos);
+    }
+    if start == size {
+        // Nothing left to copy (the loop flushed otherwise).
+        flush_leg(mirror, leg, size).await?;
+    }
+    if !h.finish_rebuild(leg) {
+        return Err(leg_failed(h, leg, libc::EIO, pos));
+    }
+    pacer.finish(size);
+    tracing::info!(leg, size, "mirror rebuild complete");
+    Ok(size)
+}
+
+/// Scrub `mirror` from `from` to its end, `step` bytes at a time under the
+/// sync window: every healthy leg is compared with the first healthy one, and
+/// mismatching [`MISMATCH_BLOCK`]s are counted (per leg); with `repair` they
+/// are rewritten from the first healthy leg (MD's `repair`, which likewise
+/// trusts the first readable copy). Rebuilding and failed legs are skipped.
+///
+/// A leg failing a read or a repair write is failed (last-leg rule applies);
+/// the scrub goes on with the others. [`JobError::Io`] when no healthy leg
+/// can be read.
+pub async fn scrub<D: BlockDev>(
+    mirror: &Mirror<D>,
+    from: u64,
+    step: u64,
+    repair: bool,
+    ctl: &JobControl,
+) -> Result<ScrubReport, JobError> {
+    check_job(mirror, from, step)?;
+    let h = mirror.health();
+    let job = h.claim_job().ok_or(JobError::Busy)?;
+    let size = mirror.size();
+    let cap = step.min(size.max(1)) as usize;
+    let (mut reference, mut other) = (AlignedBuf::new(cap), AlignedBuf::new(cap));
+    let mut report = ScrubReport::default();
+    let mut pacer = Pacer::new(ctl, from);
+    let mut pos = from;
+    while pos < size {
+        if ctl.is_cancelled() {
+            pacer.finish(pos);
+            return Err(JobError::Cancelled { checkpoint: pos });
+        }
+        let n = step.min(size - pos);
+        let want = &mut reference[..n as usize];
+        let cmp = &mut other[..n as usize];
+        job.open(pos, n).await;
+        let first = match read_healthy(mirror, pos, want).await {
+            Ok(leg) => leg,
+            Err(e) => {
+                job.close();
+                return Err(e);
+            }
+        };
+        for leg in first + 1..h.legs() {
+            if !h.is_healthy(leg) {
+                continue;
+            }
+            let dev = &mirror.legs()[leg];
+            if let Err(e) = dev.read(pos, cmp).await {
+                h.fail(leg, e.errno());
+                continue;
+            }
+            let bad = want
+                .chunks(MISMATCH_BLOCK as usize)
+                .zip(cmp.chunks(MISMATCH_BLOCK as usize))
+                .filter(|(a, b)| a != b)
+                .count() as u64;
+            report.mismatches += bad;
+            if bad == 0 || !repair {
+                continue;
+            }
+            // Rewrite each run of mismatching blocks.
+            let blocks = want.len().div_ceil(MISMATCH_BLOCK as usize);
+            let mut b = 0;
+            while b < blocks {
+                let differs = |b: usize| {
+                    let r = b * MISMATCH_BLOCK as usize
+                        ..((b + 1) * MISMATCH_BLOCK as usize).min(want.len());
+                    want[r.clone()] != cmp[r]
+                };
+                if !differs(b) {
+                    b += 1;
+                    continue;
+                }
+                let run = b;
+                while b < blocks && differs(b) {
+                    b += 1;
+                }
+                let r =
+                    run * MISMATCH_BLOCK as usize..(b * MISMATCH_BLOCK as usize).min(want.len());
+                match dev.write(pos + r.start as u64, &want[r], false).await {
+                    Ok(()) => report.repaired += (b - run) as u64,
+                    Err(e) => {
+                        h.fail(leg, e.errno());
+                        break;
+                    }
+                }
+            }
+        }
+        job.close();
+        pos += n;
+        report.checked += n;
+        pacer.advance(pos);
+    }
+    pacer.finish(size);
+    tracing::info!(
+        from,
+        checked = report.checked,
+        mismatches = report.mismatches,
+        repaired = report.repaired,
+        repair,
+        "mirror scrub complete"
+    );
+    Ok(report)
+}
