@@ -136,6 +136,7 @@ impl Daemon {
         for s in d.store.alus() {
             info!(alu = %s.path, state = %state_name(&s.state), "scanned");
         }
+        let unclean = d.store.dirty();
         let names: Vec<String> = d.image_volumes().iter().map(|v| v.name.clone()).collect();
         for name in names {
             d.runtime
@@ -143,6 +144,9 @@ impl Daemon {
             if let Err(e) = d.online(&name) {
                 error!("{e}");
             }
+        }
+        if unclean {
+            d.resync_after_unclean_stop();
         }
         Ok(d)
     }
@@ -222,9 +226,17 @@ impl Daemon {
         for name in &names {
             self.stop_jobs_of(name);
         }
+        let mut clean = true;
         for name in names {
             if let Err(e) = self.offline(&name) {
                 error!("{e}");
+                clean = false;
+            }
+        }
+        if clean {
+            match self.store.set_dirty(false) {
+                Ok(()) => info!("clean stop recorded"),
+                Err(e) => warn!("cannot record the clean stop: {e}"),
             }
         }
     }
@@ -259,6 +271,11 @@ impl Daemon {
             return Ok(());
         }
         let v = self.volume(name)?;
+        // From the first volume online until a clean stop, mirror legs may
+        // miss in-flight writes if the daemon dies: say so on disk first.
+        if let Err(e) = self.store.set_dirty(true) {
+            warn!("cannot mark the cluster in use: {e}");
+        }
         match self.bring_online(&v) {
             Ok((exposed, desc, health)) => {
                 self.runtime.insert(
@@ -776,44 +793,89 @@ impl Daemon {
         }
     }
 
-    /// Start the threads of the volume's running jobs (at start-up, after a
-    /// replace, when the volume comes online again).
+    /// After an unclean stop, legs of a mirror may differ where writes were
+    /// in flight: queue a full resync (a repairing scrub) of every mirror
+    /// volume, as MD resyncs an array that was not cleanly stopped.
+    fn resync_after_unclean_stop(&mut self) {
+        for v in self.image_volumes() {
+            if !matches!(v.layout.kind, LayoutKind::Mirror | LayoutKind::Raid10) {
+                continue;
+            }
+            let Some(Runtime::Online { desc, .. }) = self.runtime.get(&v.name) else {
+                continue;
+            };
+            let total = jobs::leg_size(desc) * u64::from(v.layout.stripes.max(1));
+            let job = Job {
+                id: 0,
+                kind: JobKind::Scrub,
+                volume: v.id,
+                member: None,
+                repair: true,
+                state: JobState::Running,
+                checkpoint: 0,
+                total,
+                mismatches: 0,
+                repaired: 0,
+                message: "resync after an unclean stop".into(),
+            };
+            match self.store.add_job(job) {
+                Ok(j) => {
+                    warn!(volume = %v.name, job = j.id, "unclean stop: resyncing the mirror legs");
+                    self.start_jobs_of(&v);
+                }
+                Err(e) => error!(volume = %v.name, "cannot queue the resync: {e}"),
+            }
+        }
+    }
+
+    /// Start the volume's first running job (at start-up, after a replace,
+    /// when the volume comes online again, when its previous job ends): a
+    /// volume's jobs run one at a time, in id order.
     fn start_jobs_of(&mut self, v: &VolumeDef) {
         let Some(Runtime::Online { desc, .. }) = self.runtime.get(&v.name) else {
             return;
         };
         let desc = desc.clone();
-        for j in self.store.jobs() {
-            if j.volume != v.id || j.state != JobState::Running || self.jobs.contains_key(&j.id) {
-                continue;
+        let all = self.store.jobs();
+        if all
+            .iter()
+            .any(|j| j.volume == v.id && self.jobs.contains_key(&j.id))
+        {
+            return;
+        }
+        let Some(j) = all
+            .into_iter()
+            .filter(|j| j.volume == v.id && j.state == JobState::Running)
+            .min_by_key(|j| j.id)
+        else {
+            return;
+        };
+        let copies = usize::from(v.layout.copies.max(1));
+        let work = match (j.kind, j.member) {
+            (JobKind::Rebuild, Some(m)) => Work::Rebuild {
+                mirror: usize::from(m) / copies,
+                leg: usize::from(m) % copies,
+            },
+            (JobKind::Scrub, _) => Work::Scrub { repair: j.repair },
+            (JobKind::Rebuild, None) => return,
+        };
+        let spec = jobs::Spec {
+            id: j.id,
+            volume: v.name.clone(),
+            desc: desc.clone(),
+            work,
+            start: j.checkpoint,
+            mismatches: j.mismatches,
+            repaired: j.repaired,
+            rate: self.rates.get(&j.id).copied().unwrap_or(0),
+            leg_size: jobs::leg_size(&desc),
+        };
+        match jobs::spawn(spec, self.events.clone()) {
+            Ok(r) => {
+                info!(job = j.id, volume = %v.name, from = j.checkpoint, "job started");
+                self.jobs.insert(j.id, r);
             }
-            let copies = usize::from(v.layout.copies.max(1));
-            let work = match (j.kind, j.member) {
-                (JobKind::Rebuild, Some(m)) => Work::Rebuild {
-                    mirror: usize::from(m) / copies,
-                    leg: usize::from(m) % copies,
-                },
-                (JobKind::Scrub, _) => Work::Scrub { repair: j.repair },
-                (JobKind::Rebuild, None) => continue,
-            };
-            let spec = jobs::Spec {
-                id: j.id,
-                volume: v.name.clone(),
-                desc: desc.clone(),
-                work,
-                start: j.checkpoint,
-                mismatches: j.mismatches,
-                repaired: j.repaired,
-                rate: self.rates.get(&j.id).copied().unwrap_or(0),
-                leg_size: jobs::leg_size(&desc),
-            };
-            match jobs::spawn(spec, self.events.clone()) {
-                Ok(r) => {
-                    info!(job = j.id, volume = %v.name, from = j.checkpoint, "job started");
-                    self.jobs.insert(j.id, r);
-                }
-                Err(e) => error!(job = j.id, "cannot start the job thread: {e}"),
-            }
+            Err(e) => error!(job = j.id, "cannot start the job thread: {e}"),
         }
     }
 
@@ -942,8 +1004,8 @@ impl Daemon {
             .find(|j| j.volume == v.id && j.state == JobState::Running)
         {
             return Err(format!(
-                "volume {name}: job {} is already running on it",
-                j.id
+                "volume {name}: job {} is already running on it (wait: tierblk job show {} --wait)",
+                j.id, j.id
             ));
         }
         let mirrors = u64::from(v.layout.stripes.max(1));
@@ -1046,6 +1108,10 @@ impl Daemon {
         if let Err(e) = self.store.update_job(&j) {
             error!(job = id, "cannot persist the job's end: {e}");
             return;
+        }
+        // The volume's next queued job, if any.
+        if let Some(v) = self.volume_by_id(j.volume) {
+            self.start_jobs_of(&v);
         }
         if j.state == JobState::Done && j.kind == JobKind::Rebuild {
             if let (Some(v), Some(m)) = (self.volume_by_id(j.volume), j.member) {

@@ -149,7 +149,14 @@ pub struct BootList {
     pub failed: Vec<(Uuid, u64)>,
     /// Persisted jobs (ids allocated from `next_id`), at most [`MAX_JOBS`].
     pub jobs: Vec<Job>,
+    /// [`LIST_FLAG_DIRTY`]: a daemon has had volumes online since the last clean stop.
+    pub flags: u32,
 }
+
+/// Boot list flag: volumes were in use and the daemon has not stopped cleanly
+/// since; mirrors may have legs that missed in-flight writes and must be
+/// resynchronised (as MD resyncs an array that was not cleanly stopped).
+pub const LIST_FLAG_DIRTY: u32 = 1;
 
 fn encode_job(w: &mut Wr, j: &Job) {
     let start = w.v.len();
@@ -237,7 +244,7 @@ impl BootList {
         let mut w = Wr::new();
         w.bytes(&LIST_MAGIC);
         w.u32(BOOT_VERSION);
-        w.u32(0);
+        w.u32(self.flags);
         w.u64(self.seq);
         w.bytes(&self.sig.uuid.0);
         w.name(&self.sig.name, 64);
@@ -302,7 +309,10 @@ impl BootList {
         if version != BOOT_VERSION {
             return Err(FormatError::Version(version));
         }
-        r.u32()?;
+        let flags = r.u32()?;
+        if flags & !LIST_FLAG_DIRTY != 0 {
+            return Err(FormatError::Invalid(format!("boot list flags {flags:#x}")));
+        }
         let seq = r.u64()?;
         let uuid = Uuid(r.arr16()?);
         let name = r.name(64, "cluster name")?;
@@ -422,6 +432,7 @@ impl BootList {
             volumes,
             failed,
             jobs,
+            flags,
         })
     }
 }
@@ -505,6 +516,7 @@ mod tests {
             ],
             failed: vec![(Uuid([7; 16]), 2)],
             jobs: Vec::new(),
+            flags: LIST_FLAG_DIRTY,
         }
     }
 

@@ -10,7 +10,9 @@
 
 use std::collections::HashSet;
 
-use crate::bootset::{read_list, BootList, BootPtr, BootVol, MAX_JOBS, MAX_MEMBERS};
+use crate::bootset::{
+    read_list, BootList, BootPtr, BootVol, LIST_FLAG_DIRTY, MAX_JOBS, MAX_MEMBERS,
+};
 use crate::disk::Disk;
 use crate::error::{FormatError, MetaError};
 use crate::foreign::detect_foreign;
@@ -729,6 +731,7 @@ impl Store {
             failed_alus: list.failed.iter().map(|f| f.0).collect(),
             next_id: list.next_id,
             jobs: list.jobs.clone(),
+            dirty: list.flags & LIST_FLAG_DIRTY != 0,
         });
         self.list = Some(list);
     }
@@ -969,6 +972,7 @@ impl Store {
             failed_alus: Vec::new(),
             next_id: 0,
             jobs: Vec::new(),
+            dirty: false,
         });
     }
 
@@ -1338,6 +1342,7 @@ impl Store {
             volumes: Vec::new(),
             failed: Vec::new(),
             jobs: Vec::new(),
+            flags: 0,
         });
         let members = list.alus.iter().filter(|a| a.boot_member).count();
         list.alus.push(AluRecord {
@@ -1801,6 +1806,35 @@ impl Store {
         self.poison(r)?;
         self.evaluate();
         Ok(stored)
+    }
+
+    /// Whether the boot list says volumes were in use and the daemon did not
+    /// stop cleanly since (mirrors then need a resync).
+    pub fn dirty(&self) -> bool {
+        self.image.as_ref().is_some_and(|i| i.dirty)
+    }
+
+    /// Persist the dirty flag (one boot set commit; nothing written when it
+    /// already has that value). Set before volumes go online, cleared after a
+    /// clean stop.
+    pub fn set_dirty(&mut self, dirty: bool) -> Result<(), MetaError> {
+        if self.dirty() == dirty || self.list.is_none() {
+            return Ok(());
+        }
+        self.check_writable()?;
+        let Some(mut list) = self.list.clone() else {
+            return Ok(());
+        };
+        if dirty {
+            list.flags |= LIST_FLAG_DIRTY;
+        } else {
+            list.flags &= !LIST_FLAG_DIRTY;
+        }
+        list.seq = self.next_seq();
+        let r = self.boot_commit(&list);
+        self.poison(r)?;
+        self.evaluate();
+        Ok(())
     }
 
     /// Mark an ALU failed: add it to the failed-ALU list and set every member with a

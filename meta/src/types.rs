@@ -335,6 +335,8 @@ pub struct ClusterImage {
     pub next_id: u64,
     /// Persisted long-running jobs (rebuild, scrub), from the boot list.
     pub jobs: Vec<Job>,
+    /// Volumes were in use and the daemon has not stopped cleanly since.
+    pub dirty: bool,
 }
 
 /// What a persisted job does.

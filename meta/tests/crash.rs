@@ -308,6 +308,25 @@ fn crash_set_member_health() {
     }
 }
 
+#[test]
+fn crash_set_dirty_and_clean() {
+    for dirty in [true, false] {
+        enumerate(
+            2,
+            |st| {
+                claim_all(st);
+                if !dirty {
+                    st.set_dirty(true).unwrap();
+                }
+            },
+            |st| {
+                st.set_dirty(dirty).unwrap();
+                assert_eq!(st.dirty(), dirty);
+            },
+        );
+    }
+}
+
 /// Like `enumerate`, for `fail_alu(alu #failed)`: the failed ALU is never written by
 /// the operation nor afterwards, shows as Damaged once the new state is committed,
 /// and everything else behaves as in `enumerate`.

@@ -59,7 +59,10 @@ ok "mirror m1 legs identical on $p0 and $p1"
 
 # The same data after a restart, found again from the disks alone.
 stop_daemon
+grep -q "clean stop recorded" /tmp/tierblkd.log || fail "clean stop not recorded"
 start_daemon
+[ "$(tbj job list)" = "[]" ] || fail "a clean stop must not trigger a resync: $(tbj job list)"
+ok "clean stop: no resync queued"
 for v in s1 m1 r1 c1; do
 	wait_vol_state "$v" online
 	dev=$(vol_device "$v")
