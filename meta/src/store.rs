@@ -1652,32 +1652,12 @@ impl Store {
             for f in self.free_extents(alu) {
                 free.extend(subtract(f.start, f.start + f.len, &used));
             }
-            let mut pieces = Vec::new();
-            if let Some(f) = free.iter().find(|f| f.len >= len) {
-                pieces.push(Extent {
-                    start: f.start,
-                    len,
-                });
-            } else {
-                let mut need = len;
-                for f in &free {
-                    if need == 0 {
-                        break;
-                    }
-                    let l = f.len.min(need);
-                    pieces.push(Extent {
-                        start: f.start,
-                        len: l,
-                    });
-                    need -= l;
-                }
-                if need > 0 {
-                    return Err(MetaError::NoSpace(format!(
-                        "volume {name}: not enough free space on ALU {alu} ({} MiB short)",
-                        need / MIB
-                    )));
-                }
-            }
+            let pieces = first_fit(&free, len).map_err(|short| {
+                MetaError::NoSpace(format!(
+                    "volume {name}: not enough free space on ALU {alu} ({} MiB short)",
+                    short / MIB
+                ))
+            })?;
             for p in pieces {
                 taken.push((alu, p));
                 segments.push(Segment {
@@ -2289,32 +2269,12 @@ impl Store {
         }
         let msize = layout.member_size(old.size);
         let free = self.free_extents(new_alu);
-        let mut pieces = Vec::new();
-        if let Some(f) = free.iter().find(|f| f.len >= msize) {
-            pieces.push(Extent {
-                start: f.start,
-                len: msize,
-            });
-        } else {
-            let mut need = msize;
-            for f in &free {
-                if need == 0 {
-                    break;
-                }
-                let l = f.len.min(need);
-                pieces.push(Extent {
-                    start: f.start,
-                    len: l,
-                });
-                need -= l;
-            }
-            if need > 0 {
-                return Err(MetaError::NoSpace(format!(
-                    "volume {volume}: member {member}: not enough free space on ALU {new_alu} ({} MiB short)",
-                    need.div_ceil(MIB)
-                )));
-            }
-        }
+        let pieces = first_fit(&free, msize).map_err(|short| {
+            MetaError::NoSpace(format!(
+                "volume {volume}: member {member}: not enough free space on ALU {new_alu} ({} MiB short)",
+                short.div_ceil(MIB)
+            ))
+        })?;
         let mut next_id = list.next_id.max(1);
         let mut segments: Vec<Segment> = old
             .segments
@@ -2416,6 +2376,36 @@ struct RepairItem {
 impl RepairItem {
     fn new(kind: RepairKind, line: String) -> Self {
         RepairItem { kind, line }
+    }
+}
+
+/// Allocate `len` bytes from `free`: one extent that fits whole if there is
+/// one, else the free extents in order. `Err(short)` names how many bytes are
+/// missing.
+fn first_fit(free: &[Extent], len: u64) -> Result<Vec<Extent>, u64> {
+    if let Some(f) = free.iter().find(|f| f.len >= len) {
+        return Ok(vec![Extent {
+            start: f.start,
+            len,
+        }]);
+    }
+    let mut pieces = Vec::new();
+    let mut need = len;
+    for f in free {
+        if need == 0 {
+            break;
+        }
+        let l = f.len.min(need);
+        pieces.push(Extent {
+            start: f.start,
+            len: l,
+        });
+        need -= l;
+    }
+    if need > 0 {
+        Err(need)
+    } else {
+        Ok(pieces)
     }
 }
 
