@@ -61,6 +61,16 @@ sleep 1
 tbj job list
 job=$(tbj job list | grep -o '"id":[0-9]*' | head -n 1 | cut -d: -f2)
 [ -n "$job" ] || fail "no rebuild job"
+# An administrator can pause and resume it; the checkpoint is kept.
+tb job cancel "$job" >/dev/null
+j=$(tbj job show "$job")
+json_has "$j" state '"paused"' || fail "job not paused: $j"
+paused_at=$(json_num "$j" done)
+[ "$paused_at" -gt 0 ] || fail "pause lost the progress: $j"
+sleep 1
+[ "$(json_num "$(tbj job show "$job")" done)" = "$paused_at" ] || fail "a paused job moved"
+tb job resume "$job" >/dev/null
+ok "paused at $paused_at bytes and resumed"
 i=0
 while :; do
 	done_b=$(json_num "$(tbj job show "$job")" done)
@@ -81,6 +91,7 @@ grep -q "job started.*from=[1-9]" "$DAEMON_LOG" || {
 }
 ok "rebuild resumed from its checkpoint: $(grep -o 'from=[0-9]*' "$DAEMON_LOG" | head -n 1)"
 dev=$(vol_device r1)
+
 
 # Finish it at full speed, under load, with zero errors.
 fio_job load --do_verify=1 --number_ios=8192 --randseed=7 &
