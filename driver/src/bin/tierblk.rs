@@ -10,7 +10,10 @@ use tierblk::table::render;
 
 /// Administer tierblk: ALUs (disks, partitions, image files) and the volumes built on them.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(
+    version,
+    after_help = "Examples:\n  tierblk alu claim /dev/vdb\n  tierblk vol create db --size 20G --layout raid10 --stripes 2 --copies 2\n  tierblk vol list\n  tierblk alu replace /dev/vdd /dev/vdf --wait\n\nEvery command and its JSON: docs/ADMIN.md"
+)]
 struct Cli {
     /// Print JSON instead of a table.
     #[arg(long, global = true)]

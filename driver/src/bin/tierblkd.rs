@@ -15,7 +15,10 @@ use tierblk::server;
 /// The tierblk daemon: scans its ALUs, loads the object database from them,
 /// and exposes every complete volume as /dev/ublkbN.
 #[derive(Parser, Debug)]
-#[command(version, about, long_about = None)]
+#[command(
+    version,
+    after_help = "Example:\n  tierblkd --alu /dev/vdb --alu /dev/vdc --cluster lab\n\nSIGTERM stops every volume cleanly. See docs/ADMIN.md."
+)]
 struct Args {
     /// Config file (TOML); a missing default file is ignored.
     #[arg(long, value_name = "FILE")]
