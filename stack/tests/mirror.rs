@@ -297,3 +297,48 @@ fn read_only_leg_fails_with_kernel_errno_and_volume_degrades() {
         "read-only leg untouched"
     );
 }
+
+#[test]
+fn a_slow_leg_completing_out_of_order_changes_nothing() {
+    let (m, calls) = mem_mirror(2, 4 * MIB);
+    // Leg 0 answers many scheduling rounds after leg 1, every time.
+    m.legs()[0].set_delay(25);
+    let ring = LocalRing::new(8).unwrap();
+    let mut model = vec![0u8; m.size() as usize];
+    let mut rng = Rng::new(0x51_0e);
+    for i in 0..200 {
+        random_op(&m, &ring, &mut model, &mut rng, CHUNK).unwrap();
+        if i % 50 == 25 {
+            concurrent_batch(&m, &ring, &mut model, &mut rng, CHUNK).unwrap();
+        }
+    }
+    check_all(&m, &ring, &model, &mut rng).unwrap();
+    for leg in m.legs() {
+        assert!(leg.contents() == model);
+    }
+    assert!(calls.lock().unwrap().is_empty());
+    assert_eq!(m.state(), MirrorState::Optimal);
+}
+
+#[test]
+fn a_torn_write_fails_the_leg_not_the_host() {
+    let (m, calls) = mem_mirror(2, 4 * MIB);
+    let ring = LocalRing::new(8).unwrap();
+    let mut model = vec![0u8; m.size() as usize];
+    let mut rng = Rng::new(0x7047);
+    for _ in 0..50 {
+        random_op(&m, &ring, &mut model, &mut rng, CHUNK).unwrap();
+    }
+    // From now on leg 1 writes half of each write, then reports EIO.
+    m.legs()[1].set_fail(FailMode::TornWritesAfter(0));
+    let before = m.legs()[1].failures();
+    for _ in 0..150 {
+        random_op(&m, &ring, &mut model, &mut rng, CHUNK).unwrap();
+    }
+    assert!(m.legs()[1].failures() > before, "no write was torn");
+    assert_eq!(*calls.lock().unwrap(), vec![(1, libc::EIO)]);
+    assert_eq!(m.state(), MirrorState::Degraded);
+    // Leg 0 has every write whole; reads come from it alone.
+    assert!(m.legs()[0].contents() == model);
+    check_all(&m, &ring, &model, &mut rng).unwrap();
+}

@@ -19,6 +19,9 @@ pub enum FailMode {
     AfterOps(u32),
     /// Writes, write-zeroes and discard (reads and flush succeed).
     WritesOnly,
+    /// Writes after the first `n` are torn: only their first half (rounded
+    /// down to 512 bytes) reaches the medium, then they fail.
+    TornWritesAfter(u32),
 }
 
 /// Shared in-flight tracker, to observe concurrency across devices.
@@ -37,6 +40,8 @@ pub struct Inner {
     pub writes: Cell<u32>,
     pub flushes: Cell<u32>,
     pub failures: Cell<u32>,
+    /// Extra scheduling rounds every operation waits (latency).
+    pub delay: Cell<u32>,
     pub tracker: Rc<Tracker>,
 }
 
@@ -75,6 +80,7 @@ impl MemDev {
             writes: Cell::new(0),
             flushes: Cell::new(0),
             failures: Cell::new(0),
+            delay: Cell::new(0),
             tracker,
         }))
     }
@@ -82,6 +88,12 @@ impl MemDev {
     pub fn set_fail(&self, mode: FailMode) {
         self.0.mode.set(mode);
         self.0.since_mode.set(0);
+    }
+
+    /// Make every operation take `rounds` extra scheduling rounds, so that
+    /// this device completes after faster ones (out-of-order completion).
+    pub fn set_delay(&self, rounds: u32) {
+        self.0.delay.set(rounds);
     }
 
     pub fn set_errno(&self, errno: i32) {
@@ -119,6 +131,8 @@ impl MemDev {
             FailMode::Always => true,
             FailMode::AfterOps(k) => n >= k,
             FailMode::WritesOnly => write_like,
+            // Torn writes are handled by `write` itself.
+            FailMode::TornWritesAfter(_) => false,
         };
         if fail {
             i.failures.set(i.failures.get() + 1);
@@ -135,7 +149,9 @@ impl MemDev {
         let t = &self.0.tracker;
         t.live.set(t.live.get() + 1);
         t.max_live.set(t.max_live.get().max(t.live.get()));
-        YieldOnce(false).await;
+        for _ in 0..=self.0.delay.get() {
+            YieldOnce(false).await;
+        }
         t.live.set(t.live.get() - 1);
         f()
     }
@@ -163,6 +179,19 @@ impl BlockDev for MemDev {
         self.op(|| {
             self.check("write", true, offset, buf.len() as u64)?;
             let o = offset as usize;
+            if let FailMode::TornWritesAfter(k) = self.0.mode.get() {
+                if self.0.since_mode.get() > k {
+                    let half = buf.len() / 2 / 512 * 512;
+                    self.0.data.borrow_mut()[o..o + half].copy_from_slice(&buf[..half]);
+                    self.0.failures.set(self.0.failures.get() + 1);
+                    return Err(IoError::new(
+                        self.0.errno.get(),
+                        "write",
+                        offset,
+                        buf.len() as u64,
+                    ));
+                }
+            }
             self.0.data.borrow_mut()[o..o + buf.len()].copy_from_slice(buf);
             Ok(())
         })
