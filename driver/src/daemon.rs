@@ -970,11 +970,12 @@ impl Daemon {
         for s in def.segments.iter().filter(|s| s.member == member) {
             pieces.push((self.data_file(s.alu)?, s.start, s.len));
         }
-        let Some(Runtime::Online { desc, health, .. }) = self.runtime.get(&def.name) else {
+        // Only the leg slots change: every instance of the tree (queues and
+        // jobs) takes its legs from the slots, whatever `desc` first said.
+        let Some(Runtime::Online { health, .. }) = self.runtime.get(&def.name) else {
             return Ok(());
         };
         let (mirror, leg) = (usize::from(member / copies), usize::from(member % copies));
-        let _ = desc;
         let slot = health[mirror]
             .slot(leg)
             .ok_or_else(|| format!("volume {}: member {member}: no leg slot", def.name))?;
