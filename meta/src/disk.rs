@@ -5,7 +5,7 @@
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileExt, FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
@@ -16,6 +16,12 @@ pub trait Disk: Send {
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
     fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()>;
     fn flush(&mut self) -> io::Result<()>;
+    /// The physical device this disk lives on (a partition's whole disk, an
+    /// image file's filesystem device), when known: the boot set prefers
+    /// members on distinct devices ([059]).
+    fn device_id(&self) -> Option<u64> {
+        None
+    }
 }
 
 fn check_range(size: u64, offset: u64, len: usize) -> io::Result<()> {
@@ -107,6 +113,7 @@ pub struct FileDisk {
     file: File,
     path: PathBuf,
     size: u64,
+    device: Option<u64>,
     direct: bool,
     bounce: AlignedBuf,
 }
@@ -129,6 +136,11 @@ impl FileDisk {
             Err(e) => return Err(e),
         };
         let md = file.metadata()?;
+        let device = Some(if md.file_type().is_block_device() {
+            whole_disk(md.rdev())
+        } else {
+            md.dev()
+        });
         let size = if md.file_type().is_block_device() {
             let mut sz: u64 = 0;
             // SAFETY: BLKGETSIZE64 writes one u64 to the pointer we pass.
@@ -145,6 +157,7 @@ impl FileDisk {
             file,
             path: path.to_path_buf(),
             size,
+            device,
             direct,
             bounce: AlignedBuf::new(1 << 20)?,
         })
@@ -167,7 +180,27 @@ impl FileDisk {
     }
 }
 
+/// The whole disk a block device belongs to: a partition's parent, found
+/// through sysfs; the device itself otherwise (or when sysfs says nothing).
+fn whole_disk(rdev: u64) -> u64 {
+    let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+    let sys = format!("/sys/dev/block/{major}:{minor}");
+    if !Path::new(&sys).join("partition").exists() {
+        return rdev;
+    }
+    std::fs::read_to_string(format!("{sys}/../dev"))
+        .ok()
+        .and_then(|t| {
+            let (ma, mi) = t.trim().split_once(':')?;
+            Some(libc::makedev(ma.parse().ok()?, mi.parse().ok()?))
+        })
+        .unwrap_or(rdev)
+}
+
 impl Disk for FileDisk {
+    fn device_id(&self) -> Option<u64> {
+        self.device
+    }
     fn size(&self) -> u64 {
         self.size
     }
@@ -218,6 +251,9 @@ mod tests {
         assert_eq!(back, data);
         assert!(d.read_at(1 << 20, &mut back).is_err());
         assert_eq!(d.path(), dir.as_path());
+        // An image file lives on its filesystem's device.
+        let dev = std::fs::metadata(&dir).unwrap().dev();
+        assert_eq!(d.device_id(), Some(dev));
         std::fs::remove_file(&dir).unwrap();
     }
 

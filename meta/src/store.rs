@@ -104,15 +104,19 @@ struct Slot {
     ptr: Copy2<(BootPtr, BootList)>,
     foreign: Option<String>,
     state: AluState,
+    /// The physical device under the ALU, when known (boot set placement).
+    device: Option<u64>,
 }
 
 impl Slot {
     fn new(path: String, disk: Box<dyn Disk>) -> Slot {
         let size = disk.size();
+        let device = disk.device_id();
         Slot {
             path,
             disk,
             size,
+            device,
             io_error: None,
             dir: blank2(),
             damaged_dir_uuid: None,
@@ -1344,9 +1348,9 @@ impl Store {
             jobs: Vec::new(),
             flags: 0,
         });
-        let members = list.alus.iter().filter(|a| a.boot_member).count();
+        let member = self.boot_membership_for(&mut list, idx);
         list.alus.push(AluRecord {
-            boot_member: members < MAX_MEMBERS,
+            boot_member: member,
             ..rec
         });
         list.seq = self.next_seq();
@@ -1361,6 +1365,49 @@ impl Store {
         self.cluster_name = Some(sig.name.clone());
         self.evaluate();
         Ok(uuid)
+    }
+
+    fn device_of(&self, alu: Uuid) -> Option<u64> {
+        self.slots
+            .iter()
+            .find(|s| s.owned_uuid() == Some(alu))
+            .and_then(|s| s.device)
+    }
+
+    /// Whether the ALU being claimed in slot `idx` joins the boot set: yes
+    /// while there are fewer than [`MAX_MEMBERS`]; with a full set, it takes
+    /// the place of a member sharing its device with another member when it
+    /// brings a device the set lacks ("distinct devices preferred", [059]).
+    /// The demoted member keeps a stale copy, which loses to newer sequence
+    /// numbers at open.
+    fn boot_membership_for(&self, list: &mut BootList, idx: usize) -> bool {
+        let members: Vec<Uuid> = list
+            .alus
+            .iter()
+            .filter(|a| a.boot_member)
+            .map(|a| a.uuid)
+            .collect();
+        if members.len() < MAX_MEMBERS {
+            return true;
+        }
+        let Some(dev) = self.slots[idx].device else {
+            return false;
+        };
+        let devices: Vec<Option<u64>> = members.iter().map(|u| self.device_of(*u)).collect();
+        if devices.contains(&Some(dev)) {
+            return false;
+        }
+        // The last member whose device another member also uses.
+        let dup = members.iter().enumerate().rev().find(|(i, _)| {
+            devices[*i].is_some() && devices.iter().filter(|d| **d == devices[*i]).count() > 1
+        });
+        let Some((_, &demote)) = dup else {
+            return false;
+        };
+        for a in list.alus.iter_mut().filter(|a| a.uuid == demote) {
+            a.boot_member = false;
+        }
+        true
     }
 
     fn format(&mut self, idx: usize, dir: &Directory, rec: &AluRecord) -> Result<(), MetaError> {
@@ -1873,13 +1920,29 @@ impl Store {
             for a in list.alus.iter_mut().filter(|a| a.uuid == alu) {
                 a.boot_member = false;
             }
-            let slots = &self.slots;
-            let failed = &list.failed;
-            if let Some(a) = list.alus.iter_mut().find(|a| {
-                !a.boot_member
-                    && !failed.iter().any(|(u, _)| *u == a.uuid)
-                    && slots.iter().any(|s| s.owned_uuid() == Some(a.uuid))
-            }) {
+            let used: Vec<Option<u64>> = list
+                .alus
+                .iter()
+                .filter(|a| a.boot_member)
+                .map(|a| self.device_of(a.uuid))
+                .collect();
+            let eligible: Vec<Uuid> = list
+                .alus
+                .iter()
+                .filter(|a| {
+                    !a.boot_member
+                        && !list.failed.iter().any(|(u, _)| *u == a.uuid)
+                        && self.slots.iter().any(|s| s.owned_uuid() == Some(a.uuid))
+                })
+                .map(|a| a.uuid)
+                .collect();
+            // Prefer an ALU on a device no member is on yet.
+            let pick = eligible
+                .iter()
+                .find(|u| self.device_of(**u).is_none_or(|d| !used.contains(&Some(d))))
+                .or(eligible.first())
+                .copied();
+            if let Some(a) = list.alus.iter_mut().find(|a| Some(a.uuid) == pick) {
                 a.boot_member = true;
             }
         }

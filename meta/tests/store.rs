@@ -194,3 +194,78 @@ fn store_is_send() {
     fn assert_send<T: Send>() {}
     assert_send::<Store>();
 }
+
+/// A shared in-memory disk that says which physical device it is on.
+#[derive(Clone)]
+struct OnDevice(tierblk_meta::testing::SharedDisk, u64);
+
+impl tierblk_meta::disk::Disk for OnDevice {
+    fn size(&self) -> u64 {
+        self.0.size()
+    }
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.0.read_at(offset, buf)
+    }
+    fn write_at(&mut self, offset: u64, buf: &[u8]) -> std::io::Result<()> {
+        self.0.write_at(offset, buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+    fn device_id(&self) -> Option<u64> {
+        Some(self.1)
+    }
+}
+
+#[test]
+fn boot_set_prefers_distinct_devices() {
+    use tierblk_meta::disk::{Disk, MemDisk};
+    use tierblk_meta::testing::SharedDisk;
+    // Six ALUs on device 1 fill the boot set; a seventh on device 2 takes the
+    // place of one of them, an eighth on device 1 does not join.
+    let devs = [1u64, 1, 1, 1, 1, 1, 2, 1];
+    let disks: Vec<OnDevice> = devs
+        .iter()
+        .map(|&d| OnDevice(SharedDisk::new(MemDisk::new(SIZE)), d))
+        .collect();
+    let open = |disks: &[OnDevice]| {
+        let v: Vec<(String, Box<dyn Disk>)> = disks
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (path(i), Box::new(d.clone()) as Box<dyn Disk>))
+            .collect();
+        Store::open(v, Some(CLUSTER), true).expect("open").0
+    };
+    let mut st = open(&disks);
+    for i in 0..devs.len() {
+        st.claim(&path(i), CLUSTER, false).unwrap();
+    }
+    let members = |st: &Store| -> Vec<usize> {
+        let img = st.image().unwrap();
+        (0..devs.len())
+            .filter(|&i| match st.alus()[i].state {
+                tierblk_meta::store::AluState::Owned { uuid } => {
+                    img.alus.iter().any(|a| a.uuid == uuid && a.boot_member)
+                }
+                _ => false,
+            })
+            .collect()
+    };
+    let m = members(&st);
+    assert_eq!(m.len(), 6, "{m:?}");
+    assert!(
+        m.contains(&6),
+        "the ALU on the second device is not a member: {m:?}"
+    );
+    assert!(!m.contains(&7));
+    // Reopened from the disks alone: the same image.
+    let img = st.image().cloned();
+    drop(st);
+    let st = open(&disks);
+    assert_eq!(st.image().cloned(), img);
+    assert_eq!(members(&st), m);
+    // Failing the member on device 2 promotes a non-member (all on device 1).
+    let mut st = st;
+    st.fail_alu(alu_uuid(&st, 6)).unwrap();
+    assert_eq!(members(&st).len(), 6);
+}
