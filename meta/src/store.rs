@@ -1367,6 +1367,35 @@ impl Store {
         Ok(uuid)
     }
 
+    /// Make one owned, unfailed non-member a boot set member, preferring one
+    /// on a device no member is on yet.
+    fn promote_member(&self, list: &mut BootList) {
+        let used: Vec<Option<u64>> = list
+            .alus
+            .iter()
+            .filter(|a| a.boot_member)
+            .map(|a| self.device_of(a.uuid))
+            .collect();
+        let eligible: Vec<Uuid> = list
+            .alus
+            .iter()
+            .filter(|a| {
+                !a.boot_member
+                    && !list.failed.iter().any(|(u, _)| *u == a.uuid)
+                    && self.slots.iter().any(|s| s.owned_uuid() == Some(a.uuid))
+            })
+            .map(|a| a.uuid)
+            .collect();
+        let pick = eligible
+            .iter()
+            .find(|u| self.device_of(**u).is_none_or(|d| !used.contains(&Some(d))))
+            .or(eligible.first())
+            .copied();
+        if let Some(a) = list.alus.iter_mut().find(|a| Some(a.uuid) == pick) {
+            a.boot_member = true;
+        }
+    }
+
     fn device_of(&self, alu: Uuid) -> Option<u64> {
         self.slots
             .iter()
@@ -1486,12 +1515,7 @@ impl Store {
         list.alus.retain(|a| a.uuid != uuid);
         if !list.alus.is_empty() {
             if was_member {
-                let slots = &self.slots;
-                if let Some(a) = list.alus.iter_mut().find(|a| {
-                    !a.boot_member && slots.iter().any(|s| s.owned_uuid() == Some(a.uuid))
-                }) {
-                    a.boot_member = true;
-                }
+                self.promote_member(&mut list);
             }
             list.seq = self.next_seq();
             let r = self.boot_commit(&list);
@@ -1920,31 +1944,7 @@ impl Store {
             for a in list.alus.iter_mut().filter(|a| a.uuid == alu) {
                 a.boot_member = false;
             }
-            let used: Vec<Option<u64>> = list
-                .alus
-                .iter()
-                .filter(|a| a.boot_member)
-                .map(|a| self.device_of(a.uuid))
-                .collect();
-            let eligible: Vec<Uuid> = list
-                .alus
-                .iter()
-                .filter(|a| {
-                    !a.boot_member
-                        && !list.failed.iter().any(|(u, _)| *u == a.uuid)
-                        && self.slots.iter().any(|s| s.owned_uuid() == Some(a.uuid))
-                })
-                .map(|a| a.uuid)
-                .collect();
-            // Prefer an ALU on a device no member is on yet.
-            let pick = eligible
-                .iter()
-                .find(|u| self.device_of(**u).is_none_or(|d| !used.contains(&Some(d))))
-                .or(eligible.first())
-                .copied();
-            if let Some(a) = list.alus.iter_mut().find(|a| Some(a.uuid) == pick) {
-                a.boot_member = true;
-            }
+            self.promote_member(&mut list);
         }
         let writable = list.alus.iter().any(|a| {
             a.boot_member
