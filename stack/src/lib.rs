@@ -20,6 +20,8 @@
 //! * [`resync`] rebuilds a new or replaced mirror leg and scrubs mirrors
 //!   online, on a job thread of its own, behind a sync window the queues'
 //!   writes respect.
+//! * [`snapshot`] holds copy-on-write snapshots (spec VIII): the origin and
+//!   snapshot drivers over a persistent exception store on a COW device.
 //! * [`join`] runs the pieces of one request concurrently without allocating.
 //! * [`AlignedBuf`] is a page-aligned heap buffer usable for `O_DIRECT` I/O.
 //!
@@ -38,6 +40,7 @@ pub mod linear;
 pub mod mirror;
 pub mod partition;
 pub mod resync;
+pub mod snapshot;
 pub mod stripe;
 pub mod swap;
 pub mod uring;
@@ -48,6 +51,10 @@ pub use linear::Linear;
 pub use mirror::{Mirror, MirrorHealth, MirrorState};
 pub use partition::{open_alu, Partition};
 pub use resync::{rebuild_leg, scrub, JobControl, JobError, ScrubReport};
+pub use snapshot::{
+    rollback, ExceptionStore, RollbackControl, RollbackError, Snapshot, SnapshotOrigin,
+    SnapshotState, SnapshotView, StoreError,
+};
 pub use stripe::Stripe;
 pub use swap::{LegSlot, SwapLeg};
 pub use volume::{build_volume, BuildError, Layout, MemberDesc, Volume, VolumeDesc};
