@@ -309,6 +309,12 @@ impl Daemon {
         if let Some(p) = self.problem_of(&v.name) {
             return Err(format!("volume {}: held offline: {p}", v.name));
         }
+        if v.snapshot.is_some() {
+            return Err(format!(
+                "volume {}: a snapshot store: this daemon does not expose snapshots yet",
+                v.name
+            ));
+        }
         let degraded: Vec<u16> = self
             .store
             .degraded_members(&v.name)

@@ -334,6 +334,7 @@ mod tests {
             segments: vec![],
             layout: crate::types::Layout::linear(),
             members: vec![crate::types::MemberHealth::Ok],
+            snapshot: None,
         };
         assert_eq!(crate::objdb::encode_volume(&v).len(), 112);
         assert!(doc.contains(&format!(

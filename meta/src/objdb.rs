@@ -7,7 +7,9 @@
 use crate::codec::{is_zero, put_u32, round_up, Rd, Wr};
 use crate::disk::Disk;
 use crate::error::FormatError;
-use crate::types::{valid_volume_name, Layout, LayoutKind, MemberHealth, Segment, Uuid, VolumeDef};
+use crate::types::{
+    valid_volume_name, Layout, LayoutKind, MemberHealth, Segment, SnapshotOf, Uuid, VolumeDef,
+};
 
 pub const OBJDB_MAGIC: [u8; 8] = *b"TBLKOBJD";
 pub const OBJDB_VERSION: u32 = 1;
@@ -65,6 +67,8 @@ pub struct ObjDb {
 pub const VOLUME_HEADER_LEN: usize = 112;
 /// Bytes per segment entry of a volume record.
 pub const SEGMENT_LEN: usize = 48;
+/// Bytes of the snapshot extension at the end of a snapshot volume's record.
+pub const SNAPSHOT_EXT_LEN: usize = 24;
 
 /// Encode a volume record payload (also the input of the boot list's definition CRC).
 /// Member health is not part of it.
@@ -88,6 +92,13 @@ pub fn encode_volume(v: &VolumeDef) -> Vec<u8> {
         w.u64(s.len);
         w.u16(s.member);
         w.zeros(6);
+    }
+    // Snapshot extension: present only on snapshot volumes.
+    if let Some(sn) = &v.snapshot {
+        w.u64(sn.origin);
+        w.u64(sn.origin_size);
+        w.u32(sn.chunk);
+        w.u32(0);
     }
     w.v
 }
@@ -151,9 +162,26 @@ pub fn decode_volume(b: &[u8]) -> Result<VolumeDef, FormatError> {
         segments.push(s);
     }
     let want = layout.member_size(size);
-    if totals.iter().any(|&t| t != want) || r.remaining() != 0 {
+    if totals.iter().any(|&t| t != want) {
         return Err(FormatError::Invalid("volume size/segments".into()));
     }
+    let snapshot = match r.remaining() {
+        0 => None,
+        SNAPSHOT_EXT_LEN => {
+            let sn = SnapshotOf {
+                origin: r.u64()?,
+                origin_size: r.u64()?,
+                chunk: r.u32()?,
+            };
+            if r.u32()? != 0 || sn.origin == id || layout.kind != LayoutKind::Linear {
+                return Err(FormatError::Invalid("snapshot extension".into()));
+            }
+            sn.validate()
+                .map_err(|e| FormatError::Invalid(format!("snapshot extension: {e}")))?;
+            Some(sn)
+        }
+        _ => return Err(FormatError::Invalid("volume size/segments".into())),
+    };
     Ok(VolumeDef {
         id,
         name,
@@ -162,6 +190,7 @@ pub fn decode_volume(b: &[u8]) -> Result<VolumeDef, FormatError> {
         segments,
         layout,
         members: vec![MemberHealth::Ok; members],
+        snapshot,
     })
 }
 
@@ -378,6 +407,7 @@ mod tests {
                     ],
                     layout: Layout::linear(),
                     members: vec![MemberHealth::Ok],
+                    snapshot: None,
                 }),
                 Record::Volume(raid10_sample()),
                 Record::Unknown {
@@ -415,7 +445,67 @@ mod tests {
             segments,
             layout,
             members: vec![MemberHealth::Ok; 4],
+            snapshot: None,
         }
+    }
+
+    #[test]
+    fn snapshot_extension_round_trips_and_is_checked() {
+        let seg = Segment {
+            partition_id: 9,
+            alu: Uuid([3; 16]),
+            start: 8 << 20,
+            len: 2 << 20,
+            member: 0,
+        };
+        let v = VolumeDef {
+            id: 8,
+            name: "snap1".into(),
+            size: 2 << 20,
+            wwn: [0x63; 16],
+            segments: vec![seg],
+            layout: Layout::linear(),
+            members: vec![MemberHealth::Ok],
+            snapshot: Some(SnapshotOf {
+                origin: 7,
+                origin_size: 64 << 20,
+                chunk: 64 << 10,
+            }),
+        };
+        let b = encode_volume(&v);
+        assert_eq!(b.len(), VOLUME_HEADER_LEN + SEGMENT_LEN + SNAPSHOT_EXT_LEN);
+        assert_eq!(decode_volume(&b).unwrap(), v);
+        // The snapshot is part of the definition: its CRC changes with it.
+        let plain = VolumeDef {
+            snapshot: None,
+            ..v.clone()
+        };
+        assert_ne!(def_crc(&plain), def_crc(&v));
+        for bad in [
+            SnapshotOf {
+                chunk: 3000,
+                ..v.snapshot.unwrap()
+            },
+            SnapshotOf {
+                origin: 8,
+                ..v.snapshot.unwrap()
+            },
+            SnapshotOf {
+                origin_size: 0,
+                ..v.snapshot.unwrap()
+            },
+        ] {
+            let w = VolumeDef {
+                snapshot: Some(bad),
+                ..v.clone()
+            };
+            assert!(decode_volume(&encode_volume(&w)).is_err(), "{bad:?}");
+        }
+        // A truncated or padded extension is rejected.
+        assert!(decode_volume(&b[..b.len() - 4]).is_err());
+        let mut long = b.clone();
+        long.extend_from_slice(&[0; 8]);
+        assert!(decode_volume(&long).is_err());
     }
 
     #[test]

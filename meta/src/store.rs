@@ -21,7 +21,7 @@ use crate::mdr::{backup_offset, Directory, BLOCK, DIR_MAGIC, DIR_OFFSET, MIB, MI
 use crate::objdb::{def_crc, AluObj, ObjDb, PartitionObj, Record};
 pub use crate::types::{
     random_wwn, AluRecord, ClusterImage, ClusterSig, Extent, Job, JobKind, JobState, Layout,
-    LayoutKind, MemberHealth, Segment, Uuid, VolumeDef,
+    LayoutKind, MemberHealth, Segment, SnapshotOf, Uuid, VolumeDef,
 };
 use crate::types::{valid_cluster_name, valid_volume_name};
 
@@ -765,6 +765,7 @@ impl Store {
                 segments: Vec::new(),
                 layout: bv.layout,
                 members: bv.health.clone(),
+                snapshot: None,
             };
             // Name the damage that hid the definition, so the administrator
             // knows which ALU to look at.
@@ -1604,6 +1605,52 @@ impl Store {
         layout: Layout,
         plan: &[(u16, Uuid, u64)],
     ) -> Result<VolumeDef, MetaError> {
+        self.create_inner(name, size, layout, plan, None)
+    }
+
+    /// Create snapshot volume `name` of volume `origin` (spec section VIII): a
+    /// linear volume of `cow_size` bytes whose segments hold the copy-on-write
+    /// store, planned like [`Store::create_volume`]. The origin must exist and
+    /// not be a snapshot itself. Same crash-safe commit as any volume.
+    pub fn create_snapshot(
+        &mut self,
+        name: &str,
+        origin: &str,
+        cow_size: u64,
+        chunk: u32,
+        plan: &[(Uuid, u64)],
+    ) -> Result<VolumeDef, MetaError> {
+        let Some(o) = self
+            .image
+            .as_ref()
+            .and_then(|i| i.volumes.iter().find(|v| v.name == origin))
+        else {
+            return Err(MetaError::NotFound(format!("volume {origin}: not found")));
+        };
+        if o.snapshot.is_some() {
+            return Err(MetaError::Invalid(format!(
+                "snapshot {name}: {origin} is itself a snapshot"
+            )));
+        }
+        let sn = SnapshotOf {
+            origin: o.id,
+            origin_size: o.size,
+            chunk,
+        };
+        sn.validate()
+            .map_err(|e| MetaError::Invalid(format!("snapshot {name}: {e}")))?;
+        let plan: Vec<(u16, Uuid, u64)> = plan.iter().map(|&(a, l)| (0, a, l)).collect();
+        self.create_inner(name, cow_size, Layout::linear(), &plan, Some(sn))
+    }
+
+    fn create_inner(
+        &mut self,
+        name: &str,
+        size: u64,
+        layout: Layout,
+        plan: &[(u16, Uuid, u64)],
+        snapshot: Option<SnapshotOf>,
+    ) -> Result<VolumeDef, MetaError> {
         self.check_writable()?;
         let Some(mut list) = self.list.clone() else {
             return Err(MetaError::Refused(format!(
@@ -1751,6 +1798,7 @@ impl Store {
             segments,
             layout,
             members: vec![MemberHealth::Ok; members],
+            snapshot,
         };
         let mut volumes = image.volumes.clone();
         volumes.push(def.clone());
@@ -1969,8 +2017,20 @@ impl Store {
         let (Some(mut list), Some(image)) = (self.list.clone(), self.image.clone()) else {
             return Err(MetaError::NotFound(format!("volume {name}: no cluster")));
         };
-        if !image.volumes.iter().any(|v| v.name == name) {
+        let Some(target) = image.volumes.iter().find(|v| v.name == name) else {
             return Err(MetaError::NotFound(format!("volume {name}: not found")));
+        };
+        let snaps: Vec<&str> = image
+            .volumes
+            .iter()
+            .filter(|v| v.snapshot.is_some_and(|s| s.origin == target.id))
+            .map(|v| v.name.as_str())
+            .collect();
+        if !snaps.is_empty() {
+            return Err(MetaError::Refused(format!(
+                "volume {name}: remove refused: it has snapshots ({}); remove them first",
+                snaps.join(", ")
+            )));
         }
         let volumes: Vec<VolumeDef> = image
             .volumes

@@ -307,6 +307,35 @@ pub struct VolumeDef {
     /// Health of each member (`layout.members()` entries). Comes from the boot list;
     /// not part of the definition (nor of its CRC).
     pub members: Vec<MemberHealth>,
+    /// Set when this volume is a snapshot (spec section VIII): its segments are the
+    /// copy-on-write store of `origin`'s point-in-time image.
+    pub snapshot: Option<SnapshotOf>,
+}
+
+/// What a snapshot volume is a snapshot of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SnapshotOf {
+    /// The origin volume's id.
+    pub origin: u64,
+    /// The origin's size when the snapshot was taken (the snapshot's size).
+    pub origin_size: u64,
+    /// Copy-on-write chunk in bytes: a power of two from 4 KiB to 16 MiB.
+    pub chunk: u32,
+}
+
+impl SnapshotOf {
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.chunk.is_power_of_two() || !(4096..=16 << 20).contains(&self.chunk) {
+            return Err(format!(
+                "snapshot chunk {} must be a power of two from 4K to 16M",
+                self.chunk
+            ));
+        }
+        if self.origin_size == 0 {
+            return Err("snapshot of an empty origin".into());
+        }
+        Ok(())
+    }
 }
 
 impl VolumeDef {

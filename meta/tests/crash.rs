@@ -627,3 +627,30 @@ fn crash_remove_job() {
         },
     );
 }
+
+#[test]
+fn crash_create_and_remove_snapshot() {
+    let setup = |st: &mut Store| {
+        claim_all(st);
+        let a0 = alu_uuid(st, 0);
+        st.create_volume("origin", 4 * MIB, &[(a0, 4 * MIB)])
+            .unwrap();
+    };
+    enumerate(2, setup, |st| {
+        let a1 = alu_uuid(st, 1);
+        let s = st
+            .create_snapshot("snap", "origin", 2 * MIB, 64 << 10, &[(a1, 2 * MIB)])
+            .unwrap();
+        assert_eq!(s.snapshot.unwrap().origin_size, 4 * MIB);
+    });
+    enumerate(
+        2,
+        |st| {
+            setup(st);
+            let a1 = alu_uuid(st, 1);
+            st.create_snapshot("snap", "origin", 2 * MIB, 64 << 10, &[(a1, 2 * MIB)])
+                .unwrap();
+        },
+        |st| st.remove_volume("snap").unwrap(),
+    );
+}

@@ -269,3 +269,36 @@ fn boot_set_prefers_distinct_devices() {
     st.fail_alu(alu_uuid(&st, 6)).unwrap();
     assert_eq!(members(&st).len(), 6);
 }
+
+#[test]
+fn snapshots_are_volumes_that_pin_their_origin() {
+    let disks = vec![MemDisk::new(SIZE), MemDisk::new(SIZE)];
+    let mut st = open_mem(disks, true);
+    st.claim(&path(0), CLUSTER, false).unwrap();
+    st.claim(&path(1), CLUSTER, false).unwrap();
+    let (a0, a1) = (alu_uuid(&st, 0), alu_uuid(&st, 1));
+    let o = st
+        .create_volume("origin", 4 * MIB, &[(a0, 4 * MIB)])
+        .unwrap();
+    let e = st
+        .create_snapshot("s1", "nosuch", MIB, 64 << 10, &[(a1, MIB)])
+        .unwrap_err();
+    assert!(e.to_string().contains("nosuch"), "{e}");
+    let e = st
+        .create_snapshot("s1", "origin", MIB, 5000, &[(a1, MIB)])
+        .unwrap_err();
+    assert!(e.to_string().contains("chunk"), "{e}");
+    let s = st
+        .create_snapshot("s1", "origin", MIB, 64 << 10, &[(a1, MIB)])
+        .unwrap();
+    assert_eq!(s.snapshot.unwrap().origin, o.id);
+    let e = st
+        .create_snapshot("s2", "s1", MIB, 64 << 10, &[(a1, MIB)])
+        .unwrap_err();
+    assert!(e.to_string().contains("itself a snapshot"), "{e}");
+    let e = st.remove_volume("origin").unwrap_err();
+    assert!(e.to_string().contains("s1"), "{e}");
+    st.remove_volume("s1").unwrap();
+    st.remove_volume("origin").unwrap();
+    assert!(st.image().unwrap().volumes.is_empty());
+}
