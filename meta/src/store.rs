@@ -244,20 +244,9 @@ impl Slot {
                 max_entries(d.label_len)
             )));
         }
-        let target = match (&self.label[0], &self.label[1]) {
-            (Err(_), _) => 0,
-            (_, Err(_)) => 1,
-            (Ok(a), Ok(b)) => usize::from(a.seq >= b.seq),
-        };
-        let max = self
-            .label
-            .iter()
-            .flatten()
-            .map(|l| l.seq)
-            .max()
-            .unwrap_or(0);
+        let (target, seq) = next_copy(&self.label, |l| l.seq);
         let l = LabelDir {
-            seq: max + 1,
+            seq,
             timestamp: now_secs(),
             entries,
         };
@@ -278,22 +267,8 @@ impl Slot {
     /// Object database commit: write the slot not holding the live copy and flush
     /// (never overwriting the live copy), then mirror into the other slot and flush.
     fn write_objdb(&mut self, records: Vec<Record>) -> Result<(), MetaError> {
-        let target = match (&self.objdb[0], &self.objdb[1]) {
-            (Err(_), _) => 0,
-            (_, Err(_)) => 1,
-            (Ok(a), Ok(b)) => usize::from(a.seq >= b.seq),
-        };
-        let max = self
-            .objdb
-            .iter()
-            .flatten()
-            .map(|o| o.seq)
-            .max()
-            .unwrap_or(0);
-        let o = ObjDb {
-            seq: max + 1,
-            records,
-        };
+        let (target, seq) = next_copy(&self.objdb, |o| o.seq);
+        let o = ObjDb { seq, records };
         self.write_objdb_slot(target, &o)?;
         self.write_objdb_slot(1 - target, &o)
     }
@@ -2530,6 +2505,19 @@ fn first_fit(free: &[Extent], len: u64) -> Result<Vec<Extent>, u64> {
     } else {
         Ok(pieces)
     }
+}
+
+/// Of two A/B copies, the one to write first (an invalid one, else the older
+/// one, so the live copy is never overwritten first) and the sequence number
+/// the new contents get.
+fn next_copy<T>(copies: &Copy2<T>, seq: impl Fn(&T) -> u64) -> (usize, u64) {
+    let target = match (&copies[0], &copies[1]) {
+        (Err(_), _) => 0,
+        (_, Err(_)) => 1,
+        (Ok(a), Ok(b)) => usize::from(seq(a) >= seq(b)),
+    };
+    let max = copies.iter().flatten().map(&seq).max().unwrap_or(0);
+    (target, max + 1)
 }
 
 #[cfg(test)]
