@@ -1372,6 +1372,34 @@ impl Store {
         }
     }
 
+    /// New extents may go on `alu` only if it is in the cluster, not failed,
+    /// and present and readable here. `what` names the object in a not-found
+    /// error, `refused` prefixes the other refusals.
+    fn check_usable(
+        &self,
+        list: &BootList,
+        alu: Uuid,
+        what: &str,
+        refused: &str,
+    ) -> Result<(), MetaError> {
+        if !list.alus.iter().any(|a| a.uuid == alu) {
+            return Err(MetaError::NotFound(format!(
+                "{what}: ALU {alu} is not part of the cluster"
+            )));
+        }
+        if list.failed.iter().any(|(u, _)| *u == alu) {
+            return Err(MetaError::Refused(format!(
+                "{refused}: ALU {alu} has failed"
+            )));
+        }
+        if self.slots.iter().all(|s| s.owned_uuid() != Some(alu)) {
+            return Err(MetaError::Refused(format!(
+                "{refused}: ALU {alu} is missing or damaged"
+            )));
+        }
+        Ok(())
+    }
+
     fn device_of(&self, alu: Uuid) -> Option<u64> {
         self.slots
             .iter()
@@ -1713,22 +1741,12 @@ impl Store {
             }
         }
         for (_, alu, _) in plan {
-            let alu = *alu;
-            if !image.alus.iter().any(|a| a.uuid == alu) {
-                return Err(MetaError::NotFound(format!(
-                    "volume {name}: ALU {alu} is not part of the cluster"
-                )));
-            }
-            if list.failed.iter().any(|(u, _)| *u == alu) {
-                return Err(MetaError::Refused(format!(
-                    "volume {name}: ALU {alu} has failed"
-                )));
-            }
-            if self.slots.iter().all(|s| s.owned_uuid() != Some(alu)) {
-                return Err(MetaError::Refused(format!(
-                    "volume {name}: ALU {alu} is missing or damaged"
-                )));
-            }
+            self.check_usable(
+                &list,
+                *alu,
+                &format!("volume {name}"),
+                &format!("volume {name}"),
+            )?;
         }
         let mut next_id = list.next_id.max(1);
         let vol_id = next_id;
@@ -2340,21 +2358,12 @@ impl Store {
                 )
             }));
         }
-        if !list.alus.iter().any(|a| a.uuid == new_alu) {
-            return Err(MetaError::NotFound(format!(
-                "volume {volume}: ALU {new_alu} is not part of the cluster"
-            )));
-        }
-        if list.failed.iter().any(|(u, _)| *u == new_alu) {
-            return Err(MetaError::Refused(format!(
-                "volume {volume}: replace refused: ALU {new_alu} has failed"
-            )));
-        }
-        if self.slots.iter().all(|s| s.owned_uuid() != Some(new_alu)) {
-            return Err(MetaError::Refused(format!(
-                "volume {volume}: replace refused: ALU {new_alu} is missing or damaged"
-            )));
-        }
+        self.check_usable(
+            &list,
+            new_alu,
+            &format!("volume {volume}"),
+            &format!("volume {volume}: replace refused"),
+        )?;
         if let Some(x) = old
             .segments
             .iter()

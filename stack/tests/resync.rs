@@ -9,14 +9,12 @@ mod common;
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Instant;
 
-use common::memdev::{FailMode, MemDev};
+use common::memdev::{FailMode, MemDev, YieldOnce};
 use common::workload::{random_op, random_range, KIB, MIB};
 use common::{Rng, TempImage};
 use tierblk_stack::resync::{rebuild_leg, scrub, JobControl, JobError, ScrubReport};
@@ -44,21 +42,6 @@ fn health(
         Box::new(move |leg, errno| c.lock().unwrap().push((leg, errno))),
     );
     (Arc::new(h), calls)
-}
-
-/// Pending once, waking itself.
-struct YieldNow(bool);
-impl Future for YieldNow {
-    type Output = ();
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.0 {
-            Poll::Ready(())
-        } else {
-            self.0 = true;
-            cx.waker().wake_by_ref();
-            Poll::Pending
-        }
-    }
 }
 
 fn random_bytes(rng: &mut Rng, len: usize) -> Vec<u8> {
@@ -209,7 +192,7 @@ fn cancel_stops_at_a_step_boundary_and_the_rebuild_resumes() {
         Box::pin(async {
             // The "daemon" cancels once a bit more than 1 MiB is done.
             while ctl.progress() <= MIB {
-                YieldNow(false).await;
+                YieldOnce(false).await;
             }
             ctl.cancel();
         }),
@@ -410,7 +393,7 @@ fn host_writes_overlapping_the_window_wait_for_the_copy() {
                 let pos = ctl.progress() + 4096 * rng.below(2 * STEP / 4096);
                 let len = 4096 * (1 + rng.below(8));
                 if pos + len > SIZE {
-                    YieldNow(false).await;
+                    YieldOnce(false).await;
                     continue;
                 }
                 let mut data = AlignedBuf::new(len as usize);
@@ -554,7 +537,7 @@ fn a_failing_rebuilding_leg_stops_the_rebuild_and_fails() {
         }),
         Box::pin(async {
             while h.rebuild_checkpoint(1).unwrap() < 256 * KIB {
-                YieldNow(false).await;
+                YieldOnce(false).await;
             }
             devs[1].set_fail(FailMode::Always);
             host.write(SIZE - 4096, &data, false).await.unwrap();

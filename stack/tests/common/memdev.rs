@@ -51,7 +51,7 @@ pub struct Inner {
 pub struct MemDev(pub Rc<Inner>);
 
 /// Pending once (waking itself), so concurrent operations really interleave.
-struct YieldOnce(bool);
+pub struct YieldOnce(pub bool);
 impl Future for YieldOnce {
     type Output = ();
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
