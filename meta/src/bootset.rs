@@ -180,6 +180,7 @@ fn encode_job(w: &mut Wr, j: &Job) {
     w.u64(j.total);
     w.u64(j.mismatches);
     w.u64(j.repaired);
+    w.u64(j.rate);
     w.zeros(start + JOB_MESSAGE_OFFSET - w.v.len());
     w.bytes(msg);
     w.zeros(start + LIST_JOB_LEN - w.v.len());
@@ -209,6 +210,7 @@ fn decode_job(r: &mut Rd) -> Result<Job, FormatError> {
     let total = r.u64()?;
     let mismatches = r.u64()?;
     let repaired = r.u64()?;
+    let rate = r.u64()?;
     let text = e
         .get(JOB_MESSAGE_OFFSET..LIST_JOB_LEN)
         .ok_or(FormatError::Truncated)?;
@@ -218,7 +220,7 @@ fn decode_job(r: &mut Rd) -> Result<Job, FormatError> {
     let message = std::str::from_utf8(&text[..ml])
         .map_err(|_| bad("message (not UTF-8)"))?
         .to_string();
-    if e.get(56..JOB_MESSAGE_OFFSET).is_none_or(|z| !is_zero(z)) || !is_zero(&e[22..24]) {
+    if !is_zero(&e[22..24]) {
         return Err(bad("reserved bytes"));
     }
     let j = Job {
@@ -232,6 +234,7 @@ fn decode_job(r: &mut Rd) -> Result<Job, FormatError> {
         total,
         mismatches,
         repaired,
+        rate,
         message,
     };
     j.check().map_err(FormatError::Invalid)?;
@@ -533,6 +536,7 @@ mod tests {
             mismatches: 0,
             repaired: 0,
             message: String::new(),
+            rate: 0,
         }
     }
 
@@ -549,6 +553,7 @@ mod tests {
                 LIST_JOB_LEN - JOB_MESSAGE_OFFSET
             ),
             format!("| 19 | 1 | message length | 0..={MAX_JOB_MESSAGE} |"),
+            "| 56 | 8 | rate | throttle in bytes per second".to_string(),
         ] {
             assert!(doc.contains(&row), "FORMAT.md lacks {row}");
         }
@@ -561,6 +566,7 @@ mod tests {
             mismatches: 0x0505,
             repaired: 0x0606,
             message: "hi".into(),
+            rate: 0x0707,
             ..job(0)
         };
         let mut w = Wr::new();
@@ -570,8 +576,9 @@ mod tests {
         let u = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
         assert_eq!(
             (u(0), u(8), u(24), u(32), u(40), u(48), u(56)),
-            (0x0101, 0x0202, 0x0303, 0x0404, 0x0505, 0x0606, 0)
+            (0x0101, 0x0202, 0x0303, 0x0404, 0x0505, 0x0606, 0x0707)
         );
+        assert_eq!(decode_job(&mut Rd::new(&b)).unwrap(), j);
         assert_eq!(&b[16..24], &[1, 1, JOB_FLAG_MEMBER, 2, 2, 0, 0, 0]);
         assert_eq!(&b[JOB_MESSAGE_OFFSET..JOB_MESSAGE_OFFSET + 3], b"hi\0");
     }
@@ -592,11 +599,13 @@ mod tests {
                 mismatches: 7,
                 repaired: 5,
                 message: format!("read error: {}", "ü".repeat(50)),
+                rate: 0,
                 ..job(21)
             },
             Job {
                 state: JobState::Paused,
                 message: "m".repeat(MAX_JOB_MESSAGE),
+                rate: 0,
                 ..job(22)
             },
         ];
@@ -613,16 +622,16 @@ mod tests {
         );
         let j0 = e.len() - 3 * LIST_JOB_LEN;
         // kind, state, flags, message length, reserved, padding, truncation
+        // (bytes 56..64 hold the rate: any value is valid)
         for (off, val) in [
             (16, 0u8),
-            (16, 3),
+            (16, 4),
             (17, 0),
             (17, 5),
             (18, 4),
             (19, 128),
             (19, 0),
             (22, 1),
-            (60, 1),
             (JOB_MESSAGE_OFFSET + 127, 1),
         ] {
             let mut c = e.clone();

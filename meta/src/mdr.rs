@@ -30,6 +30,16 @@ pub const OBJDB_LEN: u64 = 0x10_0000;
 pub const BOOTLIST_A_OFFSET: u64 = 0x30_0000;
 pub const BOOTLIST_B_OFFSET: u64 = 0x40_0000;
 pub const BOOTLIST_LEN: u64 = 0x10_0000;
+/// Write-intent area (fixed by format version 1, not named in the directory): the
+/// mirror legs' write-intent bitmaps, one [`WI_SLOT`]-byte block per leg, between the
+/// boot list areas and the data area. See `docs/FORMAT.md`, "Write-intent area".
+pub const WI_OFFSET: u64 = 0x50_0000;
+/// Length of the write-intent area.
+pub const WI_LEN: u64 = 0x20_0000;
+/// One write-intent slot: one 4 KiB bitmap block.
+pub const WI_SLOT: u64 = 0x1000;
+/// Slots per ALU (512).
+pub const WI_SLOTS: u64 = WI_LEN / WI_SLOT;
 pub const DATA_START: u64 = 0x80_0000;
 pub const MIN_ALU_SIZE: u64 = 32 * MIB;
 /// Offset of the CRC field in the directory block (CRC covers bytes 0..DIR_CRC_OFFSET).
@@ -105,6 +115,28 @@ impl Directory {
     /// Equal apart from the own-offset field.
     pub fn same_content(&self, other: &Directory) -> bool {
         self.at(0) == other.at(0)
+    }
+
+    /// Whether this ALU has the write-intent area: it is fixed by format version 1
+    /// rather than named in the directory, so check that it lies below the data
+    /// area and overlaps none of the regions the directory names (true for every
+    /// directory written by [`Directory::new_v1`]).
+    pub fn has_wi_area(&self) -> bool {
+        let (lo, hi) = (WI_OFFSET, WI_OFFSET + WI_LEN);
+        let regions = [
+            (self.label[0], self.label_len),
+            (self.label[1], self.label_len),
+            (self.objdb[0], self.objdb_len),
+            (self.objdb[1], self.objdb_len),
+            (self.bootptr[0], BLOCK),
+            (self.bootptr[1], BLOCK),
+            (self.bootlist[0], self.bootlist_len),
+            (self.bootlist[1], self.bootlist_len),
+        ];
+        hi <= self.data_start
+            && regions
+                .iter()
+                .all(|&(off, len)| off.saturating_add(len) <= lo || off >= hi)
     }
 
     /// Encode into one 4 KiB block.
@@ -295,12 +327,27 @@ mod tests {
             (OBJDB_B_OFFSET, OBJDB_LEN, "object database slot B"),
             (BOOTLIST_A_OFFSET, BOOTLIST_LEN, "boot list area A"),
             (BOOTLIST_B_OFFSET, BOOTLIST_LEN, "boot list area B"),
+            (WI_OFFSET, WI_LEN, "write-intent area (512 slots of 4 KiB)"),
         ];
         for (off, len, name) in rows {
             let row = format!("| {off:#x} | {len:#x} | {name} |");
             assert!(doc.contains(&row), "FORMAT.md lacks {row}");
         }
         assert!(doc.contains(&format!("| {DATA_START:#x} | up to data end |")));
+        // The write-intent area: fixed by version 1, right after the boot list areas
+        // and below the data area, slot s at WI_OFFSET + s * WI_SLOT.
+        assert_eq!(WI_SLOTS, 512);
+        assert_eq!(WI_OFFSET, BOOTLIST_B_OFFSET + BOOTLIST_LEN);
+        const { assert!(WI_OFFSET + WI_LEN <= DATA_START) };
+        assert!(doc.contains(&format!(
+            "Slot s (0 ≤ s < {WI_SLOTS}) is the {WI_SLOT:#x}-byte block at {WI_OFFSET:#x} + s·{WI_SLOT:#x}"
+        )));
+        assert!(doc.contains(&format!(
+            "Type 3 write-intent extension ({} + {}·m bytes)",
+            crate::objdb::WI_EXT_HEADER_LEN,
+            crate::objdb::WI_EXT_ENTRY_LEN
+        )));
+        assert!(sample().has_wi_area());
         assert!(doc.contains(&format!(
             "| {DIR_CRC_OFFSET} | 4 | crc | crc32c of bytes 0..{DIR_CRC_OFFSET} |"
         )));
@@ -335,6 +382,7 @@ mod tests {
             layout: crate::types::Layout::linear(),
             members: vec![crate::types::MemberHealth::Ok],
             snapshot: None,
+            wi_slots: vec![],
         };
         assert_eq!(crate::objdb::encode_volume(&v).len(), 112);
         assert!(doc.contains(&format!(

@@ -69,6 +69,10 @@ pub const VOLUME_HEADER_LEN: usize = 112;
 pub const SEGMENT_LEN: usize = 48;
 /// Bytes of the snapshot extension at the end of a snapshot volume's record.
 pub const SNAPSHOT_EXT_LEN: usize = 24;
+/// Bytes of the fixed part of the write-intent extension (mirror and raid10 records).
+pub const WI_EXT_HEADER_LEN: usize = 8;
+/// Bytes per member entry of the write-intent extension.
+pub const WI_EXT_ENTRY_LEN: usize = 4;
 
 /// Encode a volume record payload (also the input of the boot list's definition CRC).
 /// Member health is not part of it.
@@ -100,7 +104,48 @@ pub fn encode_volume(v: &VolumeDef) -> Vec<u8> {
         w.u32(sn.chunk);
         w.u32(0);
     }
+    // Write-intent extension: present only on mirror/raid10 volumes with slots.
+    if !v.wi_slots.is_empty() {
+        w.u32(v.wi_slots.len() as u32);
+        w.u32(0);
+        for &slot in &v.wi_slots {
+            w.u16(slot);
+            w.u16(0);
+        }
+    }
     w.v
+}
+
+/// Decode and check the write-intent extension of a mirror/raid10 record: one slot
+/// per member, each below `WI_SLOTS`, no two members sharing a slot on the ALU of
+/// their first segment.
+fn decode_wi_ext(
+    r: &mut Rd,
+    segments: &[Segment],
+    members: usize,
+) -> Result<Vec<u16>, FormatError> {
+    let bad = || FormatError::Invalid("write-intent extension".into());
+    let count = r.u32()? as usize;
+    if count != members || r.u32()? != 0 || r.remaining() != count * WI_EXT_ENTRY_LEN {
+        return Err(bad());
+    }
+    let mut slots = Vec::with_capacity(count);
+    let mut seen = std::collections::HashSet::new();
+    for m in 0..count {
+        let slot = r.u16()?;
+        if r.u16()? != 0 || u64::from(slot) >= crate::mdr::WI_SLOTS {
+            return Err(bad());
+        }
+        let alu = segments
+            .iter()
+            .find(|s| usize::from(s.member) == m)
+            .map(|s| s.alu);
+        if !seen.insert((alu, slot)) {
+            return Err(bad());
+        }
+        slots.push(slot);
+    }
+    Ok(slots)
 }
 
 /// CRC32C of the encoded volume definition.
@@ -165,6 +210,12 @@ pub fn decode_volume(b: &[u8]) -> Result<VolumeDef, FormatError> {
     if totals.iter().any(|&t| t != want) {
         return Err(FormatError::Invalid("volume size/segments".into()));
     }
+    let redundant = matches!(layout.kind, LayoutKind::Mirror | LayoutKind::Raid10);
+    let wi_slots = if redundant && r.remaining() > 0 {
+        decode_wi_ext(&mut r, &segments, members)?
+    } else {
+        Vec::new()
+    };
     let snapshot = match r.remaining() {
         0 => None,
         SNAPSHOT_EXT_LEN => {
@@ -191,6 +242,7 @@ pub fn decode_volume(b: &[u8]) -> Result<VolumeDef, FormatError> {
         layout,
         members: vec![MemberHealth::Ok; members],
         snapshot,
+        wi_slots,
     })
 }
 
@@ -408,6 +460,7 @@ mod tests {
                     layout: Layout::linear(),
                     members: vec![MemberHealth::Ok],
                     snapshot: None,
+                    wi_slots: vec![],
                 }),
                 Record::Volume(raid10_sample()),
                 Record::Unknown {
@@ -446,6 +499,7 @@ mod tests {
             layout,
             members: vec![MemberHealth::Ok; 4],
             snapshot: None,
+            wi_slots: vec![],
         }
     }
 
@@ -471,6 +525,7 @@ mod tests {
                 origin_size: 64 << 20,
                 chunk: 64 << 10,
             }),
+            wi_slots: vec![],
         };
         let b = encode_volume(&v);
         assert_eq!(b.len(), VOLUME_HEADER_LEN + SEGMENT_LEN + SNAPSHOT_EXT_LEN);
@@ -506,6 +561,72 @@ mod tests {
         let mut long = b.clone();
         long.extend_from_slice(&[0; 8]);
         assert!(decode_volume(&long).is_err());
+    }
+
+    #[test]
+    fn write_intent_extension_round_trips_and_is_checked() {
+        let plain = raid10_sample();
+        let v = VolumeDef {
+            wi_slots: vec![0, 3, 511, 7],
+            ..plain.clone()
+        };
+        let b = encode_volume(&v);
+        assert_eq!(
+            b.len(),
+            VOLUME_HEADER_LEN + 8 * SEGMENT_LEN + WI_EXT_HEADER_LEN + 4 * WI_EXT_ENTRY_LEN
+        );
+        assert_eq!(decode_volume(&b).unwrap(), v);
+        // Part of the definition; a record without it (written before write-intent
+        // bitmaps) still decodes, with no slots.
+        assert_ne!(def_crc(&plain), def_crc(&v));
+        assert_eq!(decode_volume(&encode_volume(&plain)).unwrap(), plain);
+        assert_eq!(
+            v.wi_location(2),
+            Some((Uuid([22; 16]), 0x50_0000 + 511 * 4096))
+        );
+        assert_eq!(plain.wi_location(2), None);
+        assert_eq!(v.wi_location(4), None);
+        let bad = |slots: Vec<u16>| VolumeDef {
+            wi_slots: slots,
+            ..plain.clone()
+        };
+        // wrong count, slot out of the area
+        for w in [bad(vec![0, 1, 2]), bad(vec![0, 1, 2, 512])] {
+            assert!(
+                decode_volume(&encode_volume(&w)).is_err(),
+                "{:?}",
+                w.wi_slots
+            );
+        }
+        // two members sharing a slot on one ALU
+        let mut shared = bad(vec![5, 5, 1, 2]);
+        assert!(
+            decode_volume(&encode_volume(&shared)).is_ok(),
+            "different ALUs"
+        );
+        for s in shared.segments.iter_mut().filter(|s| s.member == 1) {
+            s.alu = Uuid([20; 16]);
+        }
+        assert!(decode_volume(&encode_volume(&shared)).is_err());
+        // non-zero reserved bytes, truncation, trailing bytes
+        let mut r = b.clone();
+        let ext = VOLUME_HEADER_LEN + 8 * SEGMENT_LEN;
+        r[ext + 4] = 1;
+        assert!(decode_volume(&r).is_err());
+        let mut r = b.clone();
+        r[ext + WI_EXT_HEADER_LEN + 2] = 1;
+        assert!(decode_volume(&r).is_err());
+        assert!(decode_volume(&b[..b.len() - 2]).is_err());
+        let mut long = b.clone();
+        long.extend_from_slice(&[0; 4]);
+        assert!(decode_volume(&long).is_err());
+        // not allowed on linear or stripe records
+        let mut lin = sample();
+        let Record::Volume(l) = &mut lin.records[2] else {
+            unreachable!()
+        };
+        l.wi_slots = vec![0];
+        assert!(decode_volume(&encode_volume(l)).is_err());
     }
 
     #[test]

@@ -516,6 +516,21 @@ impl Store {
         self.vol_problems.clone()
     }
 
+    /// Where the write-intent bitmap block of `member` of `volume` lives: the ALU
+    /// holding the member's first segment and the byte offset of its slot on that ALU
+    /// (one [`crate::mdr::WI_SLOT`]-byte block; see [`VolumeDef::wi_location`]).
+    /// `None` for an unknown volume or member, a volume without write-intent slots
+    /// (linear, stripe, snapshot, or a mirror created before bitmaps existed) or one
+    /// whose definition is unavailable.
+    pub fn wi_location(&self, volume: &str, member: u16) -> Option<(Uuid, u64)> {
+        self.image
+            .as_ref()?
+            .volumes
+            .iter()
+            .find(|v| v.name == volume)?
+            .wi_location(member)
+    }
+
     /// Members of `volume` that are Failed, Rebuilding, or whose segments are
     /// unavailable (ALU missing, damaged or failed; label entry missing), with why.
     pub fn degraded_members(&self, volume: &str) -> Vec<(u16, String)> {
@@ -741,6 +756,7 @@ impl Store {
                 layout: bv.layout,
                 members: bv.health.clone(),
                 snapshot: None,
+                wi_slots: Vec::new(),
             };
             // Name the damage that hid the definition, so the administrator
             // knows which ALU to look at.
@@ -1400,6 +1416,80 @@ impl Store {
         Ok(())
     }
 
+    /// Give the members `todo` of `def` (a mirror or raid10 definition whose
+    /// `wi_slots` has one entry per member) a write-intent slot each: the lowest slot
+    /// of the ALU holding the member's first segment that no member of another volume
+    /// in `others` and no other member of `def` uses. There is no allocation table:
+    /// slots are derived from the committed definitions, so removing a volume frees
+    /// its slots. Pure: nothing is written. `what` prefixes errors.
+    fn assign_wi_slots(
+        &self,
+        others: &[VolumeDef],
+        def: &mut VolumeDef,
+        todo: &[u16],
+        what: &str,
+    ) -> Result<(), MetaError> {
+        for &m in todo {
+            let alu = def
+                .first_alu(m)
+                .ok_or_else(|| MetaError::Invalid(format!("{what}: member {m} has no segment")))?;
+            let idx = self.slots.iter().position(|s| s.owned_uuid() == Some(alu));
+            let Some(dir) = idx.and_then(|i| self.slots[i].dir()) else {
+                return Err(MetaError::Refused(format!(
+                    "{what}: ALU {alu} is missing or damaged"
+                )));
+            };
+            if !dir.has_wi_area() {
+                return Err(MetaError::Refused(format!(
+                    "{what}: ALU {alu} has no write-intent area (non-standard region layout)"
+                )));
+            }
+            // A volume whose definition is unavailable may hold slots here that we
+            // cannot see: never hand out a slot that might be in use.
+            let label = idx.and_then(|i| self.slots[i].label_live());
+            if let Some(v) = others.iter().find(|v| {
+                v.segments.is_empty()
+                    && v.layout.redundant()
+                    && label.is_some_and(|l| l.entries.iter().any(|e| e.owner == v.id))
+            }) {
+                return Err(MetaError::Refused(format!(
+                    "{what}: ALU {alu}: the write-intent slots of volume {} are unknown (its definition is unavailable) and it has partitions there",
+                    v.name
+                )));
+            }
+            let mut used = vec![false; crate::mdr::WI_SLOTS as usize];
+            let mut mark = |v: &VolumeDef| {
+                for (k, &slot) in v.wi_slots.iter().enumerate() {
+                    if v.first_alu(k as u16) == Some(alu) {
+                        if let Some(u) = used.get_mut(usize::from(slot)) {
+                            *u = true;
+                        }
+                    }
+                }
+            };
+            for v in others.iter().filter(|v| v.id != def.id) {
+                mark(v);
+            }
+            // Members of `def` still to do hold placeholder slots: skip them.
+            let pending: Vec<u16> = todo.iter().copied().skip_while(|&k| k != m).collect();
+            let mut mine = def.clone();
+            for &k in &pending {
+                if let Some(s) = mine.wi_slots.get_mut(usize::from(k)) {
+                    *s = u16::MAX;
+                }
+            }
+            mark(&mine);
+            let slot = used.iter().position(|u| !u).ok_or_else(|| {
+                MetaError::NoSpace(format!(
+                    "{what}: member {m}: no free write-intent slot on ALU {alu} (all {} in use)",
+                    crate::mdr::WI_SLOTS
+                ))
+            })?;
+            def.wi_slots[usize::from(m)] = slot as u16;
+        }
+        Ok(())
+    }
+
     fn device_of(&self, alu: Uuid) -> Option<u64> {
         self.slots
             .iter()
@@ -1783,7 +1873,7 @@ impl Store {
         }
         // Canonical order: by member, each member's pieces in plan order.
         segments.sort_by_key(|g| g.member);
-        let def = VolumeDef {
+        let mut def = VolumeDef {
             id: vol_id,
             name: name.to_string(),
             size,
@@ -1792,7 +1882,14 @@ impl Store {
             layout,
             members: vec![MemberHealth::Ok; members],
             snapshot,
+            wi_slots: Vec::new(),
         };
+        // Every leg gets a write-intent slot on the ALU of its first segment.
+        if layout.redundant() {
+            def.wi_slots = vec![0; members];
+            let all: Vec<u16> = (0..members as u16).collect();
+            self.assign_wi_slots(&image.volumes, &mut def, &all, &format!("volume {name}"))?;
+        }
         let mut volumes = image.volumes.clone();
         volumes.push(def.clone());
         // Before the commit point: partitions, labels and volume copies on every ALU.
@@ -2405,6 +2502,16 @@ impl Store {
             ..old.clone()
         };
         def.members[m] = MemberHealth::Rebuilding { checkpoint: 0 };
+        // The new leg's write-intent slot moves to its new ALU (a volume created
+        // before write-intent bitmaps keeps none).
+        if def.wi_slots.len() == layout.members() {
+            self.assign_wi_slots(
+                &image.volumes,
+                &mut def,
+                &[member],
+                &format!("volume {volume}: replace refused"),
+            )?;
+        }
         let job = Job {
             id: next_id,
             kind: JobKind::Rebuild,
@@ -2417,6 +2524,7 @@ impl Store {
             mismatches: 0,
             repaired: 0,
             message: String::new(),
+            rate: 0,
         };
         next_id += 1;
         Self::fail_rebuild_jobs(

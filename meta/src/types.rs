@@ -310,6 +310,13 @@ pub struct VolumeDef {
     /// Set when this volume is a snapshot (spec section VIII): its segments are the
     /// copy-on-write store of `origin`'s point-in-time image.
     pub snapshot: Option<SnapshotOf>,
+    /// Write-intent bitmap slot of every member (`layout.members()` entries, member 0
+    /// first) of a mirror or raid10 volume: slot `s` is the 4 KiB block at
+    /// `WI_OFFSET + s * WI_SLOT` ([`crate::mdr`]) on the ALU holding the member's
+    /// first segment (see [`VolumeDef::wi_location`]). Empty for linear, stripe and
+    /// snapshot volumes and for mirrors created before write-intent bitmaps existed
+    /// (they resynchronise in full). Part of the definition (and of its CRC).
+    pub wi_slots: Vec<u16>,
 }
 
 /// What a snapshot volume is a snapshot of.
@@ -344,6 +351,24 @@ impl VolumeDef {
         self.segments.iter().filter(move |s| s.member == member)
     }
 
+    /// ALU of a member's first segment: where its write-intent slot lives.
+    pub fn first_alu(&self, member: u16) -> Option<Uuid> {
+        self.member_segments(member).next().map(|s| s.alu)
+    }
+
+    /// Where member `member`'s write-intent bitmap block lives: the ALU holding the
+    /// member's first segment and the byte offset of its slot on that ALU
+    /// (`WI_OFFSET + slot * WI_SLOT`, one `WI_SLOT`-byte block). `None` when the
+    /// volume has no write-intent slots or the member does not exist.
+    pub fn wi_location(&self, member: u16) -> Option<(Uuid, u64)> {
+        let slot = *self.wi_slots.get(usize::from(member))?;
+        let alu = self.first_alu(member)?;
+        Some((
+            alu,
+            crate::mdr::WI_OFFSET + u64::from(slot) * crate::mdr::WI_SLOT,
+        ))
+    }
+
     /// The definition alone (members all `Ok`), as stored in the object database.
     pub fn definition(&self) -> VolumeDef {
         VolumeDef {
@@ -375,6 +400,10 @@ pub enum JobKind {
     Rebuild,
     /// Compare (and with `Job::repair`, fix) the legs of every mirror.
     Scrub,
+    /// Roll the snapshot's origin back to the snapshot's image (spec [0167]):
+    /// `Job::volume` is the snapshot volume; the checkpoint counts merged
+    /// chunks.
+    Rollback,
 }
 
 impl JobKind {
@@ -383,12 +412,14 @@ impl JobKind {
         match self {
             JobKind::Rebuild => 1,
             JobKind::Scrub => 2,
+            JobKind::Rollback => 3,
         }
     }
     pub fn from_code(c: u8) -> Option<JobKind> {
         Some(match c {
             1 => JobKind::Rebuild,
             2 => JobKind::Scrub,
+            3 => JobKind::Rollback,
             _ => return None,
         })
     }
@@ -451,6 +482,9 @@ pub struct Job {
     pub total: u64,
     pub mismatches: u64,
     pub repaired: u64,
+    /// Throttle in bytes per second asked for by the administrator (0 =
+    /// unthrottled); persisted so a resumed job keeps it.
+    pub rate: u64,
     /// At most [`MAX_JOB_MESSAGE`] bytes of UTF-8 (e.g. a failure reason); the store
     /// cuts longer messages at a character boundary.
     pub message: String,
@@ -492,6 +526,10 @@ impl Job {
             )),
             JobKind::Scrub if self.member.is_some() => Err(format!(
                 "job {}: a scrub job covers the whole volume (no member)",
+                self.id
+            )),
+            JobKind::Rollback if self.member.is_some() || self.repair => Err(format!(
+                "job {}: a rollback job has no member and no repair flag",
                 self.id
             )),
             _ => Ok(()),

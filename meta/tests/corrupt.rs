@@ -234,6 +234,7 @@ fn layout_state() -> (Vec<u64>, Vec<Event>) {
         mismatches: 2,
         repaired: 1,
         message: "read error".into(),
+        rate: 0,
     })
     .unwrap();
     (vec![SIZE; 4], rec.log())

@@ -52,6 +52,7 @@ fn scrub(volume: u64) -> Job {
         mismatches: 0,
         repaired: 0,
         message: String::new(),
+        rate: 0,
     }
 }
 

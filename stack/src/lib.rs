@@ -20,8 +20,14 @@
 //! * [`resync`] rebuilds a new or replaced mirror leg and scrubs mirrors
 //!   online, on a job thread of its own, behind a sync window the queues'
 //!   writes respect.
+//! * [`bitmap`] is the mirrors' write-intent bitmap (MD's bitmap): a region is
+//!   marked on disk before a write reaches the legs and cleared lazily; after a
+//!   crash or a leg's return only marked regions are resynchronised.
 //! * [`snapshot`] holds copy-on-write snapshots (spec VIII): the origin and
 //!   snapshot drivers over a persistent exception store on a COW device.
+//! * [`gate`] suspends a volume's host I/O (drain in-flight requests, hold new
+//!   ones, resume in order), as dm's suspend/resume does: the barrier at which
+//!   a snapshot is taken and the tree is changed.
 //! * [`join`] runs the pieces of one request concurrently without allocating.
 //! * [`AlignedBuf`] is a page-aligned heap buffer usable for `O_DIRECT` I/O.
 //!
@@ -35,6 +41,8 @@ use std::future::Future;
 use std::sync::Arc;
 
 pub mod aligned;
+pub mod bitmap;
+pub mod gate;
 pub mod join;
 pub mod linear;
 pub mod mirror;
@@ -47,13 +55,16 @@ pub mod uring;
 pub mod volume;
 
 pub use aligned::AlignedBuf;
+pub use bitmap::{IntentCopy, IntentId, WriteIntent};
 pub use linear::Linear;
 pub use mirror::{Mirror, MirrorHealth, MirrorState};
 pub use partition::{open_alu, Partition};
-pub use resync::{rebuild_leg, scrub, JobControl, JobError, ScrubReport};
+pub use resync::{
+    rebuild_leg, resync_dirty, scrub, DirtyReport, JobControl, JobError, ScrubReport,
+};
 pub use snapshot::{
-    rollback, ExceptionStore, RollbackControl, RollbackError, Snapshot, SnapshotOrigin,
-    SnapshotState, SnapshotView, StoreError,
+    rollback, ExceptionStore, MakeCow, RollbackError, SetEntry, Snapshot, SnapshotOrigin,
+    SnapshotSet, SnapshotState, SnapshotView, StoreError,
 };
 pub use stripe::Stripe;
 pub use swap::{LegSlot, SwapLeg};

@@ -19,6 +19,13 @@
 //! * Writes, write-zeroes and discards respect the resync/scrub job's sync
 //!   window (see [`MirrorHealth`]): lock-free and allocation-free, one
 //!   atomic increment per touched 1 MiB region and one window check.
+//! * With a write-intent bitmap ([`crate::bitmap`], attached to the health
+//!   with [`MirrorHealth::with_write_intent`]), a write, write-zeroes or
+//!   discard then waits until every touched region's bit is set on disk
+//!   before any leg sees it (two atomic loads per region when it already is),
+//!   and fails with `EIO` if the bitmap cannot be written on any copy. Reads
+//!   of dirty regions go to the first healthy leg while a crash resync is
+//!   pending.
 //!
 //! So a degraded mirror never returns an error to the host while one leg
 //! works. A failed leg is never read again: it missed writes, and serving a
@@ -37,10 +44,11 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::Poll;
 
+use crate::bitmap::{IntentError, WriteIntent};
 use crate::join::join_bounded;
 use crate::swap::LegSlot;
 use crate::volume::BuildError;
-use crate::{check_range, BlockDev, IoError, IoResult, Limits};
+use crate::{check_range, AlignedBuf, BlockDev, IoError, IoResult, Limits};
 
 /// Largest number of legs of one mirror.
 pub const MAX_LEGS: usize = 4;
@@ -89,6 +97,8 @@ pub struct MirrorHealth {
     /// The legs' replaceable descriptions, set by the first tree built over
     /// this health record and shared by every queue's tree after it.
     slots: OnceLock<Vec<Arc<LegSlot>>>,
+    /// The mirror's write-intent bitmap, if it has one.
+    intent: Option<Arc<WriteIntent>>,
 }
 
 impl fmt::Debug for MirrorHealth {
@@ -248,7 +258,39 @@ impl MirrorHealth {
             job: AtomicBool::new(false),
             on_fail,
             slots: OnceLock::new(),
+            intent: None,
         }
+    }
+
+    /// Attach the mirror's write-intent bitmap (before the health is shared):
+    /// every queue's [`Mirror`] then marks regions before writing the legs.
+    /// The bitmap must describe the same legs, and the health needs a sync
+    /// window of the legs' size (built with [`MirrorHealth::new_with_rebuild`]
+    /// and a non-zero size): the bitmap's lazy clear relies on its in-flight
+    /// counters.
+    pub fn with_write_intent(mut self, intent: Arc<WriteIntent>) -> Result<Self, IntentError> {
+        if intent.legs() != self.legs || intent.leg_size() != self.size || self.size == 0 {
+            return Err(IntentError::Mismatch {
+                health_legs: self.legs,
+                health_size: self.size,
+                legs: intent.legs(),
+                size: intent.leg_size(),
+            });
+        }
+        self.intent = Some(intent);
+        Ok(self)
+    }
+
+    /// The mirror's write-intent bitmap, if any.
+    pub fn write_intent(&self) -> Option<&Arc<WriteIntent>> {
+        self.intent.as_ref()
+    }
+
+    /// Whether any host write/write-zeroes/discard is in flight in the
+    /// sync-window regions overlapping `[off, off + len)`.
+    pub(crate) fn busy(&self, off: u64, len: u64) -> bool {
+        self.regions(off, len)
+            .any(|r| self.inflight[r].load(Ordering::SeqCst) != 0)
     }
 
     /// The legs' shared slots, made from `make` the first time (by the first
@@ -459,9 +501,16 @@ impl MirrorHealth {
     }
 }
 
-/// RAID1 over `legs`, with health shared across queues.
-pub struct Mirror<D: BlockDev> {
+/// RAID1 over `legs`, with health shared across queues; `C` is the type of
+/// this instance's write-intent copy devices (one per leg, see
+/// [`Mirror::with_copies`]; unused without a bitmap).
+pub struct Mirror<D: BlockDev, C: BlockDev = D> {
     legs: Vec<D>,
+    /// This instance's devices for the legs' bitmap copies (empty without a
+    /// write-intent bitmap).
+    copies: Vec<C>,
+    /// Block buffer for writing the bitmap from this instance (allocated once).
+    scratch: Cell<Option<AlignedBuf>>,
     health: Arc<MirrorHealth>,
     /// Round-robin position for reads (per instance, i.e. per queue).
     next_read: Cell<usize>,
@@ -471,8 +520,25 @@ pub struct Mirror<D: BlockDev> {
 
 impl<D: BlockDev> Mirror<D> {
     /// Mirror over `legs` (2 to [`MAX_LEGS`], all of the same size) with
-    /// `health` describing the same number of legs.
+    /// `health` describing the same number of legs. Refused if the health
+    /// carries a write-intent bitmap: use [`Mirror::with_copies`].
     pub fn new(legs: Vec<D>, health: Arc<MirrorHealth>) -> Result<Self, BuildError> {
+        Mirror::with_copies(legs, Vec::new(), health)
+    }
+}
+
+impl<D: BlockDev, C: BlockDev> Mirror<D, C> {
+    /// Mirror over `legs` (2 to [`MAX_LEGS`], all of the same size) with
+    /// `health` describing the same number of legs and, when the health
+    /// carries a write-intent bitmap, `copies`: this instance's devices for
+    /// the legs' bitmap copies, one per leg in leg order (copy `i` lives on leg
+    /// `i`'s ALU; each queue builds its own on its own ring, e.g.
+    /// [`WriteIntent::copies_on`]). Without a bitmap `copies` is ignored.
+    pub fn with_copies(
+        legs: Vec<D>,
+        copies: Vec<C>,
+        health: Arc<MirrorHealth>,
+    ) -> Result<Self, BuildError> {
         if !(2..=MAX_LEGS).contains(&legs.len()) {
             return Err(BuildError::MemberCount {
                 layout: "mirror",
@@ -500,8 +566,27 @@ impl<D: BlockDev> Mirror<D> {
             .map(|l| l.limits())
             .reduce(Limits::restrict)
             .expect("at least 2 legs");
+        let scratch = match health.write_intent() {
+            None => None,
+            Some(_) if copies.len() != legs.len() => {
+                return Err(BuildError::WriteIntent(format!(
+                    "one bitmap copy per leg needed ({} legs), got {}",
+                    legs.len(),
+                    copies.len()
+                )))
+            }
+            Some(wi) if wi.leg_size() != size => {
+                return Err(BuildError::WriteIntent(format!(
+                    "bitmap covers legs of {} bytes, the legs have {size}",
+                    wi.leg_size()
+                )))
+            }
+            Some(_) => Some(AlignedBuf::new(crate::bitmap::BLOCK_SIZE)),
+        };
         Ok(Mirror {
             legs,
+            copies,
+            scratch: Cell::new(scratch),
             health,
             next_read: Cell::new(0),
             size,
@@ -512,6 +597,24 @@ impl<D: BlockDev> Mirror<D> {
     /// The legs.
     pub fn legs(&self) -> &[D] {
         &self.legs
+    }
+
+    /// This instance's write-intent copy devices (one per leg; empty without a
+    /// bitmap).
+    pub fn copies(&self) -> &[C] {
+        &self.copies
+    }
+
+    /// Make `[offset, offset + len)` durable in the write-intent bitmap, if the
+    /// mirror has one (after `enter_write`, before any leg I/O).
+    async fn mark(&self, offset: u64, len: u64, op: &'static str) -> IoResult<()> {
+        match self.health.write_intent() {
+            None => Ok(()),
+            Some(wi) => wi
+                .mark(offset, len, &self.health, &self.copies, &self.scratch)
+                .await
+                .map_err(|e| IoError::new(e.errno(), op, offset, len)),
+        }
     }
 
     /// The shared health.
@@ -564,7 +667,7 @@ impl<D: BlockDev> Mirror<D> {
     }
 }
 
-impl<D: BlockDev> BlockDev for Mirror<D> {
+impl<D: BlockDev, C: BlockDev> BlockDev for Mirror<D, C> {
     fn size(&self) -> u64 {
         self.size
     }
@@ -577,8 +680,15 @@ impl<D: BlockDev> BlockDev for Mirror<D> {
         let len = buf.len() as u64;
         check_range("read", offset, len, self.size)?;
         let n = self.legs.len();
-        let start = self.next_read.get();
-        self.next_read.set(start.wrapping_add(1));
+        // While a crash resync is pending the legs may differ in dirty regions:
+        // read those from the first healthy leg (as the resync copies from it),
+        // so a block never changes under the host without a write.
+        let first = self
+            .health
+            .write_intent()
+            .is_some_and(|wi| wi.unsynced_in(offset, len));
+        let start = if first { 0 } else { self.next_read.get() };
+        self.next_read.set(self.next_read.get().wrapping_add(1));
         let mut last_errno = libc::EIO;
         for k in 0..n {
             let leg = (start + k) % n;
@@ -602,6 +712,7 @@ impl<D: BlockDev> BlockDev for Mirror<D> {
         let len = buf.len() as u64;
         check_range("write", offset, len, self.size)?;
         let _in_flight = self.health.enter_write(offset, len).await;
+        self.mark(offset, len, "write").await?;
         self.all_legs(|l| l.write(offset, buf, fua), "write", offset, len)
             .await
     }
@@ -613,6 +724,7 @@ impl<D: BlockDev> BlockDev for Mirror<D> {
     async fn discard(&self, offset: u64, len: u64) -> IoResult<()> {
         check_range("discard", offset, len, self.size)?;
         let _in_flight = self.health.enter_write(offset, len).await;
+        self.mark(offset, len, "discard").await?;
         self.all_legs(|l| l.discard(offset, len), "discard", offset, len)
             .await
     }
@@ -620,6 +732,7 @@ impl<D: BlockDev> BlockDev for Mirror<D> {
     async fn write_zeroes(&self, offset: u64, len: u64) -> IoResult<()> {
         check_range("write_zeroes", offset, len, self.size)?;
         let _in_flight = self.health.enter_write(offset, len).await;
+        self.mark(offset, len, "write_zeroes").await?;
         self.all_legs(|l| l.write_zeroes(offset, len), "write_zeroes", offset, len)
             .await
     }

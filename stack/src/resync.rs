@@ -17,6 +17,10 @@
 //! * [`scrub`] compares every healthy leg against the first healthy one and
 //!   counts mismatches in 4 KiB blocks ([`MISMATCH_BLOCK`]); with `repair`
 //!   the first healthy leg's data is written over the mismatching blocks.
+//! * [`resync_dirty`] copies only the regions set in the mirror's write-intent
+//!   bitmap ([`crate::bitmap`], MD's bitmap-based resync): after a crash from
+//!   the first healthy leg to the others, after a failed leg's return onto
+//!   that leg; then clears them.
 //!
 //! [`JobControl`] is shared with the daemon: cancellation (honoured at the
 //! next step boundary), progress, a rate limit and a checkpoint callback so
@@ -26,6 +30,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::bitmap::{IntentError, WriteIntent};
 use crate::mirror::{Mirror, MirrorHealth};
 use crate::{AlignedBuf, BlockDev, IoError};
 
@@ -156,6 +161,13 @@ pub enum JobError {
     /// [`MirrorHealth::new`], or for another size).
     #[error("mirror health has no sync window of {0} bytes")]
     NoWindow(u64),
+    /// [`resync_dirty`] on a mirror without a write-intent bitmap.
+    #[error("the mirror has no write-intent bitmap")]
+    NoBitmap,
+    /// Writing the write-intent bitmap failed on every copy (the regions
+    /// copied stay marked dirty: they are copied again by the next run).
+    #[error("writing the write-intent bitmap failed: {0}")]
+    Bitmap(IoError),
     /// `step` is zero or not a multiple of the logical block size, or `from`
     /// is not block aligned / beyond the mirror.
     #[error("invalid step {step} or start {from}")]
@@ -178,7 +190,11 @@ pub struct ScrubReport {
     pub repaired: u64,
 }
 
-fn check_job<D: BlockDev>(mirror: &Mirror<D>, from: u64, step: u64) -> Result<(), JobError> {
+fn check_job<D: BlockDev, C: BlockDev>(
+    mirror: &Mirror<D, C>,
+    from: u64,
+    step: u64,
+) -> Result<(), JobError> {
     let h = mirror.health();
     if h.window_size() < mirror.size() {
         return Err(JobError::NoWindow(mirror.size()));
@@ -198,31 +214,41 @@ fn check_job<D: BlockDev>(mirror: &Mirror<D>, from: u64, step: u64) -> Result<()
 }
 
 /// Paces a job to the control's rate limit and calls the checkpoint callback.
-struct Pacer<'a> {
+pub(crate) struct Pacer<'a> {
     ctl: &'a JobControl,
     started: Instant,
     start: u64,
     last_checkpoint: u64,
+    /// Bytes passed over without I/O (clean regions): not rate limited.
+    skipped: u64,
 }
 
 impl<'a> Pacer<'a> {
-    fn new(ctl: &'a JobControl, start: u64) -> Self {
+    pub(crate) fn new(ctl: &'a JobControl, start: u64) -> Self {
         ctl.progress.store(start, Ordering::Relaxed);
         Pacer {
             ctl,
             started: Instant::now(),
             start,
             last_checkpoint: start,
+            skipped: 0,
         }
+    }
+
+    /// Pass over `[from, to)` without I/O: progress moves, the rate limit
+    /// ignores it.
+    pub(crate) fn skip(&mut self, from: u64, to: u64) {
+        self.skipped += to - from;
+        self.advance(to);
     }
 
     /// `pos` reached: publish progress, checkpoint if due, then throttle.
     /// Whether reaching `pos` calls the checkpoint callback.
-    fn due(&self, pos: u64) -> bool {
+    pub(crate) fn due(&self, pos: u64) -> bool {
         pos - self.last_checkpoint >= self.ctl.checkpoint_every
     }
 
-    fn advance(&mut self, pos: u64) {
+    pub(crate) fn advance(&mut self, pos: u64) {
         self.ctl.progress.store(pos, Ordering::Relaxed);
         if self.due(pos) {
             self.ctl.checkpoint(pos);
@@ -230,7 +256,8 @@ impl<'a> Pacer<'a> {
         }
         let rate = self.ctl.rate_limit();
         if rate > 0 {
-            let due = Duration::from_secs_f64((pos - self.start) as f64 / rate as f64);
+            let work = pos - self.start - self.skipped;
+            let due = Duration::from_secs_f64(work as f64 / rate as f64);
             let elapsed = self.started.elapsed();
             if due > elapsed {
                 // The job owns its thread and ring: blocking is fine.
@@ -241,7 +268,7 @@ impl<'a> Pacer<'a> {
 
     /// Final (or cancelled) position: publish it and checkpoint unless just
     /// done for it.
-    fn finish(&mut self, pos: u64) {
+    pub(crate) fn finish(&mut self, pos: u64) {
         self.ctl.progress.store(pos, Ordering::Relaxed);
         if pos != self.last_checkpoint || pos == self.start {
             self.ctl.checkpoint(pos);
@@ -253,8 +280,8 @@ impl<'a> Pacer<'a> {
 /// Read `buf` at `pos` from a healthy leg other than `skip` (in leg order);
 /// a leg failing the read is failed (last-leg rule applies) and the next one
 /// tried. Returns the leg read.
-async fn read_healthy<D: BlockDev>(
-    mirror: &Mirror<D>,
+async fn read_healthy<D: BlockDev, C: BlockDev>(
+    mirror: &Mirror<D, C>,
     pos: u64,
     buf: &mut [u8],
 ) -> Result<usize, JobError> {
@@ -284,7 +311,11 @@ fn leg_failed(h: &MirrorHealth, leg: usize, errno: i32, checkpoint: u64) -> JobE
 }
 
 /// Flush the leg being rebuilt; an error fails it.
-async fn flush_leg<D: BlockDev>(mirror: &Mirror<D>, leg: usize, pos: u64) -> Result<(), JobError> {
+async fn flush_leg<D: BlockDev, C: BlockDev>(
+    mirror: &Mirror<D, C>,
+    leg: usize,
+    pos: u64,
+) -> Result<(), JobError> {
     let h = mirror.health();
     mirror.legs()[leg].flush().await.map_err(|e| {
         h.fail(leg, e.errno());
@@ -303,8 +334,8 @@ async fn flush_leg<D: BlockDev>(mirror: &Mirror<D>, leg: usize, pos: u64) -> Res
 /// [`JobError::LegFailed`]; a read error fails the source leg and the next
 /// healthy leg is used. Cancellation stops at a step boundary with the window
 /// released and [`JobError::Cancelled`] carrying the checkpoint.
-pub async fn rebuild_leg<D: BlockDev>(
-    mirror: &Mirror<D>,
+pub async fn rebuild_leg<D: BlockDev, C: BlockDev>(
+    mirror: &Mirror<D, C>,
     leg: usize,
     step: u64,
     ctl: &JobControl,
@@ -377,8 +408,8 @@ pub async fn rebuild_leg<D: BlockDev>(
 /// A leg failing a read or a repair write is failed (last-leg rule applies);
 /// the scrub goes on with the others. [`JobError::Io`] when no healthy leg
 /// can be read.
-pub async fn scrub<D: BlockDev>(
-    mirror: &Mirror<D>,
+pub async fn scrub<D: BlockDev, C: BlockDev>(
+    mirror: &Mirror<D, C>,
     from: u64,
     step: u64,
     repair: bool,
@@ -470,4 +501,224 @@ pub async fn scrub<D: BlockDev>(
         "mirror scrub complete"
     );
     Ok(report)
+}
+
+/// Result of a completed [`resync_dirty`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DirtyReport {
+    /// Dirty regions copied.
+    pub regions: u64,
+    /// Bytes read from the source and written to the targets.
+    pub bytes: u64,
+    /// Regions cleared in the bitmap (idle, every leg healthy).
+    pub cleared: u64,
+}
+
+/// Legs `resync_dirty` writes a piece read from leg `src` to.
+fn dirty_targets(h: &MirrorHealth, target: Option<usize>, src: usize) -> u32 {
+    match target {
+        Some(leg) => 1 << leg,
+        // Every leg that takes writes (healthy and rebuilding) but the source.
+        None => ((1u32 << h.legs()) - 1) & !h.failed_mask() & !(1 << src),
+    }
+}
+
+/// Flush the legs written since the last flush; an error fails the leg (and
+/// stops a return resync when it is the returning leg).
+async fn flush_targets<D: BlockDev, C: BlockDev>(
+    mirror: &Mirror<D, C>,
+    target: Option<usize>,
+    pos: u64,
+) -> Result<(), JobError> {
+    let h = mirror.health();
+    if let Some(leg) = target {
+        return flush_leg(mirror, leg, pos).await;
+    }
+    for leg in 0..h.legs() {
+        if h.failed_mask() & (1 << leg) == 0 {
+            if let Err(e) = mirror.legs()[leg].flush().await {
+                h.fail(leg, e.errno());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Clear the bits of `regions`, which the job made identical on every leg
+/// (those still written to, or with a leg not healthy, stay set).
+async fn clear_done<D: BlockDev, C: BlockDev>(
+    mirror: &Mirror<D, C>,
+    wi: &WriteIntent,
+    regions: std::ops::Range<usize>,
+) -> Result<u64, JobError> {
+    match wi
+        .clear_synced(mirror.health(), mirror.copies(), regions)
+        .await
+    {
+        Ok(r) => Ok(r.cleared as u64),
+        Err(IntentError::Io(e)) => Err(JobError::Bitmap(e)),
+        Err(e) => {
+            tracing::error!(error = %e, "write-intent bitmap not cleared");
+            Err(JobError::Bitmap(IoError::new(
+                libc::EINVAL,
+                "write-intent",
+                0,
+                0,
+            )))
+        }
+    }
+}
+
+/// Resynchronise the regions set in `mirror`'s write-intent bitmap
+/// ([`crate::bitmap`]), `step` bytes at a time under the sync window (so host
+/// writes stay correct, as for [`rebuild_leg`]), then clear their bits.
+///
+/// * `target: None` — after a crash (the bitmap was loaded with dirty regions,
+///   [`WriteIntent::unsynced`]): every dirty region is read from the first
+///   healthy leg and written to every other leg that takes writes; reads of
+///   dirty regions go to that same leg until the end, when the bitmap is
+///   marked synced. A target leg failing a write is failed and dropped.
+/// * `target: Some(leg)` — a failed leg returned with its data intact: the
+///   daemon made it rebuilding ([`MirrorHealth::start_rebuild`], checkpoint 0
+///   or one persisted by an earlier run) and this copies the dirty regions
+///   from the leg's checkpoint on onto it, moving its checkpoint past clean
+///   regions too (they did not change while it was away); at the end the leg
+///   becomes healthy ([`MirrorHealth::finish_rebuild`]). A write error on it
+///   fails it ([`JobError::LegFailed`]).
+///
+/// Clean regions are never read. Progress is the leg offset reached; the
+/// checkpoint callback is called as for [`rebuild_leg`], after the copies
+/// below it are flushed (and, after a crash, their bits cleared: the bitmap is
+/// the crash resync's checkpoint, a new run copies only what is left).
+/// Cancellation stops at a step boundary ([`JobError::Cancelled`]). Bits are
+/// cleared only while every leg is healthy (for a return, at the end).
+pub async fn resync_dirty<D: BlockDev, C: BlockDev>(
+    mirror: &Mirror<D, C>,
+    target: Option<usize>,
+    step: u64,
+    ctl: &JobControl,
+) -> Result<DirtyReport, JobError> {
+    let h = mirror.health();
+    let wi = h.write_intent().ok_or(JobError::NoBitmap)?.clone();
+    check_job(mirror, 0, step)?;
+    let from = match target {
+        Some(leg) => h
+            .rebuild_checkpoint(leg)
+            .ok_or(JobError::NotRebuilding(leg))?,
+        None => 0,
+    };
+    let job = h.claim_job().ok_or(JobError::Busy)?;
+    let size = mirror.size();
+    // Restart at the start of the region holding the checkpoint: a region is
+    // copied whole.
+    let mut pos = from.min(size) / wi.region_size() * wi.region_size();
+    let mut buf = AlignedBuf::new(step.min(size.max(1)) as usize);
+    let mut pacer = Pacer::new(ctl, pos);
+    let mut report = DirtyReport::default();
+    // Region being copied (counted once).
+    let mut current = None;
+    tracing::info!(
+        ?target,
+        from = pos,
+        size,
+        dirty = wi.dirty_regions(),
+        "dirty-region resync started"
+    );
+    while pos < size {
+        if ctl.is_cancelled() {
+            flush_targets(mirror, target, pos).await?;
+            if target.is_none() {
+                clear_done(mirror, &wi, 0..wi.region_of(pos)).await?;
+            }
+            pacer.finish(pos);
+            tracing::info!(?target, checkpoint = pos, "dirty-region resync cancelled");
+            return Err(JobError::Cancelled { checkpoint: pos });
+        }
+        if let Some(leg) = target {
+            if !h.is_rebuilding(leg) {
+                return Err(leg_failed(h, leg, libc::EIO, pos));
+            }
+        }
+        let r = wi.region_of(pos);
+        let end = wi.region_range(r).end;
+        let copy = current == Some(r) || wi.is_dirty(r);
+        let next = if copy {
+            if current != Some(r) {
+                current = Some(r);
+                report.regions += 1;
+            }
+            let n = step.min(end - pos);
+            let chunk = &mut buf[..n as usize];
+            job.open(pos, n).await;
+            let copied = copy_piece(mirror, target, pos, chunk).await;
+            job.close();
+            copied?;
+            report.bytes += n;
+            pos + n
+        } else {
+            end
+        };
+        if let Some(leg) = target {
+            // Below `next` the leg holds every write: copied here, or clean.
+            if h.rebuild_checkpoint(leg).is_some_and(|cp| cp < next) {
+                h.set_checkpoint(leg, next);
+            }
+        }
+        // Copies are durable (and, after a crash, their bits cleared) before a
+        // checkpoint is reported.
+        if pacer.due(next) || next == size {
+            flush_targets(mirror, target, next).await?;
+            if target.is_none() && next < size {
+                let done = if next == end { r + 1 } else { r };
+                report.cleared += clear_done(mirror, &wi, 0..done).await?;
+            }
+        }
+        if copy {
+            pacer.advance(next);
+        } else {
+            pacer.skip(pos, next);
+        }
+        pos = next;
+    }
+    if pos == from.min(size) {
+        // Nothing to walk (the loop flushed otherwise).
+        flush_targets(mirror, target, size).await?;
+    }
+    match target {
+        Some(leg) => {
+            if !h.finish_rebuild(leg) {
+                return Err(leg_failed(h, leg, libc::EIO, size));
+            }
+        }
+        None => wi.mark_synced(),
+    }
+    drop(job);
+    // In sync wherever every leg is healthy: clear what is idle.
+    report.cleared += clear_done(mirror, &wi, 0..wi.regions()).await?;
+    pacer.finish(size);
+    tracing::info!(?target, ?report, "dirty-region resync complete");
+    Ok(report)
+}
+
+/// Copy one piece (under the window): read it from the first healthy leg and
+/// write it to the targets.
+async fn copy_piece<D: BlockDev, C: BlockDev>(
+    mirror: &Mirror<D, C>,
+    target: Option<usize>,
+    pos: u64,
+    chunk: &mut [u8],
+) -> Result<(), JobError> {
+    let h = mirror.health();
+    let src = read_healthy(mirror, pos, chunk).await?;
+    let chunk: &[u8] = chunk;
+    let targets = dirty_targets(h, target, src);
+    for leg in (0..h.legs()).filter(|l| targets & (1 << l) != 0) {
+        if let Err(e) = mirror.legs()[leg].write(pos, chunk, false).await {
+            h.fail(leg, e.errno());
+            if target.is_some() {
+                return Err(leg_failed(h, leg, e.errno(), pos));
+            }
+        }
+    }
+    Ok(())
 }

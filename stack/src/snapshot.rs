@@ -102,11 +102,14 @@
 //! for a chunk another queue is copying, then finds it committed: each chunk is
 //! copied once.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::mirror::backoff;
+use crate::resync::{JobControl, Pacer};
 use crate::{check_range, AlignedBuf, BlockDev, IoError, IoResult, Limits};
 
 /// Size of the header and of each metadata block.
@@ -548,6 +551,19 @@ impl SnapshotState {
             .ok()
     }
 
+    /// Persistently invalidate the snapshot before it is dropped from its
+    /// origin: once the origin stops copying for it, a crash must not bring it
+    /// back as a valid image of a changed origin.
+    pub async fn retire<C: BlockDev>(&self, cow: &C) -> IoResult<()> {
+        let why = IoError::new(libc::ECANCELED, "snapshot removal", 0, 0);
+        self.invalidate(cow, &why).await?;
+        if self.status.load(Ordering::SeqCst) == ST_INVALID {
+            Ok(())
+        } else {
+            Err(IoError::new(libc::EIO, "snapshot removal", 0, 0))
+        }
+    }
+
     /// Invalidate the snapshot (dm-snapshot: COW full or failing) and persist
     /// the flag. Origin writes keep going without copying for it; if the flag
     /// cannot be persisted they fail instead (a crash would otherwise reopen a
@@ -781,18 +797,121 @@ async fn commit<D: BlockDev, C: BlockDev>(
     Ok(())
 }
 
+/// The snapshots of one origin volume, shared (in an `Arc`) by every queue's
+/// [`SnapshotOrigin`] and changed by the daemon while the origin is online.
+///
+/// Each entry is the snapshot's id (the daemon's: its volume id), a key `K`
+/// (what a queue needs to build its own instance of the COW device, e.g. a
+/// volume description) and the snapshot's shared state. A change bumps the
+/// generation; a queue sees it at its next write and rebuilds its list (off
+/// the hot path: only after a change). The daemon changes the set only while
+/// the origin's [`crate::gate::Gate`] is suspended, so no write is between
+/// "checked the snapshots" and "wrote the origin" when a snapshot appears:
+/// that suspension is the snapshot's point in time (\[0154\]).
+pub struct SnapshotSet<K> {
+    generation: AtomicU64,
+    entries: Mutex<Vec<SetEntry<K>>>,
+}
+
+/// One snapshot in a [`SnapshotSet`]: `(id, key, state)`.
+pub type SetEntry<K> = (u64, K, Arc<SnapshotState>);
+
+impl<K: Clone> SnapshotSet<K> {
+    /// A set holding `entries`.
+    pub fn new(entries: Vec<SetEntry<K>>) -> Arc<Self> {
+        Arc::new(SnapshotSet {
+            generation: AtomicU64::new(1),
+            entries: Mutex::new(entries),
+        })
+    }
+
+    /// Bumped by every change.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// The current entries.
+    pub fn entries(&self) -> Vec<SetEntry<K>> {
+        lock(&self.entries).clone()
+    }
+
+    /// Add snapshot `id` (its store formatted, i.e. empty), replacing an
+    /// entry with the same id.
+    pub fn insert(&self, id: u64, key: K, state: Arc<SnapshotState>) {
+        let mut e = lock(&self.entries);
+        e.retain(|(i, _, _)| *i != id);
+        e.push((id, key, state));
+        drop(e);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Drop snapshot `id`; whether it was there.
+    pub fn remove(&self, id: u64) -> bool {
+        let mut e = lock(&self.entries);
+        let before = e.len();
+        e.retain(|(i, _, _)| *i != id);
+        let removed = e.len() != before;
+        drop(e);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        removed
+    }
+
+    /// The key and state of snapshot `id`.
+    pub fn get(&self, id: u64) -> Option<(K, Arc<SnapshotState>)> {
+        lock(&self.entries)
+            .iter()
+            .find(|(i, _, _)| *i == id)
+            .map(|(_, k, s)| (k.clone(), s.clone()))
+    }
+}
+
+/// Builds one queue's instance of a snapshot's COW device from its key.
+pub type MakeCow<K, C> = Box<dyn Fn(&K) -> Result<C, String>>;
+
 /// The origin of one or more snapshots (\[0156\] step 1208, \[0167\]): reads pass
 /// through; writes, write-zeroes and discards first copy the old data of every
 /// chunk some snapshot still shares with the origin.
-pub struct SnapshotOrigin<D: BlockDev, C: BlockDev> {
+///
+/// Its snapshot list is either fixed ([`SnapshotOrigin::new`]) or follows a
+/// shared [`SnapshotSet`] that changes online ([`SnapshotOrigin::dynamic`],
+/// one instance per queue). Per write the dynamic case costs one atomic load
+/// (the set's generation) and one non-atomic reference count; with no
+/// snapshot the origin is a pass-through.
+pub struct SnapshotOrigin<D: BlockDev, C: BlockDev, K = ()> {
     origin: D,
-    snaps: Vec<Snapshot<C>>,
+    /// The shared set followed (dynamic) and how to build a COW device.
+    set: Option<Follow<K, C>>,
+    /// The set's generation the list was built from, and this queue's
+    /// instances.
+    local: RefCell<(u64, Rc<Vec<Snapshot<C>>>)>,
+}
+
+/// What a dynamic [`SnapshotOrigin`] follows.
+struct Follow<K, C> {
+    set: Arc<SnapshotSet<K>>,
+    make: MakeCow<K, C>,
 }
 
 impl<D: BlockDev, C: BlockDev> SnapshotOrigin<D, C> {
-    /// The origin device with its active snapshots.
+    /// The origin device with a fixed list of active snapshots.
     pub fn new(origin: D, snaps: Vec<Snapshot<C>>) -> Self {
-        SnapshotOrigin { origin, snaps }
+        SnapshotOrigin {
+            origin,
+            set: None,
+            local: RefCell::new((0, Rc::new(snaps))),
+        }
+    }
+}
+
+impl<D: BlockDev, C: BlockDev, K: Clone> SnapshotOrigin<D, C, K> {
+    /// `origin` with the snapshots of `set`, each COW device built (on this
+    /// queue) by `make`.
+    pub fn dynamic(origin: D, set: Arc<SnapshotSet<K>>, make: MakeCow<K, C>) -> Self {
+        SnapshotOrigin {
+            origin,
+            set: Some(Follow { set, make }),
+            local: RefCell::new((0, Rc::new(Vec::new()))),
+        }
     }
 
     /// The origin device.
@@ -800,20 +919,38 @@ impl<D: BlockDev, C: BlockDev> SnapshotOrigin<D, C> {
         &self.origin
     }
 
-    /// The active snapshots.
-    pub fn snapshots(&self) -> &[Snapshot<C>] {
-        &self.snaps
+    /// This queue's snapshot list, rebuilt if the shared set changed.
+    pub fn snapshots(&self) -> IoResult<Rc<Vec<Snapshot<C>>>> {
+        let Some(Follow { set, make }) = &self.set else {
+            return Ok(self.local.borrow().1.clone());
+        };
+        let generation = set.generation();
+        let mut local = self.local.borrow_mut();
+        if local.0 != generation {
+            let mut snaps = Vec::new();
+            for (id, key, state) in set.entries() {
+                let cow = make(&key).map_err(|e| {
+                    tracing::error!(snapshot = id, error = %e,
+                        "cannot build the COW device; failing the write");
+                    IoError::new(libc::EIO, "snapshot COW device", 0, 0)
+                })?;
+                snaps.push(Snapshot::new(cow, state));
+            }
+            *local = (generation, Rc::new(snaps));
+        }
+        Ok(local.1.clone())
     }
 
     async fn protect_all(&self, offset: u64, len: u64) -> IoResult<()> {
-        for s in &self.snaps {
+        let snaps = self.snapshots()?;
+        for s in snaps.iter() {
             protect(&self.origin, s, offset, len).await?;
         }
         Ok(())
     }
 }
 
-impl<D: BlockDev, C: BlockDev> BlockDev for SnapshotOrigin<D, C> {
+impl<D: BlockDev, C: BlockDev, K: Clone> BlockDev for SnapshotOrigin<D, C, K> {
     fn size(&self) -> u64 {
         self.origin.size()
     }
@@ -833,8 +970,6 @@ impl<D: BlockDev, C: BlockDev> BlockDev for SnapshotOrigin<D, C> {
     }
 
     async fn flush(&self) -> IoResult<()> {
-        // Exceptions are durable when committed; only the origin has
-        // volatile data.
         self.origin.flush().await
     }
 
@@ -939,49 +1074,15 @@ impl<D: BlockDev, C: BlockDev> BlockDev for SnapshotView<D, C> {
     }
 }
 
-/// Control of a running [`rollback`]: cancellation and progress, shared with
-/// the daemon (e.g. in an `Arc`).
-#[derive(Debug, Default)]
-pub struct RollbackControl {
-    cancelled: AtomicBool,
-    done: AtomicU64,
-    total: AtomicU64,
-}
-
-impl RollbackControl {
-    /// Not cancelled, no progress.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Stop at the next chunk boundary.
-    pub fn cancel(&self) {
-        self.cancelled.store(true, Ordering::SeqCst);
-    }
-
-    /// Whether [`RollbackControl::cancel`] was called.
-    pub fn is_cancelled(&self) -> bool {
-        self.cancelled.load(Ordering::SeqCst)
-    }
-
-    /// `(chunks merged, chunks to merge)`.
-    pub fn progress(&self) -> (u64, u64) {
-        (
-            self.done.load(Ordering::SeqCst),
-            self.total.load(Ordering::SeqCst),
-        )
-    }
-}
-
 /// Why a [`rollback`] stopped.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RollbackError {
-    /// Cancelled; `merged` chunks were written back. The snapshot is intact,
-    /// the origin partly restored: run the rollback again to finish.
-    #[error("rollback cancelled after {merged} chunks")]
+    /// Cancelled at a chunk boundary. The snapshot is intact, the origin
+    /// partly restored: run the rollback again (from `checkpoint`) to finish.
+    #[error("rollback cancelled at checkpoint {checkpoint}")]
     Cancelled {
-        /// Chunks written back.
-        merged: u64,
+        /// Bytes of the merge done (a multiple of the chunk size).
+        checkpoint: u64,
     },
     /// The snapshot is invalid: it cannot be restored.
     #[error("snapshot is invalid")]
@@ -1006,32 +1107,47 @@ impl From<IoError> for RollbackError {
 /// [`SnapshotOrigin`] over the origin's other snapshots (which then keep their
 /// images; `snap` itself may be among them: its chunks being merged are all
 /// excepted, so nothing is copied for it). The origin's host I/O must be
-/// quiesced for the duration (the daemon suspends its queues); views may be
-/// read meanwhile (an excepted chunk comes from the COW device until the store
-/// is emptied, when the origin already holds the image). The rollback is
-/// idempotent: after a cancel, an error or a crash, run it again. Afterwards the snapshot is empty (equal to the
-/// origin) and still active; the daemon may drop it.
+/// stopped for the duration (the daemon keeps the origin offline); views may
+/// be read meanwhile (an excepted chunk comes from the COW device until the
+/// store is emptied, when the origin already holds the image). Afterwards the
+/// snapshot is empty (equal to the origin) and still active.
+///
+/// Progress is counted in bytes of chunks merged (`chunk size` per
+/// exception, in origin-chunk order) through `ctl`, which also throttles and
+/// checkpoints the job like a rebuild. The rollback is idempotent: after a
+/// cancel, an error or a crash, run it again, from 0 or from the last
+/// checkpoint `from` (the exception table does not change while the origin
+/// is offline, so the order is the same).
 pub async fn rollback<O: BlockDev, C: BlockDev>(
     target: &O,
     snap: &Snapshot<C>,
-    ctl: &RollbackControl,
+    ctl: &JobControl,
+    from: u64,
 ) -> Result<u64, RollbackError> {
     let st = &*snap.state;
     if st.is_invalid() {
         return Err(RollbackError::Invalid);
     }
     let exceptions = st.exceptions();
-    ctl.total.store(exceptions.len() as u64, Ordering::SeqCst);
-    ctl.done.store(0, Ordering::SeqCst);
-    let mut buf = AlignedBuf::new(st.chunk_size() as usize);
-    for (i, &(o, c)) in exceptions.iter().enumerate() {
+    let chunk = st.chunk_size();
+    let skip = (from / chunk).min(exceptions.len() as u64);
+    let mut pacer = Pacer::new(ctl, skip * chunk);
+    let mut buf = AlignedBuf::new(chunk as usize);
+    for (i, &(o, c)) in exceptions.iter().enumerate().skip(skip as usize) {
         if ctl.is_cancelled() {
-            return Err(RollbackError::Cancelled { merged: i as u64 });
+            let checkpoint = i as u64 * chunk;
+            pacer.finish(checkpoint);
+            return Err(RollbackError::Cancelled { checkpoint });
         }
         let data = &mut buf[..st.chunk_len(o) as usize];
         snap.cow.read(st.data_offset(c), data).await?;
         target.write(o << st.chunk_shift, data, false).await?;
-        ctl.done.store(i as u64 + 1, Ordering::SeqCst);
+        let pos = (i as u64 + 1) * chunk;
+        if pacer.due(pos) {
+            // A checkpoint is a promise that everything before it is durable.
+            target.flush().await?;
+        }
+        pacer.advance(pos);
     }
     target.flush().await?;
     // Empty the store: a fresh nonce voids every metadata block.
@@ -1047,12 +1163,56 @@ pub async fn rollback<O: BlockDev, C: BlockDev>(
     st.exceptions.store(0, Ordering::SeqCst);
     st.next_slot.store(0, Ordering::SeqCst);
     st.next_chunk.store(0, Ordering::SeqCst);
+    pacer.finish(exceptions.len() as u64 * chunk);
     Ok(exceptions.len() as u64)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// docs/FORMAT.md documents the store as encoded here.
+    #[test]
+    fn format_doc_matches_store_layout() {
+        let doc = include_str!("../../docs/FORMAT.md");
+        for row in [
+            format!(
+                "| 0 | 8 | magic `{}` |",
+                std::str::from_utf8(&HEADER_MAGIC).unwrap()
+            ),
+            format!(
+                "| 0 | 8 | magic `{}` |",
+                std::str::from_utf8(&META_MAGIC).unwrap()
+            ),
+            format!("| 8 | 4 | version ({VERSION}) |"),
+            format!("| 24 | 4 | entry count n, 1..={ENTRIES_PER_BLOCK} |"),
+            format!("| {META_HDR} | 16·n | entries: origin chunk u64, COW data chunk u64 |"),
+            format!("| {CRC_OFF} | 4 | crc32c of bytes [0, {CRC_OFF}) |"),
+        ] {
+            assert!(doc.contains(&row), "FORMAT.md lacks {row}");
+        }
+        // Field offsets of an encoded header.
+        let h = StoreHeader {
+            snapshot_id: 0x0101,
+            nonce: 0x0202,
+            origin_size: 0x0303,
+            geometry: Geometry {
+                chunk_size: 4096,
+                meta_slots: 0x0404,
+                data_start: 0x0505,
+                data_chunks: 0x0606,
+            },
+            invalid: true,
+        };
+        let mut b = vec![0u8; BLOCK as usize];
+        h.encode(&mut b);
+        let u = |o: usize| le64(&b, o);
+        assert_eq!(
+            (u(24), u(32), u(40), u(48), u(56), u(64)),
+            (0x0101, 0x0202, 0x0303, 0x0404, 0x0505, 0x0606)
+        );
+        assert_eq!((le32(&b, 12), le32(&b, 16)), (FLAG_INVALID, 4096));
+    }
 
     #[test]
     fn geometry_fits_and_is_maximal() {

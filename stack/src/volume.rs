@@ -18,11 +18,15 @@
 //!
 //! Mirror health ([`MirrorHealth`]) is created once per volume by the daemon
 //! and shared by every queue's tree: a leg failed on one queue is skipped by
-//! all, and the failure is reported (persisted) once.
+//! all, and the failure is reported (persisted) once. A mirror whose health
+//! carries a write-intent bitmap ([`crate::bitmap`]) gets, in every tree, its
+//! own devices for the legs' bitmap copies ([`IntentCopy`], on the tree's
+//! ring, at the locations set with [`WriteIntent::set_copy`](crate::bitmap::WriteIntent::set_copy)).
 
 use std::fs::File;
 use std::sync::Arc;
 
+use crate::bitmap::IntentCopy;
 use crate::mirror::{Mirror, MirrorHealth, MirrorState, MAX_LEGS};
 use crate::stripe::Stripe;
 use crate::swap::{LegSlot, SwapLeg};
@@ -152,6 +156,10 @@ pub enum BuildError {
         /// Minimum.
         min: u64,
     },
+    /// A mirror's write-intent bitmap cannot be used (copies missing or of
+    /// the wrong geometry).
+    #[error("write-intent bitmap: {0}")]
+    WriteIntent(String),
 }
 
 /// A volume tree for one queue thread.
@@ -161,9 +169,9 @@ pub enum Volume<R: Ring + Clone> {
     /// RAID0.
     Stripe(Stripe<Linear<Partition<R>>>),
     /// RAID1; its legs can be replaced online ([`SwapLeg`]).
-    Mirror(Mirror<SwapLeg<R>>),
+    Mirror(Mirror<SwapLeg<R>, IntentCopy<R>>),
     /// RAID10: striping over mirroring.
-    Raid10(Stripe<Mirror<SwapLeg<R>>>),
+    Raid10(Stripe<Mirror<SwapLeg<R>, IntentCopy<R>>>),
 }
 
 impl<R: Ring + Clone> Volume<R> {
@@ -188,7 +196,7 @@ impl<R: Ring + Clone> Volume<R> {
     /// stripe column for RAID10, none for linear and stripe. Mirror `i` uses
     /// `VolumeDesc::health[i]`; the resync jobs ([`crate::resync`]) run per
     /// mirror.
-    pub fn mirrors(&self) -> &[Mirror<SwapLeg<R>>] {
+    pub fn mirrors(&self) -> &[Mirror<SwapLeg<R>, IntentCopy<R>>] {
         match self {
             Volume::Linear(_) | Volume::Stripe(_) => &[],
             Volume::Mirror(m) => std::slice::from_ref(m),
@@ -316,7 +324,12 @@ pub fn build_volume<R: Ring + Clone>(desc: &VolumeDesc, ring: R) -> Result<Volum
             check_health("mirror", &desc.health, 1, desc.copies)?;
             check_equal(&desc.members)?;
             let legs = swap_legs(&desc.members, &desc.health[0], &ring);
-            Ok(Volume::Mirror(Mirror::new(legs, desc.health[0].clone())?))
+            let copies = intent_copies(0, &desc.health[0], &ring)?;
+            Ok(Volume::Mirror(Mirror::with_copies(
+                legs,
+                copies,
+                desc.health[0].clone(),
+            )?))
         }
         Layout::Raid10 { chunk } => {
             let copies = desc.copies;
@@ -336,11 +349,37 @@ pub fn build_volume<R: Ring + Clone>(desc: &VolumeDesc, ring: R) -> Result<Volum
                 .members
                 .chunks(copies)
                 .zip(&desc.health)
-                .map(|(legs, h)| Mirror::new(swap_legs(legs, h, &ring), h.clone()))
+                .enumerate()
+                .map(|(i, (legs, h))| {
+                    Mirror::with_copies(
+                        swap_legs(legs, h, &ring),
+                        intent_copies(i, h, &ring)?,
+                        h.clone(),
+                    )
+                })
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(Volume::Raid10(Stripe::new(mirrors, chunk)?))
         }
     }
+}
+
+/// This tree's devices for mirror `mirror`'s write-intent copies (none without
+/// a bitmap); every leg's location must be set.
+fn intent_copies<R: Ring + Clone>(
+    mirror: usize,
+    health: &Arc<MirrorHealth>,
+    ring: &R,
+) -> Result<Vec<IntentCopy<R>>, BuildError> {
+    let Some(wi) = health.write_intent() else {
+        return Ok(Vec::new());
+    };
+    let copies = wi.copies_on(ring.clone());
+    if let Some(leg) = copies.iter().position(|c| !c.is_placed()) {
+        return Err(BuildError::WriteIntent(format!(
+            "mirror {mirror}: no location set for the copy of leg {leg}"
+        )));
+    }
+    Ok(copies)
 }
 
 /// This queue's instances of a mirror's legs, over slots shared through the

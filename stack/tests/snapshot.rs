@@ -21,8 +21,8 @@ use recdev::{apply, Event, RecDev, Recorder};
 use tierblk_stack::snapshot::BLOCK;
 use tierblk_stack::uring::LocalRing;
 use tierblk_stack::{
-    open_alu, rollback, AlignedBuf, BlockDev, ExceptionStore, Partition, RollbackControl,
-    RollbackError, Snapshot, SnapshotOrigin, SnapshotState, SnapshotView,
+    open_alu, rollback, AlignedBuf, BlockDev, ExceptionStore, JobControl, Partition, RollbackError,
+    Snapshot, SnapshotOrigin, SnapshotState, SnapshotView,
 };
 
 fn ring() -> LocalRing {
@@ -562,18 +562,40 @@ fn rollback_restores_the_snapshot_image_and_keeps_other_snapshots() {
     assert!(n > 0);
 
     // Cancelled before starting: nothing changes.
-    let ctl = RollbackControl::new();
+    let ctl = JobControl::new();
     ctl.cancel();
     assert_eq!(
-        ring.block_on(rollback(&both, &snap1, &ctl)),
-        Err(RollbackError::Cancelled { merged: 0 })
+        ring.block_on(rollback(&both, &snap1, &ctl, 0)),
+        Err(RollbackError::Cancelled { checkpoint: 0 })
     );
     assert_eq!(origin.contents(), model);
 
     // Merge into the origin through the other snapshot's origin driver.
-    let ctl = RollbackControl::new();
-    assert_eq!(ring.block_on(rollback(&both, &snap1, &ctl)), Ok(n));
-    assert_eq!(ctl.progress(), (n, n));
+    // Cancelled midway (from its checkpoint callback, as the daemon's cancel
+    // would), then resumed from the checkpoint it reported.
+    let cell = Arc::new(std::sync::OnceLock::<Arc<JobControl>>::new());
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (cell2, seen2) = (cell.clone(), seen.clone());
+    let ctl = Arc::new(JobControl::new().with_checkpoint(
+        chunk,
+        Box::new(move |pos| {
+            seen2.lock().unwrap().push(pos);
+            if pos >= 2 * chunk {
+                cell2.get().unwrap().cancel();
+            }
+        }),
+    ));
+    cell.set(ctl.clone()).unwrap();
+    let stopped = match ring.block_on(rollback(&both, &snap1, &ctl, 0)) {
+        Err(RollbackError::Cancelled { checkpoint }) => checkpoint,
+        other => panic!("expected a cancel, got {other:?}"),
+    };
+    assert_eq!(stopped, 2 * chunk);
+    assert_eq!(seen.lock().unwrap().last(), Some(&stopped));
+    assert_eq!(s1.exception_count(), n, "the snapshot stays intact");
+    let ctl = JobControl::new();
+    assert_eq!(ring.block_on(rollback(&both, &snap1, &ctl, stopped)), Ok(n));
+    assert_eq!(ctl.progress(), n * chunk);
     assert!(origin.contents() == img1, "origin not restored");
     assert_eq!(s1.exception_count(), 0);
     let v1 = SnapshotView::new(origin.clone(), cow1.clone(), s1.clone());
@@ -648,7 +670,8 @@ fn full_cow_invalidates_the_snapshot_not_the_origin() {
         ring.block_on(rollback(
             &origin,
             &Snapshot::new(cow.clone(), reopened),
-            &RollbackControl::new()
+            &JobControl::new(),
+            0
         )),
         Err(RollbackError::Invalid)
     );
@@ -862,4 +885,76 @@ fn crash_with_concurrent_commits_keeps_later_slots() {
         "no out-of-order commit: {meta_slots:?}"
     );
     check_crash_points(&ring, &base, &events, [&img, &img], &mut rng);
+}
+
+/// An origin whose snapshot set changes online (the daemon's case): a
+/// snapshot added to the shared set is honoured from the next write, one
+/// removed is no longer copied for, and a COW device that cannot be built
+/// fails the write before the origin changes.
+#[test]
+fn dynamic_set_follows_changes_and_fails_closed() {
+    use tierblk_stack::{MakeCow, SnapshotSet};
+    let ring = ring();
+    let mut rng = Rng::new(0x5eed_00d1);
+    let size = 256 * KIB;
+    let chunk = 8 * KIB;
+    let mut model = random_bytes(&mut rng, size as usize);
+    let origin = mem_with(&model);
+    let set: std::sync::Arc<SnapshotSet<Option<MemDev>>> = SnapshotSet::new(Vec::new());
+    let make: MakeCow<Option<MemDev>, MemDev> =
+        Box::new(|k: &Option<MemDev>| k.clone().ok_or_else(|| "no such COW".to_string()));
+    let o = SnapshotOrigin::dynamic(origin.clone(), set.clone(), make);
+
+    // No snapshot: a pass-through.
+    for _ in 0..10 {
+        random_mutation(&ring, &o, &mut model, &mut rng, chunk);
+    }
+    assert_eq!(read_all(&ring, &origin), model);
+
+    // Add one: the next writes copy for it; its view keeps the image.
+    let cow = MemDev::new(1 << 20);
+    let st = ring
+        .block_on(ExceptionStore::format(&cow, chunk as u32, 9, size))
+        .unwrap();
+    set.insert(9, Some(cow.clone()), st.clone());
+    let img = model.clone();
+    let view = SnapshotView::new(origin.clone(), cow.clone(), st.clone());
+    let mut touched = BTreeSet::new();
+    for _ in 0..60 {
+        let r = random_mutation(&ring, &o, &mut model, &mut rng, chunk);
+        touch(&mut touched, r, chunk);
+    }
+    assert_eq!(st.exception_count(), touched.len() as u64);
+    check_image(&ring, &view, &img, &mut rng, "view of the added snapshot");
+
+    // Retire and remove it: the flag is persisted, nothing more is copied.
+    ring.block_on(st.retire(&cow)).unwrap();
+    assert!(set.remove(9));
+    assert!(ring
+        .block_on(ExceptionStore::open(&cow))
+        .unwrap()
+        .is_invalid());
+    let copied = st.copied_chunks();
+    for _ in 0..30 {
+        random_mutation(&ring, &o, &mut model, &mut rng, chunk);
+    }
+    assert_eq!(st.copied_chunks(), copied);
+    assert_eq!(read_all(&ring, &origin), model);
+
+    // A snapshot whose COW device cannot be built: writes fail, origin intact.
+    let st2 = ring
+        .block_on(ExceptionStore::format(
+            &MemDev::new(1 << 20),
+            chunk as u32,
+            10,
+            size,
+        ))
+        .unwrap();
+    set.insert(10, None, st2);
+    let data = AlignedBuf::new(4096);
+    assert_eq!(
+        ring.block_on(o.write(0, &data, false)).unwrap_err().errno(),
+        libc::EIO
+    );
+    assert_eq!(read_all(&ring, &origin), model);
 }
