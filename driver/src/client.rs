@@ -60,7 +60,7 @@ pub fn call(socket: &Path, request: Request, timeout: Duration) -> Result<Payloa
         return Err(ClientError::NoReply(name));
     }
     match serde_json::from_str::<Reply>(&reply) {
-        Ok(Reply::Ok(p)) => Ok(p),
+        Ok(Reply::Ok(p)) => Ok(*p),
         Ok(Reply::Error(msg)) => Err(ClientError::Refused(msg)),
         Err(e) => Err(ClientError::Malformed(name, e.to_string())),
     }

@@ -7,6 +7,8 @@
 //! volume's stack offline ([092]); bring the volumes that are complete online
 //! and leave the others offline with the reason ([094]–[095]).
 
+mod snap;
+
 use crate::jobs::{self, Work};
 use crate::planner::{self, Candidate};
 use crate::proto::{
@@ -14,6 +16,7 @@ use crate::proto::{
     VolumeView,
 };
 use crate::size::format_size;
+use crate::top::{Snapshots, TopDesc};
 use crate::ublk::{self, Exposed, VolumeSpec};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -26,6 +29,7 @@ use tierblk_meta::{
     Store, Uuid, VolumeDef,
 };
 use tierblk_meta::{Disk, FileDisk};
+use tierblk_stack::gate::Gate;
 use tierblk_stack::mirror::MirrorHealth;
 use tierblk_stack::volume::{Layout as StackLayout, MemberDesc, VolumeDesc};
 use tracing::{error, info, warn};
@@ -72,6 +76,8 @@ enum Runtime {
         desc: Arc<VolumeDesc>,
         /// One per mirror, shared with every queue thread of the volume.
         health: Vec<Arc<MirrorHealth>>,
+        /// Suspends the volume's host I/O (taking a snapshot).
+        gate: Arc<Gate>,
     },
 }
 
@@ -86,9 +92,12 @@ pub struct Daemon {
     events: mpsc::Sender<Event>,
     /// Jobs whose thread is running, by job id.
     jobs: BTreeMap<u64, jobs::Runner>,
-    /// Rate limits asked for at job creation (not persisted: a restarted
-    /// job runs unthrottled).
-    rates: HashMap<u64, u64>,
+    /// Snapshot sets by origin volume id, shared with the origin's queues
+    /// whether it is online or not.
+    snapsets: HashMap<u64, Arc<Snapshots>>,
+    /// Snapshots whose store could not be opened (snapshot volume id, why):
+    /// their origin stays offline, since its writes could not be copied.
+    snap_problems: BTreeMap<u64, snap::SnapProblem>,
 }
 
 fn open_disk(path: &str) -> Result<Box<dyn Disk>, String> {
@@ -131,16 +140,23 @@ impl Daemon {
             files: HashMap::new(),
             events,
             jobs: BTreeMap::new(),
-            rates: HashMap::new(),
+            snapsets: HashMap::new(),
+            snap_problems: BTreeMap::new(),
         };
         for s in d.store.alus() {
             info!(alu = %s.path, state = %state_name(&s.state), "scanned");
         }
         let unclean = d.store.dirty();
-        let names: Vec<String> = d.image_volumes().iter().map(|v| v.name.clone()).collect();
+        d.load_snapshots();
+        // Origins first: a snapshot view reads through its origin's tree.
+        let mut vols = d.image_volumes();
+        vols.sort_by_key(|v| v.snapshot.is_some());
+        let names: Vec<String> = vols.iter().map(|v| v.name.clone()).collect();
         for name in names {
+            // A snapshot may already be online: it follows its origin.
             d.runtime
-                .insert(name.clone(), Runtime::Offline { reason: None });
+                .entry(name.clone())
+                .or_insert(Runtime::Offline { reason: None });
             if let Err(e) = d.online(&name) {
                 error!("{e}");
             }
@@ -148,6 +164,7 @@ impl Daemon {
         if unclean {
             d.resync_after_unclean_stop();
         }
+        d.resume_rollbacks();
         Ok(d)
     }
 
@@ -216,6 +233,15 @@ impl Daemon {
                 let v = self.volume(&name)?;
                 Ok(Payload::Volume(self.volume_view(&v)))
             }
+            Request::SnapCreate {
+                volume,
+                name,
+                size,
+                chunk,
+            } => self.snap_create(&volume, &name, size, chunk),
+            Request::SnapList { volume } => self.snap_list(volume.as_deref()),
+            Request::SnapRemove { name } => self.snap_remove(&name),
+            Request::SnapRollback { name, rate } => self.snap_rollback(&name, rate),
         }
     }
 
@@ -277,16 +303,18 @@ impl Daemon {
             warn!("cannot mark the cluster in use: {e}");
         }
         match self.bring_online(&v) {
-            Ok((exposed, desc, health)) => {
+            Ok((exposed, desc, health, gate)) => {
                 self.runtime.insert(
                     name.to_string(),
                     Runtime::Online {
                         exposed,
                         desc,
                         health,
+                        gate,
                     },
                 );
                 self.start_jobs_of(&v);
+                self.views_follow(&v);
                 Ok(())
             }
             Err(e) => {
@@ -305,16 +333,44 @@ impl Daemon {
     fn bring_online(
         &mut self,
         v: &VolumeDef,
-    ) -> Result<(Exposed, Arc<VolumeDesc>, Vec<Arc<MirrorHealth>>), String> {
+    ) -> Result<(Exposed, Arc<VolumeDesc>, Vec<Arc<MirrorHealth>>, Arc<Gate>), String> {
         if let Some(p) = self.problem_of(&v.name) {
             return Err(format!("volume {}: held offline: {p}", v.name));
         }
-        if v.snapshot.is_some() {
+        if let Some(why) = self.held_by_snapshots(v) {
+            return Err(format!("volume {}: held offline: {why}", v.name));
+        }
+        let (desc, health) = self.assemble(v)?;
+        let desc = Arc::new(desc);
+        let top = match v.snapshot {
+            Some(_) => self.view_top(v, desc.clone())?,
+            None => TopDesc::Origin {
+                desc: desc.clone(),
+                snapshots: self.snapset(v.id),
+            },
+        };
+        if !ublk::available() {
             return Err(format!(
-                "volume {}: a snapshot store: this daemon does not expose snapshots yet",
+                "volume {}: cannot expose: /dev/ublk-control missing (load the ublk_drv module)",
                 v.name
             ));
         }
+        let gate = Gate::new();
+        let exposed = ublk::expose(VolumeSpec {
+            name: v.name.clone(),
+            wwn: hex(&v.wwn),
+            top,
+            gate: gate.clone(),
+            queues: self.cfg.queues,
+            depth: self.cfg.depth,
+        })
+        .map_err(|e| e.to_string())?;
+        Ok((exposed, desc, health, gate))
+    }
+
+    /// The volume's tree as every queue and job instantiates it, with one
+    /// shared health record per mirror.
+    fn assemble(&mut self, v: &VolumeDef) -> Result<(VolumeDesc, Vec<Arc<MirrorHealth>>), String> {
         let degraded: Vec<u16> = self
             .store
             .degraded_members(&v.name)
@@ -355,22 +411,7 @@ impl Daemon {
             members,
             health: health.clone(),
         };
-        if !ublk::available() {
-            return Err(format!(
-                "volume {}: cannot expose: /dev/ublk-control missing (load the ublk_drv module)",
-                v.name
-            ));
-        }
-        let desc = Arc::new(desc);
-        let exposed = ublk::expose(VolumeSpec {
-            name: v.name.clone(),
-            wwn: hex(&v.wwn),
-            desc: desc.clone(),
-            queues: self.cfg.queues,
-            depth: self.cfg.depth,
-        })
-        .map_err(|e| e.to_string())?;
-        Ok((exposed, desc, health))
+        Ok((desc, health))
     }
 
     /// One shared health record per mirror; a failing leg reports through the
@@ -480,11 +521,18 @@ impl Daemon {
     }
 
     fn offline(&mut self, name: &str) -> Result<(), String> {
+        // Refuse before changing anything: a snapshot view reads through its
+        // origin and goes first, but not when the origin itself is in use.
+        if let Some(Runtime::Online { exposed, .. }) = self.runtime.get(name) {
+            ensure_unused(&exposed.device()).map_err(|e| format!("volume {name}: {e}"))?;
+        }
+        self.views_offline(name)?;
         match self.runtime.remove(name) {
             Some(Runtime::Online {
                 exposed,
                 desc,
                 health,
+                gate,
             }) => {
                 let dev = exposed.device();
                 if let Err(e) = ensure_unused(&dev) {
@@ -494,6 +542,7 @@ impl Daemon {
                             exposed,
                             desc,
                             health,
+                            gate,
                         },
                     );
                     return Err(format!("volume {name}: {e}"));
@@ -605,28 +654,7 @@ impl Daemon {
         let layout = layout_from(spec).map_err(|e| format!("volume {name}: {e}"))?;
         let size = planner::rounded_size(size, &layout)
             .ok_or_else(|| format!("volume {name}: size too large"))?;
-        let mut candidates = Vec::new();
-        let paths: Vec<String> = if alus.is_empty() {
-            let mut owned: Vec<String> = self
-                .store
-                .alus()
-                .into_iter()
-                .filter(|a| matches!(a.state, AluState::Owned { .. }))
-                .map(|a| a.path)
-                .collect();
-            owned.sort();
-            owned
-        } else {
-            alus.to_vec()
-        };
-        for path in &paths {
-            let uuid = self.owned_uuid(path)?;
-            candidates.push(Candidate {
-                alu: uuid,
-                name: path.clone(),
-                free: self.store.free_extents(uuid),
-            });
-        }
+        let candidates = self.candidates(alus)?;
         let plan =
             planner::plan(size, &layout, &candidates).map_err(|e| format!("volume {name}: {e}"))?;
         let def = self
@@ -642,8 +670,39 @@ impl Daemon {
         Ok(Payload::Volume(self.volume_view(&def)))
     }
 
+    /// The planner's candidates: `alus` in this order, or every owned ALU in
+    /// path order.
+    fn candidates(&self, alus: &[String]) -> Result<Vec<Candidate>, String> {
+        let paths: Vec<String> = if alus.is_empty() {
+            let mut owned: Vec<String> = self
+                .store
+                .alus()
+                .into_iter()
+                .filter(|a| matches!(a.state, AluState::Owned { .. }))
+                .map(|a| a.path)
+                .collect();
+            owned.sort();
+            owned
+        } else {
+            alus.to_vec()
+        };
+        paths
+            .into_iter()
+            .map(|path| {
+                let uuid = self.owned_uuid(&path)?;
+                Ok(Candidate {
+                    alu: uuid,
+                    name: path,
+                    free: self.store.free_extents(uuid),
+                })
+            })
+            .collect()
+    }
+
     fn remove(&mut self, name: &str) -> Result<Payload, String> {
-        self.volume(name)?;
+        if self.volume(name)?.snapshot.is_some() {
+            return self.snap_remove(name);
+        }
         self.offline(name)?;
         self.store.remove_volume(name).map_err(|e| e.to_string())?;
         self.runtime.remove(name);
@@ -700,7 +759,12 @@ impl Daemon {
             name: v.name.clone(),
             id: v.id,
             size: v.size,
-            layout: layout_name(&v.layout).into(),
+            layout: if v.snapshot.is_some() {
+                "snapshot"
+            } else {
+                layout_name(&v.layout)
+            }
+            .into(),
             stripes: v.layout.stripes,
             copies: v.layout.copies,
             chunk: v.layout.chunk,
@@ -708,6 +772,10 @@ impl Daemon {
             device,
             wwn: hex(&v.wwn),
             problem,
+            origin: v
+                .snapshot
+                .and_then(|sn| self.volume_by_id(sn.origin))
+                .map(|o| o.name),
             members,
             segments: v
                 .segments
@@ -777,6 +845,7 @@ impl Daemon {
                 (JobKind::Rebuild, _) => "rebuild",
                 (JobKind::Scrub, false) => "scrub",
                 (JobKind::Scrub, true) => "scrub-repair",
+                (JobKind::Rollback, _) => "rollback",
             }
             .into(),
             volume: self
@@ -807,10 +876,8 @@ impl Daemon {
             if !matches!(v.layout.kind, LayoutKind::Mirror | LayoutKind::Raid10) {
                 continue;
             }
-            let Some(Runtime::Online { desc, .. }) = self.runtime.get(&v.name) else {
-                continue;
-            };
-            let total = jobs::leg_size(desc) * u64::from(v.layout.stripes.max(1));
+            // Queued for offline volumes too: it runs when they come online.
+            let total = v.layout.member_size(v.size) * u64::from(v.layout.stripes.max(1));
             let job = Job {
                 id: 0,
                 kind: JobKind::Scrub,
@@ -822,6 +889,7 @@ impl Daemon {
                 total,
                 mismatches: 0,
                 repaired: 0,
+                rate: 0,
                 message: "resync after an unclean stop".into(),
             };
             match self.store.add_job(job) {
@@ -863,7 +931,8 @@ impl Daemon {
                 leg: usize::from(m) % copies,
             },
             (JobKind::Scrub, _) => Work::Scrub { repair: j.repair },
-            (JobKind::Rebuild, None) => return,
+            // A rollback runs on the offline origin (see `start_rollback`).
+            (JobKind::Rebuild, None) | (JobKind::Rollback, _) => return,
         };
         let spec = jobs::Spec {
             id: j.id,
@@ -873,7 +942,7 @@ impl Daemon {
             start: j.checkpoint,
             mismatches: j.mismatches,
             repaired: j.repaired,
-            rate: self.rates.get(&j.id).copied().unwrap_or(0),
+            rate: j.rate,
             leg_size: jobs::leg_size(&desc),
         };
         match jobs::spawn(spec, self.events.clone()) {
@@ -958,8 +1027,10 @@ impl Daemon {
                 .replace_member(&name, member, new_uuid)
                 .map_err(|e| e.to_string())?;
             info!(volume = %name, member, alu = %new, job = job.id, "leg replaced; rebuilding");
+            let mut job = job;
             if rate > 0 {
-                self.rates.insert(job.id, rate);
+                job.rate = rate;
+                self.store.update_job(&job).map_err(|e| e.to_string())?;
             }
             self.swap_leg(&def, member)?;
             self.start_jobs_of(&def);
@@ -1030,12 +1101,10 @@ impl Daemon {
                 total,
                 mismatches: 0,
                 repaired: 0,
+                rate,
                 message: String::new(),
             })
             .map_err(|e| e.to_string())?;
-        if rate > 0 {
-            self.rates.insert(job.id, rate);
-        }
         self.start_jobs_of(&v);
         Ok(Payload::Job(self.job_view(&job)))
     }
@@ -1061,7 +1130,9 @@ impl Daemon {
         }
         j.state = JobState::Running;
         self.store.update_job(&j).map_err(|e| e.to_string())?;
-        if let Some(v) = self.volume_by_id(j.volume) {
+        if j.kind == JobKind::Rollback {
+            self.start_rollback(&j)?;
+        } else if let Some(v) = self.volume_by_id(j.volume) {
             self.start_jobs_of(&v);
         }
         Ok(Payload::Job(self.job_view(&j)))
@@ -1091,8 +1162,22 @@ impl Daemon {
                 j.mismatches = mismatches;
                 j.repaired = repaired;
             }
-            // Stopped by us (offline, cancel, shutdown): already persisted.
-            jobs::Outcome::Stopped { .. } if stopped_here => return,
+            // Stopped by us (offline, cancel, shutdown): state and checkpoint
+            // already persisted; the counters come only with the outcome.
+            jobs::Outcome::Stopped {
+                mismatches,
+                repaired,
+                ..
+            } if stopped_here => {
+                if (mismatches, repaired) != (j.mismatches, j.repaired) {
+                    j.mismatches = mismatches;
+                    j.repaired = repaired;
+                    if let Err(e) = self.store.update_job(&j) {
+                        error!(job = id, "cannot persist the job's counters: {e}");
+                    }
+                }
+                return;
+            }
             jobs::Outcome::Stopped {
                 checkpoint,
                 mismatches,

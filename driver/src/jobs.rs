@@ -1,5 +1,6 @@
-//! Long-running work on online volumes: mirror rebuild onto a replaced leg
-//! and scrub (spec [0168]–[0171]; MD's recovery, check and repair).
+//! Long-running work on volumes: mirror rebuild onto a replaced leg and scrub
+//! (spec [0168]–[0171]; MD's recovery, check and repair), and the rollback of
+//! an offline origin to one of its snapshots (spec [0167]; LVM's merge).
 //!
 //! Each job runs on a thread of its own with its own io_uring and its own
 //! instance of the volume's tree, sharing only the mirrors' health records
@@ -16,20 +17,36 @@ use std::thread::JoinHandle;
 use tierblk_stack::resync::{rebuild_leg, scrub, JobControl, JobError};
 use tierblk_stack::uring::LocalRing;
 use tierblk_stack::volume::{build_volume, VolumeDesc};
+use tierblk_stack::{rollback, RollbackError, SetEntry, Snapshot, SnapshotOrigin, SnapshotState};
 use tracing::{info, info_span, warn};
 
 /// Bytes copied or compared per step (the resync window).
 pub const STEP: u64 = 1 << 20;
 /// Progress is persisted at least this often.
 pub const CHECKPOINT_EVERY: u64 = 32 << 20;
+/// A rollback merges 64 KiB chunks scattered over the origin, typically far
+/// fewer bytes than a rebuild copies: it checkpoints more often.
+pub const ROLLBACK_CHECKPOINT_EVERY: u64 = 4 << 20;
 
 /// What a job does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone)]
 pub enum Work {
     /// Copy leg `leg` of mirror `mirror` from the healthy legs.
     Rebuild { mirror: usize, leg: usize },
     /// Compare (and with `repair`, fix) every mirror of the volume.
     Scrub { repair: bool },
+    /// Merge a snapshot back into its origin (the job's volume tree is the
+    /// origin's), keeping the origin's other snapshots intact.
+    Rollback(Arc<RollbackWork>),
+}
+
+/// The snapshots a rollback works with.
+pub struct RollbackWork {
+    /// The snapshot rolled back to: its COW volume and state.
+    pub cow: Arc<VolumeDesc>,
+    pub state: Arc<SnapshotState>,
+    /// The origin's other snapshots, which must keep their images.
+    pub others: Vec<SetEntry<Arc<VolumeDesc>>>,
 }
 
 /// How a job ended.
@@ -104,8 +121,12 @@ pub fn spawn(spec: Spec, events: mpsc::Sender<Event>) -> std::io::Result<Runner>
     let base = Arc::new(AtomicU64::new(0));
     let b = base.clone();
     // The stack reports offsets within the mirror being worked on.
+    let every = match spec.work {
+        Work::Rollback(_) => ROLLBACK_CHECKPOINT_EVERY,
+        _ => CHECKPOINT_EVERY,
+    };
     let control = Arc::new(JobControl::new().with_checkpoint(
-        CHECKPOINT_EVERY,
+        every,
         Box::new(move |offset| {
             let _ = progress_events.send(Event::JobProgress {
                 id,
@@ -154,8 +175,9 @@ fn run(spec: &Spec, ctl: &JobControl, base: &AtomicU64) -> Outcome {
         }
     };
     let mirrors = vol.mirrors();
-    match spec.work {
+    match &spec.work {
         Work::Rebuild { mirror, leg } => {
+            let (mirror, leg) = (*mirror, *leg);
             let Some(m) = mirrors.get(mirror) else {
                 return Outcome::Failed {
                     checkpoint: spec.start,
@@ -177,7 +199,7 @@ fn run(spec: &Spec, ctl: &JobControl, base: &AtomicU64) -> Outcome {
             for (i, m) in mirrors.iter().enumerate().skip(first) {
                 let from = if i == first { spec.start % leg } else { 0 };
                 base.store(i as u64 * leg, Ordering::SeqCst);
-                match ring.block_on(scrub(m, from, STEP, repair, ctl)) {
+                match ring.block_on(scrub(m, from, STEP, *repair, ctl)) {
                     Ok(r) => {
                         mismatches += r.mismatches;
                         repaired += r.repaired;
@@ -191,6 +213,45 @@ fn run(spec: &Spec, ctl: &JobControl, base: &AtomicU64) -> Outcome {
             Outcome::Done {
                 mismatches,
                 repaired,
+            }
+        }
+        Work::Rollback(w) => {
+            let built = build_volume(&w.cow, ring.clone()).and_then(|cow| {
+                let others = w
+                    .others
+                    .iter()
+                    .map(|(_, d, st)| {
+                        build_volume(d, ring.clone()).map(|v| Snapshot::new(v, st.clone()))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((cow, others))
+            });
+            let (cow, others) = match built {
+                Ok(b) => b,
+                Err(e) => {
+                    return Outcome::Failed {
+                        checkpoint: spec.start,
+                        message: e.to_string(),
+                    }
+                }
+            };
+            // Writes to the origin still copy for its other snapshots.
+            let target = SnapshotOrigin::new(vol, others);
+            let snap = Snapshot::new(cow, w.state.clone());
+            match ring.block_on(rollback(&target, &snap, ctl, spec.start)) {
+                Ok(_) => Outcome::Done {
+                    mismatches: 0,
+                    repaired: 0,
+                },
+                Err(RollbackError::Cancelled { checkpoint }) => Outcome::Stopped {
+                    checkpoint,
+                    mismatches: 0,
+                    repaired: 0,
+                },
+                Err(e) => Outcome::Failed {
+                    checkpoint: ctl.progress().max(spec.start),
+                    message: e.to_string(),
+                },
             }
         }
     }

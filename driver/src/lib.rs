@@ -2,6 +2,8 @@
 //!
 //! - [`daemon`]: the embedded default (storage processor + master + coordinator)
 //! - [`ublk`]: the frontend that exposes volumes as `/dev/ublkbN`
+//! - [`top`]: what a queue serves: a volume as a snapshot origin, or a
+//!   read-only snapshot view, behind the volume's suspend/resume gate
 //! - [`jobs`]: rebuild and scrub threads with persisted checkpoints
 //! - [`server`] / [`client`] / [`proto`]: the root-only control API
 //! - [`planner`]: turns a request into pieces before anything is written
@@ -16,4 +18,5 @@ pub mod proto;
 pub mod server;
 pub mod size;
 pub mod table;
+pub mod top;
 pub mod ublk;

@@ -77,6 +77,29 @@ pub enum Request {
     VolOffline {
         name: String,
     },
+    /// Take a snapshot of `volume` named `name`; `size` is the COW store's
+    /// size (default: enough for every chunk of the origin to change).
+    SnapCreate {
+        volume: String,
+        name: String,
+        #[serde(default)]
+        size: Option<u64>,
+        #[serde(default)]
+        chunk: Option<u32>,
+    },
+    SnapList {
+        #[serde(default)]
+        volume: Option<String>,
+    },
+    SnapRemove {
+        name: String,
+    },
+    /// Roll the snapshot's (offline) origin back to the snapshot's image.
+    SnapRollback {
+        name: String,
+        #[serde(default)]
+        rate: u64,
+    },
 }
 
 /// The shape a new volume should have (`--layout`, `--stripes`, `--copies`, `--chunk`).
@@ -110,7 +133,7 @@ pub struct Envelope {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Reply {
-    Ok(Payload),
+    Ok(Box<Payload>),
     Error(String),
 }
 
@@ -124,6 +147,28 @@ pub enum Payload {
     Volume(VolumeView),
     Jobs(Vec<JobView>),
     Job(JobView),
+    Snapshots(Vec<SnapView>),
+    Snapshot(SnapView),
+}
+
+/// A snapshot as `snap list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapView {
+    pub name: String,
+    pub origin: String,
+    /// The snapshot's size (the origin's when it was taken).
+    pub size: u64,
+    /// Size of the COW store volume.
+    pub cow_size: u64,
+    pub chunk: u32,
+    /// Bytes of COW data in use (changed chunks) and the store's capacity.
+    pub used: u64,
+    pub capacity: u64,
+    /// "valid", "invalid" (COW full or failed: unreadable, remove it),
+    /// "unavailable" (its store cannot be read), "rolling-back".
+    pub state: String,
+    pub device: Option<String>,
+    pub problem: Option<String>,
 }
 
 /// A long-running job (rebuild, scrub) with its persisted progress.
@@ -183,6 +228,9 @@ pub struct VolumeView {
     pub wwn: String,
     /// Why the volume is not online, when it is not.
     pub problem: Option<String>,
+    /// Set for a snapshot: the volume it is a snapshot of.
+    #[serde(default)]
+    pub origin: Option<String>,
     pub members: Vec<MemberView>,
     pub segments: Vec<SegmentView>,
 }
@@ -234,11 +282,11 @@ mod tests {
         let r = Reply::Error("volume v1: not found".into());
         let line = serde_json::to_string(&r).unwrap();
         assert_eq!(line, r#"{"error":"volume v1: not found"}"#);
-        let r = Reply::Ok(Payload::Done("x".into()));
+        let r = Reply::Ok(Box::new(Payload::Done("x".into())));
         let line = serde_json::to_string(&r).unwrap();
         assert!(matches!(
             serde_json::from_str::<Reply>(&line).unwrap(),
-            Reply::Ok(Payload::Done(_))
+            Reply::Ok(p) if matches!(*p, Payload::Done(_))
         ));
     }
 

@@ -81,7 +81,7 @@ fn handle_conn(mut stream: UnixStream, daemon: &Mutex<Daemon>) {
         None => Err("permission denied: cannot identify the peer".to_string()),
     };
     let reply = match reply {
-        Ok(p) => Reply::Ok(p),
+        Ok(p) => Reply::Ok(Box::new(p)),
         Err(e) => Reply::Error(e),
     };
     let mut line =

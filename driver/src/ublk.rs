@@ -5,23 +5,42 @@
 //! own instance of the volume's driver stack built over that ring, so the hot
 //! path shares nothing between queues: one task per tag, one buffer per tag
 //! allocated once, no lock and no allocation per I/O.
+//!
+//! The queue loop is ours rather than libublk's `wait_and_handle_io_events`:
+//! it runs a bounded number of executor ticks between two polls of the ring.
+//! A request waiting on another (a held request behind a suspended gate, a
+//! write waiting for a chunk another request is copying, a write outside a
+//! resync window) yields to the executor; with unbounded ticks such a waiter
+//! would keep the thread from ever reaping the completions it waits for. While
+//! some task is runnable the ring is polled without blocking.
 
+use crate::top::{build_top, TopDesc};
 use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
 use libublk::helpers::IoBuf;
 use libublk::io::{UblkDev, UblkQueue};
-use libublk::uring_async::ublk_submit_sqe_async;
+use libublk::uring_async::{
+    run_uring_tasks, ublk_reap_io_events_with_update_queue, ublk_submit_sqe_async, ublk_wake_task,
+    uring_poll_io_fn,
+};
 use libublk::{BufDesc, UblkError, UblkFlags, UblkUringData};
+use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use thiserror::Error;
-use tierblk_stack::volume::{build_volume, VolumeDesc};
+use tierblk_stack::gate::Gate;
 use tierblk_stack::{BlockDev, Ring};
 use tracing::{error, info, info_span};
 
 /// Largest single I/O the kernel will send us (per-tag buffer size).
 const IO_BUF_BYTES: u32 = 512 << 10;
+
+/// Executor ticks between two polls of the queue's ring.
+const TICKS_PER_POLL: usize = 64;
+
+/// How long an idle queue waits in the ring before libublk's idle handling.
+const IDLE_SECS: u64 = 20;
 
 #[derive(Debug, Error)]
 pub enum FrontendError {
@@ -39,7 +58,9 @@ pub struct VolumeSpec {
     pub name: String,
     pub wwn: String,
     /// The volume's tree; every queue builds its own instance of it.
-    pub desc: Arc<VolumeDesc>,
+    pub top: TopDesc,
+    /// The volume's suspend/resume gate, shared by its queues.
+    pub gate: Arc<Gate>,
     pub queues: u16,
     pub depth: u16,
 }
@@ -153,13 +174,17 @@ fn run_device(spec: VolumeSpec, tx: mpsc::Sender<Result<u32, FrontendError>>) {
     };
     // Build once here to validate the tree and learn its size before the
     // device exists.
-    let size = match build_volume(&spec.desc, UblkRing) {
+    let size = match build_top(&spec.top, UblkRing, &Gate::new()) {
         Ok(v) => v.size(),
         Err(e) => {
-            let _ = tx.send(Err(FrontendError::Create(spec.name.clone(), e.to_string())));
+            let _ = tx.send(Err(FrontendError::Create(spec.name.clone(), e)));
             return;
         }
     };
+    let mut attrs = libublk::sys::UBLK_ATTR_VOLATILE_CACHE | libublk::sys::UBLK_ATTR_FUA;
+    if spec.top.read_only() {
+        attrs |= libublk::sys::UBLK_ATTR_READ_ONLY;
+    }
     let json = serde_json::json!({ "tierblk": { "volume": spec.name, "wwn": spec.wwn } });
     let tgt_init = move |dev: &mut UblkDev| {
         let max_sectors = dev.dev_info.max_io_buf_bytes >> 9;
@@ -169,7 +194,7 @@ fn run_device(spec: VolumeSpec, tx: mpsc::Sender<Result<u32, FrontendError>>) {
             basic: libublk::sys::ublk_param_basic {
                 // A volatile cache makes the kernel send FLUSH and FUA, which
                 // we must pass to the ALUs (their caches are volatile too).
-                attrs: libublk::sys::UBLK_ATTR_VOLATILE_CACHE | libublk::sys::UBLK_ATTR_FUA,
+                attrs,
                 logical_bs_shift: 9,
                 physical_bs_shift: 12,
                 io_opt_shift: 12,
@@ -190,8 +215,8 @@ fn run_device(spec: VolumeSpec, tx: mpsc::Sender<Result<u32, FrontendError>>) {
         dev.set_target_json(json);
         Ok(())
     };
-    let desc = spec.desc.clone();
-    let q_fn = move |qid: u16, dev: &UblkDev| serve_queue(qid, dev, &desc);
+    let (top, gate) = (spec.top.clone(), spec.gate.clone());
+    let q_fn = move |qid: u16, dev: &UblkDev| serve_queue(qid, dev, &top, &gate);
     let started = tx.clone();
     let dev_fn = move |ctrl: &UblkCtrl| {
         let _ = started.send(Ok(ctrl.dev_info().dev_id));
@@ -202,7 +227,7 @@ fn run_device(spec: VolumeSpec, tx: mpsc::Sender<Result<u32, FrontendError>>) {
     // Dropping `ctrl` deletes the device.
 }
 
-fn serve_queue(qid: u16, dev: &UblkDev, desc: &VolumeDesc) {
+fn serve_queue(qid: u16, dev: &UblkDev, top: &TopDesc, gate: &Arc<Gate>) {
     let q = match UblkQueue::new(qid, dev) {
         Ok(q) => Rc::new(q),
         Err(e) => {
@@ -211,7 +236,7 @@ fn serve_queue(qid: u16, dev: &UblkDev, desc: &VolumeDesc) {
         }
     };
     // This queue's own instance of the stack, submitting on this queue's ring.
-    let vol = match build_volume(desc, UblkRing) {
+    let vol = match build_top(top, UblkRing, gate) {
         Ok(v) => Rc::new(v),
         Err(e) => {
             error!(queue = qid, "cannot build the volume stack: {e}");
@@ -232,9 +257,31 @@ fn serve_queue(qid: u16, dev: &UblkDev, desc: &VolumeDesc) {
     }
     let exe2 = exe.clone();
     smol::block_on(exe.run(async move {
-        let run_ops = || while exe2.try_tick() {};
+        // Whether the last round left runnable tasks: then poll without
+        // blocking, so they run again right after the completions are reaped.
+        let busy = Cell::new(false);
+        let run_ops = || {
+            let mut n = 0;
+            while n < TICKS_PER_POLL && exe2.try_tick() {
+                n += 1;
+            }
+            busy.set(n == TICKS_PER_POLL);
+        };
+        let poll = || async {
+            if busy.get() {
+                uring_poll_io_fn::<io_uring::squeue::Entry>(&q, None, 0)
+            } else {
+                let ts = io_uring::types::Timespec::new().sec(IDLE_SECS);
+                uring_poll_io_fn::<io_uring::squeue::Entry>(&q, Some(ts), 1)
+            }
+        };
+        let reap = |timed_out| {
+            ublk_reap_io_events_with_update_queue(&q, timed_out, None, |cqe| {
+                ublk_wake_task(cqe.user_data(), cqe)
+            })
+        };
         let done = || tasks.iter().all(|t| t.is_finished());
-        if let Err(e) = libublk::wait_and_handle_io_events(&q, Some(20), run_ops, done).await {
+        if let Err(e) = run_uring_tasks(poll, reap, run_ops, done).await {
             error!(queue = qid, "ublk queue loop failed: {e}");
         }
     }));

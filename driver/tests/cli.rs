@@ -419,3 +419,130 @@ fn replace_and_scrub_refuse_what_cannot_work() {
     assert_eq!(env.json(&["job", "list"]).as_array().unwrap().len(), 0);
     env.stop();
 }
+
+/// Snapshots on the host (spec VIII): create, list, refusals, rollback as a
+/// job, persistence, an unreachable store holding its origin offline, and a
+/// lost store (as after a crash between the commit and the store's format)
+/// that only invalidates the snapshot.
+#[test]
+fn snapshots_persist_refuse_and_hold_their_origin() {
+    let mut env = Env::new("snap", &[256 * MIB, 256 * MIB]);
+    env.start();
+    env.ok(&["alu", "claim", &env.alu(0)]);
+    env.ok(&["alu", "claim", &env.alu(1)]);
+    env.ok(&[
+        "vol",
+        "create",
+        "v1",
+        "--size",
+        "200M",
+        "--alu",
+        &env.alu(0),
+    ]);
+
+    let s = env.json(&["snap", "create", "v1", "s1"]);
+    assert_eq!(s["origin"], "v1");
+    assert_eq!(s["size"], 200 * MIB);
+    assert_eq!(s["chunk"], 65536);
+    assert_eq!(s["state"], "valid");
+    assert_eq!(s["used"], 0);
+    // The default store holds a copy of every chunk of the origin.
+    assert!(s["capacity"].as_u64().unwrap() >= 200 * MIB, "{s}");
+    // It does not fit next to v1 on alu0: it spans both ALUs.
+    let sv = env.json(&["vol", "show", "s1"]);
+    assert_eq!(sv["layout"], "snapshot");
+    assert_eq!(sv["origin"], "v1");
+    let paths: std::collections::BTreeSet<_> = sv["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["path"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(paths.len(), 2, "{sv}");
+
+    let e = env.refused(&["snap", "create", "v1", "s1"]);
+    assert!(e.contains("s1: name already taken"), "{e}");
+    let e = env.refused(&["snap", "create", "s1", "s2"]);
+    assert!(e.contains("itself a snapshot"), "{e}");
+    let e = env.refused(&["snap", "create", "v1", "s2", "--chunk", "3000"]);
+    assert!(e.contains("chunk"), "{e}");
+    let e = env.refused(&["snap", "create", "v1", "s2", "--size", "100G"]);
+    assert!(e.contains("s2"), "{e}");
+    let e = env.refused(&["snap", "create", "nope", "s2"]);
+    assert!(e.contains("volume nope: not found"), "{e}");
+    let e = env.refused(&["vol", "remove", "v1"]);
+    assert!(e.contains("has snapshots (s1)"), "{e}");
+    let e = env.refused(&["snap", "remove", "v1"]);
+    assert!(e.contains("v1: not a snapshot"), "{e}");
+    assert_eq!(
+        env.json(&["alu", "list"]).as_array().unwrap().len(),
+        2,
+        "refusals wrote nothing"
+    );
+    assert_eq!(env.json(&["snap", "list"]).as_array().unwrap().len(), 1);
+    assert_eq!(
+        env.json(&["snap", "list", "v1"]).as_array().unwrap().len(),
+        1
+    );
+    let table = env.ok(&["snap", "list"]);
+    assert!(table.starts_with("NAME") && table.contains("s1"), "{table}");
+
+    // Rollback is a job on the offline origin (nothing changed: 0 bytes).
+    let j = env.json(&["snap", "rollback", "s1", "--wait"]);
+    assert_eq!(j["kind"], "rollback");
+    assert_eq!(j["state"], "done");
+    assert_eq!(j["volume"], "s1");
+
+    // Persisted across a restart.
+    env.stop();
+    env.start();
+    let l = env.json(&["snap", "list"]);
+    assert_eq!(l[0]["name"], "s1");
+    assert_eq!(l[0]["state"], "valid");
+
+    // Its store unreachable (an ALU gone): the snapshot may be valid, so the
+    // origin must not be written: it is held offline and says why.
+    env.stop();
+    let moved = env.dir.join("alu1.away");
+    std::fs::rename(&env.alus[1], &moved).unwrap();
+    env.start();
+    let l = env.json(&["snap", "list"]);
+    assert_eq!(l[0]["state"], "unavailable", "{l}");
+    let v = env.json(&["vol", "show", "v1"]);
+    let p = v["problem"].as_str().unwrap();
+    assert!(
+        p.contains("held offline") && p.contains("snapshot s1"),
+        "{v}"
+    );
+    env.stop();
+    std::fs::rename(&moved, &env.alus[1]).unwrap();
+
+    // The store's header lost: the snapshot is invalid and only removable;
+    // its origin is free again.
+    let seg = &sv["segments"][0];
+    let path = seg["path"].as_str().unwrap();
+    let start = seg["start"].as_u64().unwrap();
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        f.write_all_at(&[0u8; 4096], start).unwrap();
+    }
+    env.start();
+    let l = env.json(&["snap", "list"]);
+    assert_eq!(l[0]["state"], "invalid", "{l}");
+    assert!(
+        l[0]["problem"].as_str().unwrap().contains("remove it"),
+        "{l}"
+    );
+    let v = env.json(&["vol", "show", "v1"]);
+    assert!(
+        !v["problem"].as_str().unwrap_or("").contains("snapshot"),
+        "{v}"
+    );
+    let e = env.refused(&["snap", "rollback", "s1"]);
+    assert!(e.contains("s1"), "{e}");
+    env.ok(&["snap", "remove", "s1"]);
+    assert_eq!(env.json(&["snap", "list"]).as_array().unwrap().len(), 0);
+    env.ok(&["vol", "remove", "v1"]);
+    env.stop();
+}

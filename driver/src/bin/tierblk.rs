@@ -4,7 +4,9 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
 use tierblk::client;
-use tierblk::proto::{AluView, JobView, LayoutSpec, Payload, Request, VolumeView, DEFAULT_SOCKET};
+use tierblk::proto::{
+    AluView, JobView, LayoutSpec, Payload, Request, SnapView, VolumeView, DEFAULT_SOCKET,
+};
 use tierblk::size::{format_size, parse_size};
 use tierblk::table::render;
 
@@ -12,7 +14,7 @@ use tierblk::table::render;
 #[derive(Parser, Debug)]
 #[command(
     version,
-    after_help = "Examples:\n  tierblk alu claim /dev/vdb\n  tierblk vol create db --size 20G --layout raid10 --stripes 2 --copies 2\n  tierblk vol list\n  tierblk alu replace /dev/vdd /dev/vdf --wait\n\nEvery command and its JSON: docs/ADMIN.md"
+    after_help = "Examples:\n  tierblk alu claim /dev/vdb\n  tierblk vol create db --size 20G --layout raid10 --stripes 2 --copies 2\n  tierblk vol list\n  tierblk snap create db db-monday\n  tierblk alu replace /dev/vdd /dev/vdf --wait\n\nEvery command and its JSON: docs/ADMIN.md"
 )]
 struct Cli {
     /// Print JSON instead of a table.
@@ -33,9 +35,41 @@ enum Cmd {
     /// Volumes exposed as /dev/ublkbN.
     #[command(subcommand)]
     Vol(VolCmd),
-    /// Long-running work: rebuilds and scrubs.
+    /// Point-in-time, read-only copy-on-write snapshots of volumes.
+    #[command(subcommand)]
+    Snap(SnapCmd),
+    /// Long-running work: rebuilds, scrubs and rollbacks.
     #[command(subcommand)]
     Job(JobCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum SnapCmd {
+    /// Snapshot VOL (online or not) as NAME, a read-only /dev/ublkbN while VOL is online.
+    Create {
+        vol: String,
+        name: String,
+        /// Size of the copy-on-write store, e.g. 2G; default: enough for every chunk of VOL to change. A full store invalidates the snapshot.
+        #[arg(long)]
+        size: Option<String>,
+        /// Copy-on-write chunk, a power of two from 4K to 16M (default 64K).
+        #[arg(long)]
+        chunk: Option<String>,
+    },
+    /// List snapshots (of VOL, or all).
+    List { vol: Option<String> },
+    /// Remove a snapshot (it must not be mounted); its store is freed.
+    Remove { name: String },
+    /// Roll the snapshot's origin (offline) back to the snapshot's image; the snapshot stays.
+    Rollback {
+        name: String,
+        /// Rate limit, e.g. 50M (per second); default unlimited.
+        #[arg(long)]
+        rate: Option<String>,
+        /// Wait until the rollback ends, showing progress.
+        #[arg(long)]
+        wait: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -194,16 +228,7 @@ fn run(cli: &Cli) -> Result<(), String> {
                 kind: layout.clone(),
                 stripes: *stripes,
                 copies: *copies,
-                chunk: chunk
-                    .as_deref()
-                    .map(|c| {
-                        parse_size(c)
-                            .map_err(|e| format!("--chunk: {e}"))
-                            .and_then(|b| {
-                                u32::try_from(b).map_err(|_| format!("--chunk {c}: too large"))
-                            })
-                    })
-                    .transpose()?,
+                chunk: parse_chunk(chunk)?,
             },
         },
         Cmd::Vol(VolCmd::List) => Request::VolList,
@@ -211,6 +236,28 @@ fn run(cli: &Cli) -> Result<(), String> {
         Cmd::Vol(VolCmd::Remove { name }) => Request::VolRemove { name: name.clone() },
         Cmd::Vol(VolCmd::Online { name }) => Request::VolOnline { name: name.clone() },
         Cmd::Vol(VolCmd::Offline { name }) => Request::VolOffline { name: name.clone() },
+        Cmd::Snap(SnapCmd::Create {
+            vol,
+            name,
+            size,
+            chunk,
+        }) => Request::SnapCreate {
+            volume: vol.clone(),
+            name: name.clone(),
+            size: size
+                .as_deref()
+                .map(|s| parse_size(s).map_err(|e| format!("--size: {e}")))
+                .transpose()?,
+            chunk: parse_chunk(chunk)?,
+        },
+        Cmd::Snap(SnapCmd::List { vol }) => Request::SnapList {
+            volume: vol.clone(),
+        },
+        Cmd::Snap(SnapCmd::Remove { name }) => Request::SnapRemove { name: name.clone() },
+        Cmd::Snap(SnapCmd::Rollback { name, rate, .. }) => Request::SnapRollback {
+            name: name.clone(),
+            rate: parse_rate(rate)?,
+        },
     };
     // Creating a volume writes metadata on several ALUs and starts a device.
     let payload =
@@ -221,6 +268,7 @@ fn run(cli: &Cli) -> Result<(), String> {
             | Cmd::Vol(VolCmd::Scrub { wait: true, .. })
             | Cmd::Job(JobCmd::Show { wait: true, .. })
             | Cmd::Job(JobCmd::Resume { wait: true, .. })
+            | Cmd::Snap(SnapCmd::Rollback { wait: true, .. })
     );
     if !wait {
         print!(
@@ -269,6 +317,17 @@ fn run(cli: &Cli) -> Result<(), String> {
     } else {
         Err(failed.join("; "))
     }
+}
+
+fn parse_chunk(chunk: &Option<String>) -> Result<Option<u32>, String> {
+    chunk
+        .as_deref()
+        .map(|c| {
+            parse_size(c)
+                .map_err(|e| format!("--chunk: {e}"))
+                .and_then(|b| u32::try_from(b).map_err(|_| format!("--chunk {c}: too large")))
+        })
+        .transpose()
 }
 
 fn parse_rate(rate: &Option<String>) -> Result<u64, String> {
@@ -335,6 +394,8 @@ fn json(p: &Payload) -> String {
         Payload::Volume(v) => serde_json::to_value(v).unwrap_or_default(),
         Payload::Jobs(j) => serde_json::to_value(j).unwrap_or_default(),
         Payload::Job(j) => serde_json::to_value(j).unwrap_or_default(),
+        Payload::Snapshots(s) => serde_json::to_value(s).unwrap_or_default(),
+        Payload::Snapshot(s) => serde_json::to_value(s).unwrap_or_default(),
     };
     format!("{v}\n")
 }
@@ -387,6 +448,32 @@ fn vol_rows(vols: &[VolumeView]) -> String {
         .collect();
     render(
         &["NAME", "SIZE", "LAYOUT", "STATE", "DEVICE", "PROBLEM"],
+        &rows,
+    )
+}
+
+fn snap_rows(snaps: &[SnapView]) -> String {
+    let rows: Vec<Vec<String>> = snaps
+        .iter()
+        .map(|s| {
+            let pct = (s.used * 100).checked_div(s.capacity).unwrap_or(0);
+            vec![
+                s.name.clone(),
+                s.origin.clone(),
+                format_size(s.size),
+                format_size(s.cow_size),
+                format_size(u64::from(s.chunk)),
+                format!("{pct}%"),
+                s.state.clone(),
+                opt(&s.device),
+                opt(&s.problem),
+            ]
+        })
+        .collect();
+    render(
+        &[
+            "NAME", "ORIGIN", "SIZE", "COW", "CHUNK", "USED", "STATE", "DEVICE", "PROBLEM",
+        ],
         &rows,
     )
 }
@@ -448,6 +535,8 @@ fn human(p: &Payload) -> String {
             }
             s
         }
+        Payload::Snapshots(s) => snap_rows(s),
+        Payload::Snapshot(s) => snap_rows(std::slice::from_ref(s)),
         Payload::Volumes(v) => vol_rows(v),
         Payload::Volume(v) => {
             let mut s = vol_rows(std::slice::from_ref(v));
