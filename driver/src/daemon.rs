@@ -7,6 +7,7 @@
 //! volume's stack offline ([092]); bring the volumes that are complete online
 //! and leave the others offline with the reason ([094]–[095]).
 
+mod intent;
 mod snap;
 
 use crate::jobs::{self, Work};
@@ -98,6 +99,8 @@ pub struct Daemon {
     /// Snapshots whose store could not be opened (snapshot volume id, why):
     /// their origin stays offline, since its writes could not be copied.
     snap_problems: BTreeMap<u64, snap::SnapProblem>,
+    /// Online mirrors with write-intent bitmaps, for the sweeper thread.
+    sweep: intent::SweepList,
 }
 
 fn open_disk(path: &str) -> Result<Box<dyn Disk>, String> {
@@ -142,11 +145,18 @@ impl Daemon {
             jobs: BTreeMap::new(),
             snapsets: HashMap::new(),
             snap_problems: BTreeMap::new(),
+            sweep: Default::default(),
         };
+        intent::spawn_sweeper(d.sweep.clone())
+            .map_err(|e| format!("cannot start the write-intent sweeper: {e}"))?;
         for s in d.store.alus() {
             info!(alu = %s.path, state = %state_name(&s.state), "scanned");
         }
-        let unclean = d.store.dirty();
+        if d.store.dirty() {
+            // Queued before anything comes online, so that each mirror's
+            // bitmap is loaded as needing it.
+            d.resync_after_unclean_stop();
+        }
         d.load_snapshots();
         // Origins first: a snapshot view reads through its origin's tree.
         let mut vols = d.image_volumes();
@@ -160,9 +170,6 @@ impl Daemon {
             if let Err(e) = d.online(&name) {
                 error!("{e}");
             }
-        }
-        if unclean {
-            d.resync_after_unclean_stop();
         }
         d.resume_rollbacks();
         Ok(d)
@@ -304,6 +311,7 @@ impl Daemon {
         }
         match self.bring_online(&v) {
             Ok((exposed, desc, health, gate)) => {
+                self.sweep_list_set(name, Some(&health));
                 self.runtime.insert(
                     name.to_string(),
                     Runtime::Online {
@@ -394,7 +402,7 @@ impl Daemon {
             members.push(MemberDesc { pieces });
         }
         let copies = usize::from(v.layout.copies.max(1));
-        let health = self.mirror_health(v, &degraded);
+        let health = self.mirror_health(v, &degraded)?;
         let layout = match v.layout.kind {
             LayoutKind::Linear => StackLayout::Linear,
             LayoutKind::Stripe => StackLayout::Stripe {
@@ -416,15 +424,16 @@ impl Daemon {
 
     /// One shared health record per mirror; a failing leg reports through the
     /// event channel and waits until the failure is on disk.
-    fn mirror_health(&self, v: &VolumeDef, degraded: &[u16]) -> Vec<Arc<MirrorHealth>> {
+    /// Each carries the mirror's write-intent bitmap, loaded, when the volume
+    /// has them.
+    fn mirror_health(
+        &mut self,
+        v: &VolumeDef,
+        degraded: &[u16],
+    ) -> Result<Vec<Arc<MirrorHealth>>, String> {
         let copies = v.layout.copies.max(1);
-        let mirrors = match v.layout.kind {
-            LayoutKind::Mirror => 1,
-            LayoutKind::Raid10 => v.layout.stripes,
-            _ => 0,
-        };
         let leg_size = v.layout.member_size(v.size);
-        (0..mirrors)
+        (0..intent::mirrors_of(v))
             .map(|j| {
                 // A leg being rebuilt (with its ALU present) resumes from its
                 // checkpoint; any other unavailable leg starts failed.
@@ -457,13 +466,20 @@ impl Daemon {
                         error!(volume = %volume, member, "leg failure not yet persisted");
                     }
                 };
-                Arc::new(MirrorHealth::new_with_rebuild(
+                let health = MirrorHealth::new_with_rebuild(
                     usize::from(copies),
                     mask,
                     &rebuilding,
                     leg_size,
                     Box::new(on_fail),
-                ))
+                );
+                let health = match self.load_intent(v, j)? {
+                    Some(wi) => health
+                        .with_write_intent(wi)
+                        .map_err(|e| format!("volume {}: {e}", v.name))?,
+                    None => health,
+                };
+                Ok(Arc::new(health))
             })
             .collect()
     }
@@ -550,6 +566,7 @@ impl Daemon {
                 // Jobs stop at a step boundary; their checkpoint is kept and
                 // they resume when the volume is online again.
                 self.stop_jobs_of(name);
+                self.sweep_list_set(name, None);
                 let r = exposed.stop().map_err(|e| e.to_string());
                 self.runtime
                     .insert(name.to_string(), Runtime::Offline { reason: None });
@@ -661,6 +678,12 @@ impl Daemon {
             .store
             .create_volume_with(name, size, layout, &plan)
             .map_err(|e| e.to_string())?;
+        if let Err(e) = self.format_intents(&def) {
+            if let Err(e2) = self.store.remove_volume(name) {
+                error!(volume = %name, "cannot undo the volume's creation: {e2}");
+            }
+            return Err(e);
+        }
         info!(volume = %name, size = %format_size(size), layout = %spec.kind, "created");
         self.runtime
             .insert(name.to_string(), Runtime::Offline { reason: None });
@@ -776,6 +799,10 @@ impl Daemon {
                 .snapshot
                 .and_then(|sn| self.volume_by_id(sn.origin))
                 .map(|o| o.name),
+            bitmap: match self.runtime.get(&v.name) {
+                Some(Runtime::Online { health, .. }) => intent::bitmap_view(health),
+                _ => None,
+            },
             members,
             segments: v
                 .segments
@@ -846,6 +873,7 @@ impl Daemon {
                 (JobKind::Scrub, false) => "scrub",
                 (JobKind::Scrub, true) => "scrub-repair",
                 (JobKind::Rollback, _) => "rollback",
+                (JobKind::Resync, _) => "resync",
             }
             .into(),
             volume: self
@@ -869,8 +897,10 @@ impl Daemon {
     }
 
     /// After an unclean stop, legs of a mirror may differ where writes were
-    /// in flight: queue a full resync (a repairing scrub) of every mirror
-    /// volume, as MD resyncs an array that was not cleanly stopped.
+    /// in flight: queue a resync of every mirror volume, as MD resyncs an
+    /// array that was not cleanly stopped: of the regions its write-intent
+    /// bitmaps mark (a `resync` job), or, for a volume made before bitmaps,
+    /// of everything (a repairing scrub).
     fn resync_after_unclean_stop(&mut self) {
         for v in self.image_volumes() {
             if !matches!(v.layout.kind, LayoutKind::Mirror | LayoutKind::Raid10) {
@@ -878,19 +908,28 @@ impl Daemon {
             }
             // Queued for offline volumes too: it runs when they come online.
             let total = v.layout.member_size(v.size) * u64::from(v.layout.stripes.max(1));
+            let bitmap = !v.wi_slots.is_empty();
             let job = Job {
                 id: 0,
-                kind: JobKind::Scrub,
+                kind: if bitmap {
+                    JobKind::Resync
+                } else {
+                    JobKind::Scrub
+                },
                 volume: v.id,
                 member: None,
-                repair: true,
+                repair: !bitmap,
                 state: JobState::Running,
                 checkpoint: 0,
                 total,
                 mismatches: 0,
                 repaired: 0,
                 rate: 0,
-                message: "resync after an unclean stop".into(),
+                message: if bitmap {
+                    "resync of the dirty regions after an unclean stop".into()
+                } else {
+                    "resync after an unclean stop".into()
+                },
             };
             match self.store.add_job(job) {
                 Ok(j) => {
@@ -931,6 +970,7 @@ impl Daemon {
                 leg: usize::from(m) % copies,
             },
             (JobKind::Scrub, _) => Work::Scrub { repair: j.repair },
+            (JobKind::Resync, _) => Work::Resync,
             // A rollback runs on the offline origin (see `start_rollback`).
             (JobKind::Rebuild, None) | (JobKind::Rollback, _) => return,
         };
@@ -1049,16 +1089,19 @@ impl Daemon {
         }
         // Only the leg slots change: every instance of the tree (queues and
         // jobs) takes its legs from the slots, whatever `desc` first said.
-        let Some(Runtime::Online { health, .. }) = self.runtime.get(&def.name) else {
-            return Ok(());
-        };
         let (mirror, leg) = (usize::from(member / copies), usize::from(member % copies));
-        let slot = health[mirror]
+        let health = match self.runtime.get(&def.name) {
+            Some(Runtime::Online { health, .. }) => health[mirror].clone(),
+            _ => return Ok(()),
+        };
+        // The new leg's bitmap copy first: its first write must find it.
+        self.move_intent_copy(def, &health, member)?;
+        let slot = health
             .slot(leg)
             .ok_or_else(|| format!("volume {}: member {member}: no leg slot", def.name))?;
         slot.replace(MemberDesc { pieces })
             .map_err(|e| format!("volume {}: member {member}: {e}", def.name))?;
-        health[mirror].start_rebuild(leg, 0);
+        health.start_rebuild(leg, 0);
         Ok(())
     }
 

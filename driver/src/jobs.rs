@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use tierblk_stack::resync::{rebuild_leg, scrub, JobControl, JobError};
+use tierblk_stack::resync::{rebuild_leg, resync_dirty, scrub, JobControl, JobError};
 use tierblk_stack::uring::LocalRing;
 use tierblk_stack::volume::{build_volume, VolumeDesc};
 use tierblk_stack::{rollback, RollbackError, SetEntry, Snapshot, SnapshotOrigin, SnapshotState};
@@ -35,6 +35,9 @@ pub enum Work {
     Rebuild { mirror: usize, leg: usize },
     /// Compare (and with `repair`, fix) every mirror of the volume.
     Scrub { repair: bool },
+    /// Copy the dirty regions of every mirror's write-intent bitmap from the
+    /// first healthy leg to the others (after an unclean stop).
+    Resync,
     /// Merge a snapshot back into its origin (the job's volume tree is the
     /// origin's), keeping the origin's other snapshots intact.
     Rollback(Arc<RollbackWork>),
@@ -213,6 +216,27 @@ fn run(spec: &Spec, ctl: &JobControl, base: &AtomicU64) -> Outcome {
             Outcome::Done {
                 mismatches,
                 repaired,
+            }
+        }
+        Work::Resync => {
+            let mut regions = spec.repaired;
+            let leg = spec.leg_size.max(1);
+            let first = (spec.start / leg) as usize;
+            for (i, m) in mirrors.iter().enumerate().skip(first) {
+                // Mirrors without a bitmap (or already in sync) have nothing to do.
+                if !m.health().write_intent().is_some_and(|w| w.unsynced()) {
+                    continue;
+                }
+                base.store(i as u64 * leg, Ordering::SeqCst);
+                match ring.block_on(resync_dirty(m, None, STEP, ctl)) {
+                    Ok(r) => regions += r.regions,
+                    Err(e) => return ended(spec, ctl, base, e, 0, regions),
+                }
+            }
+            info!(regions, "dirty regions resynchronised");
+            Outcome::Done {
+                mismatches: 0,
+                repaired: regions,
             }
         }
         Work::Rollback(w) => {

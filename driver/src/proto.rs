@@ -231,11 +231,26 @@ pub struct VolumeView {
     /// Set for a snapshot: the volume it is a snapshot of.
     #[serde(default)]
     pub origin: Option<String>,
+    /// The mirrors' write-intent bitmaps, while the volume is online.
+    #[serde(default)]
+    pub bitmap: Option<BitmapView>,
     pub members: Vec<MemberView>,
     pub segments: Vec<SegmentView>,
 }
 
 /// A stripe member or mirror leg: the concatenation of its segments.
+/// A volume's write-intent bitmaps (one per mirror), summed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BitmapView {
+    /// Bytes of a mirror leg one bit covers.
+    pub region_size: u64,
+    /// Regions over all mirrors, and how many are marked dirty.
+    pub regions: u64,
+    pub dirty: u64,
+    /// A resync of the dirty regions (after an unclean stop) is pending.
+    pub resync_pending: bool,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberView {
     pub index: u16,

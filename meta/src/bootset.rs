@@ -625,7 +625,7 @@ mod tests {
         // (bytes 56..64 hold the rate: any value is valid)
         for (off, val) in [
             (16, 0u8),
-            (16, 4),
+            (16, 5),
             (17, 0),
             (17, 5),
             (18, 4),

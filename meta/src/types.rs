@@ -404,6 +404,11 @@ pub enum JobKind {
     /// `Job::volume` is the snapshot volume; the checkpoint counts merged
     /// chunks.
     Rollback,
+    /// After an unclean stop, copy the regions set in the mirrors'
+    /// write-intent bitmaps from the first healthy leg to the others (MD's
+    /// bitmap-based resync). The checkpoint runs over every mirror in turn, as
+    /// a scrub's; `repaired` counts the dirty regions copied.
+    Resync,
 }
 
 impl JobKind {
@@ -413,6 +418,7 @@ impl JobKind {
             JobKind::Rebuild => 1,
             JobKind::Scrub => 2,
             JobKind::Rollback => 3,
+            JobKind::Resync => 4,
         }
     }
     pub fn from_code(c: u8) -> Option<JobKind> {
@@ -420,6 +426,7 @@ impl JobKind {
             1 => JobKind::Rebuild,
             2 => JobKind::Scrub,
             3 => JobKind::Rollback,
+            4 => JobKind::Resync,
             _ => return None,
         })
     }
@@ -528,10 +535,12 @@ impl Job {
                 "job {}: a scrub job covers the whole volume (no member)",
                 self.id
             )),
-            JobKind::Rollback if self.member.is_some() || self.repair => Err(format!(
-                "job {}: a rollback job has no member and no repair flag",
-                self.id
-            )),
+            JobKind::Rollback | JobKind::Resync if self.member.is_some() || self.repair => {
+                Err(format!(
+                    "job {}: a {:?} job has no member and no repair flag",
+                    self.id, self.kind
+                ))
+            }
             _ => Ok(()),
         }
     }

@@ -107,17 +107,18 @@ json_has "$j" state '"done"' || fail "rebuild not done: $j"
 wait_vol_state r1 online
 ok "rebuild done under load; r1 optimal again"
 
-# The kill -9 left the cluster dirty: a resync of the mirrors was queued
-# behind the rebuild (MD resyncs an array that was not cleanly stopped).
+# The kill -9 left the cluster dirty: a resync of the regions the mirrors'
+# write-intent bitmaps mark was queued behind the rebuild (MD resyncs an array
+# that was not cleanly stopped, and with a bitmap only its dirty regions).
 grep -q "unclean stop: resyncing" "$DAEMON_LOG" || fail "no resync after the unclean stop"
-tbj job list | grep -q '"message":"resync after an unclean stop"' || fail "no resync job: $(tbj job list)"
+tbj job list | grep -q '"kind":"resync"' || fail "no resync job: $(tbj job list)"
 i=0
 while tbj job list | grep -q '"state":"running"'; do
 	i=$((i + 1))
 	[ "$i" -le 300 ] || fail "jobs still running: $(tbj job list)"
 	sleep 0.2
 done
-ok "resync after the unclean stop finished: $(tbj job list | grep -o '"kind":"scrub-repair"[^}]*' | head -n 1)"
+ok "resync after the unclean stop finished: $(tbj job list | grep -o '"kind":"resync"[^}]*' | head -n 1)"
 
 out=$(tbj vol scrub r1 --wait)
 echo "$out"

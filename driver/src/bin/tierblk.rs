@@ -563,6 +563,19 @@ fn human(p: &Payload) -> String {
             for m in v.members.iter().filter(|m| m.detail.is_some()) {
                 s.push_str(&format!("member {}: {}\n", m.index, opt(&m.detail)));
             }
+            if let Some(b) = &v.bitmap {
+                s.push_str(&format!(
+                    "write-intent bitmap: {} of {} regions of {} dirty{}\n",
+                    b.dirty,
+                    b.regions,
+                    format_size(b.region_size),
+                    if b.resync_pending {
+                        " (resync pending)"
+                    } else {
+                        ""
+                    }
+                ));
+            }
             s
         }
     }
