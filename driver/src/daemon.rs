@@ -26,8 +26,8 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 use tierblk_meta::{
-    AluState, ClusterImage, Job, JobKind, JobState, Layout, LayoutKind, MemberHealth, MetaError,
-    Store, Uuid, VolumeDef,
+    AluState, AluStatus, ClusterImage, Job, JobKind, JobState, Layout, LayoutKind, MemberHealth,
+    MetaError, Store, Uuid, VolumeDef,
 };
 use tierblk_meta::{Disk, FileDisk};
 use tierblk_stack::gate::Gate;
@@ -204,6 +204,7 @@ impl Daemon {
             Request::AluRelease { path } => self.release(&path),
             Request::AluFail { path } => self.fail_alu(&path),
             Request::AluReplace { old, new, rate } => self.replace(&old, &new, rate),
+            Request::AluReadd { path, rate } => self.readd(&path, rate),
             Request::VolScrub { name, repair, rate } => self.scrub(&name, repair, rate),
             Request::JobList => Ok(Payload::Jobs(
                 self.store.jobs().iter().map(|j| self.job_view(j)).collect(),
@@ -925,6 +926,7 @@ impl Daemon {
                 mismatches: 0,
                 repaired: 0,
                 rate: 0,
+                dirty_only: false,
                 message: if bitmap {
                     "resync of the dirty regions after an unclean stop".into()
                 } else {
@@ -968,6 +970,7 @@ impl Daemon {
             (JobKind::Rebuild, Some(m)) => Work::Rebuild {
                 mirror: usize::from(m) / copies,
                 leg: usize::from(m) % copies,
+                dirty_only: j.dirty_only,
             },
             (JobKind::Scrub, _) => Work::Scrub { repair: j.repair },
             (JobKind::Resync, _) => Work::Resync,
@@ -1079,6 +1082,54 @@ impl Daemon {
         Ok(Payload::Jobs(out))
     }
 
+    /// Take a failed ALU back with its data (mdadm's `--re-add`): each mirror
+    /// leg on it gets back into its mirror as rebuilding and a dirty-only
+    /// rebuild copies onto it what its mirror's bitmap marks; a linear or
+    /// stripe volume that lost it may come online again.
+    fn readd(&mut self, path: &str, rate: u64) -> Result<Payload, String> {
+        let uuid = match self.store.alus().into_iter().find(|a| a.path == path) {
+            Some(AluStatus {
+                state: AluState::Damaged {
+                    uuid: Some(uuid), ..
+                },
+                ..
+            }) => uuid,
+            Some(AluStatus {
+                state: AluState::Owned { .. },
+                ..
+            }) => return Err(format!("alu {path}: not failed: nothing to re-add")),
+            Some(a) => {
+                return Err(format!(
+                    "alu {path}: {}: cannot be re-added (`tierblk alu replace` onto another ALU instead)",
+                    state_name(&a.state)
+                ))
+            }
+            None => return Err(format!("alu {path}: unknown (not scanned by this daemon)")),
+        };
+        let back = self.store.unfail_alu(uuid).map_err(|e| e.to_string())?;
+        info!(alu = %path, "re-added");
+        let mut out = Vec::new();
+        for (name, member, job) in back {
+            let def = self.volume(&name)?;
+            let Some(mut job) = job else {
+                if !matches!(self.runtime.get(&name), Some(Runtime::Online { .. })) {
+                    if let Err(e) = self.online(&name) {
+                        warn!("{e}");
+                    }
+                }
+                continue;
+            };
+            if rate > 0 {
+                job.rate = rate;
+                self.store.update_job(&job).map_err(|e| e.to_string())?;
+            }
+            self.swap_leg(&def, member)?;
+            self.start_jobs_of(&def);
+            out.push(self.job_view(&job));
+        }
+        Ok(Payload::Jobs(out))
+    }
+
     /// Hand the running volume its new leg: every queue switches at its next
     /// I/O, and the leg takes writes (never reads) while it is rebuilt.
     fn swap_leg(&mut self, def: &VolumeDef, member: u16) -> Result<(), String> {
@@ -1145,6 +1196,7 @@ impl Daemon {
                 mismatches: 0,
                 repaired: 0,
                 rate,
+                dirty_only: false,
                 message: String::new(),
             })
             .map_err(|e| e.to_string())?;

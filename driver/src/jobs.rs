@@ -31,8 +31,14 @@ pub const ROLLBACK_CHECKPOINT_EVERY: u64 = 4 << 20;
 /// What a job does.
 #[derive(Clone)]
 pub enum Work {
-    /// Copy leg `leg` of mirror `mirror` from the healthy legs.
-    Rebuild { mirror: usize, leg: usize },
+    /// Copy leg `leg` of mirror `mirror` from the healthy legs: all of it,
+    /// or (`dirty_only`, a leg that returned with its data) only the regions
+    /// the mirror's write-intent bitmap marks.
+    Rebuild {
+        mirror: usize,
+        leg: usize,
+        dirty_only: bool,
+    },
     /// Compare (and with `repair`, fix) every mirror of the volume.
     Scrub { repair: bool },
     /// Copy the dirty regions of every mirror's write-intent bitmap from the
@@ -179,7 +185,11 @@ fn run(spec: &Spec, ctl: &JobControl, base: &AtomicU64) -> Outcome {
     };
     let mirrors = vol.mirrors();
     match &spec.work {
-        Work::Rebuild { mirror, leg } => {
+        Work::Rebuild {
+            mirror,
+            leg,
+            dirty_only,
+        } => {
             let (mirror, leg) = (*mirror, *leg);
             let Some(m) = mirrors.get(mirror) else {
                 return Outcome::Failed {
@@ -187,10 +197,20 @@ fn run(spec: &Spec, ctl: &JobControl, base: &AtomicU64) -> Outcome {
                     message: format!("no mirror {mirror}"),
                 };
             };
-            match ring.block_on(rebuild_leg(m, leg, STEP, ctl)) {
-                Ok(_) => Outcome::Done {
+            let bitmap = m.health().write_intent().is_some();
+            let r = if *dirty_only && bitmap {
+                ring.block_on(resync_dirty(m, Some(leg), STEP, ctl))
+                    .map(|r| r.regions)
+            } else {
+                if *dirty_only {
+                    warn!("no write-intent bitmap: rebuilding the whole leg");
+                }
+                ring.block_on(rebuild_leg(m, leg, STEP, ctl)).map(|_| 0)
+            };
+            match r {
+                Ok(regions) => Outcome::Done {
                     mismatches: 0,
-                    repaired: 0,
+                    repaired: regions,
                 },
                 Err(e) => ended(spec, ctl, base, e, 0, 0),
             }

@@ -39,6 +39,12 @@ pub enum Request {
         layout: LayoutSpec,
     },
     /// Move every mirror leg off `old` onto `new`, rebuilding each online.
+    /// Take a failed ALU back with its data (mdadm --re-add).
+    AluReadd {
+        path: String,
+        #[serde(default)]
+        rate: u64,
+    },
     AluReplace {
         old: String,
         new: String,

@@ -33,6 +33,7 @@ pub const LIST_JOB_LEN: usize = 192;
 pub const JOB_MESSAGE_OFFSET: usize = 64;
 pub const JOB_FLAG_REPAIR: u8 = 1;
 pub const JOB_FLAG_MEMBER: u8 = 2;
+pub const JOB_FLAG_DIRTY_ONLY: u8 = 4;
 /// Most jobs a boot list may hold.
 pub const MAX_JOBS: usize = 64;
 pub const HEALTH_OK: u8 = 0;
@@ -171,6 +172,9 @@ fn encode_job(w: &mut Wr, j: &Job) {
     if j.member.is_some() {
         flags |= JOB_FLAG_MEMBER;
     }
+    if j.dirty_only {
+        flags |= JOB_FLAG_DIRTY_ONLY;
+    }
     w.u8(flags);
     let msg = &j.message.as_bytes()[..j.message.len().min(MAX_JOB_MESSAGE)];
     w.u8(msg.len() as u8);
@@ -200,7 +204,7 @@ fn decode_job(r: &mut Rd) -> Result<Job, FormatError> {
     let bad = |what: &str| FormatError::Invalid(format!("job {id}: {what}"));
     let kind = JobKind::from_code(kind).ok_or_else(|| bad("kind"))?;
     let state = JobState::from_code(state).ok_or_else(|| bad("state"))?;
-    if flags & !(JOB_FLAG_REPAIR | JOB_FLAG_MEMBER) != 0 {
+    if flags & !(JOB_FLAG_REPAIR | JOB_FLAG_MEMBER | JOB_FLAG_DIRTY_ONLY) != 0 {
         return Err(bad("flags"));
     }
     if flags & JOB_FLAG_MEMBER == 0 && member != 0 {
@@ -229,6 +233,7 @@ fn decode_job(r: &mut Rd) -> Result<Job, FormatError> {
         volume,
         member: (flags & JOB_FLAG_MEMBER != 0).then_some(member),
         repair: flags & JOB_FLAG_REPAIR != 0,
+        dirty_only: flags & JOB_FLAG_DIRTY_ONLY != 0,
         state,
         checkpoint,
         total,
@@ -537,6 +542,7 @@ mod tests {
             repaired: 0,
             message: String::new(),
             rate: 0,
+            dirty_only: false,
         }
     }
 
@@ -567,6 +573,7 @@ mod tests {
             repaired: 0x0606,
             message: "hi".into(),
             rate: 0x0707,
+            dirty_only: false,
             ..job(0)
         };
         let mut w = Wr::new();
@@ -600,12 +607,14 @@ mod tests {
                 repaired: 5,
                 message: format!("read error: {}", "ü".repeat(50)),
                 rate: 0,
+                dirty_only: false,
                 ..job(21)
             },
             Job {
                 state: JobState::Paused,
                 message: "m".repeat(MAX_JOB_MESSAGE),
                 rate: 0,
+                dirty_only: false,
                 ..job(22)
             },
         ];
@@ -628,7 +637,7 @@ mod tests {
             (16, 5),
             (17, 0),
             (17, 5),
-            (18, 4),
+            (18, 8),
             (19, 128),
             (19, 0),
             (22, 1),

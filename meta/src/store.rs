@@ -2101,6 +2101,107 @@ impl Store {
         Ok(affected)
     }
 
+    /// Take a failed ALU back (`alu readd`, mdadm's `--re-add`): it returned
+    /// with its data, its metadata readable and its UUID unchanged. Returns the
+    /// members on it: each member of a mirror or raid10 volume that was failed
+    /// becomes rebuilding with a *dirty-only* rebuild job (only the regions the
+    /// mirror's write-intent bitmap marks are copied back, [0169]); a member
+    /// of a linear or stripe volume becomes healthy (nothing could write it
+    /// while it was gone: its volume was held offline).
+    ///
+    /// Commit order: the ALU's label directory and object database are first
+    /// brought in line with the current definitions (while failed, the ALU is
+    /// never read, so this is invisible), then the boot set commit removes it
+    /// from the failed list with the new health and jobs — the commit point.
+    ///
+    /// Refused (nothing written): the ALU is not failed, not present, or its
+    /// metadata is not readable.
+    pub fn unfail_alu(&mut self, alu: Uuid) -> Result<Vec<(String, u16, Option<Job>)>, MetaError> {
+        self.check_writable()?;
+        let (Some(mut list), Some(image)) = (self.list.clone(), self.image.clone()) else {
+            return Err(MetaError::NotFound(format!("alu {alu}: no cluster")));
+        };
+        if !list.failed.iter().any(|(u, _)| *u == alu) {
+            return Err(MetaError::Refused(format!("alu {alu}: not failed")));
+        }
+        let Some(i) = self.slot_of(alu) else {
+            return Err(MetaError::NotFound(format!("alu {alu}: not present")));
+        };
+        let path = self.slots[i].path.clone();
+        let AluState::Owned { .. } = Self::region_state(&self.slots[i], alu) else {
+            return Err(MetaError::Refused(format!(
+                "alu {path}: its metadata is not readable: replace it instead"
+            )));
+        };
+        let Some(rec) = list.alus.iter().find(|a| a.uuid == alu).cloned() else {
+            return Err(MetaError::NotFound(format!(
+                "alu {alu}: not part of the cluster"
+            )));
+        };
+        let mut out = Vec::new();
+        let mut next_id = list.next_id.max(1);
+        for bv in list.volumes.iter_mut() {
+            let Some(def) = image.volumes.iter().find(|v| v.id == bv.id) else {
+                continue;
+            };
+            let mut ms: Vec<u16> = def
+                .segments
+                .iter()
+                .filter(|g| g.alu == alu)
+                .map(|g| g.member)
+                .collect();
+            ms.sort_unstable();
+            ms.dedup();
+            for m in ms {
+                let Some(h) = bv.health.get_mut(usize::from(m)) else {
+                    continue;
+                };
+                if !matches!(h, MemberHealth::Failed { .. }) {
+                    out.push((bv.name.clone(), m, None));
+                    continue;
+                }
+                if !def.layout.redundant() {
+                    *h = MemberHealth::Ok;
+                    out.push((bv.name.clone(), m, None));
+                    continue;
+                }
+                *h = MemberHealth::Rebuilding { checkpoint: 0 };
+                let job = Job {
+                    id: next_id,
+                    kind: JobKind::Rebuild,
+                    volume: bv.id,
+                    member: Some(m),
+                    repair: false,
+                    state: JobState::Running,
+                    checkpoint: 0,
+                    total: def.layout.member_size(def.size),
+                    mismatches: 0,
+                    repaired: 0,
+                    rate: 0,
+                    dirty_only: true,
+                    message: format!("re-add of {path}: dirty regions only"),
+                };
+                next_id += 1;
+                list.jobs.push(job.clone());
+                out.push((bv.name.clone(), m, Some(job)));
+            }
+        }
+        list.next_id = next_id;
+        Self::prune_jobs(&mut list.jobs)?;
+        list.failed.retain(|(u, _)| *u != alu);
+        // Heal its metadata first: it was never written while failed.
+        let was = std::mem::replace(&mut self.slots[i].state, AluState::Owned { uuid: alu });
+        if let Err(e) = self.sync_alus(&[rec], &image.volumes) {
+            self.slots[i].state = was;
+            return Err(e);
+        }
+        list.seq = self.next_seq();
+        let r = self.boot_commit(&list);
+        self.poison(r)?;
+        self.evaluate();
+        Ok(out)
+    }
+
     /// Remove a volume: boot set commit first, then per-ALU cleanup.
     pub fn remove_volume(&mut self, name: &str) -> Result<(), MetaError> {
         self.check_writable()?;
@@ -2316,8 +2417,8 @@ impl Store {
             return Err(MetaError::NotFound(format!("job {}: not found", job.id)));
         };
         let old = &list.jobs[ji];
-        if (old.kind, old.volume, old.member, old.repair)
-            != (job.kind, job.volume, job.member, job.repair)
+        if (old.kind, old.volume, old.member, old.repair, old.dirty_only)
+            != (job.kind, job.volume, job.member, job.repair, job.dirty_only)
         {
             return Err(MetaError::Invalid(format!(
                 "job {}: kind, volume, member and repair cannot change",
@@ -2525,6 +2626,7 @@ impl Store {
             repaired: 0,
             message: String::new(),
             rate: 0,
+            dirty_only: false,
         };
         next_id += 1;
         Self::fail_rebuild_jobs(

@@ -482,6 +482,9 @@ pub struct Job {
     pub member: Option<u16>,
     /// Scrub: repair mismatches (else only count them). Always false for a rebuild.
     pub repair: bool,
+    /// Rebuild only: the leg returned with its data (`alu readd`) and only the
+    /// regions the mirror's write-intent bitmap marks are copied onto it.
+    pub dirty_only: bool,
     pub state: JobState,
     /// Member (rebuild) or volume (scrub) offset below which the job is done.
     pub checkpoint: u64,
@@ -527,6 +530,10 @@ impl Job {
             JobKind::Rebuild if self.member.is_none() => {
                 Err(format!("job {}: a rebuild job needs a member", self.id))
             }
+            _ if self.dirty_only && self.kind != JobKind::Rebuild => Err(format!(
+                "job {}: dirty-only applies to rebuild jobs only",
+                self.id
+            )),
             JobKind::Rebuild if self.repair => Err(format!(
                 "job {}: repair applies to scrub jobs only",
                 self.id

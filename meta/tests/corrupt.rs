@@ -235,6 +235,7 @@ fn layout_state() -> (Vec<u64>, Vec<Event>) {
         repaired: 1,
         message: "read error".into(),
         rate: 0,
+        dirty_only: false,
     })
     .unwrap();
     (vec![SIZE; 4], rec.log())

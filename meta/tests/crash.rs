@@ -563,6 +563,7 @@ fn scrub(volume: u64) -> Job {
         repaired: 0,
         message: String::new(),
         rate: 0,
+        dirty_only: false,
     }
 }
 
@@ -654,4 +655,75 @@ fn crash_create_and_remove_snapshot() {
         },
         |st| st.remove_volume("snap").unwrap(),
     );
+}
+
+/// `unfail_alu` (alu readd): at every crash point the store opens to the old
+/// image (the ALU still failed, never used) or the new one (the ALU owned
+/// again, its mirror leg rebuilding with a dirty-only job, its label
+/// directory without the partitions of a volume removed while it was failed).
+#[test]
+fn crash_unfail_alu() {
+    let rec = Recorder::new();
+    let mut st = open_rec(&rec, 3, SIZE);
+    mirror_setup(&mut st);
+    let (a0, a1) = (alu_uuid(&st, 0), alu_uuid(&st, 1));
+    st.create_volume_with(
+        "m2",
+        2 * MIB,
+        mirror2(),
+        &[(0, a0, 2 * MIB), (1, a1, 2 * MIB)],
+    )
+    .unwrap();
+    st.fail_alu(a1).unwrap();
+    st.remove_volume("m2").unwrap();
+    let old = image(&st);
+    let n0 = rec.write_count();
+    // A healthy ALU cannot be re-added; nothing is written.
+    let e = st.unfail_alu(a0).unwrap_err().to_string();
+    assert!(e.contains("not failed"), "{e}");
+    assert_eq!(rec.write_count(), n0);
+    let out = st.unfail_alu(a1).unwrap();
+    assert_eq!(out.len(), 1, "{out:?}");
+    let (ref name, member, Some(ref job)) = out[0] else {
+        panic!("no job: {out:?}")
+    };
+    assert_eq!((name.as_str(), member), ("m", 1));
+    assert!(job.dirty_only && job.kind == JobKind::Rebuild);
+    let new = image(&st);
+    assert_ne!(old, new);
+    let free_after = st.free_extents(a1);
+    drop(st);
+    let log = rec.log();
+    let n1 = write_count(&log);
+    let sizes = vec![SIZE; 3];
+    for k in n0..=n1 {
+        for tear in [false, true] {
+            if tear && k == n1 {
+                continue;
+            }
+            let disks = share(replay(&sizes, &log, k, tear));
+            let (mut st, _) = open_shared(&disks, true);
+            let got = image(&st);
+            let ctx = format!("k={k} (n0={n0}, n1={n1}) tear={tear}");
+            let unfailed = matches!(st.alus()[1].state, AluState::Owned { .. });
+            if got == new {
+                assert!(unfailed, "{ctx}");
+                assert_eq!(st.free_extents(a1), free_after, "{ctx}");
+                let v = got.as_ref().unwrap().volumes.iter().find(|v| v.name == "m");
+                assert_eq!(
+                    v.unwrap().members[1],
+                    MemberHealth::Rebuilding { checkpoint: 0 },
+                    "{ctx}"
+                );
+                assert!(st.jobs().iter().any(|j| j.dirty_only), "{ctx}");
+            } else {
+                assert_eq!(got, old, "{ctx}: image neither old nor new");
+                assert!(!unfailed, "{ctx}: a failed ALU came back by itself");
+                // And the re-add still works from here.
+                st.unfail_alu(a1)
+                    .unwrap_or_else(|e| panic!("{ctx}: retry: {e}"));
+                assert_eq!(image(&st), new, "{ctx}: retry");
+            }
+        }
+    }
 }

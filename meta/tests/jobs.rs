@@ -53,6 +53,7 @@ fn scrub(volume: u64) -> Job {
         repaired: 0,
         message: String::new(),
         rate: 0,
+        dirty_only: false,
     }
 }
 

@@ -1,9 +1,10 @@
 #!/bin/sh
 # The write-intent bitmap (MD's bitmap; spec [0169]): regions are marked on
 # disk before a write reaches the legs and cleared lazily once idle; after a
-# kill -9 of the daemon only the marked regions are resynchronised. Proof: a
-# difference planted in a marked region is repaired by the resync, one planted
-# in a clean region is left for the scrub to find (the resync never read it).
+# kill -9 of the daemon, and when a failed leg returns (alu readd), only the
+# marked regions are copied. Proof: a difference planted in a marked region is
+# repaired, one planted in a clean region is left for the scrub to find (the
+# copy never read it).
 # vm-run: --disks 2 --disk-size 384M
 set -eu
 . "$(dirname "$0")/lib.sh"
@@ -63,6 +64,7 @@ ok "planted 1 MiB differences at 101M (dirty) and 200M (clean) on $leg1"
 # shellcheck disable=SC2086
 start_daemon $alus
 wait_vol_state m1 online
+dev=$(vol_device m1)
 job=$(tbj job list | grep -o '"id":[0-9]*,"kind":"resync"' | head -n 1 | cut -d: -f2 | cut -d, -f1)
 [ -n "$job" ] || fail "no resync job after the unclean stop: $(tbj job list)"
 tb job show "$job" --wait
@@ -79,5 +81,25 @@ ok "scrub finds only the clean region's difference (the dirty one was resynced)"
 out=$(tbj vol scrub m1 --repair --wait)
 out=$(tbj vol scrub m1 --wait)
 json_has "$out" mismatches 0, || fail "mismatches left after repair: $out"
+wait_clean
+
+# A leg's return (mdadm --re-add): while leg 1's ALU is failed the bitmap
+# keeps every region written meanwhile; re-added, only those are copied.
+tb alu fail "$leg1"
+wait_vol_state m1 degraded
+dd if=/dev/urandom of="$dev" bs=1M seek=50 count=2 oflag=direct status=none
+sleep 10
+json_has "$(bitmap)" dirty 2, || fail "a failed leg must keep the bits: $(bitmap)"
+dd if=/dev/urandom of="$leg1" bs=1M seek=$((start + 150)) count=1 oflag=direct status=none
+ok "leg 1 failed; 2 regions written; a difference planted in a clean region of leg 1"
+out=$(tbj alu readd "$leg1" --wait)
+echo "$out"
+json_has "$out" state '"done"' || fail "re-add not done: $out"
+json_has "$out" repaired 2, || fail "the re-add copied other than the 2 dirty regions: $out"
+wait_vol_state m1 online
+out=$(tbj vol scrub m1 --wait)
+json_has "$out" mismatches 256, || fail "scrub should find exactly the planted clean-region difference: $out"
+ok "re-add copied exactly the 2 regions written while the leg was away"
+expect_fail_match 'not failed' tb alu readd "$leg1"
 stop_daemon
 say "mirror-crash passed"

@@ -112,6 +112,16 @@ enum AluCmd {
     Show { path: String },
     /// Declare an ALU failed (for tests and administrators): mirror legs on it stop being used.
     Fail { path: String },
+    /// Take back a failed ALU that returned with its data (mdadm --re-add): its mirror legs get only the regions their write-intent bitmap marks.
+    Readd {
+        path: String,
+        /// Copy rate limit per job, e.g. 50M (per second); default unlimited.
+        #[arg(long)]
+        rate: Option<String>,
+        /// Wait until the copies end, showing progress.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Replace OLD by NEW (a claimed ALU): every mirror leg on OLD is rebuilt on NEW, online.
     Replace {
         old: String,
@@ -196,6 +206,10 @@ fn run(cli: &Cli) -> Result<(), String> {
         Cmd::Alu(AluCmd::Release { path }) => Request::AluRelease { path: path.clone() },
         Cmd::Alu(AluCmd::Show { path }) => Request::AluShow { path: path.clone() },
         Cmd::Alu(AluCmd::Fail { path }) => Request::AluFail { path: path.clone() },
+        Cmd::Alu(AluCmd::Readd { path, rate, .. }) => Request::AluReadd {
+            path: path.clone(),
+            rate: parse_rate(rate)?,
+        },
         Cmd::Alu(AluCmd::Replace { old, new, rate, .. }) => Request::AluReplace {
             old: old.clone(),
             new: new.clone(),
@@ -265,6 +279,7 @@ fn run(cli: &Cli) -> Result<(), String> {
     let wait = matches!(
         cli.cmd,
         Cmd::Alu(AluCmd::Replace { wait: true, .. })
+            | Cmd::Alu(AluCmd::Readd { wait: true, .. })
             | Cmd::Vol(VolCmd::Scrub { wait: true, .. })
             | Cmd::Job(JobCmd::Show { wait: true, .. })
             | Cmd::Job(JobCmd::Resume { wait: true, .. })

@@ -478,6 +478,7 @@ impl Daemon {
                 mismatches: 0,
                 repaired: 0,
                 rate,
+                dirty_only: false,
                 message: format!("roll {} back to {name}", origin.name),
             })
             .map_err(|e| e.to_string())?;
