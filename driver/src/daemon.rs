@@ -50,7 +50,12 @@ pub enum Event {
     JobProgress { id: u64, checkpoint: u64 },
     /// A job's thread ended.
     JobEnded { id: u64, outcome: jobs::Outcome },
+    /// Time passed: run the snapshot schedules that are due.
+    Tick,
 }
+
+/// How often the schedules are looked at.
+const TICK: Duration = Duration::from_secs(1);
 
 /// How long a queue thread waits for a leg failure to be persisted before it
 /// completes the write anyway (the failure stays in memory).
@@ -149,6 +154,15 @@ impl Daemon {
         };
         intent::spawn_sweeper(d.sweep.clone())
             .map_err(|e| format!("cannot start the write-intent sweeper: {e}"))?;
+        let ticks = d.events.clone();
+        std::thread::Builder::new()
+            .name("ticker".into())
+            .spawn(move || {
+                while ticks.send(Event::Tick).is_ok() {
+                    std::thread::sleep(TICK);
+                }
+            })
+            .map_err(|e| format!("cannot start the schedule ticker: {e}"))?;
         for s in d.store.alus() {
             info!(alu = %s.path, state = %state_name(&s.state), "scanned");
         }
@@ -250,6 +264,14 @@ impl Daemon {
             Request::SnapList { volume } => self.snap_list(volume.as_deref()),
             Request::SnapRemove { name } => self.snap_remove(&name),
             Request::SnapRollback { name, rate } => self.snap_rollback(&name, rate),
+            Request::SnapSchedule {
+                volume,
+                every,
+                keep,
+                size,
+            } => self.snap_schedule(&volume, every, keep, size),
+            Request::SnapUnschedule { volume } => self.snap_unschedule(&volume),
+            Request::SnapSchedules => Ok(Payload::Schedules(self.schedule_views())),
         }
     }
 
@@ -534,6 +556,7 @@ impl Daemon {
             }
             Event::JobProgress { id, checkpoint } => self.on_job_progress(id, checkpoint),
             Event::JobEnded { id, outcome } => self.on_job_ended(id, outcome),
+            Event::Tick => self.run_schedules(snap::now()),
         }
     }
 
@@ -1070,16 +1093,27 @@ impl Daemon {
                 .replace_member(&name, member, new_uuid)
                 .map_err(|e| e.to_string())?;
             info!(volume = %name, member, alu = %new, job = job.id, "leg replaced; rebuilding");
-            let mut job = job;
-            if rate > 0 {
-                job.rate = rate;
-                self.store.update_job(&job).map_err(|e| e.to_string())?;
-            }
-            self.swap_leg(&def, member)?;
-            self.start_jobs_of(&def);
-            out.push(self.job_view(&job));
+            out.push(self.start_leg_job(&def, member, job, rate)?);
         }
         Ok(Payload::Jobs(out))
+    }
+
+    /// Hand a new or returning leg to its running mirror and start its
+    /// rebuild job, throttled to `rate` (persisted) when non-zero.
+    fn start_leg_job(
+        &mut self,
+        def: &VolumeDef,
+        member: u16,
+        mut job: Job,
+        rate: u64,
+    ) -> Result<JobView, String> {
+        if rate > 0 {
+            job.rate = rate;
+            self.store.update_job(&job).map_err(|e| e.to_string())?;
+        }
+        self.swap_leg(def, member)?;
+        self.start_jobs_of(def);
+        Ok(self.job_view(&job))
     }
 
     /// Take a failed ALU back with its data (mdadm's `--re-add`): each mirror
@@ -1111,7 +1145,7 @@ impl Daemon {
         let mut out = Vec::new();
         for (name, member, job) in back {
             let def = self.volume(&name)?;
-            let Some(mut job) = job else {
+            let Some(job) = job else {
                 if !matches!(self.runtime.get(&name), Some(Runtime::Online { .. })) {
                     if let Err(e) = self.online(&name) {
                         warn!("{e}");
@@ -1119,13 +1153,7 @@ impl Daemon {
                 }
                 continue;
             };
-            if rate > 0 {
-                job.rate = rate;
-                self.store.update_job(&job).map_err(|e| e.to_string())?;
-            }
-            self.swap_leg(&def, member)?;
-            self.start_jobs_of(&def);
-            out.push(self.job_view(&job));
+            out.push(self.start_leg_job(&def, member, job, rate)?);
         }
         Ok(Payload::Jobs(out))
     }

@@ -100,6 +100,18 @@ pub enum Request {
     SnapRemove {
         name: String,
     },
+    /// Snapshot `volume` every `every` seconds, keeping the newest `keep`.
+    SnapSchedule {
+        volume: String,
+        every: u64,
+        keep: u32,
+        #[serde(default)]
+        size: Option<u64>,
+    },
+    SnapUnschedule {
+        volume: String,
+    },
+    SnapSchedules,
     /// Roll the snapshot's (offline) origin back to the snapshot's image.
     SnapRollback {
         name: String,
@@ -155,6 +167,23 @@ pub enum Payload {
     Job(JobView),
     Snapshots(Vec<SnapView>),
     Snapshot(SnapView),
+    Schedules(Vec<ScheduleView>),
+}
+
+/// A snapshot schedule as `snap schedules` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleView {
+    pub volume: String,
+    /// Seconds between snapshots.
+    pub every: u64,
+    pub keep: u32,
+    /// COW store size of each snapshot (0: the default).
+    pub size: u64,
+    /// Unix seconds of the last and the next snapshot (`last` 0: never).
+    pub last: u64,
+    pub next: u64,
+    /// The scheduled snapshots that exist now, oldest first.
+    pub snapshots: Vec<String>,
 }
 
 /// A snapshot as `snap list` shows it.

@@ -95,8 +95,53 @@ pub fn format_size(bytes: u64) -> String {
     }
 }
 
+/// Parse an interval: `90`, `90s`, `15m`, `1h`, `2d`, `1w` (seconds).
+pub fn parse_interval(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (num, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => t.split_at(i),
+        None => (t, "s"),
+    };
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 604_800,
+        _ => return Err(format!("interval {text:?}: unit must be s, m, h, d or w")),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("interval {text:?}: expected a positive number, e.g. 1h"))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn intervals() {
+        use super::parse_interval as p;
+        assert_eq!(p("90"), Ok(90));
+        assert_eq!(p("90s"), Ok(90));
+        assert_eq!(p("15m"), Ok(900));
+        assert_eq!(p("1h"), Ok(3600));
+        assert_eq!(p("2d"), Ok(172_800));
+        assert_eq!(p("1w"), Ok(604_800));
+        for bad in [
+            "",
+            "0",
+            "0h",
+            "h",
+            "1y",
+            "-1h",
+            "1.5h",
+            "99999999999999999999w",
+        ] {
+            assert!(p(bad).is_err(), "{bad}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -546,3 +546,117 @@ fn snapshots_persist_refuse_and_hold_their_origin() {
     env.ok(&["vol", "remove", "v1"]);
     env.stop();
 }
+
+/// `tierblk status` through the daemon: the overall state and the advice
+/// follow what happens to ALUs and volumes.
+#[test]
+fn status_assesses_and_advises() {
+    let mut env = Env::new("status", &[256 * MIB, 256 * MIB]);
+    env.start();
+    let s = env.json(&["status"]);
+    assert_eq!(s["state"], "online", "{s}");
+    assert!(env
+        .ok(&["status"])
+        .contains("cluster: (none: claim an ALU)"));
+    env.ok(&["alu", "claim", &env.alu(0)]);
+    env.ok(&["alu", "claim", &env.alu(1)]);
+    env.ok(&["vol", "create", "m1", "--size", "64M", "--layout", "mirror"]);
+    // No ublk on the host: the volume is offline with a problem.
+    let s = env.json(&["status"]);
+    assert_eq!(s["state"], "faulted", "{s}");
+    assert_eq!(s["cluster"], "lab");
+    assert!(
+        s["actions"][0]
+            .as_str()
+            .unwrap()
+            .contains("volume m1 is offline"),
+        "{s}"
+    );
+    env.ok(&["alu", "fail", &env.alu(1)]);
+    let s = env.json(&["status"]);
+    let actions = s["actions"].to_string();
+    assert!(
+        actions.contains(&format!("tierblk alu readd {}", env.alu(1))),
+        "{actions}"
+    );
+    let t = env.ok(&["status"]);
+    assert!(
+        t.contains("state: FAULTED") && t.contains("VOLUME") && t.contains("ALU"),
+        "{t}"
+    );
+    env.stop();
+}
+
+/// Snapshot schedules (spec [0167]): the daemon takes the snapshots, keeps
+/// the newest `keep`, and the schedule survives a restart.
+#[test]
+fn snapshot_schedules_take_expire_and_persist() {
+    let mut env = Env::new("sched", &[256 * MIB]);
+    env.start();
+    env.ok(&["alu", "claim", &env.alu(0)]);
+    env.ok(&["vol", "create", "v1", "--size", "16M"]);
+    let e = env.refused(&["snap", "schedule", "v1", "--every", "1y", "--keep", "2"]);
+    assert!(e.contains("--every"), "{e}");
+    let e = env.refused(&["snap", "schedule", "v1", "--every", "1s", "--keep", "0"]);
+    assert!(e.contains("keep"), "{e}");
+    let e = env.refused(&["snap", "unschedule", "v1"]);
+    assert!(e.contains("no snapshot schedule"), "{e}");
+    let s = env.json(&[
+        "snap", "schedule", "v1", "--every", "1s", "--keep", "2", "--size", "8M",
+    ]);
+    assert_eq!(s[0]["every"], 1);
+    assert_eq!(s[0]["keep"], 2);
+    assert_eq!(s[0]["size"], 8 * MIB);
+    // Within a few seconds: more than two taken, only the newest two kept.
+    let t = Instant::now();
+    let mut names: Vec<String>;
+    loop {
+        let snaps = env.json(&["snap", "list", "v1"]);
+        names = snaps
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap().to_string())
+            .collect();
+        let log = std::fs::read_to_string(env.dir.join("tierblkd.log")).unwrap();
+        if log.matches("expired by the schedule").count() >= 2 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "schedule did not run: {log}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(names.len() <= 2, "{names:?}");
+    assert!(names.iter().all(|n| n.starts_with("v1.auto-")), "{names:?}");
+    let sv = env.json(&["vol", "show", &names[0]]);
+    assert_eq!(sv["size"], 8 * MIB, "the schedule's --size: {sv}");
+    // A manual snapshot is not the schedule's to expire.
+    env.ok(&["snap", "create", "v1", "keepme", "--size", "8M"]);
+    env.stop();
+    env.start();
+    let s = env.json(&["snap", "schedules"]);
+    assert_eq!(s[0]["volume"], "v1", "{s}");
+    assert!(s[0]["last"].as_u64().unwrap() > 0);
+    std::thread::sleep(Duration::from_millis(2500));
+    let snaps = env.json(&["snap", "list", "v1"]);
+    let names: Vec<&str> = snaps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"keepme"), "{names:?}");
+    assert_eq!(
+        names.iter().filter(|n| n.starts_with("v1.auto-")).count(),
+        2,
+        "{names:?}"
+    );
+    env.ok(&["snap", "unschedule", "v1"]);
+    assert_eq!(
+        env.json(&["snap", "schedules"]).as_array().unwrap().len(),
+        0
+    );
+    env.stop();
+}

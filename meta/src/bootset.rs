@@ -11,7 +11,7 @@ use crate::disk::Disk;
 use crate::error::FormatError;
 use crate::types::{
     valid_cluster_name, valid_volume_name, AluRecord, ClusterSig, Job, JobKind, JobState, Layout,
-    LayoutKind, MemberHealth, Uuid, MAX_JOB_MESSAGE,
+    LayoutKind, MemberHealth, Schedule, Uuid, MAX_JOB_MESSAGE,
 };
 
 pub const PTR_MAGIC: [u8; 8] = *b"TBLKBOOT";
@@ -152,7 +152,17 @@ pub struct BootList {
     pub jobs: Vec<Job>,
     /// [`LIST_FLAG_DIRTY`]: a daemon has had volumes online since the last clean stop.
     pub flags: u32,
+    /// Snapshot schedules, one per volume at most ([`MAX_SCHEDULES`]).
+    pub schedules: Vec<Schedule>,
 }
+
+/// Boot list flag, set on encode when schedules follow the job entries (lists
+/// written before schedules existed have none).
+pub const LIST_FLAG_SCHEDULES: u32 = 2;
+/// Most schedules in a list.
+pub const MAX_SCHEDULES: usize = 256;
+/// Bytes per schedule entry.
+pub const LIST_SCHEDULE_LEN: usize = 40;
 
 /// Boot list flag: volumes were in use and the daemon has not stopped cleanly
 /// since; mirrors may have legs that missed in-flight writes and must be
@@ -252,7 +262,12 @@ impl BootList {
         let mut w = Wr::new();
         w.bytes(&LIST_MAGIC);
         w.u32(BOOT_VERSION);
-        w.u32(self.flags);
+        let flags = if self.schedules.is_empty() {
+            self.flags & !LIST_FLAG_SCHEDULES
+        } else {
+            self.flags | LIST_FLAG_SCHEDULES
+        };
+        w.u32(flags);
         w.u64(self.seq);
         w.bytes(&self.sig.uuid.0);
         w.name(&self.sig.name, 64);
@@ -305,6 +320,18 @@ impl BootList {
         for j in &self.jobs {
             encode_job(&mut w, j);
         }
+        if !self.schedules.is_empty() {
+            w.u32(self.schedules.len() as u32);
+            w.u32(0);
+            for s in &self.schedules {
+                w.u64(s.volume);
+                w.u64(s.every);
+                w.u64(s.size);
+                w.u64(s.last);
+                w.u32(s.keep);
+                w.u32(0);
+            }
+        }
         w.v
     }
 
@@ -318,7 +345,7 @@ impl BootList {
             return Err(FormatError::Version(version));
         }
         let flags = r.u32()?;
-        if flags & !LIST_FLAG_DIRTY != 0 {
+        if flags & !(LIST_FLAG_DIRTY | LIST_FLAG_SCHEDULES) != 0 {
             return Err(FormatError::Invalid(format!("boot list flags {flags:#x}")));
         }
         let seq = r.u64()?;
@@ -428,6 +455,33 @@ impl BootList {
             }
             jobs.push(j);
         }
+        let mut schedules: Vec<Schedule> = Vec::new();
+        if flags & LIST_FLAG_SCHEDULES != 0 {
+            let n = r.u32()? as usize;
+            if n == 0 || n > MAX_SCHEDULES || r.u32()? != 0 {
+                return Err(FormatError::Invalid(format!("schedule count {n}")));
+            }
+            for _ in 0..n {
+                let s = Schedule {
+                    volume: r.u64()?,
+                    every: r.u64()?,
+                    size: r.u64()?,
+                    last: r.u64()?,
+                    keep: r.u32()?,
+                };
+                if r.u32()? != 0 {
+                    return Err(FormatError::Invalid("schedule: reserved bytes".into()));
+                }
+                s.check().map_err(FormatError::Invalid)?;
+                if schedules.iter().any(|x| x.volume == s.volume) {
+                    return Err(FormatError::Invalid(format!(
+                        "schedule: volume id {} twice",
+                        s.volume
+                    )));
+                }
+                schedules.push(s);
+            }
+        }
         if r.remaining() != 0 {
             return Err(FormatError::Invalid("boot list length".into()));
         }
@@ -440,7 +494,8 @@ impl BootList {
             volumes,
             failed,
             jobs,
-            flags,
+            flags: flags & !LIST_FLAG_SCHEDULES,
+            schedules,
         })
     }
 }
@@ -525,6 +580,7 @@ mod tests {
             failed: vec![(Uuid([7; 16]), 2)],
             jobs: Vec::new(),
             flags: LIST_FLAG_DIRTY,
+            schedules: Vec::new(),
         }
     }
 
@@ -588,6 +644,69 @@ mod tests {
         assert_eq!(decode_job(&mut Rd::new(&b)).unwrap(), j);
         assert_eq!(&b[16..24], &[1, 1, JOB_FLAG_MEMBER, 2, 2, 0, 0, 0]);
         assert_eq!(&b[JOB_MESSAGE_OFFSET..JOB_MESSAGE_OFFSET + 3], b"hi\0");
+    }
+
+    #[test]
+    fn schedules_roundtrip_and_checks() {
+        let mut l = sample();
+        assert_eq!(l.encode()[12] & LIST_FLAG_SCHEDULES as u8, 0);
+        l.schedules = vec![
+            Schedule {
+                volume: 7,
+                every: 3600,
+                size: 1 << 30,
+                last: 1_700_000_000,
+                keep: 24,
+            },
+            Schedule {
+                volume: 9,
+                every: 1,
+                size: 0,
+                last: 0,
+                keep: 1,
+            },
+        ];
+        let e = l.encode();
+        assert_eq!(e[12] & LIST_FLAG_SCHEDULES as u8, LIST_FLAG_SCHEDULES as u8);
+        assert_eq!(BootList::decode(&e).unwrap(), l);
+        let s0 = e.len() - 2 * LIST_SCHEDULE_LEN;
+        // keep 0, keep too large, every 0, reserved, duplicate volume, count
+        let bad: Vec<(usize, Vec<u8>)> = vec![
+            (s0 + 32, 0u32.to_le_bytes().to_vec()),
+            (s0 + 32, 1001u32.to_le_bytes().to_vec()),
+            (s0 + 8, 0u64.to_le_bytes().to_vec()),
+            (s0 + 36, 1u32.to_le_bytes().to_vec()),
+            (s0 + LIST_SCHEDULE_LEN, 7u64.to_le_bytes().to_vec()),
+            (s0 - 8, 3u32.to_le_bytes().to_vec()),
+        ];
+        for (off, val) in bad {
+            let mut c = e.clone();
+            c[off..off + val.len()].copy_from_slice(&val);
+            assert!(BootList::decode(&c).is_err(), "off {off}");
+        }
+        // The flag without the section, and the section without the flag.
+        let mut c = sample().encode();
+        c[12] |= LIST_FLAG_SCHEDULES as u8;
+        assert!(BootList::decode(&c).is_err());
+        let mut c = e.clone();
+        c[12] &= !(LIST_FLAG_SCHEDULES as u8);
+        assert!(BootList::decode(&c).is_err());
+    }
+
+    /// docs/FORMAT.md documents the schedule section as encoded here.
+    #[test]
+    fn format_doc_matches_schedules() {
+        let doc = include_str!("../../docs/FORMAT.md");
+        for row in [
+            format!("Schedule entry ({LIST_SCHEDULE_LEN} bytes)"),
+            format!(
+                "bit {} = snapshot schedules follow the job entries",
+                LIST_FLAG_SCHEDULES.trailing_zeros()
+            ),
+            format!("(1 to {MAX_SCHEDULES})"),
+        ] {
+            assert!(doc.contains(&row), "FORMAT.md lacks {row}");
+        }
     }
 
     #[test]

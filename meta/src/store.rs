@@ -11,7 +11,7 @@
 use std::collections::HashSet;
 
 use crate::bootset::{
-    read_list, BootList, BootPtr, BootVol, LIST_FLAG_DIRTY, MAX_JOBS, MAX_MEMBERS,
+    read_list, BootList, BootPtr, BootVol, LIST_FLAG_DIRTY, MAX_JOBS, MAX_MEMBERS, MAX_SCHEDULES,
 };
 use crate::disk::Disk;
 use crate::error::{FormatError, MetaError};
@@ -23,7 +23,7 @@ pub use crate::types::{
     random_wwn, AluRecord, ClusterImage, ClusterSig, Extent, Job, JobKind, JobState, Layout,
     LayoutKind, MemberHealth, Segment, SnapshotOf, Uuid, VolumeDef,
 };
-use crate::types::{valid_cluster_name, valid_volume_name};
+use crate::types::{valid_cluster_name, valid_volume_name, Schedule};
 
 /// What the store knows about one device.
 #[derive(Clone, Debug)]
@@ -726,6 +726,7 @@ impl Store {
             next_id: list.next_id,
             jobs: list.jobs.clone(),
             dirty: list.flags & LIST_FLAG_DIRTY != 0,
+            schedules: list.schedules.clone(),
         });
         self.list = Some(list);
     }
@@ -969,6 +970,7 @@ impl Store {
             next_id: 0,
             jobs: Vec::new(),
             dirty: false,
+            schedules: Vec::new(),
         });
     }
 
@@ -1339,6 +1341,7 @@ impl Store {
             failed: Vec::new(),
             jobs: Vec::new(),
             flags: 0,
+            schedules: Vec::new(),
         });
         let member = self.boot_membership_for(&mut list, idx);
         list.alus.push(AluRecord {
@@ -2045,15 +2048,7 @@ impl Store {
         }
         let mut affected = Vec::new();
         for v in &image.volumes {
-            let mut ms: Vec<u16> = v
-                .segments
-                .iter()
-                .filter(|g| g.alu == alu)
-                .map(|g| g.member)
-                .collect();
-            ms.sort_unstable();
-            ms.dedup();
-            for m in ms {
+            for m in v.members_on(alu) {
                 affected.push((v.name.clone(), m));
             }
         }
@@ -2144,15 +2139,7 @@ impl Store {
             let Some(def) = image.volumes.iter().find(|v| v.id == bv.id) else {
                 continue;
             };
-            let mut ms: Vec<u16> = def
-                .segments
-                .iter()
-                .filter(|g| g.alu == alu)
-                .map(|g| g.member)
-                .collect();
-            ms.sort_unstable();
-            ms.dedup();
-            for m in ms {
+            for m in def.members_on(alu) {
                 let Some(h) = bv.health.get_mut(usize::from(m)) else {
                     continue;
                 };
@@ -2236,6 +2223,7 @@ impl Store {
             .map(|v| v.id)
             .collect();
         list.jobs.retain(|j| !ids.contains(&j.volume));
+        list.schedules.retain(|s| !ids.contains(&s.volume));
         list.volumes = self.boot_vols(&volumes);
         list.seq = self.next_seq();
         let r = self.boot_commit(&list);
@@ -2246,6 +2234,77 @@ impl Store {
         r.map_err(|e| {
             MetaError::Corrupt(format!("volume {name}: removed, but cleanup failed: {e}"))
         })
+    }
+
+    // ----------------------------------------------------------- schedules
+
+    /// The snapshot schedules (spec [0167]).
+    pub fn schedules(&self) -> Vec<Schedule> {
+        self.list
+            .as_ref()
+            .map(|l| l.schedules.clone())
+            .unwrap_or_default()
+    }
+
+    /// Add or replace the schedule of `s.volume` (an existing volume that is
+    /// not a snapshot) with one boot set commit.
+    pub fn set_schedule(&mut self, s: Schedule) -> Result<(), MetaError> {
+        self.check_writable()?;
+        s.check().map_err(MetaError::Invalid)?;
+        let (Some(mut list), Some(image)) = (self.list.clone(), self.image.clone()) else {
+            return Err(MetaError::NotFound("schedule: no cluster".into()));
+        };
+        match image.volumes.iter().find(|v| v.id == s.volume) {
+            None => {
+                return Err(MetaError::NotFound(format!(
+                    "schedule: volume id {} not found",
+                    s.volume
+                )))
+            }
+            Some(v) if v.snapshot.is_some() => {
+                return Err(MetaError::Invalid(format!(
+                    "volume {}: a snapshot cannot be scheduled for snapshots",
+                    v.name
+                )))
+            }
+            Some(_) => {}
+        }
+        let full = list.schedules.len() >= MAX_SCHEDULES;
+        match list.schedules.iter_mut().find(|x| x.volume == s.volume) {
+            Some(x) => *x = s,
+            None if full => {
+                return Err(MetaError::NoSpace(format!(
+                    "schedule: at most {MAX_SCHEDULES} schedules"
+                )))
+            }
+            None => list.schedules.push(s),
+        }
+        if Some(&list) == self.list.as_ref() {
+            return Ok(());
+        }
+        list.seq = self.next_seq();
+        let r = self.boot_commit(&list);
+        self.poison(r)?;
+        self.evaluate();
+        Ok(())
+    }
+
+    /// Drop the schedule of volume id `volume`; whether there was one.
+    pub fn remove_schedule(&mut self, volume: u64) -> Result<bool, MetaError> {
+        self.check_writable()?;
+        let Some(mut list) = self.list.clone() else {
+            return Ok(false);
+        };
+        let n = list.schedules.len();
+        list.schedules.retain(|s| s.volume != volume);
+        if list.schedules.len() == n {
+            return Ok(false);
+        }
+        list.seq = self.next_seq();
+        let r = self.boot_commit(&list);
+        self.poison(r)?;
+        self.evaluate();
+        Ok(true)
     }
 
     // ---------------------------------------------------------------- jobs

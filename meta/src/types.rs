@@ -369,6 +369,19 @@ impl VolumeDef {
         ))
     }
 
+    /// The members with a segment on ALU `alu`, ascending.
+    pub fn members_on(&self, alu: Uuid) -> Vec<u16> {
+        let mut ms: Vec<u16> = self
+            .segments
+            .iter()
+            .filter(|g| g.alu == alu)
+            .map(|g| g.member)
+            .collect();
+        ms.sort_unstable();
+        ms.dedup();
+        ms
+    }
+
     /// The definition alone (members all `Ok`), as stored in the object database.
     pub fn definition(&self) -> VolumeDef {
         VolumeDef {
@@ -391,6 +404,8 @@ pub struct ClusterImage {
     pub jobs: Vec<Job>,
     /// Volumes were in use and the daemon has not stopped cleanly since.
     pub dirty: bool,
+    /// Snapshot schedules, from the boot list.
+    pub schedules: Vec<Schedule>,
 }
 
 /// What a persisted job does.
@@ -429,6 +444,41 @@ impl JobKind {
             4 => JobKind::Resync,
             _ => return None,
         })
+    }
+}
+
+/// A snapshot schedule (spec [0167]): every `every` seconds the daemon takes
+/// a snapshot of `volume` and keeps the newest `keep` of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Schedule {
+    /// The origin volume's id.
+    pub volume: u64,
+    /// Seconds between snapshots (at least 1).
+    pub every: u64,
+    /// COW store size of each snapshot in bytes (0: the default, enough for
+    /// every chunk of the origin to change).
+    pub size: u64,
+    /// When the last snapshot was taken (Unix seconds; 0: never).
+    pub last: u64,
+    /// Snapshots kept (1 ..= [`MAX_SCHEDULE_KEEP`]); older ones are removed.
+    pub keep: u32,
+}
+
+/// Largest `keep` of a schedule.
+pub const MAX_SCHEDULE_KEEP: u32 = 1000;
+
+impl Schedule {
+    pub fn check(&self) -> Result<(), String> {
+        if self.every == 0 {
+            return Err("schedule: interval must be at least 1 second".into());
+        }
+        if !(1..=MAX_SCHEDULE_KEEP).contains(&self.keep) {
+            return Err(format!(
+                "schedule: keep must be 1 to {MAX_SCHEDULE_KEEP}, not {}",
+                self.keep
+            ));
+        }
+        Ok(())
     }
 }
 

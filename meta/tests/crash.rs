@@ -727,3 +727,41 @@ fn crash_unfail_alu() {
         }
     }
 }
+
+#[test]
+fn crash_set_schedule() {
+    enumerate(2, mirror_setup, |st| {
+        let m = vol_id(st, "m");
+        st.set_schedule(tierblk_meta::Schedule {
+            volume: m,
+            every: 3600,
+            size: 0,
+            last: 0,
+            keep: 24,
+        })
+        .unwrap();
+    });
+}
+
+#[test]
+fn crash_remove_volume_drops_its_schedule() {
+    enumerate(
+        2,
+        |st| {
+            mirror_setup(st);
+            let m = vol_id(st, "m");
+            st.set_schedule(tierblk_meta::Schedule {
+                volume: m,
+                every: 60,
+                size: 0,
+                last: 7,
+                keep: 3,
+            })
+            .unwrap();
+        },
+        |st| {
+            st.remove_volume("m").unwrap();
+            assert!(st.schedules().is_empty());
+        },
+    );
+}

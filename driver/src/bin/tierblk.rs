@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tierblk::client;
 use tierblk::proto::{
-    AluView, JobView, LayoutSpec, Payload, Request, SnapView, VolumeView, DEFAULT_SOCKET,
+    AluView, JobView, LayoutSpec, Payload, Request, ScheduleView, SnapView, VolumeView,
+    DEFAULT_SOCKET,
 };
-use tierblk::size::{format_size, parse_size};
+use tierblk::size::{format_size, parse_interval, parse_size};
 use tierblk::table::render;
 
 /// Administer tierblk: ALUs (disks, partitions, image files) and the volumes built on them.
@@ -29,6 +30,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
+    /// Everything on one screen: overall state, what to do, volumes, ALUs, jobs, snapshots.
+    Status,
     /// ALUs: the disks, partitions and image files volumes are made of.
     #[command(subcommand)]
     Alu(AluCmd),
@@ -60,6 +63,22 @@ enum SnapCmd {
     List { vol: Option<String> },
     /// Remove a snapshot (it must not be mounted); its store is freed.
     Remove { name: String },
+    /// Snapshot VOL every interval (e.g. 1h, 30m, 1d), named VOL.auto-YYYYmmdd-HHMMSS (UTC), keeping the newest --keep; run by the daemon, kept across restarts.
+    Schedule {
+        vol: String,
+        #[arg(long)]
+        every: String,
+        /// Scheduled snapshots kept (1-1000); older ones are removed.
+        #[arg(long)]
+        keep: u32,
+        /// COW store size of each snapshot, e.g. 2G (default: enough for every chunk of VOL to change).
+        #[arg(long)]
+        size: Option<String>,
+    },
+    /// Stop scheduling snapshots of VOL (the snapshots taken stay).
+    Unschedule { vol: String },
+    /// List snapshot schedules with their last and next runs.
+    Schedules,
     /// Roll the snapshot's origin (offline) back to the snapshot's image; the snapshot stays.
     Rollback {
         name: String,
@@ -197,6 +216,7 @@ fn main() {
 
 fn run(cli: &Cli) -> Result<(), String> {
     let request = match &cli.cmd {
+        Cmd::Status => return status(cli),
         Cmd::Alu(AluCmd::List) => Request::AluList,
         Cmd::Alu(AluCmd::Scan) => Request::AluScan,
         Cmd::Alu(AluCmd::Claim { path, force }) => Request::AluClaim {
@@ -268,6 +288,24 @@ fn run(cli: &Cli) -> Result<(), String> {
             volume: vol.clone(),
         },
         Cmd::Snap(SnapCmd::Remove { name }) => Request::SnapRemove { name: name.clone() },
+        Cmd::Snap(SnapCmd::Schedule {
+            vol,
+            every,
+            keep,
+            size,
+        }) => Request::SnapSchedule {
+            volume: vol.clone(),
+            every: parse_interval(every).map_err(|e| format!("--every: {e}"))?,
+            keep: *keep,
+            size: size
+                .as_deref()
+                .map(|s| parse_size(s).map_err(|e| format!("--size: {e}")))
+                .transpose()?,
+        },
+        Cmd::Snap(SnapCmd::Unschedule { vol }) => Request::SnapUnschedule {
+            volume: vol.clone(),
+        },
+        Cmd::Snap(SnapCmd::Schedules) => Request::SnapSchedules,
         Cmd::Snap(SnapCmd::Rollback { name, rate, .. }) => Request::SnapRollback {
             name: name.clone(),
             rate: parse_rate(rate)?,
@@ -411,6 +449,7 @@ fn json(p: &Payload) -> String {
         Payload::Job(j) => serde_json::to_value(j).unwrap_or_default(),
         Payload::Snapshots(s) => serde_json::to_value(s).unwrap_or_default(),
         Payload::Snapshot(s) => serde_json::to_value(s).unwrap_or_default(),
+        Payload::Schedules(s) => serde_json::to_value(s).unwrap_or_default(),
     };
     format!("{v}\n")
 }
@@ -493,6 +532,46 @@ fn snap_rows(snaps: &[SnapView]) -> String {
     )
 }
 
+fn schedule_rows(s: &[ScheduleView]) -> String {
+    let t = now();
+    let last = |l: u64| match l {
+        0 => "-".to_string(),
+        l => format!("{}s ago", t.saturating_sub(l)),
+    };
+    let next = |n: u64| match n {
+        n if n <= t => "due".to_string(),
+        n => format!("in {}s", n - t),
+    };
+    let rows: Vec<Vec<String>> = s
+        .iter()
+        .map(|s| {
+            vec![
+                s.volume.clone(),
+                format!("{}s", s.every),
+                s.keep.to_string(),
+                if s.size == 0 {
+                    "default".into()
+                } else {
+                    format_size(s.size)
+                },
+                last(s.last),
+                next(s.next),
+                s.snapshots.len().to_string(),
+            ]
+        })
+        .collect();
+    render(
+        &["VOLUME", "EVERY", "KEEP", "SIZE", "LAST", "NEXT", "TAKEN"],
+        &rows,
+    )
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 fn job_rows(jobs: &[JobView]) -> String {
     let rows: Vec<Vec<String>> = jobs
         .iter()
@@ -551,6 +630,7 @@ fn human(p: &Payload) -> String {
             s
         }
         Payload::Snapshots(s) => snap_rows(s),
+        Payload::Schedules(s) => schedule_rows(s),
         Payload::Snapshot(s) => snap_rows(std::slice::from_ref(s)),
         Payload::Volumes(v) => vol_rows(v),
         Payload::Volume(v) => {
@@ -594,4 +674,32 @@ fn human(p: &Payload) -> String {
             s
         }
     }
+}
+
+/// `tierblk status`: four views from the daemon, assessed together.
+fn status(cli: &Cli) -> Result<(), String> {
+    let call = |r: Request| {
+        client::call(&cli.socket, r, Duration::from_secs(30)).map_err(|e| e.to_string())
+    };
+    let (
+        Payload::Alus(alus),
+        Payload::Volumes(vols),
+        Payload::Jobs(jobs),
+        Payload::Snapshots(snaps),
+    ) = (
+        call(Request::AluList)?,
+        call(Request::VolList)?,
+        call(Request::JobList)?,
+        call(Request::SnapList { volume: None })?,
+    )
+    else {
+        return Err("unexpected reply from the daemon".into());
+    };
+    let s = tierblk::status::assess(alus, vols, jobs, snaps);
+    if cli.json {
+        println!("{}", serde_json::to_string(&s).map_err(|e| e.to_string())?);
+    } else {
+        print!("{}", tierblk::status::render_status(&s));
+    }
+    Ok(())
 }

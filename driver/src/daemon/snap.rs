@@ -23,8 +23,8 @@
 //!   its snapshot.
 
 use super::*;
-use crate::proto::SnapView;
-use tierblk_meta::SnapshotOf;
+use crate::proto::{ScheduleView, SnapView};
+use tierblk_meta::{Schedule, SnapshotOf};
 use tierblk_stack::snapshot::{Geometry, DEFAULT_CHUNK};
 use tierblk_stack::uring::LocalRing;
 use tierblk_stack::volume::build_volume;
@@ -545,9 +545,179 @@ impl Daemon {
     }
 }
 
+/// Unix seconds now.
+pub(super) fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `YYYYmmdd-HHMMSS` (UTC) of Unix seconds `t`, for scheduled snapshot names
+/// (they sort by time).
+fn stamp(t: u64) -> String {
+    let (days, secs) = (t / 86_400, t % 86_400);
+    // Howard Hinnant's civil_from_days, for days since 1970-01-01.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+/// The prefix of the snapshots a schedule of `volume` takes.
+fn auto_prefix(volume: &str) -> String {
+    format!("{volume}.auto-")
+}
+
+impl Daemon {
+    pub(super) fn snap_schedule(
+        &mut self,
+        volume: &str,
+        every: u64,
+        keep: u32,
+        size: Option<u64>,
+    ) -> Result<Payload, String> {
+        let v = self.volume(volume)?;
+        if v.snapshot.is_some() {
+            return Err(format!("volume {volume}: a snapshot: schedule its origin"));
+        }
+        let name = auto_prefix(volume) + &stamp(0);
+        if name.len() > 63 {
+            return Err(format!(
+                "volume {volume}: name too long for scheduled snapshot names ({name})"
+            ));
+        }
+        let size = size.map(|s| s.div_ceil(1 << 20) << 20).unwrap_or(0);
+        if size > 0 {
+            Geometry::compute(size, DEFAULT_CHUNK)
+                .map_err(|e| format!("volume {volume}: schedule: {e}"))?;
+        }
+        let last = self
+            .store
+            .schedules()
+            .iter()
+            .find(|s| s.volume == v.id)
+            .map_or(0, |s| s.last);
+        self.store
+            .set_schedule(Schedule {
+                volume: v.id,
+                every,
+                size,
+                last,
+                keep,
+            })
+            .map_err(|e| format!("volume {volume}: {e}"))?;
+        info!(volume = %volume, every, keep, "snapshot schedule set");
+        Ok(Payload::Schedules(
+            self.schedule_views()
+                .into_iter()
+                .filter(|s| s.volume == volume)
+                .collect(),
+        ))
+    }
+
+    pub(super) fn snap_unschedule(&mut self, volume: &str) -> Result<Payload, String> {
+        let v = self.volume(volume)?;
+        if !self
+            .store
+            .remove_schedule(v.id)
+            .map_err(|e| e.to_string())?
+        {
+            return Err(format!("volume {volume}: no snapshot schedule"));
+        }
+        info!(volume = %volume, "snapshot schedule removed");
+        Ok(Payload::Done(format!(
+            "volume {volume}: schedule removed (its snapshots stay)"
+        )))
+    }
+
+    /// The scheduled snapshots of `volume` that exist, oldest first.
+    fn scheduled_snapshots(&self, volume: &VolumeDef) -> Vec<String> {
+        let prefix = auto_prefix(&volume.name);
+        let mut names: Vec<String> = self
+            .snapshots_of(volume.id)
+            .into_iter()
+            .map(|s| s.name)
+            .filter(|n| n.starts_with(&prefix))
+            .collect();
+        names.sort();
+        names
+    }
+
+    pub(super) fn schedule_views(&self) -> Vec<ScheduleView> {
+        self.store
+            .schedules()
+            .into_iter()
+            .filter_map(|s| {
+                let v = self.volume_by_id(s.volume)?;
+                Some(ScheduleView {
+                    snapshots: self.scheduled_snapshots(&v),
+                    volume: v.name,
+                    every: s.every,
+                    keep: s.keep,
+                    size: s.size,
+                    last: s.last,
+                    next: if s.last == 0 { 0 } else { s.last + s.every },
+                })
+            })
+            .collect()
+    }
+
+    /// Take the snapshots that are due and drop the oldest beyond `keep`
+    /// (spec [0167]). A failure is logged and retried at the next interval;
+    /// a scheduled snapshot in use is kept until it is not.
+    pub(super) fn run_schedules(&mut self, now: u64) {
+        for mut s in self.store.schedules() {
+            if now < s.last.saturating_add(s.every) {
+                continue;
+            }
+            let Some(v) = self.volume_by_id(s.volume) else {
+                continue;
+            };
+            let name = auto_prefix(&v.name) + &stamp(now);
+            let size = (s.size > 0).then_some(s.size);
+            match self.snap_create(&v.name, &name, size, None) {
+                Ok(_) => info!(volume = %v.name, snapshot = %name, "scheduled snapshot taken"),
+                Err(e) => warn!(volume = %v.name, "scheduled snapshot failed: {e}"),
+            }
+            s.last = now;
+            if let Err(e) = self.store.set_schedule(s) {
+                error!(volume = %v.name, "cannot record the schedule's run: {e}");
+            }
+            let names = self.scheduled_snapshots(&v);
+            let excess = names.len().saturating_sub(s.keep as usize);
+            for old in names.into_iter().take(excess) {
+                match self.snap_remove(&old) {
+                    Ok(_) => info!(snapshot = %old, "expired by the schedule"),
+                    Err(e) => warn!(snapshot = %old, "cannot expire: {e}"),
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stamps_are_utc_calendar_times() {
+        assert_eq!(stamp(0), "19700101-000000");
+        assert_eq!(stamp(951_782_400), "20000229-000000");
+        assert_eq!(stamp(1_796_043_600 + 3661), "20261130-140101");
+        assert!(stamp(1_000) < stamp(1_000_000), "names sort by time");
+    }
 
     #[test]
     fn default_cow_size_holds_every_chunk() {
