@@ -9,10 +9,15 @@
 //! - [`status`]: the one-screen assessment behind `tierblk status`
 //! - [`planner`]: turns a request into pieces before anything is written
 //! - [`config`], [`size`]: the daemon's config file and human sizes
+//! - [`udev`]: `tierblk udev-name`, which names `/dev/ublkbN` for udev
+//! - [`docgen`], [`cli_tierblkd`]: man pages and shell completions from the
+//!   clap definitions (`tierblk gen`)
 
+pub mod cli_tierblkd;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod docgen;
 pub mod jobs;
 pub mod planner;
 pub mod proto;
@@ -22,3 +27,4 @@ pub mod status;
 pub mod table;
 pub mod top;
 pub mod ublk;
+pub mod udev;

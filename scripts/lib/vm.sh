@@ -381,6 +381,12 @@ vm_build_initramfs() {
 		done
 	fi
 	rm -rf "$extra"
+	# Extras a scenario asks for with `# vm-extra: udev` (scripts/lib/vm-udev.sh).
+	if grep -qE '^# vm-extra:.*\<udev\>' "$scenario"; then
+		# shellcheck source=scripts/lib/vm-udev.sh
+		. "$REPO/scripts/lib/vm-udev.sh"
+		vm_udev_add "$root" || vm_die "the scenario needs udev in the guest"
+	fi
 	cp "$VM_BASE_CPIO" "$out"
 	(cd "$root" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) >>"$out"
 	rm -rf "$root"

@@ -44,6 +44,21 @@ enum Cmd {
     /// Long-running work: rebuilds, scrubs and rollbacks.
     #[command(subcommand)]
     Job(JobCmd),
+    /// For udev: print TIERBLK_VOLUME= and TIERBLK_WWN= lines for a /dev/ublkbN that tierblkd serves; exit 1 silently for any other device.
+    UdevName {
+        /// ublkbN or /dev/ublkbN (udev's %k).
+        devname: String,
+        /// Where libublk exports each device's JSON.
+        #[arg(long, hide = true, value_name = "DIR", default_value = tierblk::udev::RUN_DIR)]
+        run_dir: PathBuf,
+    },
+    /// Write man pages or shell completions into DIR (scripts/install uses it).
+    #[command(hide = true)]
+    Gen {
+        #[arg(value_parser = ["man", "completions"])]
+        what: String,
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -310,6 +325,10 @@ fn run(cli: &Cli) -> Result<(), String> {
             name: name.clone(),
             rate: parse_rate(rate)?,
         },
+        Cmd::UdevName { devname, run_dir } => {
+            std::process::exit(tierblk::udev::main(devname, run_dir))
+        }
+        Cmd::Gen { what, dir } => return gen_docs(what, dir),
     };
     // Creating a volume writes metadata on several ALUs and starts a device.
     let payload =
@@ -674,6 +693,21 @@ fn human(p: &Payload) -> String {
             s
         }
     }
+}
+
+/// `tierblk gen man|completions DIR`: print the paths written.
+fn gen_docs(what: &str, dir: &std::path::Path) -> Result<(), String> {
+    use clap::CommandFactory;
+    let written = if what == "man" {
+        tierblk::docgen::man_pages(Cli::command(), dir)
+    } else {
+        tierblk::docgen::completions(Cli::command(), dir)
+    }
+    .map_err(|e| format!("{}: {e}", dir.display()))?;
+    for p in written {
+        println!("{}", p.display());
+    }
+    Ok(())
 }
 
 /// `tierblk status`: four views from the daemon, assessed together.

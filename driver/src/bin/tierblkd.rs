@@ -7,38 +7,11 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{mpsc, Arc, Mutex};
+use tierblk::cli_tierblkd::Args;
 use tierblk::config::{self, DEFAULT_CLUSTER, DEFAULT_CONFIG};
 use tierblk::daemon::{Config, Daemon};
-use tierblk::proto::DEFAULT_SOCKET;
+use tierblk::proto::{Payload, Request, DEFAULT_SOCKET};
 use tierblk::server;
-
-/// The tierblk daemon: scans its ALUs, loads the object database from them,
-/// and exposes every complete volume as /dev/ublkbN.
-#[derive(Parser, Debug)]
-#[command(
-    version,
-    after_help = "Example:\n  tierblkd --alu /dev/vdb --alu /dev/vdc --cluster lab\n\nSIGTERM stops every volume cleanly. See docs/ADMIN.md."
-)]
-struct Args {
-    /// Config file (TOML); a missing default file is ignored.
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// An ALU to scan: a disk, partition or image file (repeatable; adds to the config's list).
-    #[arg(long = "alu", value_name = "PATH")]
-    alus: Vec<PathBuf>,
-    /// Control socket (root-only).
-    #[arg(long, value_name = "PATH")]
-    socket: Option<PathBuf>,
-    /// Cluster name written into the signature of ALUs this daemon claims.
-    #[arg(long, value_name = "NAME")]
-    cluster: Option<String>,
-    /// ublk queues per volume (default: CPUs, at most 4).
-    #[arg(long)]
-    queues: Option<u16>,
-    /// Queue depth per ublk queue.
-    #[arg(long)]
-    depth: Option<u16>,
-}
 
 fn main() {
     tracing_subscriber::fmt()
@@ -106,9 +79,48 @@ fn run(args: Args) -> Result<()> {
         })
         .context("cannot start the event thread")?;
     tracing::info!(socket = %socket.display(), "ready");
+    // Every volume that can come online is online (Daemon::start exposes
+    // them before it returns) and the control socket is listening: tell
+    // systemd (Type=notify), so that local-fs-pre.target and the mounts of
+    // /dev/tierblk/NAME wait for this.
+    let online = match daemon
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .handle(Request::VolList)
+    {
+        Ok(Payload::Volumes(v)) => v.iter().filter(|v| v.device.is_some()).count(),
+        _ => 0,
+    };
+    sd_notify(&format!("READY=1\nSTATUS={online} volume(s) online\n"));
     server::serve(listener, &daemon, stop);
+    sd_notify("STOPPING=1\nSTATUS=stopping volumes\n");
     daemon.lock().unwrap_or_else(|p| p.into_inner()).shutdown();
     let _ = std::fs::remove_file(&socket);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Send MSG to systemd's notification socket, if `$NOTIFY_SOCKET` names one
+/// (a path, or `@name` for an abstract socket); best effort, as
+/// sd_notify(3).
+fn sd_notify(msg: &str) {
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let path = PathBuf::from(path);
+    let addr = match path.to_str().and_then(|p| p.strip_prefix('@')) {
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            SocketAddr::from_abstract_name(name.as_bytes())
+        }
+        None => SocketAddr::from_pathname(&path),
+    };
+    let sent = addr.and_then(|addr| {
+        let sock = UnixDatagram::unbound()?;
+        sock.send_to_addr(msg.as_bytes(), &addr)
+    });
+    if let Err(e) = sent {
+        tracing::warn!(socket = %path.display(), "cannot notify systemd: {e}");
+    }
 }
