@@ -30,4 +30,7 @@ pub struct Args {
     /// Queue depth per ublk queue.
     #[arg(long)]
     pub depth: Option<u16>,
+    /// Serve Prometheus metrics on http://ADDR/metrics, e.g. 127.0.0.1:9101 (off by default).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
 }

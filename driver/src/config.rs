@@ -24,6 +24,8 @@ pub struct FileConfig {
     pub socket: Option<PathBuf>,
     pub queues: Option<u16>,
     pub depth: Option<u16>,
+    /// Serve Prometheus metrics on this address (`"127.0.0.1:9101"`).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Error)]

@@ -13,10 +13,11 @@ mod snap;
 use crate::jobs::{self, Work};
 use crate::planner::{self, Candidate};
 use crate::proto::{
-    AluView, JobView, LayoutSpec, MemberView, PartitionView, Payload, Request, SegmentView,
-    VolumeView,
+    AluView, JobView, LayoutSpec, MemberView, OpStatsView, PartitionView, Payload, Request,
+    SegmentView, StatsView, VolumeView,
 };
 use crate::size::format_size;
+use crate::stats;
 use crate::top::{Snapshots, TopDesc};
 use crate::ublk::{self, Exposed, VolumeSpec};
 use std::collections::{BTreeMap, HashMap};
@@ -106,6 +107,8 @@ pub struct Daemon {
     snap_problems: BTreeMap<u64, snap::SnapProblem>,
     /// Online mirrors with write-intent bitmaps, for the sweeper thread.
     sweep: intent::SweepList,
+    /// Online volumes' I/O statistics, shared with the metrics endpoint.
+    stats: stats::Registry,
 }
 
 fn open_disk(path: &str) -> Result<Box<dyn Disk>, String> {
@@ -151,6 +154,7 @@ impl Daemon {
             snapsets: HashMap::new(),
             snap_problems: BTreeMap::new(),
             sweep: Default::default(),
+            stats: Default::default(),
         };
         intent::spawn_sweeper(d.sweep.clone())
             .map_err(|e| format!("cannot start the write-intent sweeper: {e}"))?;
@@ -272,6 +276,7 @@ impl Daemon {
             } => self.snap_schedule(&volume, every, keep, size),
             Request::SnapUnschedule { volume } => self.snap_unschedule(&volume),
             Request::SnapSchedules => Ok(Payload::Schedules(self.schedule_views())),
+            Request::Stats { volume } => self.stats_views(volume.as_deref()),
         }
     }
 
@@ -295,6 +300,45 @@ impl Daemon {
                 Err(e) => warn!("cannot record the clean stop: {e}"),
             }
         }
+    }
+
+    /// The registry of online volumes' statistics (for the metrics endpoint).
+    pub fn stats_registry(&self) -> stats::Registry {
+        self.stats.clone()
+    }
+
+    fn stats_views(&self, volume: Option<&str>) -> Result<Payload, String> {
+        if let Some(n) = volume {
+            self.volume(n)?;
+        }
+        let reg = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = volume.filter(|n| !reg.contains_key(*n)) {
+            return Err(format!("volume {n}: offline: no statistics"));
+        }
+        Ok(Payload::Stats(
+            reg.iter()
+                .filter(|(n, _)| volume.is_none_or(|v| v == n.as_str()))
+                .map(|(n, s)| {
+                    let t = s.totals();
+                    StatsView {
+                        volume: n.clone(),
+                        ops: stats::OPS
+                            .iter()
+                            .zip(&t.ops)
+                            .map(|(op, o)| OpStatsView {
+                                op: op.to_string(),
+                                count: o.count,
+                                bytes: o.bytes,
+                                errors: o.errors,
+                                p50_us: o.quantile_us(0.5),
+                                p99_us: o.quantile_us(0.99),
+                                latency_buckets: o.latency.to_vec(),
+                            })
+                            .collect(),
+                    }
+                })
+                .collect(),
+        ))
     }
 
     fn problem_of(&self, name: &str) -> Option<String> {
@@ -387,15 +431,21 @@ impl Daemon {
             ));
         }
         let gate = Gate::new();
+        let stats = Arc::new(stats::VolumeStats::default());
         let exposed = ublk::expose(VolumeSpec {
             name: v.name.clone(),
             wwn: hex(&v.wwn),
             top,
             gate: gate.clone(),
+            stats: stats.clone(),
             queues: self.cfg.queues,
             depth: self.cfg.depth,
         })
         .map_err(|e| e.to_string())?;
+        self.stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(v.name.clone(), stats);
         Ok((exposed, desc, health, gate))
     }
 
@@ -591,6 +641,10 @@ impl Daemon {
                 // they resume when the volume is online again.
                 self.stop_jobs_of(name);
                 self.sweep_list_set(name, None);
+                self.stats
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(name);
                 let r = exposed.stop().map_err(|e| e.to_string());
                 self.runtime
                     .insert(name.to_string(), Runtime::Offline { reason: None });

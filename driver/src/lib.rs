@@ -6,6 +6,7 @@
 //!   read-only snapshot view, behind the volume's suspend/resume gate
 //! - [`jobs`]: rebuild and scrub threads with persisted checkpoints
 //! - [`server`] / [`client`] / [`proto`]: the root-only control API
+//! - [`stats`]: per-volume I/O counters and latency histograms, Prometheus text
 //! - [`status`]: the one-screen assessment behind `tierblk status`
 //! - [`planner`]: turns a request into pieces before anything is written
 //! - [`config`], [`size`]: the daemon's config file and human sizes
@@ -23,6 +24,7 @@ pub mod planner;
 pub mod proto;
 pub mod server;
 pub mod size;
+pub mod stats;
 pub mod status;
 pub mod table;
 pub mod top;

@@ -112,6 +112,11 @@ pub enum Request {
         volume: String,
     },
     SnapSchedules,
+    /// I/O statistics of one online volume, or of all.
+    Stats {
+        #[serde(default)]
+        volume: Option<String>,
+    },
     /// Roll the snapshot's (offline) origin back to the snapshot's image.
     SnapRollback {
         name: String,
@@ -168,6 +173,29 @@ pub enum Payload {
     Snapshots(Vec<SnapView>),
     Snapshot(SnapView),
     Schedules(Vec<ScheduleView>),
+    Stats(Vec<StatsView>),
+}
+
+/// An online volume's I/O statistics since it came online.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsView {
+    pub volume: String,
+    pub ops: Vec<OpStatsView>,
+}
+
+/// One operation's counters (`op`: read, write, flush, discard, write_zeroes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpStatsView {
+    pub op: String,
+    pub count: u64,
+    pub bytes: u64,
+    pub errors: u64,
+    /// Upper bounds of the latency buckets holding the median and the 99th
+    /// percentile, in microseconds (`null` without requests).
+    pub p50_us: Option<u64>,
+    pub p99_us: Option<u64>,
+    /// Requests per bucket: bucket i took less than 2^i µs (the last one: more).
+    pub latency_buckets: Vec<u64>,
 }
 
 /// A snapshot schedule as `snap schedules` shows it.

@@ -14,6 +14,7 @@
 //! would keep the thread from ever reaping the completions it waits for. While
 //! some task is runnable the ring is polled without blocking.
 
+use crate::stats::{QueueStats, VolumeStats};
 use crate::top::{build_top, TopDesc};
 use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
 use libublk::helpers::IoBuf;
@@ -61,6 +62,8 @@ pub struct VolumeSpec {
     pub top: TopDesc,
     /// The volume's suspend/resume gate, shared by its queues.
     pub gate: Arc<Gate>,
+    /// The volume's I/O statistics; each queue registers its own counters.
+    pub stats: Arc<VolumeStats>,
     pub queues: u16,
     pub depth: u16,
 }
@@ -215,8 +218,8 @@ fn run_device(spec: VolumeSpec, tx: mpsc::Sender<Result<u32, FrontendError>>) {
         dev.set_target_json(json);
         Ok(())
     };
-    let (top, gate) = (spec.top.clone(), spec.gate.clone());
-    let q_fn = move |qid: u16, dev: &UblkDev| serve_queue(qid, dev, &top, &gate);
+    let (top, gate, stats) = (spec.top.clone(), spec.gate.clone(), spec.stats.clone());
+    let q_fn = move |qid: u16, dev: &UblkDev| serve_queue(qid, dev, &top, &gate, &stats);
     let started = tx.clone();
     let dev_fn = move |ctrl: &UblkCtrl| {
         let _ = started.send(Ok(ctrl.dev_info().dev_id));
@@ -227,7 +230,7 @@ fn run_device(spec: VolumeSpec, tx: mpsc::Sender<Result<u32, FrontendError>>) {
     // Dropping `ctrl` deletes the device.
 }
 
-fn serve_queue(qid: u16, dev: &UblkDev, top: &TopDesc, gate: &Arc<Gate>) {
+fn serve_queue(qid: u16, dev: &UblkDev, top: &TopDesc, gate: &Arc<Gate>, stats: &VolumeStats) {
     let q = match UblkQueue::new(qid, dev) {
         Ok(q) => Rc::new(q),
         Err(e) => {
@@ -243,13 +246,15 @@ fn serve_queue(qid: u16, dev: &UblkDev, top: &TopDesc, gate: &Arc<Gate>) {
             return;
         }
     };
+    let counters = stats.register();
     let exe = Rc::new(smol::LocalExecutor::new());
     let mut tasks = Vec::new();
     for tag in q.tags() {
         let q = q.clone();
         let vol = vol.clone();
+        let counters = counters.clone();
         tasks.push(exe.spawn(async move {
-            match io_task(&q, tag, &*vol).await {
+            match io_task(&q, tag, &*vol, &counters).await {
                 Err(UblkError::QueueIsDown) | Ok(()) => {}
                 Err(e) => error!(queue = qid, tag, "io task failed: {e}"),
             }
@@ -287,15 +292,38 @@ fn serve_queue(qid: u16, dev: &UblkDev, top: &TopDesc, gate: &Arc<Gate>) {
     }));
 }
 
-async fn io_task<D: BlockDev>(q: &UblkQueue<'_>, tag: u16, vol: &D) -> Result<(), UblkError> {
+async fn io_task<D: BlockDev>(
+    q: &UblkQueue<'_>,
+    tag: u16,
+    vol: &D,
+    stats: &QueueStats,
+) -> Result<(), UblkError> {
     let mut buf = IoBuf::<u8>::new(q.dev.dev_info.max_io_buf_bytes as usize);
     q.submit_io_prep_cmd(tag, BufDesc::Slice(buf.as_slice()), 0, Some(&buf))
         .await?;
     loop {
         let iod = *q.get_iod(tag);
+        let started = std::time::Instant::now();
         let res = serve_one(vol, &iod, buf.as_mut_slice()).await;
+        if let Some(op) = stats_op(iod.op_flags & 0xff) {
+            let bytes = u64::from(iod.nr_sectors) << 9;
+            stats.record(op, bytes, res >= 0, started.elapsed());
+        }
         q.submit_io_commit_cmd(tag, BufDesc::Slice(buf.as_slice()), res)
             .await?;
+    }
+}
+
+/// The [`crate::stats::OPS`] index of a ublk operation.
+fn stats_op(op: u32) -> Option<usize> {
+    use libublk::sys::*;
+    match op {
+        UBLK_IO_OP_READ => Some(0),
+        UBLK_IO_OP_WRITE => Some(1),
+        UBLK_IO_OP_FLUSH => Some(2),
+        UBLK_IO_OP_DISCARD => Some(3),
+        UBLK_IO_OP_WRITE_ZEROES => Some(4),
+        _ => None,
     }
 }
 

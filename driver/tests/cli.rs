@@ -16,6 +16,8 @@ struct Env {
     socket: PathBuf,
     daemon: Option<Child>,
     alus: Vec<PathBuf>,
+    /// Extra tierblkd arguments.
+    extra: Vec<String>,
 }
 
 impl Env {
@@ -38,6 +40,7 @@ impl Env {
             dir,
             daemon: None,
             alus,
+            extra: Vec::new(),
         }
     }
 
@@ -57,6 +60,7 @@ impl Env {
         for a in &self.alus {
             cmd.arg("--alu").arg(a);
         }
+        cmd.args(&self.extra);
         let child = cmd
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -659,4 +663,60 @@ fn snapshot_schedules_take_expire_and_persist() {
         0
     );
     env.stop();
+}
+
+/// `tierblk stats` and the opt-in Prometheus endpoint (the counters
+/// themselves move only with I/O: tests/vm/fio-verify.sh checks them).
+#[test]
+fn stats_and_metrics_endpoint() {
+    use std::io::{Read, Write};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut env = Env::new("stats", &[256 * MIB]);
+    env.extra = vec!["--metrics".into(), format!("127.0.0.1:{port}")];
+    env.start();
+    env.ok(&["alu", "claim", &env.alu(0)]);
+    env.ok(&["vol", "create", "v1", "--size", "16M"]);
+    assert_eq!(env.json(&["stats"]), serde_json::json!([]));
+    let e = env.refused(&["stats", "v1"]);
+    assert!(e.contains("v1: offline"), "{e}");
+    let e = env.refused(&["stats", "nope"]);
+    assert!(e.contains("nope: not found"), "{e}");
+    let get = |path: &str| {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut s = String::new();
+        c.read_to_string(&mut s).unwrap();
+        s
+    };
+    let r = get("/metrics");
+    assert!(r.starts_with("HTTP/1.1 200 OK"), "{r}");
+    assert!(
+        r.contains("# TYPE tierblk_io_requests_total counter"),
+        "{r}"
+    );
+    assert!(
+        r.contains("# TYPE tierblk_io_latency_seconds histogram"),
+        "{r}"
+    );
+    assert!(get("/").starts_with("HTTP/1.1 404"));
+    // A client that sends garbage or nothing does not stop the endpoint.
+    drop(std::net::TcpStream::connect(("127.0.0.1", port)).unwrap());
+    {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.write_all(&[0xff; 100]).unwrap();
+    }
+    assert!(get("/metrics").starts_with("HTTP/1.1 200 OK"));
+    env.stop();
+    // A bad address is one clear line at start-up.
+    let o = Command::new(env!("CARGO_BIN_EXE_tierblkd"))
+        .args(["--metrics", "nonsense", "--socket"])
+        .arg(env.dir.join("x.sock"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--metrics"));
 }

@@ -1,6 +1,7 @@
 #!/bin/sh
 # fio random 4k direct writes with crc32c verify headers on a volume spanning
-# two ALUs, then a separate verify-only pass, before and after a daemon restart.
+# two ALUs, then a separate verify-only pass, before and after a daemon restart;
+# the restarted daemon's I/O statistics (tierblk stats, Prometheus) count it.
 # vm-run: --disks 2 --disk-size 512M
 set -eu
 . "$(dirname "$0")/lib.sh"
@@ -18,7 +19,8 @@ wait_vol_state f1 online
 fio_write_verify /dev/ublkb0 "$size"
 
 stop_daemon
-start_daemon --alu /dev/vda --alu /dev/vdb
+ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up
+start_daemon --alu /dev/vda --alu /dev/vdb --metrics 127.0.0.1:9101
 wait_for_dev /dev/ublkb0
 wait_vol_state f1 online
 echo "fio: verify pass after daemon restart"
@@ -32,6 +34,20 @@ err=$(grep ';' /tmp/fio-verify2.out | tail -n 1 | cut -d';' -f5)
 rkb=$(grep ';' /tmp/fio-verify2.out | tail -n 1 | cut -d';' -f6)
 [ "$err" = 0 ] && [ "$rkb" -gt 0 ] || fail "fio verify after restart: error=$err read=${rkb}KiB"
 ok "fio verified ${rkb} KiB after restart"
+
+# What the verify pass read shows in the statistics: at least its 4 KiB reads
+# and bytes (the kernel may add a few of its own: partition scan).
+st=$(tbj stats f1)
+reads=$(printf '%s' "$st" | grep -o '"bytes":[0-9]*,"count":[0-9]*,[^}]*"op":"read"' | sed 's/.*"count":\([0-9]*\).*/\1/')
+rbytes=$(printf '%s' "$st" | grep -o '"bytes":[0-9]*,"count":[0-9]*,[^}]*"op":"read"' | sed 's/"bytes":\([0-9]*\).*/\1/')
+[ -n "$reads" ] && [ "$reads" -ge $((rkb / 4)) ] || fail "stats count $reads reads for ${rkb} KiB read: $st"
+[ "$rbytes" -ge $((rkb * 1024)) ] || fail "stats count $rbytes bytes read for ${rkb} KiB: $st"
+tb stats f1
+m=$(wget -qO- http://127.0.0.1:9101/metrics) || fail "metrics endpoint unreachable"
+pr=$(printf '%s\n' "$m" | grep '^tierblk_io_requests_total{volume="f1",op="read"}' | cut -d' ' -f2)
+[ "$pr" = "$reads" ] || [ "$pr" -ge "$reads" ] || fail "Prometheus read count $pr < $reads"
+printf '%s\n' "$m" | grep -q 'tierblk_io_latency_seconds_bucket{volume="f1",op="read",le="+Inf"}' || fail "no latency histogram"
+ok "stats: $reads reads, $rbytes bytes; Prometheus agrees ($pr)"
 
 # Sequential pass over the whole volume, including the part on the 2nd ALU.
 fio --name=seq --filename=/dev/ublkb0 --rw=write --bs=1M --direct=1 --ioengine=libaio \

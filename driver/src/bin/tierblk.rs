@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tierblk::client;
 use tierblk::proto::{
-    AluView, JobView, LayoutSpec, Payload, Request, ScheduleView, SnapView, VolumeView,
+    AluView, JobView, LayoutSpec, Payload, Request, ScheduleView, SnapView, StatsView, VolumeView,
     DEFAULT_SOCKET,
 };
 use tierblk::size::{format_size, parse_interval, parse_size};
@@ -32,6 +32,8 @@ struct Cli {
 enum Cmd {
     /// Everything on one screen: overall state, what to do, volumes, ALUs, jobs, snapshots.
     Status,
+    /// I/O statistics of online volumes since they came online: requests, bytes, errors, latency.
+    Stats { vol: Option<String> },
     /// ALUs: the disks, partitions and image files volumes are made of.
     #[command(subcommand)]
     Alu(AluCmd),
@@ -232,6 +234,9 @@ fn main() {
 fn run(cli: &Cli) -> Result<(), String> {
     let request = match &cli.cmd {
         Cmd::Status => return status(cli),
+        Cmd::Stats { vol } => Request::Stats {
+            volume: vol.clone(),
+        },
         Cmd::Alu(AluCmd::List) => Request::AluList,
         Cmd::Alu(AluCmd::Scan) => Request::AluScan,
         Cmd::Alu(AluCmd::Claim { path, force }) => Request::AluClaim {
@@ -469,6 +474,7 @@ fn json(p: &Payload) -> String {
         Payload::Snapshots(s) => serde_json::to_value(s).unwrap_or_default(),
         Payload::Snapshot(s) => serde_json::to_value(s).unwrap_or_default(),
         Payload::Schedules(s) => serde_json::to_value(s).unwrap_or_default(),
+        Payload::Stats(s) => serde_json::to_value(s).unwrap_or_default(),
     };
     format!("{v}\n")
 }
@@ -591,6 +597,30 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+fn stats_rows(stats: &[StatsView]) -> String {
+    let us = |v: Option<u64>| v.map_or_else(|| "-".into(), |u| format!("<{u}us"));
+    let rows: Vec<Vec<String>> = stats
+        .iter()
+        .flat_map(|s| {
+            s.ops.iter().filter(|o| o.count > 0).map(|o| {
+                vec![
+                    s.volume.clone(),
+                    o.op.clone(),
+                    o.count.to_string(),
+                    format_size(o.bytes),
+                    o.errors.to_string(),
+                    us(o.p50_us),
+                    us(o.p99_us),
+                ]
+            })
+        })
+        .collect();
+    render(
+        &["VOLUME", "OP", "REQUESTS", "BYTES", "ERRORS", "P50", "P99"],
+        &rows,
+    )
+}
+
 fn job_rows(jobs: &[JobView]) -> String {
     let rows: Vec<Vec<String>> = jobs
         .iter()
@@ -650,6 +680,7 @@ fn human(p: &Payload) -> String {
         }
         Payload::Snapshots(s) => snap_rows(s),
         Payload::Schedules(s) => schedule_rows(s),
+        Payload::Stats(s) => stats_rows(s),
         Payload::Snapshot(s) => snap_rows(std::slice::from_ref(s)),
         Payload::Volumes(v) => vol_rows(v),
         Payload::Volume(v) => {

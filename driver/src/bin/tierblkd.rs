@@ -53,6 +53,7 @@ fn run(args: Args) -> Result<()> {
             .unwrap_or(cpus.clamp(1, 4) as u16),
         depth: args.depth.or(file.depth).unwrap_or(128),
     };
+    let metrics = args.metrics.or(file.metrics);
     anyhow::ensure!(
         (1..=32).contains(&cfg.queues) && (1..=4096).contains(&cfg.depth),
         "queues must be 1..=32 and depth 1..=4096"
@@ -63,6 +64,12 @@ fn run(args: Args) -> Result<()> {
     server::install_signal_thread(cfg.socket.clone(), stop.clone())
         .context("cannot install signal handling")?;
     let listener = server::bind(&cfg.socket)?;
+    let metrics = metrics
+        .map(|addr| {
+            std::net::TcpListener::bind(addr)
+                .with_context(|| format!("metrics: cannot listen on {addr}"))
+        })
+        .transpose()?;
     let socket = cfg.socket.clone();
     let (events, incoming) = mpsc::channel();
     let daemon = Arc::new(Mutex::new(
@@ -78,6 +85,17 @@ fn run(args: Args) -> Result<()> {
             }
         })
         .context("cannot start the event thread")?;
+    if let Some(l) = metrics {
+        let registry = daemon
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .stats_registry();
+        tracing::info!(addr = %l.local_addr()?, "serving metrics");
+        std::thread::Builder::new()
+            .name("metrics".into())
+            .spawn(move || tierblk::stats::serve_metrics(l, registry))
+            .context("cannot start the metrics thread")?;
+    }
     tracing::info!(socket = %socket.display(), "ready");
     // Every volume that can come online is online (Daemon::start exposes
     // them before it returns) and the control socket is listening: tell
