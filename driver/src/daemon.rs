@@ -8,6 +8,7 @@
 //! and leave the others offline with the reason ([094]–[095]).
 
 mod intent;
+mod legacy;
 mod snap;
 
 use crate::jobs::{self, Work};
@@ -190,6 +191,7 @@ impl Daemon {
             }
         }
         d.resume_rollbacks();
+        d.legacy_online_all();
         Ok(d)
     }
 
@@ -240,13 +242,30 @@ impl Daemon {
                 self.image_volumes()
                     .iter()
                     .map(|v| self.volume_view(v))
+                    .chain(self.legacy_views())
                     .collect(),
             )),
             Request::VolShow { name } => {
+                if let Some(v) = self.legacy_view_of(&name) {
+                    return Ok(Payload::Volume(v));
+                }
                 let v = self.volume(&name)?;
                 Ok(Payload::Volume(self.volume_view(&v)))
             }
             Request::VolRemove { name } => self.remove(&name),
+            Request::VolOnline { name } if self.is_legacy(&name) => {
+                self.online_legacy(&name)?;
+                self.legacy_view_of(&name)
+                    .map(Payload::Volume)
+                    .ok_or_else(|| format!("volume {name}: not found"))
+            }
+            Request::VolOffline { name } if self.is_legacy(&name) => {
+                self.offline(&name)?;
+                self.legacy_view_of(&name)
+                    .map(Payload::Volume)
+                    .ok_or_else(|| format!("volume {name}: not found"))
+            }
+            Request::AluAdopt { path, name } => self.adopt(&path, &name),
             Request::VolOnline { name } => {
                 self.volume(&name)?;
                 self.online(&name)?;
@@ -424,17 +443,28 @@ impl Daemon {
                 snapshots: self.snapset(v.id),
             },
         };
+        let (exposed, gate) = self.expose_top(&v.name, &v.wwn, top)?;
+        Ok((exposed, desc, health, gate))
+    }
+
+    /// Expose `top` as `/dev/ublkbN` behind a new gate, with its statistics
+    /// registered.
+    fn expose_top(
+        &mut self,
+        name: &str,
+        wwn: &[u8; 16],
+        top: TopDesc,
+    ) -> Result<(Exposed, Arc<Gate>), String> {
         if !ublk::available() {
             return Err(format!(
-                "volume {}: cannot expose: /dev/ublk-control missing (load the ublk_drv module)",
-                v.name
+                "volume {name}: cannot expose: /dev/ublk-control missing (load the ublk_drv module)"
             ));
         }
         let gate = Gate::new();
         let stats = Arc::new(stats::VolumeStats::default());
         let exposed = ublk::expose(VolumeSpec {
-            name: v.name.clone(),
-            wwn: hex(&v.wwn),
+            name: name.to_string(),
+            wwn: hex(wwn),
             top,
             gate: gate.clone(),
             stats: stats.clone(),
@@ -445,8 +475,8 @@ impl Daemon {
         self.stats
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(v.name.clone(), stats);
-        Ok((exposed, desc, health, gate))
+            .insert(name.to_string(), stats);
+        Ok((exposed, gate))
     }
 
     /// The volume's tree as every queue and job instantiates it, with one
@@ -801,6 +831,9 @@ impl Daemon {
     }
 
     fn remove(&mut self, name: &str) -> Result<Payload, String> {
+        if self.is_legacy(name) {
+            return self.forget(name);
+        }
         if self.volume(name)?.snapshot.is_some() {
             return self.snap_remove(name);
         }
@@ -1436,7 +1469,12 @@ impl Daemon {
                             }
                         }
                     }
-                    AluState::NotOwned { foreign } => view.detail = foreign.clone(),
+                    AluState::NotOwned { foreign } => {
+                        view.detail = match self.legacy_on_path(&s.path) {
+                            Some(name) => Some(format!("adopted as legacy volume {name}")),
+                            None => foreign.clone(),
+                        }
+                    }
                     AluState::Damaged { uuid, reason } => {
                         view.uuid = uuid.map(|u| u.to_string());
                         view.detail = Some(reason.clone());

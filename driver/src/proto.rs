@@ -39,6 +39,12 @@ pub enum Request {
         layout: LayoutSpec,
     },
     /// Move every mirror leg off `old` onto `new`, rebuilding each online.
+    /// Adopt a disk without metadata as a direct-access volume, writing
+    /// nothing to it.
+    AluAdopt {
+        path: String,
+        name: String,
+    },
     /// Take a failed ALU back with its data (mdadm --re-add).
     AluReadd {
         path: String,

@@ -720,3 +720,61 @@ fn stats_and_metrics_endpoint() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("--metrics"));
 }
+
+/// Legacy disks ([058], [060]): adopting a disk that holds data writes
+/// nothing to it; the volume is found again by identity after a restart, even
+/// at another path; a copy at the same path is not taken for it; forgetting it
+/// leaves every byte.
+#[test]
+fn legacy_disks_are_adopted_without_a_write() {
+    let mut env = Env::new("legacy", &[256 * MIB, 64 * MIB]);
+    let data: Vec<u8> = (0..64 * MIB as usize)
+        .map(|i| (i * 31 + i / 4096) as u8)
+        .collect();
+    std::fs::write(&env.alus[1], &data).unwrap();
+    env.start();
+    let e = env.refused(&["alu", "adopt", &env.alu(1), "old1"]);
+    assert!(e.contains("claim an ALU first"), "{e}");
+    env.ok(&["alu", "claim", &env.alu(0)]);
+    let v = env.json(&["alu", "adopt", &env.alu(1), "old1"]);
+    assert_eq!(v["layout"], "legacy", "{v}");
+    assert_eq!(v["size"], 64 * MIB);
+    assert_eq!(v["segments"][0]["path"], env.alu(1));
+    let a = env.json(&["alu", "show", &env.alu(1)]);
+    assert_eq!(a["detail"], "adopted as legacy volume old1", "{a}");
+    let e = env.refused(&["alu", "claim", "--force", &env.alu(1)]);
+    assert!(e.contains("adopted as legacy volume old1"), "{e}");
+    let e = env.refused(&["alu", "adopt", &env.alu(1), "again"]);
+    assert!(e.contains("already adopted"), "{e}");
+    let e = env.refused(&["vol", "create", "old1", "--size", "8M"]);
+    assert!(e.contains("name already"), "{e}");
+
+    // A copy at its path (same bytes, another inode) is not it.
+    env.stop();
+    let orig = env.dir.join("orig.img");
+    std::fs::rename(&env.alus[1], &orig).unwrap();
+    std::fs::copy(&orig, &env.alus[1]).unwrap();
+    env.start();
+    let v = env.json(&["vol", "show", "old1"]);
+    assert!(
+        v["problem"]
+            .as_str()
+            .unwrap()
+            .contains("not the one adopted"),
+        "{v}"
+    );
+    // The disk itself, at another path, is found by its identity.
+    env.stop();
+    std::fs::remove_file(&env.alus[1]).unwrap();
+    env.alus[1] = orig;
+    env.start();
+    let v = env.json(&["vol", "show", "old1"]);
+    assert_eq!(v["segments"][0]["path"], env.alu(1), "{v}");
+    env.ok(&["vol", "remove", "old1"]);
+    assert_eq!(env.json(&["vol", "list"]), serde_json::json!([]));
+    env.stop();
+    assert!(
+        std::fs::read(&env.alus[1]).unwrap() == data,
+        "the legacy disk changed"
+    );
+}

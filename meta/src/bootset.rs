@@ -11,7 +11,7 @@ use crate::disk::Disk;
 use crate::error::FormatError;
 use crate::types::{
     valid_cluster_name, valid_volume_name, AluRecord, ClusterSig, Job, JobKind, JobState, Layout,
-    LayoutKind, MemberHealth, Schedule, Uuid, MAX_JOB_MESSAGE,
+    LayoutKind, LegacyVol, MemberHealth, Schedule, Uuid, MAX_JOB_MESSAGE,
 };
 
 pub const PTR_MAGIC: [u8; 8] = *b"TBLKBOOT";
@@ -154,7 +154,17 @@ pub struct BootList {
     pub flags: u32,
     /// Snapshot schedules, one per volume at most ([`MAX_SCHEDULES`]).
     pub schedules: Vec<Schedule>,
+    /// Adopted legacy disks ([`MAX_LEGACY`]).
+    pub legacy: Vec<LegacyVol>,
 }
+
+/// Boot list flag, set on encode when legacy disk records follow the
+/// schedules.
+pub const LIST_FLAG_LEGACY: u32 = 4;
+/// Most legacy disks in a list.
+pub const MAX_LEGACY: usize = 64;
+/// Bytes per legacy disk entry.
+pub const LIST_LEGACY_LEN: usize = 288;
 
 /// Boot list flag, set on encode when schedules follow the job entries (lists
 /// written before schedules existed have none).
@@ -262,11 +272,13 @@ impl BootList {
         let mut w = Wr::new();
         w.bytes(&LIST_MAGIC);
         w.u32(BOOT_VERSION);
-        let flags = if self.schedules.is_empty() {
-            self.flags & !LIST_FLAG_SCHEDULES
-        } else {
-            self.flags | LIST_FLAG_SCHEDULES
-        };
+        let mut flags = self.flags & !(LIST_FLAG_SCHEDULES | LIST_FLAG_LEGACY);
+        if !self.schedules.is_empty() {
+            flags |= LIST_FLAG_SCHEDULES;
+        }
+        if !self.legacy.is_empty() {
+            flags |= LIST_FLAG_LEGACY;
+        }
         w.u32(flags);
         w.u64(self.seq);
         w.bytes(&self.sig.uuid.0);
@@ -332,6 +344,18 @@ impl BootList {
                 w.u32(0);
             }
         }
+        if !self.legacy.is_empty() {
+            w.u32(self.legacy.len() as u32);
+            w.u32(0);
+            for l in &self.legacy {
+                w.u64(l.id);
+                w.u64(l.size);
+                w.bytes(&l.wwn);
+                w.name(&l.name, 64);
+                w.name(&l.identity, 64);
+                w.name(&l.path, 128);
+            }
+        }
         w.v
     }
 
@@ -345,7 +369,7 @@ impl BootList {
             return Err(FormatError::Version(version));
         }
         let flags = r.u32()?;
-        if flags & !(LIST_FLAG_DIRTY | LIST_FLAG_SCHEDULES) != 0 {
+        if flags & !(LIST_FLAG_DIRTY | LIST_FLAG_SCHEDULES | LIST_FLAG_LEGACY) != 0 {
             return Err(FormatError::Invalid(format!("boot list flags {flags:#x}")));
         }
         let seq = r.u64()?;
@@ -482,6 +506,38 @@ impl BootList {
                 schedules.push(s);
             }
         }
+        let mut legacy: Vec<LegacyVol> = Vec::new();
+        if flags & LIST_FLAG_LEGACY != 0 {
+            let n = r.u32()? as usize;
+            if n == 0 || n > MAX_LEGACY || r.u32()? != 0 {
+                return Err(FormatError::Invalid(format!("legacy disk count {n}")));
+            }
+            for _ in 0..n {
+                let l = LegacyVol {
+                    id: r.u64()?,
+                    size: r.u64()?,
+                    wwn: r.arr16()?,
+                    name: r.name(64, "legacy volume name")?,
+                    identity: r.name(64, "legacy disk identity")?,
+                    path: r.name(128, "legacy disk path")?,
+                };
+                let bad =
+                    |what: &str| FormatError::Invalid(format!("legacy disk {}: {what}", l.id));
+                if !valid_volume_name(&l.name) {
+                    return Err(bad("name"));
+                }
+                if l.identity.is_empty() || l.path.is_empty() || l.size == 0 {
+                    return Err(bad("identity, path or size"));
+                }
+                if legacy
+                    .iter()
+                    .any(|x| x.id == l.id || x.name == l.name || x.identity == l.identity)
+                {
+                    return Err(bad("duplicate"));
+                }
+                legacy.push(l);
+            }
+        }
         if r.remaining() != 0 {
             return Err(FormatError::Invalid("boot list length".into()));
         }
@@ -494,8 +550,9 @@ impl BootList {
             volumes,
             failed,
             jobs,
-            flags: flags & !LIST_FLAG_SCHEDULES,
+            flags: flags & !(LIST_FLAG_SCHEDULES | LIST_FLAG_LEGACY),
             schedules,
+            legacy,
         })
     }
 }
@@ -581,6 +638,7 @@ mod tests {
             jobs: Vec::new(),
             flags: LIST_FLAG_DIRTY,
             schedules: Vec::new(),
+            legacy: Vec::new(),
         }
     }
 
@@ -691,6 +749,50 @@ mod tests {
         let mut c = e.clone();
         c[12] &= !(LIST_FLAG_SCHEDULES as u8);
         assert!(BootList::decode(&c).is_err());
+    }
+
+    #[test]
+    fn legacy_roundtrip_and_checks() {
+        let mut l = sample();
+        let rec = |id: u64, name: &str, identity: &str| LegacyVol {
+            id,
+            name: name.into(),
+            size: 1 << 30,
+            wwn: [id as u8; 16],
+            identity: identity.into(),
+            path: format!("/dev/disk/{name}"),
+        };
+        l.legacy = vec![rec(40, "old1", "serial:A"), rec(41, "old2", "wwid:B")];
+        let e = l.encode();
+        assert_eq!(e[12] & LIST_FLAG_LEGACY as u8, LIST_FLAG_LEGACY as u8);
+        assert_eq!(e.len(), sample().encode().len() + 8 + 2 * LIST_LEGACY_LEN);
+        assert_eq!(BootList::decode(&e).unwrap(), l);
+        let l0 = e.len() - 2 * LIST_LEGACY_LEN;
+        let mut bad: Vec<(usize, Vec<u8>)> = vec![
+            (l0 + 32, b"bad name!".to_vec()),      // invalid name
+            (l0 + 96, vec![0u8; 64]),              // empty identity
+            (l0 + 8, 0u64.to_le_bytes().to_vec()), // size 0
+            (l0 - 4, 1u32.to_le_bytes().to_vec()), // reserved
+        ];
+        // a duplicate identity
+        let mut dup = vec![0u8; 64];
+        dup[..8].copy_from_slice(b"serial:A");
+        bad.push((l0 + LIST_LEGACY_LEN + 96, dup));
+        for (off, val) in bad {
+            let mut c = e.clone();
+            c[off..off + val.len()].copy_from_slice(&val);
+            assert!(BootList::decode(&c).is_err(), "off {off}");
+        }
+        let doc = include_str!("../../docs/FORMAT.md");
+        for row in [
+            format!("Legacy disk entry ({LIST_LEGACY_LEN} bytes)"),
+            format!(
+                "bit {} = legacy disk entries follow",
+                LIST_FLAG_LEGACY.trailing_zeros()
+            ),
+        ] {
+            assert!(doc.contains(&row), "FORMAT.md lacks {row}");
+        }
     }
 
     /// docs/FORMAT.md documents the schedule section as encoded here.

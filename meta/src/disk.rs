@@ -22,6 +22,13 @@ pub trait Disk: Send {
     fn device_id(&self) -> Option<u64> {
         None
     }
+    /// A stable identity of the device, independent of its path (a disk's
+    /// serial or WWID from sysfs, an image file's inode): how an adopted
+    /// legacy disk, which carries no signature of ours, is recognised at the
+    /// next start ([058], [060]).
+    fn identity(&self) -> Option<String> {
+        None
+    }
 }
 
 fn check_range(size: u64, offset: u64, len: usize) -> io::Result<()> {
@@ -38,6 +45,8 @@ fn check_range(size: u64, offset: u64, len: usize) -> io::Result<()> {
 #[derive(Clone, Debug, Default)]
 pub struct MemDisk {
     pub data: Vec<u8>,
+    /// What [`Disk::identity`] reports (tests).
+    pub identity: Option<String>,
 }
 
 impl MemDisk {
@@ -45,6 +54,7 @@ impl MemDisk {
     pub fn new(size: u64) -> MemDisk {
         MemDisk {
             data: vec![0u8; size as usize],
+            identity: None,
         }
     }
 }
@@ -67,6 +77,9 @@ impl Disk for MemDisk {
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+    fn identity(&self) -> Option<String> {
+        self.identity.clone()
     }
 }
 
@@ -114,6 +127,7 @@ pub struct FileDisk {
     path: PathBuf,
     size: u64,
     device: Option<u64>,
+    identity: Option<String>,
     direct: bool,
     bounce: AlignedBuf,
 }
@@ -136,6 +150,11 @@ impl FileDisk {
             Err(e) => return Err(e),
         };
         let md = file.metadata()?;
+        let identity = Some(if md.file_type().is_block_device() {
+            block_identity(md.rdev())
+        } else {
+            format!("file:{}:{}", md.dev(), md.ino())
+        });
         let device = Some(if md.file_type().is_block_device() {
             whole_disk(md.rdev())
         } else {
@@ -158,6 +177,7 @@ impl FileDisk {
             path: path.to_path_buf(),
             size,
             device,
+            identity,
             direct,
             bounce: AlignedBuf::new(1 << 20)?,
         })
@@ -180,6 +200,31 @@ impl FileDisk {
     }
 }
 
+/// A block device's stable identity: its disk's WWID or serial from sysfs
+/// (with the partition number for a partition), else its device number.
+fn block_identity(rdev: u64) -> String {
+    let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+    let sys = Path::new("/sys/dev/block").join(format!("{major}:{minor}"));
+    let part = std::fs::read_to_string(sys.join("partition")).ok();
+    let disk = if part.is_some() { sys.join("..") } else { sys };
+    let read = |f: &str| {
+        std::fs::read_to_string(disk.join(f))
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    };
+    let id = read("wwid")
+        .or_else(|| read("device/wwid"))
+        .map(|w| format!("wwid:{w}"))
+        .or_else(|| read("serial").map(|s| format!("serial:{s}")))
+        .or_else(|| read("device/serial").map(|s| format!("serial:{s}")));
+    match (id, part) {
+        (Some(id), Some(p)) => format!("{id}#p{}", p.trim()),
+        (Some(id), None) => id,
+        (None, _) => format!("dev:{major}:{minor}"),
+    }
+}
+
 /// The whole disk a block device belongs to: a partition's parent, found
 /// through sysfs; the device itself otherwise (or when sysfs says nothing).
 fn whole_disk(rdev: u64) -> u64 {
@@ -198,6 +243,9 @@ fn whole_disk(rdev: u64) -> u64 {
 }
 
 impl Disk for FileDisk {
+    fn identity(&self) -> Option<String> {
+        self.identity.clone()
+    }
     fn device_id(&self) -> Option<u64> {
         self.device
     }

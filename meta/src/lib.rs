@@ -30,5 +30,5 @@ pub use foreign::detect_foreign;
 pub use store::{AluState, AluStatus, OpenReport, Store};
 pub use types::{
     AluRecord, ClusterImage, ClusterSig, Extent, Job, JobKind, JobState, Layout, LayoutKind,
-    MemberHealth, Schedule, Segment, SnapshotOf, Uuid, VolumeDef,
+    LegacyVol, MemberHealth, Schedule, Segment, SnapshotOf, Uuid, VolumeDef,
 };

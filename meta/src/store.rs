@@ -11,7 +11,8 @@
 use std::collections::HashSet;
 
 use crate::bootset::{
-    read_list, BootList, BootPtr, BootVol, LIST_FLAG_DIRTY, MAX_JOBS, MAX_MEMBERS, MAX_SCHEDULES,
+    read_list, BootList, BootPtr, BootVol, LIST_FLAG_DIRTY, MAX_JOBS, MAX_LEGACY, MAX_MEMBERS,
+    MAX_SCHEDULES,
 };
 use crate::disk::Disk;
 use crate::error::{FormatError, MetaError};
@@ -23,7 +24,7 @@ pub use crate::types::{
     random_wwn, AluRecord, ClusterImage, ClusterSig, Extent, Job, JobKind, JobState, Layout,
     LayoutKind, MemberHealth, Segment, SnapshotOf, Uuid, VolumeDef,
 };
-use crate::types::{valid_cluster_name, valid_volume_name, Schedule};
+use crate::types::{valid_cluster_name, valid_volume_name, LegacyVol, Schedule};
 
 /// What the store knows about one device.
 #[derive(Clone, Debug)]
@@ -727,6 +728,7 @@ impl Store {
             jobs: list.jobs.clone(),
             dirty: list.flags & LIST_FLAG_DIRTY != 0,
             schedules: list.schedules.clone(),
+            legacy: list.legacy.clone(),
         });
         self.list = Some(list);
     }
@@ -971,6 +973,7 @@ impl Store {
             jobs: Vec::new(),
             dirty: false,
             schedules: Vec::new(),
+            legacy: Vec::new(),
         });
     }
 
@@ -1283,6 +1286,12 @@ impl Store {
                 "alu {path}: claim refused: {why}"
             )))
         };
+        if let Some(l) = self.legacy_on(idx) {
+            return refuse(format!(
+                "adopted as legacy volume {} (`tierblk vol remove {}` forgets it, keeping its data)",
+                l.name, l.name
+            ));
+        }
         match &self.slots[idx].state {
             AluState::NotOwned { foreign: Some(f) } if !force => {
                 return Err(MetaError::ForeignData {
@@ -1342,6 +1351,7 @@ impl Store {
             jobs: Vec::new(),
             flags: 0,
             schedules: Vec::new(),
+            legacy: Vec::new(),
         });
         let member = self.boot_membership_for(&mut list, idx);
         list.alus.push(AluRecord {
@@ -1761,7 +1771,9 @@ impl Store {
                 "volume {name:?}: invalid name (1..=63 bytes of [A-Za-z0-9._-])"
             )));
         }
-        if image.volumes.iter().any(|v| v.name == name) {
+        if image.volumes.iter().any(|v| v.name == name)
+            || image.legacy.iter().any(|l| l.name == name)
+        {
             return Err(MetaError::Invalid(format!(
                 "volume {name}: name already in use"
             )));
@@ -2234,6 +2246,145 @@ impl Store {
         r.map_err(|e| {
             MetaError::Corrupt(format!("volume {name}: removed, but cleanup failed: {e}"))
         })
+    }
+
+    // -------------------------------------------------------------- legacy
+
+    /// The adopted legacy disk that is device `idx`, if any: same identity
+    /// and size.
+    fn legacy_on(&self, idx: usize) -> Option<&LegacyVol> {
+        let s = self.slots.get(idx)?;
+        let id = s.disk.identity()?;
+        self.list
+            .as_ref()?
+            .legacy
+            .iter()
+            .find(|l| l.identity == id && l.size == s.size)
+    }
+
+    /// Where adopted legacy disk `name` is now: its path, or why it cannot
+    /// be used (not scanned, or a device at its path that is not it).
+    pub fn legacy_path(&self, name: &str) -> Result<String, String> {
+        let Some(l) = self
+            .image
+            .as_ref()
+            .and_then(|i| i.legacy.iter().find(|l| l.name == name))
+        else {
+            return Err(format!("volume {name}: not a legacy disk"));
+        };
+        for (i, s) in self.slots.iter().enumerate() {
+            if self.legacy_on(i).is_some_and(|x| x.id == l.id) {
+                return match &s.state {
+                    AluState::NotOwned { .. } => Ok(s.path.clone()),
+                    other => Err(format!(
+                        "legacy disk {}: now carries metadata ({other:?}): not used",
+                        s.path
+                    )),
+                };
+            }
+        }
+        if self.slots.iter().any(|s| s.path == l.path) {
+            return Err(format!(
+                "legacy disk {}: the device there is not the one adopted (identity or size differ)",
+                l.path
+            ));
+        }
+        Err(format!(
+            "legacy disk {} (identity {}) not found among the scanned ALUs",
+            l.path, l.identity
+        ))
+    }
+
+    /// Adopt device `path` as legacy volume `name` without writing a byte to
+    /// it ([058], [060]): one boot set commit on the other ALUs records its
+    /// identity and size. Refused (nothing written) when the device is ours,
+    /// another cluster's or unreadable, already adopted, cannot be
+    /// identified, or the name is taken.
+    pub fn adopt(&mut self, path: &str, name: &str) -> Result<LegacyVol, MetaError> {
+        self.check_writable()?;
+        let (Some(mut list), Some(image)) = (self.list.clone(), self.image.clone()) else {
+            return Err(MetaError::Refused(format!(
+                "alu {path}: adopt refused: no cluster (claim an ALU first: the record lives in the boot set)"
+            )));
+        };
+        let refuse = |why: String| {
+            Err(MetaError::Refused(format!(
+                "alu {path}: adopt refused: {why}"
+            )))
+        };
+        let Some(idx) = self.slots.iter().position(|s| s.path == path) else {
+            return Err(MetaError::NotFound(format!("alu {path}: unknown device")));
+        };
+        if !valid_volume_name(name) {
+            return Err(MetaError::Invalid(format!(
+                "volume {name:?}: invalid name (1..=63 bytes of [A-Za-z0-9._-])"
+            )));
+        }
+        if image.volumes.iter().any(|v| v.name == name)
+            || list.legacy.iter().any(|l| l.name == name)
+        {
+            return Err(MetaError::Invalid(format!(
+                "volume {name}: name already in use"
+            )));
+        }
+        if let Some(l) = self.legacy_on(idx) {
+            return refuse(format!("already adopted as {}", l.name));
+        }
+        match &self.slots[idx].state {
+            AluState::NotOwned { .. } => {}
+            other => return refuse(format!("{other:?}")),
+        }
+        let s = &self.slots[idx];
+        let Some(identity) = s.disk.identity().filter(|i| !i.is_empty() && i.len() < 64) else {
+            return refuse("the device has no stable identity (serial, WWID or inode)".into());
+        };
+        if path.is_empty() || path.len() > 127 {
+            return refuse("path longer than 127 bytes".into());
+        }
+        if list.legacy.len() >= MAX_LEGACY {
+            return Err(MetaError::NoSpace(format!(
+                "alu {path}: at most {MAX_LEGACY} legacy disks"
+            )));
+        }
+        let id = list.next_id.max(1);
+        let mut wwn = [0u8; 16];
+        wwn[..8].copy_from_slice(&list.sig.uuid.0[..8]);
+        wwn[8..].copy_from_slice(&id.to_be_bytes());
+        let l = LegacyVol {
+            id,
+            name: name.to_string(),
+            size: s.size,
+            wwn,
+            identity,
+            path: path.to_string(),
+        };
+        list.next_id = id + 1;
+        list.legacy.push(l.clone());
+        list.seq = self.next_seq();
+        let r = self.boot_commit(&list);
+        self.poison(r)?;
+        self.evaluate();
+        Ok(l)
+    }
+
+    /// Forget legacy volume `name` (its disk is left as it is).
+    pub fn forget_legacy(&mut self, name: &str) -> Result<(), MetaError> {
+        self.check_writable()?;
+        let Some(mut list) = self.list.clone() else {
+            return Err(MetaError::NotFound(format!("volume {name}: not found")));
+        };
+        let n = list.legacy.len();
+        list.legacy.retain(|l| l.name != name);
+        if list.legacy.len() == n {
+            return Err(MetaError::NotFound(format!(
+                "volume {name}: not a legacy disk"
+            )));
+        }
+        list.seq = self.next_seq();
+        let r = self.boot_commit(&list);
+        self.poison(r)?;
+        self.evaluate();
+        Ok(())
     }
 
     // ----------------------------------------------------------- schedules

@@ -118,6 +118,9 @@ impl Disk for CrashDisk {
         st.log.push(Event::Flush { disk: self.id });
         Ok(())
     }
+    fn identity(&self) -> Option<String> {
+        self.inner.identity.clone()
+    }
 }
 
 /// Rebuild disk images: fresh zeroed disks of `sizes`, then the first `k` write
@@ -176,6 +179,9 @@ impl Disk for SharedDisk {
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+    fn identity(&self) -> Option<String> {
+        self.lock().identity.clone()
     }
 }
 

@@ -406,6 +406,8 @@ pub struct ClusterImage {
     pub dirty: bool,
     /// Snapshot schedules, from the boot list.
     pub schedules: Vec<Schedule>,
+    /// Adopted legacy disks, from the boot list.
+    pub legacy: Vec<LegacyVol>,
 }
 
 /// What a persisted job does.
@@ -462,6 +464,25 @@ pub struct Schedule {
     pub last: u64,
     /// Snapshots kept (1 ..= [`MAX_SCHEDULE_KEEP`]); older ones are removed.
     pub keep: u32,
+}
+
+/// A legacy disk adopted as a direct-access volume ([058], [060]): the disk
+/// carries no metadata region (nothing is ever written to it but the host's
+/// own writes through the volume); its record lives in the boot set, and the
+/// disk is recognised by its identity (a serial or WWID, an image file's
+/// inode) and size.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LegacyVol {
+    /// Allocated from the boot list's next object id.
+    pub id: u64,
+    pub name: String,
+    /// The whole disk, in bytes.
+    pub size: u64,
+    pub wwn: [u8; 16],
+    /// [`crate::Disk::identity`] at adoption (1..=63 bytes).
+    pub identity: String,
+    /// The path it was adopted from (a hint for administrators, 1..=127 bytes).
+    pub path: String,
 }
 
 /// Largest `keep` of a schedule.

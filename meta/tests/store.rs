@@ -146,7 +146,10 @@ fn orphan_from_crashed_claim_is_reusable() {
     d[0x10000..0x300000].copy_from_slice(&claimed[0x10000..0x300000]);
     let end = d.len() - 4096;
     d[end..].copy_from_slice(&claimed[end..]);
-    *disks[1].lock() = MemDisk { data: d };
+    *disks[1].lock() = MemDisk {
+        data: d,
+        identity: None,
+    };
     // ALU 0's boot list would list ALU 1, so pair the orphan with a blank disk instead.
     let d0 = MemDisk::new(SIZE);
     let shared = vec![SharedDisk::new(d0), disks[1].clone()];

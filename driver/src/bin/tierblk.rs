@@ -148,6 +148,8 @@ enum AluCmd {
     Show { path: String },
     /// Declare an ALU failed (for tests and administrators): mirror legs on it stop being used.
     Fail { path: String },
+    /// Adopt a disk that holds data but no tierblk metadata as volume NAME, writing nothing to it (a direct-access "legacy" volume; its record lives in the boot set).
+    Adopt { path: String, name: String },
     /// Take back a failed ALU that returned with its data (mdadm --re-add): its mirror legs get only the regions their write-intent bitmap marks.
     Readd {
         path: String,
@@ -246,6 +248,10 @@ fn run(cli: &Cli) -> Result<(), String> {
         Cmd::Alu(AluCmd::Release { path }) => Request::AluRelease { path: path.clone() },
         Cmd::Alu(AluCmd::Show { path }) => Request::AluShow { path: path.clone() },
         Cmd::Alu(AluCmd::Fail { path }) => Request::AluFail { path: path.clone() },
+        Cmd::Alu(AluCmd::Adopt { path, name }) => Request::AluAdopt {
+            path: path.clone(),
+            name: name.clone(),
+        },
         Cmd::Alu(AluCmd::Readd { path, rate, .. }) => Request::AluReadd {
             path: path.clone(),
             rate: parse_rate(rate)?,
