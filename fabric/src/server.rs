@@ -1,0 +1,907 @@
+//! NBD server: exposes tier-1 objects to peers (spec \[046\] fabric; the
+//! serving side of the remote references of \[0109\]–\[0110\]).
+//!
+//! [`NbdServer::start`] binds Unix socket paths and/or TCP addresses and
+//! serves a fixed list of [`Export`]s (name, size, read-only flag and a
+//! factory). One accept thread polls every listener; each accepted connection
+//! gets a thread of its own with its own
+//! [`LocalRing`], and, once the client
+//! selects an export, its own instance of that export built by the export's
+//! factory on that thread. Nothing is shared between connections per I/O.
+//!
+//! Negotiation is fixed newstyle (`GO`, `INFO`, `LIST`, `ABORT`,
+//! `EXPORT_NAME`; anything else gets `NBD_REP_ERR_UNSUP`), transmission uses
+//! simple replies. Requests of one connection are executed in order: the
+//! next request header is read once the previous reply is written (the client
+//! may pipeline; the socket buffers them). See the NBD protocol:
+//! <https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md>.
+//!
+//! A malformed frame or protocol violation ends that connection only (logged
+//! with `tracing`); the server keeps serving the others. A request that is
+//! well-formed but wrong (out of range, unknown command, write to a read-only
+//! export) is answered with an NBD error and the connection continues.
+
+use std::collections::HashMap;
+use std::io::{self, BufReader, IoSlice, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use thiserror::Error;
+use tierblk_stack::uring::LocalRing;
+use tierblk_stack::{AlignedBuf, BlockDev};
+
+use crate::proto::{self, ClientOption, Command, Info, ProtoError, Reject, Request, SimpleReply};
+use crate::NbdAddr;
+
+/// Builds the per-connection instance of an export on the connection's thread
+/// around that connection's ring.
+pub type Factory<D> = dyn Fn(&LocalRing) -> Result<D, String> + Send + Sync;
+
+/// One named export.
+pub struct Export<D> {
+    name: String,
+    size: u64,
+    read_only: bool,
+    multi_conn: bool,
+    description: Option<String>,
+    factory: Arc<Factory<D>>,
+}
+
+impl<D> Clone for Export<D> {
+    fn clone(&self) -> Self {
+        Export {
+            name: self.name.clone(),
+            size: self.size,
+            read_only: self.read_only,
+            multi_conn: self.multi_conn,
+            description: self.description.clone(),
+            factory: self.factory.clone(),
+        }
+    }
+}
+
+impl<D: BlockDev> Export<D> {
+    /// An export called `name` of `size` bytes, read-write, whose instance for
+    /// each connection is built by `factory` (called on the connection thread
+    /// with that connection's ring when the client selects the export).
+    pub fn new(
+        name: impl Into<String>,
+        size: u64,
+        factory: impl Fn(&LocalRing) -> Result<D, String> + Send + Sync + 'static,
+    ) -> Self {
+        Export {
+            name: name.into(),
+            size,
+            read_only: false,
+            multi_conn: false,
+            description: None,
+            factory: Arc::new(factory),
+        }
+    }
+
+    /// Serve the export read-only (writes, trims and write-zeroes fail with
+    /// `EPERM`).
+    pub fn read_only(mut self, ro: bool) -> Self {
+        self.read_only = ro;
+        self
+    }
+
+    /// Advertise `NBD_FLAG_CAN_MULTI_CONN`: a flush on one connection covers
+    /// the writes completed on every connection (true when all instances share
+    /// one backing file, as partitions over one ALU do).
+    pub fn multi_conn(mut self, on: bool) -> Self {
+        self.multi_conn = on;
+        self
+    }
+
+    /// A description shown by `nbdinfo --list`.
+    pub fn description(mut self, text: impl Into<String>) -> Self {
+        self.description = Some(text.into());
+        self
+    }
+
+    /// Export name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Export size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn transmission_flags(&self) -> u16 {
+        let mut f = proto::TFLAG_HAS_FLAGS
+            | proto::TFLAG_SEND_FLUSH
+            | proto::TFLAG_SEND_FUA
+            | proto::TFLAG_SEND_TRIM
+            | proto::TFLAG_SEND_WRITE_ZEROES;
+        if self.read_only {
+            f |= proto::TFLAG_READ_ONLY;
+        }
+        if self.multi_conn {
+            f |= proto::TFLAG_CAN_MULTI_CONN;
+        }
+        f
+    }
+}
+
+/// Server start-up failure.
+#[derive(Debug, Error)]
+pub enum ServerError {
+    /// Binding or configuring a listener failed.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: NbdAddr,
+        /// The cause.
+        source: io::Error,
+    },
+    /// Bad configuration (duplicate export names, no listener...).
+    #[error("invalid server configuration: {0}")]
+    Config(String),
+    /// Creating the accept thread or its wake-up pipe failed.
+    #[error("cannot start the server: {0}")]
+    Start(io::Error),
+}
+
+/// Why one connection ended abnormally (logged, never propagated).
+#[derive(Debug, Error)]
+enum ConnError {
+    #[error("socket: {0}")]
+    Io(#[from] io::Error),
+    #[error("malformed frame: {0}")]
+    Proto(#[from] ProtoError),
+    #[error("protocol violation: {0}")]
+    Violation(String),
+}
+
+/// Tunables.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// SQ entries of each connection's ring.
+    pub ring_entries: u32,
+    /// How long a client may take between handshake frames.
+    pub handshake_timeout: Duration,
+    /// Most options accepted in one negotiation.
+    pub max_options: u32,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            ring_entries: 64,
+            handshake_timeout: Duration::from_secs(30),
+            max_options: 256,
+        }
+    }
+}
+
+enum Listener {
+    Unix(UnixListener, PathBuf),
+    Tcp(TcpListener),
+}
+
+impl Listener {
+    fn raw_fd(&self) -> RawFd {
+        match self {
+            Listener::Unix(l, _) => l.as_raw_fd(),
+            Listener::Tcp(l) => l.as_raw_fd(),
+        }
+    }
+}
+
+/// A connected peer, as the connection thread sees it.
+enum Stream {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Stream {
+    fn try_clone(&self) -> io::Result<Stream> {
+        Ok(match self {
+            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
+            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
+        })
+    }
+
+    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Unix(s) => s.set_read_timeout(t),
+            Stream::Tcp(s) => s.set_read_timeout(t),
+        }
+    }
+
+    fn fd(&self) -> io::Result<OwnedFd> {
+        match self {
+            Stream::Unix(s) => s.as_fd().try_clone_to_owned(),
+            Stream::Tcp(s) => s.as_fd().try_clone_to_owned(),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Unix(s) => s.read(buf),
+            Stream::Tcp(s) => s.read(buf),
+        }
+    }
+}
+
+impl Stream {
+    fn raw(&self) -> RawFd {
+        match self {
+            Stream::Unix(s) => s.as_raw_fd(),
+            Stream::Tcp(s) => s.as_raw_fd(),
+        }
+    }
+}
+
+/// Writes use `sendmsg(MSG_NOSIGNAL)`: a peer that went away yields `EPIPE`,
+/// never a `SIGPIPE`, even in a host process that does not ignore it.
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_vectored(&[IoSlice::new(buf)])
+    }
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        // SAFETY: msghdr is a plain C struct; all-zeroes is a valid empty one.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        // IoSlice is ABI-compatible with iovec; sendmsg only reads them.
+        msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
+        msg.msg_iovlen = bufs.len().min(1024) as _;
+        // SAFETY: `msg` points to `bufs`, valid for the duration of the call.
+        let n = unsafe { libc::sendmsg(self.raw(), &msg, libc::MSG_NOSIGNAL) };
+        if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(n as usize)
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+struct ConnEntry {
+    /// A duplicate of the connection's socket, to shut it down on
+    /// [`NbdServer::shutdown`].
+    fd: OwnedFd,
+    thread: JoinHandle<()>,
+}
+
+/// State shared by the accept thread and the server handle (never touched per
+/// I/O).
+struct Shared {
+    stop: AtomicBool,
+    live: AtomicUsize,
+    served: AtomicUsize,
+    conns: Mutex<HashMap<u64, ConnEntry>>,
+}
+
+/// A running NBD server. Dropping it shuts it down.
+pub struct NbdServer {
+    addrs: Vec<NbdAddr>,
+    shared: Arc<Shared>,
+    wake_tx: Option<OwnedFd>,
+    accept: Option<JoinHandle<()>>,
+    unix_paths: Vec<PathBuf>,
+}
+
+impl NbdServer {
+    /// Listen on every address of `listen` and serve `exports` with the
+    /// default [`ServerConfig`]. A TCP address with port 0 gets an ephemeral
+    /// port: see [`NbdServer::addrs`].
+    pub fn start<D: BlockDev + 'static>(
+        listen: &[NbdAddr],
+        exports: Vec<Export<D>>,
+    ) -> Result<NbdServer, ServerError> {
+        Self::start_with(listen, exports, ServerConfig::default())
+    }
+
+    /// As [`NbdServer::start`], with explicit tunables.
+    pub fn start_with<D: BlockDev + 'static>(
+        listen: &[NbdAddr],
+        exports: Vec<Export<D>>,
+        config: ServerConfig,
+    ) -> Result<NbdServer, ServerError> {
+        if listen.is_empty() {
+            return Err(ServerError::Config("no listen address".into()));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for e in &exports {
+            if !seen.insert(e.name.as_str()) {
+                return Err(ServerError::Config(format!(
+                    "duplicate export name {:?}",
+                    e.name
+                )));
+            }
+            if e.name.len() > proto::MAX_STRING_LEN || e.name.contains('\0') {
+                return Err(ServerError::Config(format!("bad export name {:?}", e.name)));
+            }
+        }
+        let mut listeners = Vec::new();
+        let mut addrs = Vec::new();
+        let mut unix_paths = Vec::new();
+        for addr in listen {
+            let err = |source| ServerError::Listen {
+                addr: addr.clone(),
+                source,
+            };
+            match addr {
+                NbdAddr::Unix(path) => {
+                    let l = UnixListener::bind(path).map_err(err)?;
+                    l.set_nonblocking(true).map_err(err)?;
+                    unix_paths.push(path.clone());
+                    addrs.push(addr.clone());
+                    listeners.push(Listener::Unix(l, path.clone()));
+                }
+                NbdAddr::Tcp(a) => {
+                    let l = TcpListener::bind(a).map_err(err)?;
+                    l.set_nonblocking(true).map_err(err)?;
+                    addrs.push(NbdAddr::Tcp(l.local_addr().map_err(err)?));
+                    listeners.push(Listener::Tcp(l));
+                }
+            }
+        }
+        let (wake_rx, wake_tx) = pipe().map_err(ServerError::Start)?;
+        let shared = Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            live: AtomicUsize::new(0),
+            served: AtomicUsize::new(0),
+            conns: Mutex::new(HashMap::new()),
+        });
+        let exports = Arc::new(exports);
+        let sh = shared.clone();
+        let accept = std::thread::Builder::new()
+            .name("nbd-accept".into())
+            .spawn(move || accept_loop(listeners, wake_rx, sh, exports, config))
+            .map_err(ServerError::Start)?;
+        tracing::info!(addrs = ?addrs, "NBD server listening");
+        Ok(NbdServer {
+            addrs,
+            shared,
+            wake_tx: Some(wake_tx),
+            accept: Some(accept),
+            unix_paths,
+        })
+    }
+
+    /// The addresses listened on (TCP ports resolved).
+    pub fn addrs(&self) -> &[NbdAddr] {
+        &self.addrs
+    }
+
+    /// Connections currently open.
+    pub fn live_connections(&self) -> usize {
+        self.shared.live.load(Ordering::Acquire)
+    }
+
+    /// Connections accepted since start.
+    pub fn accepted_connections(&self) -> usize {
+        self.shared.served.load(Ordering::Acquire)
+    }
+
+    /// Stop accepting, close every connection (their in-progress request
+    /// completes first) and join all threads. Unix socket paths are removed.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        let Some(wake_tx) = self.wake_tx.take() else {
+            return;
+        };
+        self.shared.stop.store(true, Ordering::Release);
+        // SAFETY: writes one byte from a valid local buffer to an fd we own.
+        let _ = unsafe { libc::write(wake_tx.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
+        if let Some(t) = self.accept.take() {
+            if t.join().is_err() {
+                tracing::error!("NBD accept thread panicked");
+            }
+        }
+        let conns: Vec<ConnEntry> = {
+            let mut map = self.shared.conns.lock().unwrap_or_else(|e| e.into_inner());
+            map.drain().map(|(_, c)| c).collect()
+        };
+        for c in &conns {
+            // SAFETY: shutdown(2) on an fd we own (a duplicate of the socket).
+            unsafe { libc::shutdown(c.fd.as_raw_fd(), libc::SHUT_RDWR) };
+        }
+        for c in conns {
+            if c.thread.join().is_err() {
+                tracing::error!("NBD connection thread panicked");
+            }
+        }
+        for p in &self.unix_paths {
+            let _ = std::fs::remove_file(p);
+        }
+        tracing::info!(addrs = ?self.addrs, "NBD server stopped");
+    }
+}
+
+impl Drop for NbdServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 writes two fds into the local array.
+    let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both fds were just created by pipe2 and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn accept_loop<D: BlockDev + 'static>(
+    listeners: Vec<Listener>,
+    wake_rx: OwnedFd,
+    shared: Arc<Shared>,
+    exports: Arc<Vec<Export<D>>>,
+    config: ServerConfig,
+) {
+    let mut next_id = 0u64;
+    let mut pfds: Vec<libc::pollfd> = listeners
+        .iter()
+        .map(|l| l.raw_fd())
+        .chain(std::iter::once(wake_rx.as_raw_fd()))
+        .map(|fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    while !shared.stop.load(Ordering::Acquire) {
+        // SAFETY: `pfds` is a valid array of pollfd of the given length.
+        let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, -1) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            tracing::error!(error = %e, "NBD accept poll failed");
+            std::thread::sleep(Duration::from_millis(100));
+            continue;
+        }
+        if shared.stop.load(Ordering::Acquire) {
+            break;
+        }
+        reap_finished(&shared);
+        for (i, l) in listeners.iter().enumerate() {
+            if pfds[i].revents == 0 {
+                continue;
+            }
+            loop {
+                let accepted = match l {
+                    Listener::Unix(l, _) => l.accept().map(|(s, _)| Stream::Unix(s)),
+                    Listener::Tcp(l) => l.accept().map(|(s, _)| {
+                        let _ = s.set_nodelay(true);
+                        Stream::Tcp(s)
+                    }),
+                };
+                let stream = match accepted {
+                    Ok(s) => s,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "NBD accept failed");
+                        break;
+                    }
+                };
+                next_id += 1;
+                spawn_conn(next_id, stream, &shared, &exports, &config);
+            }
+        }
+    }
+    for l in &listeners {
+        if let Listener::Unix(_, p) = l {
+            tracing::debug!(path = %p.display(), "closing NBD listener");
+        }
+    }
+}
+
+fn reap_finished(shared: &Shared) {
+    let done: Vec<ConnEntry> = {
+        let mut map = shared.conns.lock().unwrap_or_else(|e| e.into_inner());
+        let ids: Vec<u64> = map
+            .iter()
+            .filter(|(_, c)| c.thread.is_finished())
+            .map(|(id, _)| *id)
+            .collect();
+        ids.iter().filter_map(|id| map.remove(id)).collect()
+    };
+    for c in done {
+        if c.thread.join().is_err() {
+            tracing::error!("NBD connection thread panicked");
+        }
+    }
+}
+
+fn spawn_conn<D: BlockDev + 'static>(
+    id: u64,
+    stream: Stream,
+    shared: &Arc<Shared>,
+    exports: &Arc<Vec<Export<D>>>,
+    config: &ServerConfig,
+) {
+    let fd = match stream.fd() {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::warn!(error = %e, "NBD: cannot duplicate connection fd; dropping it");
+            return;
+        }
+    };
+    let exports = exports.clone();
+    let config = config.clone();
+    let sh = shared.clone();
+    sh.live.fetch_add(1, Ordering::AcqRel);
+    sh.served.fetch_add(1, Ordering::AcqRel);
+    let sh2 = sh.clone();
+    let spawned = std::thread::Builder::new()
+        .name(format!("nbd-conn-{id}"))
+        .spawn(move || {
+            struct Live(Arc<Shared>);
+            impl Drop for Live {
+                fn drop(&mut self) {
+                    self.0.live.fetch_sub(1, Ordering::AcqRel);
+                }
+            }
+            let _live = Live(sh2);
+            match serve_connection(stream, &exports, &config) {
+                Ok(()) => tracing::debug!(conn = id, "NBD connection closed"),
+                Err(e) => tracing::warn!(conn = id, error = %e, "NBD connection closed"),
+            }
+        });
+    match spawned {
+        Ok(thread) => {
+            let mut map = shared.conns.lock().unwrap_or_else(|e| e.into_inner());
+            map.insert(id, ConnEntry { fd, thread });
+        }
+        Err(e) => {
+            sh.live.fetch_sub(1, Ordering::AcqRel);
+            tracing::warn!(error = %e, "NBD: cannot spawn connection thread");
+        }
+    }
+}
+
+/// Read exactly `buf.len()` bytes; `Ok(false)` on EOF before the first byte.
+fn read_frame(r: &mut impl Read, buf: &mut [u8]) -> io::Result<bool> {
+    let mut done = 0;
+    while done < buf.len() {
+        match r.read(&mut buf[done..]) {
+            Ok(0) if done == 0 => return Ok(false),
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+fn send_option_reply(w: &mut impl Write, option: u32, reply: u32, data: &[u8]) -> io::Result<()> {
+    let mut out = Vec::with_capacity(proto::OPTION_REPLY_HEADER_LEN + data.len());
+    proto::encode_option_reply(option, reply, data, &mut out);
+    w.write_all(&out)
+}
+
+/// An export selected by the client, instantiated for this connection.
+struct Selected<'a, D> {
+    export: &'a Export<D>,
+    dev: D,
+}
+
+fn serve_connection<D: BlockDev>(
+    stream: Stream,
+    exports: &[Export<D>],
+    config: &ServerConfig,
+) -> Result<(), ConnError> {
+    let ring = LocalRing::new(config.ring_entries)?;
+    stream.set_read_timeout(Some(config.handshake_timeout))?;
+    let mut w = stream.try_clone()?;
+    let fd = stream.fd()?;
+    let mut r = BufReader::with_capacity(64 * 1024, stream);
+    let result = match negotiate(&mut r, &mut w, exports, &ring, config) {
+        Ok(Some(sel)) => {
+            tracing::debug!(export = %sel.export.name, "NBD transmission");
+            r.get_ref()
+                .set_read_timeout(None)
+                .map_err(ConnError::from)
+                .and_then(|()| transmission(&mut r, &mut w, sel, &ring))
+        }
+        Ok(None) => Ok(()),
+        Err(e) => Err(e),
+    };
+    // The accept side keeps a duplicate of the fd until it reaps this thread:
+    // shut the socket down so the peer sees the close now.
+    // SAFETY: shutdown(2) on an fd we own.
+    unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) };
+    result
+}
+
+/// The fixed newstyle negotiation. `Ok(None)`: the client ended it cleanly.
+fn negotiate<'a, D: BlockDev>(
+    r: &mut impl Read,
+    w: &mut impl Write,
+    exports: &'a [Export<D>],
+    ring: &LocalRing,
+    config: &ServerConfig,
+) -> Result<Option<Selected<'a, D>>, ConnError> {
+    w.write_all(&proto::encode_greeting(
+        proto::FLAG_FIXED_NEWSTYLE | proto::FLAG_NO_ZEROES,
+    ))?;
+    let mut cf = [0u8; 4];
+    if !read_frame(r, &mut cf)? {
+        return Ok(None);
+    }
+    let client_flags = proto::decode_client_flags(&cf)?;
+    let no_zeroes = client_flags & proto::FLAG_C_NO_ZEROES != 0;
+    let find = |name: &str| {
+        if name.is_empty() {
+            // The default export: one called "" if any, else the first.
+            exports
+                .iter()
+                .find(|e| e.name.is_empty())
+                .or(exports.first())
+        } else {
+            exports.iter().find(|e| e.name == name)
+        }
+    };
+    for _ in 0..config.max_options {
+        let mut hb = [0u8; proto::OPTION_HEADER_LEN];
+        if !read_frame(r, &mut hb)? {
+            return Ok(None);
+        }
+        let h = proto::decode_option_header(&hb)?;
+        let mut data = vec![0u8; h.len as usize];
+        if !data.is_empty() && !read_frame(r, &mut data)? {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+        }
+        let opt = match proto::decode_option(h.option, &data) {
+            Ok(o) => o,
+            Err(e) if h.option == proto::OPT_EXPORT_NAME => return Err(e.into()),
+            Err(e) => {
+                tracing::debug!(option = h.option, error = %e, "NBD: invalid option");
+                let msg = e.to_string();
+                send_option_reply(w, h.option, proto::REP_ERR_INVALID, msg.as_bytes())?;
+                continue;
+            }
+        };
+        match opt {
+            ClientOption::ExportName(name) => {
+                let Some(export) = find(&name) else {
+                    return Err(ConnError::Violation(format!(
+                        "NBD_OPT_EXPORT_NAME for unknown export {name:?}"
+                    )));
+                };
+                let dev = (export.factory)(ring).map_err(|e| {
+                    ConnError::Violation(format!("export {name:?} unavailable: {e}"))
+                })?;
+                w.write_all(&proto::encode_export_name_reply(
+                    export.size,
+                    export.transmission_flags(),
+                    no_zeroes,
+                ))?;
+                return Ok(Some(Selected { export, dev }));
+            }
+            ClientOption::Abort => {
+                // The client may already have closed: ignore write errors.
+                let _ = send_option_reply(w, h.option, proto::REP_ACK, &[]);
+                return Ok(None);
+            }
+            ClientOption::List => {
+                for e in exports {
+                    send_option_reply(
+                        w,
+                        h.option,
+                        proto::REP_SERVER,
+                        &proto::encode_rep_server(&e.name),
+                    )?;
+                }
+                send_option_reply(w, h.option, proto::REP_ACK, &[])?;
+            }
+            ClientOption::Info(req) | ClientOption::Go(req) => {
+                let go = h.option == proto::OPT_GO;
+                let Some(export) = find(&req.name) else {
+                    let msg = format!("no export {:?}", req.name);
+                    send_option_reply(w, h.option, proto::REP_ERR_UNKNOWN, msg.as_bytes())?;
+                    continue;
+                };
+                let dev = if go {
+                    match (export.factory)(ring) {
+                        Ok(d) => Some(d),
+                        Err(e) => {
+                            tracing::warn!(export = %export.name, error = %e, "NBD: export unavailable");
+                            let msg = format!("export {:?} unavailable: {e}", export.name);
+                            send_option_reply(w, h.option, proto::REP_ERR_UNKNOWN, msg.as_bytes())?;
+                            continue;
+                        }
+                    }
+                } else {
+                    None
+                };
+                let mut infos = vec![
+                    Info::Export {
+                        size: export.size,
+                        flags: export.transmission_flags(),
+                    },
+                    block_size_info(dev.as_ref()),
+                ];
+                if req.requests.contains(&proto::INFO_NAME) {
+                    infos.push(Info::Name(export.name.clone()));
+                }
+                if let (true, Some(d)) = (
+                    req.requests.contains(&proto::INFO_DESCRIPTION),
+                    &export.description,
+                ) {
+                    infos.push(Info::Description(d.clone()));
+                }
+                for i in &infos {
+                    send_option_reply(w, h.option, proto::REP_INFO, &proto::encode_info(i))?;
+                }
+                send_option_reply(w, h.option, proto::REP_ACK, &[])?;
+                if let Some(dev) = dev {
+                    return Ok(Some(Selected { export, dev }));
+                }
+            }
+            ClientOption::Unsupported(o) => {
+                send_option_reply(w, o, proto::REP_ERR_UNSUP, b"option not supported")?;
+            }
+        }
+    }
+    Err(ConnError::Violation(format!(
+        "more than {} options",
+        config.max_options
+    )))
+}
+
+/// Block size constraints advertised for an export: the instance's logical
+/// block (512 when not instantiated yet), its physical block as preferred
+/// size, and at most [`proto::MAX_REQUEST_LEN`] per request.
+fn block_size_info<D: BlockDev>(dev: Option<&D>) -> Info {
+    let (min, pref) = match dev {
+        Some(d) => {
+            let l = d.limits();
+            let min = l.logical_block.clamp(1, 64 * 1024);
+            let min = if min.is_power_of_two() { min } else { 512 };
+            let pref = l.physical_block.max(min);
+            let pref = if pref.is_power_of_two() { pref } else { min };
+            (min, pref)
+        }
+        None => (512, 4096),
+    };
+    Info::BlockSize {
+        min,
+        preferred: pref,
+        max: proto::MAX_REQUEST_LEN,
+    }
+}
+
+fn reply(w: &mut impl Write, cookie: u64, error: u32, data: &[u8]) -> io::Result<()> {
+    let hdr = SimpleReply { error, cookie }.encode();
+    let mut parts: [&[u8]; 2] = [&hdr, data];
+    let mut first = 0;
+    while first < 2 {
+        let slices = [IoSlice::new(parts[0]), IoSlice::new(parts[1])];
+        let n = match w.write_vectored(&slices[first..]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let mut n = n;
+        while first < 2 && n >= parts[first].len() {
+            n -= parts[first].len();
+            parts[first] = &[];
+            first += 1;
+        }
+        if first < 2 {
+            parts[first] = &parts[first][n..];
+        }
+    }
+    Ok(())
+}
+
+/// Discard `len` payload bytes of a rejected write.
+fn skip(r: &mut impl Read, len: u64) -> io::Result<()> {
+    let n = io::copy(&mut r.take(len), &mut io::sink())?;
+    if n < len {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(())
+}
+
+fn transmission<D: BlockDev>(
+    r: &mut impl Read,
+    w: &mut impl Write,
+    sel: Selected<'_, D>,
+    ring: &LocalRing,
+) -> Result<(), ConnError> {
+    let Selected { export, dev } = sel;
+    let mut buf = AlignedBuf::new(128 * 1024);
+    let mut hb = [0u8; proto::REQUEST_LEN];
+    loop {
+        if !read_frame(r, &mut hb)? {
+            return Ok(());
+        }
+        let req = Request::decode(&hb)?;
+        let cmd = match proto::check_request(&req, export.size, export.read_only) {
+            Ok(c) => c,
+            Err(Reject::Close) => {
+                return Err(ConnError::Violation(format!(
+                    "write payload of {} bytes exceeds the limit",
+                    req.len
+                )))
+            }
+            Err(Reject::Error(e)) => {
+                tracing::debug!(?req, error = e, "NBD: request rejected");
+                if req.command == proto::CMD_WRITE {
+                    skip(r, req.len as u64)?;
+                }
+                reply(w, req.cookie, e, &[])?;
+                continue;
+            }
+        };
+        let ensure = |buf: &mut AlignedBuf, len: usize| {
+            if buf.len() < len {
+                *buf = AlignedBuf::new(len.next_power_of_two());
+            }
+        };
+        let result = match cmd {
+            Command::Disconnect => return Ok(()),
+            Command::Read { offset, len } => {
+                let len = len as usize;
+                ensure(&mut buf, len);
+                match ring.block_on(dev.read(offset, &mut buf[..len])) {
+                    Ok(()) => {
+                        reply(w, req.cookie, 0, &buf[..len])?;
+                        continue;
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Command::Write { offset, len, fua } => {
+                let len = len as usize;
+                ensure(&mut buf, len);
+                if !read_frame(r, &mut buf[..len])? && len > 0 {
+                    return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+                }
+                ring.block_on(dev.write(offset, &buf[..len], fua))
+            }
+            Command::Flush => ring.block_on(dev.flush()),
+            Command::Trim { offset, len, fua } => ring.block_on(async {
+                dev.discard(offset, len as u64).await?;
+                if fua {
+                    dev.flush().await?;
+                }
+                Ok(())
+            }),
+            Command::WriteZeroes { offset, len, fua } => ring.block_on(async {
+                dev.write_zeroes(offset, len as u64).await?;
+                if fua {
+                    dev.flush().await?;
+                }
+                Ok(())
+            }),
+        };
+        let error = match result {
+            Ok(()) => 0,
+            Err(e) => {
+                tracing::debug!(export = %export.name, error = %e, "NBD: request failed");
+                proto::errno_to_nbd(e.errno())
+            }
+        };
+        reply(w, req.cookie, error, &[])?;
+    }
+}
