@@ -73,6 +73,10 @@ pub struct Config {
     pub depth: u16,
 }
 
+/// What an exposed volume's runtime holds: its device, its tree, its
+/// mirrors' health and its gate.
+type OnlineParts = (Exposed, Arc<VolumeDesc>, Vec<Arc<MirrorHealth>>, Arc<Gate>);
+
 /// A volume's runtime state (the driver state machine's top level).
 enum Runtime {
     /// Built but not exposed: by an administrator, or because a piece is
@@ -395,7 +399,16 @@ impl Daemon {
         if let Err(e) = self.store.set_dirty(true) {
             warn!("cannot mark the cluster in use: {e}");
         }
-        match self.bring_online(&v) {
+        let r = self.bring_online(&v);
+        self.record_online(name, r)?;
+        self.start_jobs_of(&v);
+        self.views_follow(&v);
+        Ok(())
+    }
+
+    /// Record how bringing `name` online went: online, or offline with why.
+    fn record_online(&mut self, name: &str, r: Result<OnlineParts, String>) -> Result<(), String> {
+        match r {
             Ok((exposed, desc, health, gate)) => {
                 self.sweep_list_set(name, Some(&health));
                 self.runtime.insert(
@@ -407,8 +420,6 @@ impl Daemon {
                         gate,
                     },
                 );
-                self.start_jobs_of(&v);
-                self.views_follow(&v);
                 Ok(())
             }
             Err(e) => {
@@ -423,11 +434,7 @@ impl Daemon {
         }
     }
 
-    #[allow(clippy::type_complexity)]
-    fn bring_online(
-        &mut self,
-        v: &VolumeDef,
-    ) -> Result<(Exposed, Arc<VolumeDesc>, Vec<Arc<MirrorHealth>>, Arc<Gate>), String> {
+    fn bring_online(&mut self, v: &VolumeDef) -> Result<OnlineParts, String> {
         if let Some(p) = self.problem_of(&v.name) {
             return Err(format!("volume {}: held offline: {p}", v.name));
         }

@@ -117,13 +117,9 @@ impl Directory {
         self.at(0) == other.at(0)
     }
 
-    /// Whether this ALU has the write-intent area: it is fixed by format version 1
-    /// rather than named in the directory, so check that it lies below the data
-    /// area and overlaps none of the regions the directory names (true for every
-    /// directory written by [`Directory::new_v1`]).
-    pub fn has_wi_area(&self) -> bool {
-        let (lo, hi) = (WI_OFFSET, WI_OFFSET + WI_LEN);
-        let regions = [
+    /// `(offset, length)` of every region the directory names.
+    fn regions(&self) -> [(u64, u64); 8] {
+        [
             (self.label[0], self.label_len),
             (self.label[1], self.label_len),
             (self.objdb[0], self.objdb_len),
@@ -132,7 +128,16 @@ impl Directory {
             (self.bootptr[1], BLOCK),
             (self.bootlist[0], self.bootlist_len),
             (self.bootlist[1], self.bootlist_len),
-        ];
+        ]
+    }
+
+    /// Whether this ALU has the write-intent area: it is fixed by format version 1
+    /// rather than named in the directory, so check that it lies below the data
+    /// area and overlaps none of the regions the directory names (true for every
+    /// directory written by [`Directory::new_v1`]).
+    pub fn has_wi_area(&self) -> bool {
+        let (lo, hi) = (WI_OFFSET, WI_OFFSET + WI_LEN);
+        let regions = self.regions();
         hi <= self.data_start
             && regions
                 .iter()
@@ -249,17 +254,7 @@ impl Directory {
         if self.alu_size > dev_size {
             return inv("ALU size (device is smaller than at claim time)");
         }
-        let regions = [
-            (self.label[0], self.label_len),
-            (self.label[1], self.label_len),
-            (self.objdb[0], self.objdb_len),
-            (self.objdb[1], self.objdb_len),
-            (self.bootptr[0], BLOCK),
-            (self.bootptr[1], BLOCK),
-            (self.bootlist[0], self.bootlist_len),
-            (self.bootlist[1], self.bootlist_len),
-        ];
-        for (off, len) in regions {
+        for (off, len) in self.regions() {
             if off % BLOCK != 0 || len % BLOCK != 0 || len == 0 {
                 return inv("region alignment");
             }

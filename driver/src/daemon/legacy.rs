@@ -80,36 +80,11 @@ impl Daemon {
         if matches!(self.runtime.get(name), Some(Runtime::Online { .. })) {
             return Ok(());
         }
-        match self.expose_legacy(name) {
-            Ok((exposed, desc, gate)) => {
-                self.runtime.insert(
-                    name.to_string(),
-                    Runtime::Online {
-                        exposed,
-                        desc,
-                        health: Vec::new(),
-                        gate,
-                    },
-                );
-                Ok(())
-            }
-            Err(e) => {
-                self.runtime.insert(
-                    name.to_string(),
-                    Runtime::Offline {
-                        reason: Some(e.clone()),
-                    },
-                );
-                Err(e)
-            }
-        }
+        let r = self.expose_legacy(name);
+        self.record_online(name, r)
     }
 
-    #[allow(clippy::type_complexity)]
-    fn expose_legacy(
-        &mut self,
-        name: &str,
-    ) -> Result<(Exposed, Arc<VolumeDesc>, Arc<Gate>), String> {
+    fn expose_legacy(&mut self, name: &str) -> Result<OnlineParts, String> {
         let l = self
             .legacy_defs()
             .into_iter()
@@ -134,7 +109,7 @@ impl Daemon {
             snapshots: Snapshots::new(Vec::new()),
         };
         let (exposed, gate) = self.expose_top(name, &l.wwn, top)?;
-        Ok((exposed, desc, gate))
+        Ok((exposed, desc, Vec::new(), gate))
     }
 
     /// Bring every adopted legacy disk online (start-up).
