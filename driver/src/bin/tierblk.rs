@@ -43,7 +43,7 @@ enum Cmd {
     /// Point-in-time, read-only copy-on-write snapshots of volumes.
     #[command(subcommand)]
     Snap(SnapCmd),
-    /// Long-running work: rebuilds, scrubs and rollbacks.
+    /// Long-running work: rebuilds, scrubs, resyncs and rollbacks.
     #[command(subcommand)]
     Job(JobCmd),
     /// For udev: print TIERBLK_VOLUME= and TIERBLK_WWN= lines for a /dev/ublkbN that tierblkd serves; exit 1 silently for any other device.
