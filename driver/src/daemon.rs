@@ -9,6 +9,7 @@
 
 mod intent;
 mod legacy;
+mod meta;
 mod snap;
 
 use crate::jobs::{self, Work};
@@ -300,6 +301,9 @@ impl Daemon {
             Request::SnapUnschedule { volume } => self.snap_unschedule(&volume),
             Request::SnapSchedules => Ok(Payload::Schedules(self.schedule_views())),
             Request::Stats { volume } => self.stats_views(volume.as_deref()),
+            Request::MetaHistory => self.meta_history(),
+            Request::MetaDump { seq } => self.meta_dump(seq),
+            Request::MetaRestore { seq, force } => self.meta_restore(seq, force),
         }
     }
 

@@ -129,6 +129,20 @@ pub enum Request {
         #[serde(default)]
         rate: u64,
     },
+    /// The metadata archive: the configurations commits replaced, newest first.
+    MetaHistory,
+    /// The committed configuration (`seq` absent) or archived configuration `seq`.
+    MetaDump {
+        #[serde(default)]
+        seq: Option<u64>,
+    },
+    /// Bring back the volume definitions of archived configuration `seq`;
+    /// `force` lets it drop volumes the archive does not list.
+    MetaRestore {
+        seq: u64,
+        #[serde(default)]
+        force: bool,
+    },
 }
 
 /// The shape a new volume should have (`--layout`, `--stripes`, `--copies`, `--chunk`).
@@ -180,6 +194,64 @@ pub enum Payload {
     Snapshot(SnapView),
     Schedules(Vec<ScheduleView>),
     Stats(Vec<StatsView>),
+    MetaHistory(MetaHistoryView),
+    MetaDump(Box<MetaDumpView>),
+}
+
+/// `meta history`: the archived configurations, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaHistoryView {
+    /// Sequence number of the committed configuration.
+    pub current: u64,
+    pub entries: Vec<ArchiveView>,
+    /// Archive writes that failed or were skipped since the daemon started.
+    pub problems: Vec<String>,
+}
+
+/// One archived configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveView {
+    pub seq: u64,
+    /// Unix seconds when it was archived (when the commit replacing it began).
+    pub time: u64,
+    pub volumes: Vec<String>,
+    /// ALUs it lists.
+    pub alus: usize,
+    /// Boot set members whose archive holds a copy.
+    pub copies: usize,
+}
+
+/// `meta dump`: a whole configuration, live or archived.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaDumpView {
+    pub cluster: String,
+    pub cluster_uuid: String,
+    pub seq: u64,
+    /// Set for an archived configuration: when it was archived (Unix seconds).
+    pub archived: Option<u64>,
+    pub next_id: u64,
+    pub alus: Vec<MetaAluView>,
+    /// Volumes with layout, members (health) and segments; an archived volume's
+    /// state is "archived".
+    pub volumes: Vec<VolumeView>,
+    pub jobs: usize,
+    pub schedules: usize,
+    pub legacy: Vec<String>,
+}
+
+/// An ALU as the boot list records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetaAluView {
+    pub uuid: String,
+    pub wwn: String,
+    pub size: u64,
+    pub data_start: u64,
+    pub data_end: u64,
+    pub boot_member: bool,
+    /// In the failed-ALU list (never written).
+    pub failed: bool,
+    /// Where it is now, when present.
+    pub path: Option<String>,
 }
 
 /// An online volume's I/O statistics since it came online.

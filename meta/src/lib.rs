@@ -12,6 +12,7 @@
 //!
 //! The crate is pure and synchronous; all I/O goes through the [`disk::Disk`] trait.
 
+pub mod archive;
 pub mod bootset;
 pub(crate) mod codec;
 pub mod disk;
@@ -24,10 +25,11 @@ pub mod store;
 pub mod testing;
 pub mod types;
 
+pub use archive::ArchiveRecord;
 pub use disk::{Disk, FileDisk, MemDisk};
 pub use error::{FormatError, MetaError};
 pub use foreign::detect_foreign;
-pub use store::{AluState, AluStatus, OpenReport, Store};
+pub use store::{AluState, AluStatus, ArchiveEntry, OpenReport, RestorePlan, Store};
 pub use types::{
     AluRecord, ClusterImage, ClusterSig, Extent, Job, JobKind, JobState, Layout, LayoutKind,
     LegacyVol, MemberHealth, Schedule, Segment, SnapshotOf, Uuid, VolumeDef,

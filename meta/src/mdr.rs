@@ -40,6 +40,15 @@ pub const WI_LEN: u64 = 0x20_0000;
 pub const WI_SLOT: u64 = 0x1000;
 /// Slots per ALU (512).
 pub const WI_SLOTS: u64 = WI_LEN / WI_SLOT;
+/// Metadata archive (fixed by format version 1, not named in the directory): a ring
+/// of [`ARCHIVE_SLOTS`] slots of [`ARCHIVE_SLOT`] bytes, each holding one configuration
+/// a boot set commit replaced, on every boot set member. See `docs/FORMAT.md`,
+/// "Metadata archive", and [`crate::archive`].
+pub const ARCHIVE_OFFSET: u64 = 0x70_0000;
+/// One archive slot (64 KiB).
+pub const ARCHIVE_SLOT: u64 = 0x1_0000;
+/// Slots in the ring (16).
+pub const ARCHIVE_SLOTS: u64 = 16;
 pub const DATA_START: u64 = 0x80_0000;
 pub const MIN_ALU_SIZE: u64 = 32 * MIB;
 /// Offset of the CRC field in the directory block (CRC covers bytes 0..DIR_CRC_OFFSET).
@@ -136,7 +145,21 @@ impl Directory {
     /// area and overlaps none of the regions the directory names (true for every
     /// directory written by [`Directory::new_v1`]).
     pub fn has_wi_area(&self) -> bool {
-        let (lo, hi) = (WI_OFFSET, WI_OFFSET + WI_LEN);
+        self.has_fixed_area(WI_OFFSET, WI_OFFSET + WI_LEN)
+    }
+
+    /// Whether this ALU has the metadata archive area (fixed by format version 1,
+    /// like the write-intent area; true for every directory written by
+    /// [`Directory::new_v1`]).
+    pub fn has_archive_area(&self) -> bool {
+        self.has_fixed_area(
+            ARCHIVE_OFFSET,
+            ARCHIVE_OFFSET + ARCHIVE_SLOT * ARCHIVE_SLOTS,
+        )
+    }
+
+    /// `lo..hi` lies below the data area and overlaps no region the directory names.
+    fn has_fixed_area(&self, lo: u64, hi: u64) -> bool {
         let regions = self.regions();
         hi <= self.data_start
             && regions
@@ -343,6 +366,10 @@ mod tests {
             crate::objdb::WI_EXT_ENTRY_LEN
         )));
         assert!(sample().has_wi_area());
+        // The archive ring: right after the write-intent area, ending at the data area.
+        assert_eq!(ARCHIVE_OFFSET, WI_OFFSET + WI_LEN);
+        assert_eq!(ARCHIVE_OFFSET + ARCHIVE_SLOT * ARCHIVE_SLOTS, DATA_START);
+        assert!(sample().has_archive_area());
         assert!(doc.contains(&format!(
             "| {DIR_CRC_OFFSET} | 4 | crc | crc32c of bytes 0..{DIR_CRC_OFFSET} |"
         )));

@@ -10,6 +10,7 @@
 
 use std::collections::HashSet;
 
+use crate::archive::{self, ArchiveRecord};
 use crate::bootset::{
     read_list, BootList, BootPtr, BootVol, LIST_FLAG_DIRTY, MAX_JOBS, MAX_LEGACY, MAX_MEMBERS,
     MAX_SCHEDULES,
@@ -18,7 +19,10 @@ use crate::disk::Disk;
 use crate::error::{FormatError, MetaError};
 use crate::foreign::detect_foreign;
 use crate::label::{max_entries, now_secs, LabelDir, LabelEntry, STATE_ALLOCATED};
-use crate::mdr::{backup_offset, Directory, BLOCK, DIR_MAGIC, DIR_OFFSET, MIB, MIN_ALU_SIZE};
+use crate::mdr::{
+    backup_offset, Directory, ARCHIVE_SLOT, ARCHIVE_SLOTS, BLOCK, DIR_MAGIC, DIR_OFFSET, MIB,
+    MIN_ALU_SIZE,
+};
 use crate::objdb::{def_crc, AluObj, ObjDb, PartitionObj, Record};
 pub use crate::types::{
     random_wwn, AluRecord, ClusterImage, ClusterSig, Extent, Job, JobKind, JobState, Layout,
@@ -346,6 +350,33 @@ impl Slot {
     }
 }
 
+/// One archived configuration as [`Store::history`] lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ArchiveEntry {
+    /// Sequence number of the archived boot list.
+    pub seq: u64,
+    /// Unix seconds when it was archived (when the commit replacing it began).
+    pub time: u64,
+    /// Names of the volumes it lists.
+    pub volumes: Vec<String>,
+    /// ALUs it lists.
+    pub alus: usize,
+    /// How many archive rings hold a copy.
+    pub copies: usize,
+}
+
+/// What [`Store::restore`] does (or did).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct RestorePlan {
+    pub seq: u64,
+    /// Volumes brought back or given their archived definition.
+    pub restored: Vec<String>,
+    /// Current volumes absent from the archive, dropped (only with `force`).
+    pub dropped: Vec<String>,
+    /// Volumes whose definition is the same in the archive: left as they are.
+    pub unchanged: Vec<String>,
+}
+
 /// Finished (Done/Failed) jobs kept when a job commit prunes the table.
 pub const KEEP_FINISHED_JOBS: usize = 16;
 
@@ -364,6 +395,8 @@ pub struct Store {
     problems: Vec<String>,
     /// Set after a failed write: in-memory state may not match the disks.
     poisoned: Option<String>,
+    /// Metadata archive writes that failed or were skipped (newest last, bounded).
+    archive_problems: Vec<String>,
 }
 
 fn alu_obj(r: &AluRecord) -> AluObj {
@@ -435,6 +468,7 @@ impl Store {
             vol_degraded: Vec::new(),
             problems: Vec::new(),
             poisoned: None,
+            archive_problems: Vec::new(),
         };
         for s in &mut st.slots {
             s.load();
@@ -1138,6 +1172,8 @@ impl Store {
                     .position(|s| s.owned_uuid() == Some(a.uuid))
             })
             .collect();
+        // Keep the configuration this commit replaces (best effort, never fails it).
+        self.archive_before_commit(list, &members);
         let mut ok = 0;
         let mut first_err = None;
         for i in members {
@@ -2883,6 +2919,463 @@ impl Store {
             .and_then(|i| i.volumes.iter().find(|v| v.id == def.id).cloned())
             .unwrap_or(def);
         Ok((def, job))
+    }
+
+    // ---------------------------------------------------------------- archive
+
+    /// Hook of [`Store::boot_commit`]: before `next` is written, put the committed
+    /// configuration it replaces (boot list and available definitions) into the
+    /// archive ring of each member in `members` (slot indices). Best effort: a
+    /// failure is recorded in [`Store::archive_problems`], never returned.
+    fn archive_before_commit(&mut self, next: &BootList, members: &[usize]) {
+        let (Some(cur), Some(img)) = (self.list.as_ref(), self.image.as_ref()) else {
+            return;
+        };
+        if self.boot_unreadable || cur.seq >= next.seq {
+            return;
+        }
+        let volumes = img
+            .volumes
+            .iter()
+            .filter(|v| {
+                !v.segments.is_empty()
+                    && cur
+                        .volumes
+                        .iter()
+                        .any(|b| b.id == v.id && b.def_crc == def_crc(v))
+            })
+            .map(VolumeDef::definition)
+            .collect();
+        let rec = ArchiveRecord {
+            time: now_secs(),
+            list: cur.clone(),
+            volumes,
+        };
+        let seq = cur.seq;
+        let bytes = match rec.encode() {
+            Ok(b) => b,
+            Err(len) => {
+                self.note_archive(format!(
+                    "configuration {seq} not archived: {len} bytes exceed an archive slot ({ARCHIVE_SLOT} bytes)"
+                ));
+                return;
+            }
+        };
+        let off = archive::slot_offset(archive::slot_of(seq));
+        let mut failed = Vec::new();
+        for &i in members {
+            let s = &mut self.slots[i];
+            if !s.dir().is_some_and(|d| d.has_archive_area()) {
+                continue;
+            }
+            if let Err(e) = s.write(off, &bytes, "metadata archive: write") {
+                failed.push(format!("configuration {seq} not archived: {e}"));
+            }
+        }
+        for f in failed {
+            self.note_archive(f);
+        }
+    }
+
+    fn note_archive(&mut self, line: String) {
+        const KEEP: usize = 16;
+        self.archive_problems.push(line);
+        if self.archive_problems.len() > KEEP {
+            self.archive_problems.remove(0);
+        }
+    }
+
+    /// Metadata archive writes that failed or were skipped since the store was
+    /// opened (the newest 16), one line each.
+    pub fn archive_problems(&self) -> Vec<String> {
+        self.archive_problems.clone()
+    }
+
+    /// The valid archive records in the ring of slot `idx` (unread slots, blank
+    /// slots and invalid records are skipped).
+    fn read_ring(&mut self, idx: usize) -> Vec<ArchiveRecord> {
+        let s = &mut self.slots[idx];
+        if !s.dir().is_some_and(|d| d.has_archive_area()) {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        for k in 0..ARCHIVE_SLOTS {
+            let off = archive::slot_offset(k);
+            let mut b = vec![0u8; BLOCK as usize];
+            if s.disk.read_at(off, &mut b).is_err() {
+                continue;
+            }
+            let Ok(need) = ArchiveRecord::needed_len(&b) else {
+                continue;
+            };
+            if need > b.len() {
+                b = vec![0u8; need];
+                if s.disk.read_at(off, &mut b).is_err() {
+                    continue;
+                }
+            }
+            if let Ok(r) = ArchiveRecord::decode(&b, off) {
+                out.push(r);
+            }
+        }
+        out
+    }
+
+    /// Every archived configuration of this cluster older than the committed one,
+    /// from the rings of every present, Owned ALU of the boot list, merged by
+    /// sequence (with the number of copies found), newest first.
+    fn archive_records(&mut self) -> Vec<(ArchiveRecord, usize)> {
+        let Some(list) = self.list.clone() else {
+            return Vec::new();
+        };
+        let idxs: Vec<usize> = list
+            .alus
+            .iter()
+            .filter_map(|a| {
+                self.slots
+                    .iter()
+                    .position(|s| s.owned_uuid() == Some(a.uuid))
+            })
+            .collect();
+        let mut out: Vec<(ArchiveRecord, usize)> = Vec::new();
+        for i in idxs {
+            for r in self.read_ring(i) {
+                if r.list.sig.uuid != list.sig.uuid || r.list.seq >= list.seq {
+                    continue;
+                }
+                match out.iter_mut().find(|(x, _)| x.list.seq == r.list.seq) {
+                    Some((_, n)) => *n += 1,
+                    None => out.push((r, 1)),
+                }
+            }
+        }
+        out.sort_by_key(|r| std::cmp::Reverse(r.0.list.seq));
+        out
+    }
+
+    /// The metadata history (LVM's archive): every configuration a commit replaced
+    /// that the rings still hold, newest first.
+    pub fn history(&mut self) -> Vec<ArchiveEntry> {
+        self.archive_records()
+            .into_iter()
+            .map(|(r, copies)| ArchiveEntry {
+                seq: r.list.seq,
+                time: r.time,
+                volumes: r.list.volumes.iter().map(|v| v.name.clone()).collect(),
+                alus: r.list.alus.len(),
+                copies,
+            })
+            .collect()
+    }
+
+    /// Archived configuration `seq` (boot list and definitions), if a ring holds it.
+    pub fn archived(&mut self, seq: u64) -> Option<ArchiveRecord> {
+        self.archive_records()
+            .into_iter()
+            .find(|(r, _)| r.list.seq == seq)
+            .map(|(r, _)| r)
+    }
+
+    /// Extents of volume `v` on `alu`: its segments, or for a volume whose
+    /// definition is unavailable, its label entries there.
+    fn extents_on(&self, v: &VolumeDef, alu: Uuid) -> Vec<Extent> {
+        if v.segments.is_empty() {
+            let label = self
+                .slots
+                .iter()
+                .find(|s| s.owned_uuid() == Some(alu))
+                .and_then(|s| s.label_live());
+            return label
+                .map(|l| {
+                    l.entries
+                        .iter()
+                        .filter(|e| e.owner == v.id)
+                        .map(|e| Extent {
+                            start: e.start,
+                            len: e.len,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+        }
+        v.segments
+            .iter()
+            .filter(|g| g.alu == alu)
+            .map(|g| Extent {
+                start: g.start,
+                len: g.len,
+            })
+            .collect()
+    }
+
+    /// What [`Store::restore`] would do, or why it refuses; nothing is written.
+    pub fn restore_plan(&mut self, seq: u64, force: bool) -> Result<RestorePlan, MetaError> {
+        self.plan_restore(seq, force).map(|p| p.0)
+    }
+
+    /// Bring back the volume definitions of archived configuration `seq`
+    /// (vgcfgrestore) as a new commit: every volume it lists comes back with its
+    /// archived definition (a volume whose definition is unchanged is left as it is,
+    /// health and jobs included); the ALUs, failed ALUs, legacy disks, next ids and
+    /// the schedules of the remaining volumes are the current ones; jobs of restored
+    /// or dropped volumes are dropped. A restored member is Ok if it was Ok in the
+    /// archive and has no segment on a now-failed ALU, keeps its number if it was
+    /// Failed, and is Failed with a new number otherwise (a leg that was not in sync,
+    /// or sits on a failed ALU). A mirror leg's write-intent slot that another volume
+    /// now uses is moved to a free slot.
+    ///
+    /// Refused, writing nothing, when: `seq` is not in the archive or not older than
+    /// the committed configuration; an archived volume's name now belongs to another
+    /// volume or a legacy disk; its definition was not archived; a segment names an
+    /// ALU that left the cluster, is missing or damaged, or lies outside its data area;
+    /// a segment overlaps space now allocated to another volume, or allocated to
+    /// another volume by a newer archived configuration (its data may be gone); a
+    /// snapshot's origin would be missing; a current volume is absent from the
+    /// archive (it would be dropped) unless `force`.
+    ///
+    /// Commit order (as replace member): every Owned ALU's label directory and object
+    /// database rewritten to hold the committed state plus the restored definitions
+    /// (old and new copies side by side); boot set commit (the commit point); cleanup
+    /// to the new state only.
+    pub fn restore(&mut self, seq: u64, force: bool) -> Result<RestorePlan, MetaError> {
+        let (plan, mut list, result, olds) = self.plan_restore(seq, force)?;
+        if plan.restored.is_empty() && plan.dropped.is_empty() {
+            return Ok(plan);
+        }
+        let mut both = result.clone();
+        both.extend(olds);
+        self.sync_alus(&list.alus, &both)?;
+        list.seq = self.next_seq();
+        let r = self.boot_commit(&list);
+        self.poison(r)?;
+        self.list = Some(list.clone());
+        let r = self.sync_alus(&list.alus, &result);
+        self.evaluate();
+        r.map_err(|e| {
+            MetaError::Corrupt(format!(
+                "metadata restore of configuration {seq}: committed, but cleanup failed: {e}"
+            ))
+        })?;
+        Ok(plan)
+    }
+
+    /// The plan, the boot list to commit (sequence not set), the resulting volumes
+    /// and the current definitions the restore replaces or drops.
+    #[allow(clippy::type_complexity)]
+    fn plan_restore(
+        &mut self,
+        seq: u64,
+        force: bool,
+    ) -> Result<(RestorePlan, BootList, Vec<VolumeDef>, Vec<VolumeDef>), MetaError> {
+        self.check_writable()?;
+        let (Some(list), Some(image)) = (self.list.clone(), self.image.clone()) else {
+            return Err(MetaError::NotFound("metadata restore: no cluster".into()));
+        };
+        let what = format!("metadata restore of configuration {seq}");
+        let refuse = |why: String| Err(MetaError::Refused(format!("{what} refused: {why}")));
+        if seq >= list.seq {
+            return Err(MetaError::Invalid(format!(
+                "{what}: not older than the committed configuration ({})",
+                list.seq
+            )));
+        }
+        let records = self.archive_records();
+        let Some(arch) = records
+            .iter()
+            .find(|(r, _)| r.list.seq == seq)
+            .map(|(r, _)| r.clone())
+        else {
+            return Err(MetaError::NotFound(format!(
+                "{what}: not in the metadata archive (`tierblk meta history` lists it)"
+            )));
+        };
+        let newer: Vec<ArchiveRecord> = records
+            .into_iter()
+            .filter(|(r, _)| r.list.seq > seq)
+            .map(|(r, _)| r)
+            .collect();
+        let mut plan = RestorePlan {
+            seq,
+            restored: Vec::new(),
+            dropped: Vec::new(),
+            unchanged: Vec::new(),
+        };
+        let mut next_fail = list.next_fail_seq.max(1);
+        let mut result: Vec<VolumeDef> = Vec::new();
+        for bv in &arch.list.volumes {
+            let name = &bv.name;
+            if image
+                .volumes
+                .iter()
+                .any(|v| v.name == *name && v.id != bv.id)
+            {
+                return refuse(format!(
+                    "volume {name}: the name now belongs to a different volume"
+                ));
+            }
+            if list.legacy.iter().any(|l| l.name == *name) {
+                return refuse(format!(
+                    "volume {name}: the name now belongs to a legacy disk"
+                ));
+            }
+            let same = list
+                .volumes
+                .iter()
+                .any(|c| c.id == bv.id && c.def_crc == bv.def_crc);
+            if let Some(v) = image
+                .volumes
+                .iter()
+                .find(|v| v.id == bv.id)
+                .filter(|_| same)
+            {
+                result.push(v.clone());
+                plan.unchanged.push(name.clone());
+                continue;
+            }
+            let Some(mut def) = arch.volumes.iter().find(|v| v.id == bv.id).cloned() else {
+                return refuse(format!(
+                    "volume {name}: its definition was not archived (it was unavailable then)"
+                ));
+            };
+            for g in &def.segments {
+                let Some(rec) = list.alus.iter().find(|a| a.uuid == g.alu) else {
+                    return refuse(format!(
+                        "volume {name}: ALU {} is no longer part of the cluster",
+                        g.alu
+                    ));
+                };
+                let failed = list.failed.iter().any(|(u, _)| *u == g.alu);
+                if !failed && self.slots.iter().all(|s| s.owned_uuid() != Some(g.alu)) {
+                    return refuse(format!(
+                        "volume {name}: ALU {} is missing or damaged",
+                        g.alu
+                    ));
+                }
+                if g.start < rec.data_start || g.start.saturating_add(g.len) > rec.data_end {
+                    return refuse(format!(
+                        "volume {name}: a segment lies outside the data area of ALU {}",
+                        g.alu
+                    ));
+                }
+            }
+            def.members = bv
+                .health
+                .iter()
+                .enumerate()
+                .map(|(m, h)| {
+                    let on_failed = def
+                        .member_segments(m as u16)
+                        .any(|g| list.failed.iter().any(|(u, _)| *u == g.alu));
+                    match *h {
+                        MemberHealth::Failed { fail_seq } => MemberHealth::Failed { fail_seq },
+                        MemberHealth::Ok if !on_failed => MemberHealth::Ok,
+                        _ => {
+                            next_fail += 1;
+                            MemberHealth::Failed {
+                                fail_seq: next_fail - 1,
+                            }
+                        }
+                    }
+                })
+                .collect();
+            plan.restored.push(name.clone());
+            result.push(def);
+        }
+        let dropped: Vec<VolumeDef> = image
+            .volumes
+            .iter()
+            .filter(|v| !arch.list.volumes.iter().any(|b| b.id == v.id))
+            .cloned()
+            .collect();
+        plan.dropped = dropped.iter().map(|v| v.name.clone()).collect();
+        if !dropped.is_empty() && !force {
+            return refuse(format!(
+                "it would drop volume(s) {} (not in configuration {seq}; --force drops them)",
+                plan.dropped.join(", ")
+            ));
+        }
+        // Blocks a restored volume would get must be nobody else's, now or since.
+        for v in result.iter().filter(|v| plan.restored.contains(&v.name)) {
+            for g in &v.segments {
+                let hit = |e: &Extent| e.start < g.start + g.len && g.start < e.start + e.len;
+                for c in image.volumes.iter().filter(|c| c.id != v.id) {
+                    if self.extents_on(c, g.alu).iter().any(hit) {
+                        return refuse(format!(
+                            "volume {}: its extent at {} on ALU {} is now allocated to volume {}",
+                            v.name, g.start, g.alu, c.name
+                        ));
+                    }
+                }
+                for r in &newer {
+                    for c in r.volumes.iter().filter(|c| c.id != v.id) {
+                        if self.extents_on(c, g.alu).iter().any(hit) {
+                            return refuse(format!(
+                                "volume {}: its extent at {} on ALU {} was allocated to volume {} since (configuration {}); its data may have been overwritten",
+                                v.name, g.start, g.alu, c.name, r.list.seq
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        for v in &result {
+            if let Some(sn) = v.snapshot {
+                if !result.iter().any(|o| o.id == sn.origin) {
+                    return refuse(format!("snapshot {}: its origin would be missing", v.name));
+                }
+            }
+        }
+        // Write-intent slots another volume uses now move to a free slot.
+        for i in 0..result.len() {
+            if !plan.restored.contains(&result[i].name) || result[i].wi_slots.is_empty() {
+                continue;
+            }
+            let others: Vec<VolumeDef> = result
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, v)| v.clone())
+                .collect();
+            let def = &result[i];
+            let clash: Vec<u16> = (0..def.wi_slots.len() as u16)
+                .filter(|&m| {
+                    let (slot, alu) = (def.wi_slots[usize::from(m)], def.first_alu(m));
+                    others.iter().any(|o| {
+                        o.wi_slots
+                            .iter()
+                            .enumerate()
+                            .any(|(k, &s)| s == slot && o.first_alu(k as u16) == alu)
+                    })
+                })
+                .collect();
+            if !clash.is_empty() {
+                let mut d = result[i].clone();
+                self.assign_wi_slots(&others, &mut d, &clash, &format!("{what} refused"))?;
+                result[i] = d;
+            }
+        }
+        let keep: Vec<u64> = result
+            .iter()
+            .filter(|v| plan.unchanged.contains(&v.name))
+            .map(|v| v.id)
+            .collect();
+        let mut new = list.clone();
+        new.jobs.retain(|j| keep.contains(&j.volume));
+        new.schedules.retain(|s| {
+            result
+                .iter()
+                .any(|v| v.id == s.volume && v.snapshot.is_none())
+        });
+        new.next_fail_seq = next_fail;
+        new.next_id = list.next_id.max(arch.list.next_id);
+        new.volumes = self.boot_vols(&result);
+        let olds: Vec<VolumeDef> = image
+            .volumes
+            .iter()
+            .filter(|v| plan.dropped.contains(&v.name) || plan.restored.contains(&v.name))
+            .cloned()
+            .collect();
+        Ok((plan, new, result, olds))
     }
 }
 

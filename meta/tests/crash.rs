@@ -765,3 +765,29 @@ fn crash_remove_volume_drops_its_schedule() {
         },
     );
 }
+
+/// `restore` (metadata archive): at every crash point the store opens to the old
+/// image (the volume still removed) or the new one (it is back with its extents).
+#[test]
+fn crash_restore_removed_volume() {
+    enumerate(
+        2,
+        |st| {
+            mirror_setup(st);
+            let a1 = alu_uuid(st, 1);
+            st.create_volume("v1", 3 * MIB, &[(a1, 3 * MIB)]).unwrap();
+            st.remove_volume("m").unwrap();
+        },
+        |st| {
+            let seq = st
+                .history()
+                .into_iter()
+                .find(|e| e.volumes.iter().any(|v| v == "m"))
+                .unwrap()
+                .seq;
+            let p = st.restore(seq, false).unwrap();
+            assert_eq!(p.restored, vec!["m"]);
+            assert!(st.image().unwrap().volumes.iter().any(|v| v.name == "m"));
+        },
+    );
+}

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 use tierblk::client;
 use tierblk::proto::{
-    AluView, JobView, LayoutSpec, Payload, Request, ScheduleView, SnapView, StatsView, VolumeView,
-    DEFAULT_SOCKET,
+    AluView, JobView, LayoutSpec, MetaHistoryView, Payload, Request, ScheduleView, SnapView,
+    StatsView, VolumeView, DEFAULT_SOCKET,
 };
 use tierblk::size::{format_size, parse_interval, parse_size};
 use tierblk::table::render;
@@ -60,6 +60,27 @@ enum Cmd {
         #[arg(value_parser = ["man", "completions"])]
         what: String,
         dir: PathBuf,
+    },
+    /// Metadata history kept on the disks: list, dump and restore earlier configurations (vgcfgrestore).
+    #[command(subcommand)]
+    Meta(MetaCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum MetaCmd {
+    /// List the archived configurations (each commit keeps the one it replaced), newest first.
+    History,
+    /// Print the committed configuration, or archived configuration --seq N, as JSON.
+    Dump {
+        #[arg(long)]
+        seq: Option<u64>,
+    },
+    /// Bring back the volumes of archived configuration SEQ (they must be offline); refused if that would lose data.
+    Restore {
+        seq: u64,
+        /// Also drop volumes created since SEQ (their definitions are lost).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -340,6 +361,12 @@ fn run(cli: &Cli) -> Result<(), String> {
             std::process::exit(tierblk::udev::main(devname, run_dir))
         }
         Cmd::Gen { what, dir } => return gen_docs(what, dir),
+        Cmd::Meta(MetaCmd::History) => Request::MetaHistory,
+        Cmd::Meta(MetaCmd::Dump { seq }) => Request::MetaDump { seq: *seq },
+        Cmd::Meta(MetaCmd::Restore { seq, force }) => Request::MetaRestore {
+            seq: *seq,
+            force: *force,
+        },
     };
     // Creating a volume writes metadata on several ALUs and starts a device.
     let payload =
@@ -481,6 +508,8 @@ fn json(p: &Payload) -> String {
         Payload::Snapshot(s) => serde_json::to_value(s).unwrap_or_default(),
         Payload::Schedules(s) => serde_json::to_value(s).unwrap_or_default(),
         Payload::Stats(s) => serde_json::to_value(s).unwrap_or_default(),
+        Payload::MetaHistory(h) => serde_json::to_value(h).unwrap_or_default(),
+        Payload::MetaDump(d) => serde_json::to_value(d).unwrap_or_default(),
     };
     format!("{v}\n")
 }
@@ -687,6 +716,10 @@ fn human(p: &Payload) -> String {
         Payload::Snapshots(s) => snap_rows(s),
         Payload::Schedules(s) => schedule_rows(s),
         Payload::Stats(s) => stats_rows(s),
+        Payload::MetaHistory(h) => history_rows(h),
+        Payload::MetaDump(d) => {
+            format!("{}\n", serde_json::to_string_pretty(d).unwrap_or_default())
+        }
         Payload::Snapshot(s) => snap_rows(std::slice::from_ref(s)),
         Payload::Volumes(v) => vol_rows(v),
         Payload::Volume(v) => {
@@ -730,6 +763,52 @@ fn human(p: &Payload) -> String {
             s
         }
     }
+}
+
+/// `meta history`: SEQ, TIME (UTC), VOLUMES; then any archive problem.
+fn history_rows(h: &MetaHistoryView) -> String {
+    let rows: Vec<Vec<String>> = h
+        .entries
+        .iter()
+        .map(|e| {
+            vec![
+                e.seq.to_string(),
+                utc(e.time),
+                if e.volumes.is_empty() {
+                    "-".into()
+                } else {
+                    e.volumes.join(",")
+                },
+            ]
+        })
+        .collect();
+    let mut s = render(&["SEQ", "TIME", "VOLUMES"], &rows);
+    s.push_str(&format!("current: {}\n", h.current));
+    for p in &h.problems {
+        s.push_str(&format!("warning: {p}\n"));
+    }
+    s
+}
+
+/// `YYYY-mm-dd HH:MM:SS` (UTC) of Unix seconds `t`.
+fn utc(t: u64) -> String {
+    let (days, secs) = (t / 86_400, t % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
 }
 
 /// `tierblk gen man|completions DIR`: print the paths written.
