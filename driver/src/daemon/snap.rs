@@ -13,9 +13,10 @@
 //! * create: commit the snapshot volume, format its store (one FUA header
 //!   write), then add it to the origin's set. A store never formatted reads
 //!   as invalid at the next start and is only good for `snap remove`.
-//! * remove: persist the store's invalid flag first, then drop it from the
-//!   set, then remove the volume: the origin never writes uncopied while a
-//!   snapshot that could come back as valid exists.
+//! * remove: with the origin's I/O suspended (no copy in flight), persist the
+//!   store's invalid flag, drop it from the set, resume, then remove the
+//!   volume: the origin never writes uncopied while a snapshot that could
+//!   come back as valid exists, and no late copy lands in freed extents.
 //! * rollback: only on an offline origin (LVM merges an open origin only at
 //!   its next activation; we refuse instead), as a persisted job that
 //!   resumes from its checkpoint; the origin stays offline until it is done.
@@ -415,6 +416,20 @@ impl Daemon {
             ));
         }
         self.offline(name)?;
+        // Drained origin: no copy for this snapshot is in flight once it is
+        // retired, so its store's extents are free for good when released.
+        let gate = self
+            .volume_by_id(sn.origin)
+            .and_then(|o| match self.runtime.get(&o.name) {
+                Some(Runtime::Online { gate, .. }) => Some(gate.clone()),
+                _ => None,
+            });
+        let held = gate
+            .map(|g| g.suspend(SUSPEND_TIMEOUT))
+            .transpose()
+            .map_err(|e| {
+                format!("snapshot {name}: cannot suspend its origin's I/O: {e}; not removed")
+            })?;
         let set = self.snapset(sn.origin);
         if let Some((desc, st)) = set.get(v.id) {
             if !st.is_invalid() {
@@ -426,6 +441,7 @@ impl Daemon {
             }
             set.remove(v.id);
         }
+        drop(held);
         self.store.remove_volume(name).map_err(|e| e.to_string())?;
         self.snap_problems.remove(&v.id);
         self.runtime.remove(name);
