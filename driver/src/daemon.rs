@@ -647,7 +647,7 @@ impl Daemon {
             }
             Event::JobProgress { id, checkpoint } => self.on_job_progress(id, checkpoint),
             Event::JobEnded { id, outcome } => self.on_job_ended(id, outcome),
-            Event::Tick => self.run_schedules(snap::now()),
+            Event::Tick => self.run_schedules(crate::clock::now()),
         }
     }
 

@@ -9,6 +9,7 @@
 //! - [`stats`]: per-volume I/O counters and latency histograms, Prometheus text
 //! - [`status`]: the one-screen assessment behind `tierblk status`
 //! - [`planner`]: turns a request into pieces before anything is written
+//! - [`clock`]: Unix time now and UTC dates for people
 //! - [`config`], [`size`]: the daemon's config file and human sizes
 //! - [`udev`]: `tierblk udev-name`, which names `/dev/ublkbN` for udev
 //! - [`docgen`], [`cli_tierblkd`]: man pages and shell completions from the
@@ -16,6 +17,7 @@
 
 pub mod cli_tierblkd;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod docgen;

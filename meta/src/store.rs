@@ -1802,18 +1802,7 @@ impl Store {
         let Some(image) = self.image.clone() else {
             return Err(MetaError::Refused(format!("volume {name}: no cluster")));
         };
-        if !valid_volume_name(name) {
-            return Err(MetaError::Invalid(format!(
-                "volume {name:?}: invalid name (1..=63 bytes of [A-Za-z0-9._-])"
-            )));
-        }
-        if image.volumes.iter().any(|v| v.name == name)
-            || image.legacy.iter().any(|l| l.name == name)
-        {
-            return Err(MetaError::Invalid(format!(
-                "volume {name}: name already in use"
-            )));
-        }
+        Self::check_new_name(&image, name)?;
         layout
             .validate()
             .map_err(|e| MetaError::Invalid(format!("volume {name}: {e}")))?;
@@ -2286,6 +2275,24 @@ impl Store {
 
     // -------------------------------------------------------------- legacy
 
+    /// A new volume's (or legacy disk's) name: valid, and used by no volume
+    /// or legacy disk.
+    fn check_new_name(image: &ClusterImage, name: &str) -> Result<(), MetaError> {
+        if !valid_volume_name(name) {
+            return Err(MetaError::Invalid(format!(
+                "volume {name:?}: invalid name (1..=63 bytes of [A-Za-z0-9._-])"
+            )));
+        }
+        if image.volumes.iter().any(|v| v.name == name)
+            || image.legacy.iter().any(|l| l.name == name)
+        {
+            return Err(MetaError::Invalid(format!(
+                "volume {name}: name already in use"
+            )));
+        }
+        Ok(())
+    }
+
     /// The adopted legacy disk that is device `idx`, if any: same identity
     /// and size.
     fn legacy_on(&self, idx: usize) -> Option<&LegacyVol> {
@@ -2351,18 +2358,7 @@ impl Store {
         let Some(idx) = self.slots.iter().position(|s| s.path == path) else {
             return Err(MetaError::NotFound(format!("alu {path}: unknown device")));
         };
-        if !valid_volume_name(name) {
-            return Err(MetaError::Invalid(format!(
-                "volume {name:?}: invalid name (1..=63 bytes of [A-Za-z0-9._-])"
-            )));
-        }
-        if image.volumes.iter().any(|v| v.name == name)
-            || list.legacy.iter().any(|l| l.name == name)
-        {
-            return Err(MetaError::Invalid(format!(
-                "volume {name}: name already in use"
-            )));
-        }
+        Self::check_new_name(&image, name)?;
         if let Some(l) = self.legacy_on(idx) {
             return refuse(format!("already adopted as {}", l.name));
         }

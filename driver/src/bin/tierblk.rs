@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
 use tierblk::client;
+use tierblk::clock::{now, utc};
 use tierblk::proto::{
     AluView, JobView, LayoutSpec, MetaHistoryView, Payload, Request, ScheduleView, SnapView,
     StatsView, VolumeView, DEFAULT_SOCKET,
@@ -626,12 +627,6 @@ fn schedule_rows(s: &[ScheduleView]) -> String {
     )
 }
 
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 fn stats_rows(stats: &[StatsView]) -> String {
     let us = |v: Option<u64>| v.map_or_else(|| "-".into(), |u| format!("<{u}us"));
     let rows: Vec<Vec<String>> = stats
@@ -788,27 +783,6 @@ fn history_rows(h: &MetaHistoryView) -> String {
         s.push_str(&format!("warning: {p}\n"));
     }
     s
-}
-
-/// `YYYY-mm-dd HH:MM:SS` (UTC) of Unix seconds `t`.
-fn utc(t: u64) -> String {
-    let (days, secs) = (t / 86_400, t % 86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
 }
 
 /// `tierblk gen man|completions DIR`: print the paths written.

@@ -24,6 +24,7 @@
 //!   its snapshot.
 
 use super::*;
+use crate::clock::stamp;
 use crate::proto::{ScheduleView, SnapView};
 use tierblk_meta::{Schedule, SnapshotOf};
 use tierblk_stack::snapshot::{Geometry, DEFAULT_CHUNK};
@@ -561,36 +562,6 @@ impl Daemon {
     }
 }
 
-/// Unix seconds now.
-pub(super) fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// `YYYYmmdd-HHMMSS` (UTC) of Unix seconds `t`, for scheduled snapshot names
-/// (they sort by time).
-fn stamp(t: u64) -> String {
-    let (days, secs) = (t / 86_400, t % 86_400);
-    // Howard Hinnant's civil_from_days, for days since 1970-01-01.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
-}
-
 /// The prefix of the snapshots a schedule of `volume` takes.
 fn auto_prefix(volume: &str) -> String {
     format!("{volume}.auto-")
@@ -726,14 +697,6 @@ impl Daemon {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn stamps_are_utc_calendar_times() {
-        assert_eq!(stamp(0), "19700101-000000");
-        assert_eq!(stamp(951_782_400), "20000229-000000");
-        assert_eq!(stamp(1_796_043_600 + 3661), "20261130-140101");
-        assert!(stamp(1_000) < stamp(1_000_000), "names sort by time");
-    }
 
     #[test]
     fn default_cow_size_holds_every_chunk() {
