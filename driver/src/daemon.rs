@@ -115,7 +115,13 @@ pub struct Daemon {
     sweep: intent::SweepList,
     /// Online volumes' I/O statistics, shared with the metrics endpoint.
     stats: stats::Registry,
+    /// Volumes an administrator quiesced (`vol quiesce`): their host I/O is
+    /// held at the gate until `vol resume` drops the guard.
+    quiesced: HashMap<String, tierblk_stack::gate::Suspended>,
 }
+
+/// How long `vol quiesce` waits for in-flight I/O to complete.
+const QUIESCE_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn open_disk(path: &str) -> Result<Box<dyn Disk>, String> {
     FileDisk::open(std::path::Path::new(path), true)
@@ -161,6 +167,7 @@ impl Daemon {
             snap_problems: BTreeMap::new(),
             sweep: Default::default(),
             stats: Default::default(),
+            quiesced: HashMap::new(),
         };
         intent::spawn_sweeper(d.sweep.clone())
             .map_err(|e| format!("cannot start the write-intent sweeper: {e}"))?;
@@ -271,6 +278,8 @@ impl Daemon {
                     .ok_or_else(|| format!("volume {name}: not found"))
             }
             Request::AluAdopt { path, name } => self.adopt(&path, &name),
+            Request::VolQuiesce { name } => self.quiesce(&name),
+            Request::VolResume { name } => self.resume(&name),
             Request::VolOnline { name } => {
                 self.volume(&name)?;
                 self.online(&name)?;
@@ -310,6 +319,8 @@ impl Daemon {
     /// Take every volume offline (SIGTERM): the kernel flushes each device
     /// as it is stopped.
     pub fn shutdown(&mut self) {
+        // Held I/O completes before the devices stop.
+        self.quiesced.clear();
         let names: Vec<String> = self.runtime.keys().cloned().collect();
         for name in &names {
             self.stop_jobs_of(name);
@@ -652,6 +663,11 @@ impl Daemon {
     }
 
     fn offline(&mut self, name: &str) -> Result<(), String> {
+        if self.quiesced.contains_key(name) {
+            return Err(format!(
+                "volume {name}: quiesced: `tierblk vol resume {name}` first (stopping it would wait for I/O that is held)"
+            ));
+        }
         // Refuse before changing anything: a snapshot view reads through its
         // origin and goes first, but not when the origin itself is in use.
         if let Some(Runtime::Online { exposed, .. }) = self.runtime.get(name) {
@@ -862,7 +878,9 @@ impl Daemon {
                 exposed, health, ..
             }) => {
                 let live_degraded = health.iter().any(|h| h.failed_mask() != 0);
-                let state = if live_degraded || !degraded.is_empty() {
+                let state = if self.quiesced.contains_key(&v.name) {
+                    "quiesced"
+                } else if live_degraded || !degraded.is_empty() {
                     "degraded"
                 } else {
                     "online"
@@ -1068,6 +1086,9 @@ impl Daemon {
     /// when the volume comes online again, when its previous job ends): a
     /// volume's jobs run one at a time, in id order.
     fn start_jobs_of(&mut self, v: &VolumeDef) {
+        if self.quiesced.contains_key(&v.name) {
+            return;
+        }
         let Some(Runtime::Online { desc, .. }) = self.runtime.get(&v.name) else {
             return;
         };
@@ -1212,6 +1233,45 @@ impl Daemon {
         self.swap_leg(def, member)?;
         self.start_jobs_of(def);
         Ok(self.job_view(&job))
+    }
+
+    /// Quiesce a volume for an administrator (spec IX, [0171] steps
+    /// 1504–1508; dm's suspend): its jobs stop at a step boundary with their
+    /// checkpoint, in-flight requests complete, new ones are held (never
+    /// failed) until `resume`.
+    fn quiesce(&mut self, name: &str) -> Result<Payload, String> {
+        let v = self.volume(name)?;
+        if self.quiesced.contains_key(name) {
+            return Err(format!("volume {name}: already quiesced"));
+        }
+        let Some(Runtime::Online { gate, .. }) = self.runtime.get(name) else {
+            return Err(format!("volume {name}: offline: nothing to quiesce"));
+        };
+        let gate = gate.clone();
+        self.stop_jobs_of(name);
+        match gate.suspend(QUIESCE_TIMEOUT) {
+            Ok(held) => {
+                self.quiesced.insert(name.to_string(), held);
+                info!(volume = %name, "quiesced");
+                Ok(Payload::Volume(self.volume_view(&v)))
+            }
+            Err(e) => {
+                self.start_jobs_of(&v);
+                Err(format!("volume {name}: cannot quiesce: {e}"))
+            }
+        }
+    }
+
+    /// Resume a quiesced volume: held requests proceed, its jobs restart
+    /// from their checkpoints.
+    fn resume(&mut self, name: &str) -> Result<Payload, String> {
+        let v = self.volume(name)?;
+        if self.quiesced.remove(name).is_none() {
+            return Err(format!("volume {name}: not quiesced"));
+        }
+        info!(volume = %name, "resumed");
+        self.start_jobs_of(&v);
+        Ok(Payload::Volume(self.volume_view(&v)))
     }
 
     /// Take a failed ALU back with its data (mdadm's `--re-add`): each mirror

@@ -45,6 +45,13 @@ pub enum Request {
         path: String,
         name: String,
     },
+    /// Hold a volume's host I/O (drain in-flight requests, stop its jobs).
+    VolQuiesce {
+        name: String,
+    },
+    VolResume {
+        name: String,
+    },
     /// Take a failed ALU back with its data (mdadm --re-add).
     AluReadd {
         path: String,

@@ -111,6 +111,10 @@ pub fn assess(
                 state = state.min(Overall::Faulted);
                 actions.push(format!("volume {} is offline: {p}", v.name));
             }
+            ("quiesced", _) => actions.push(format!(
+                "volume {} is quiesced: its I/O waits until `tierblk vol resume {}`",
+                v.name, v.name
+            )),
             _ => {}
         }
     }
@@ -431,6 +435,19 @@ mod tests {
             vec![],
         );
         assert_eq!(s.state, Overall::Online);
+        // A quiesced volume is a reminder, not a fault.
+        let s = assess(
+            vec![],
+            vec![vol("v1", "quiesced", None, &[])],
+            vec![],
+            vec![],
+        );
+        assert_eq!(s.state, Overall::Online);
+        assert!(
+            s.actions[0].contains("tierblk vol resume v1"),
+            "{:?}",
+            s.actions
+        );
     }
 
     #[test]

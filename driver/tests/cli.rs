@@ -639,3 +639,20 @@ fn legacy_disks_are_adopted_without_a_write() {
         "the legacy disk changed"
     );
 }
+
+/// `vol quiesce|resume` refusals on the host (volumes cannot be online
+/// here; tests/vm/quiesce.sh proves the hold under load).
+#[test]
+fn quiesce_refuses_what_it_cannot_hold() {
+    let mut env = Env::new("quiesce", &[128 * MIB]);
+    env.start();
+    env.ok(&["alu", "claim", &env.alu(0)]);
+    env.ok(&["vol", "create", "v1", "--size", "16M"]);
+    let e = env.refused(&["vol", "quiesce", "v1"]);
+    assert!(e.contains("v1: offline: nothing to quiesce"), "{e}");
+    let e = env.refused(&["vol", "resume", "v1"]);
+    assert!(e.contains("v1: not quiesced"), "{e}");
+    let e = env.refused(&["vol", "quiesce", "nope"]);
+    assert!(e.contains("nope: not found"), "{e}");
+    env.stop();
+}

@@ -241,6 +241,10 @@ enum VolCmd {
     Online { name: String },
     /// Stop exposing a volume (it must not be mounted); lasts until the daemon restarts.
     Offline { name: String },
+    /// Hold a volume's I/O (like dmsetup suspend): in-flight requests complete, new ones wait, jobs pause.
+    Quiesce { name: String },
+    /// Let a quiesced volume's held I/O and jobs go on.
+    Resume { name: String },
 }
 
 fn main() {
@@ -318,6 +322,8 @@ fn run(cli: &Cli) -> Result<(), String> {
         Cmd::Vol(VolCmd::Remove { name }) => Request::VolRemove { name: name.clone() },
         Cmd::Vol(VolCmd::Online { name }) => Request::VolOnline { name: name.clone() },
         Cmd::Vol(VolCmd::Offline { name }) => Request::VolOffline { name: name.clone() },
+        Cmd::Vol(VolCmd::Quiesce { name }) => Request::VolQuiesce { name: name.clone() },
+        Cmd::Vol(VolCmd::Resume { name }) => Request::VolResume { name: name.clone() },
         Cmd::Snap(SnapCmd::Create {
             vol,
             name,

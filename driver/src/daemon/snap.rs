@@ -66,6 +66,22 @@ fn local_ring() -> Result<LocalRing, String> {
 }
 
 impl Daemon {
+    /// Hold volume `name`'s host I/O until the returned guard drops (`None`:
+    /// nothing to hold, because it is offline, or already held by `vol
+    /// quiesce`).
+    fn drain(&self, name: &str) -> Result<Option<tierblk_stack::gate::Suspended>, String> {
+        if self.quiesced.contains_key(name) {
+            return Ok(None);
+        }
+        match self.runtime.get(name) {
+            Some(Runtime::Online { gate, .. }) => gate
+                .suspend(SUSPEND_TIMEOUT)
+                .map(Some)
+                .map_err(|e| e.to_string()),
+            _ => Ok(None),
+        }
+    }
+
     /// The snapshot volumes of origin `id`.
     fn snapshots_of(&self, origin: u64) -> Vec<VolumeDef> {
         self.image_volumes()
@@ -314,21 +330,19 @@ impl Daemon {
             .block_on(ExceptionStore::format(&cow, chunk, def.id, o.size))
             .map_err(|e| format!("snapshot {}: cannot format its store: {e}", def.name))?;
         let set = self.snapset(o.id);
-        let Some(Runtime::Online {
-            gate, desc: odesc, ..
-        }) = self.runtime.get(&o.name)
-        else {
+        let Some(Runtime::Online { desc: odesc, .. }) = self.runtime.get(&o.name) else {
             set.insert(def.id, desc, state);
             return Ok(());
         };
-        let held = gate.suspend(SUSPEND_TIMEOUT).map_err(|e| {
+        let odesc = odesc.clone();
+        let held = self.drain(&o.name).map_err(|e| {
             format!(
                 "volume {}: cannot suspend its I/O for the snapshot: {e}",
                 o.name
             )
         })?;
         // Acknowledged writes reach the ALUs before the point in time.
-        let origin = build_volume(odesc, ring.clone()).map_err(|e| e.to_string())?;
+        let origin = build_volume(&odesc, ring.clone()).map_err(|e| e.to_string())?;
         ring.block_on(origin.flush())
             .map_err(|e| format!("volume {}: flush before the snapshot failed: {e}", o.name))?;
         set.insert(def.id, desc, state);
@@ -419,18 +433,14 @@ impl Daemon {
         self.offline(name)?;
         // Drained origin: no copy for this snapshot is in flight once it is
         // retired, so its store's extents are free for good when released.
-        let gate = self
-            .volume_by_id(sn.origin)
-            .and_then(|o| match self.runtime.get(&o.name) {
-                Some(Runtime::Online { gate, .. }) => Some(gate.clone()),
-                _ => None,
-            });
-        let held = gate
-            .map(|g| g.suspend(SUSPEND_TIMEOUT))
-            .transpose()
-            .map_err(|e| {
-                format!("snapshot {name}: cannot suspend its origin's I/O: {e}; not removed")
-            })?;
+        let origin = self.volume_by_id(sn.origin).map(|o| o.name);
+        let held = match origin {
+            Some(o) => self.drain(&o),
+            None => Ok(None),
+        }
+        .map_err(|e| {
+            format!("snapshot {name}: cannot suspend its origin's I/O: {e}; not removed")
+        })?;
         let set = self.snapset(sn.origin);
         if let Some((desc, st)) = set.get(v.id) {
             if !st.is_invalid() {
