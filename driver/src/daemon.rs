@@ -12,6 +12,7 @@ mod legacy;
 mod meta;
 mod snap;
 
+use crate::events::EventLog;
 use crate::jobs::{self, Work};
 use crate::planner::{self, Candidate};
 use crate::proto::{
@@ -118,6 +119,8 @@ pub struct Daemon {
     /// Volumes an administrator quiesced (`vol quiesce`): their host I/O is
     /// held at the gate until `vol resume` drops the guard.
     quiesced: HashMap<String, tierblk_stack::gate::Suspended>,
+    /// What happened, for `tierblk events`.
+    log: Arc<EventLog>,
 }
 
 /// How long `vol quiesce` waits for in-flight I/O to complete.
@@ -168,6 +171,7 @@ impl Daemon {
             sweep: Default::default(),
             stats: Default::default(),
             quiesced: HashMap::new(),
+            log: Arc::new(EventLog::default()),
         };
         intent::spawn_sweeper(d.sweep.clone())
             .map_err(|e| format!("cannot start the write-intent sweeper: {e}"))?;
@@ -279,6 +283,7 @@ impl Daemon {
             }
             Request::AluAdopt { path, name } => self.adopt(&path, &name),
             Request::VolQuiesce { name } => self.quiesce(&name),
+            Request::Events { .. } => Ok(Payload::Events(self.log.recent())),
             Request::VolResume { name } => self.resume(&name),
             Request::VolOnline { name } => {
                 self.volume(&name)?;
@@ -425,6 +430,7 @@ impl Daemon {
     fn record_online(&mut self, name: &str, r: Result<OnlineParts, String>) -> Result<(), String> {
         match r {
             Ok((exposed, desc, health, gate)) => {
+                self.log.emit("volume-online", Some(name), exposed.device());
                 self.sweep_list_set(name, Some(&health));
                 self.runtime.insert(
                     name.to_string(),
@@ -438,6 +444,7 @@ impl Daemon {
                 Ok(())
             }
             Err(e) => {
+                self.log.emit("volume-offline", Some(name), e.clone());
                 self.runtime.insert(
                     name.to_string(),
                     Runtime::Offline {
@@ -447,6 +454,11 @@ impl Daemon {
                 Err(e)
             }
         }
+    }
+
+    /// The event log (for the control socket's `events --follow`).
+    pub fn event_log(&self) -> Arc<EventLog> {
+        self.log.clone()
     }
 
     fn bring_online(&mut self, v: &VolumeDef) -> Result<OnlineParts, String> {
@@ -703,6 +715,11 @@ impl Daemon {
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(name);
                 let r = exposed.stop().map_err(|e| e.to_string());
+                self.log.emit(
+                    "volume-offline",
+                    Some(name),
+                    r.clone().err().unwrap_or_else(|| "stopped".into()),
+                );
                 self.runtime
                     .insert(name.to_string(), Runtime::Offline { reason: None });
                 r
@@ -742,6 +759,8 @@ impl Daemon {
                 e => e.to_string(),
             })?;
         info!(alu = %path, %uuid, cluster = %cluster, "claimed");
+        self.log
+            .emit("alu-claimed", None, format!("{path} ({uuid})"));
         self.alu_view(path).map(Payload::Alu)
     }
 
@@ -987,6 +1006,11 @@ impl Daemon {
                 }
             }
             warn!(alu = %uuid, volume = %volume, member, "member failed with its ALU");
+            self.log.emit(
+                "member-failed",
+                Some(volume),
+                format!("member {member}: its ALU {uuid} failed"),
+            );
         }
         self.files.remove(&uuid);
         Ok(affected)
@@ -1075,6 +1099,11 @@ impl Daemon {
             match self.store.add_job(job) {
                 Ok(j) => {
                     warn!(volume = %v.name, job = j.id, "unclean stop: resyncing the mirror legs");
+                    self.log.emit(
+                        "resync-queued",
+                        Some(&v.name),
+                        format!("job {} after an unclean stop", j.id),
+                    );
                     self.start_jobs_of(&v);
                 }
                 Err(e) => error!(volume = %v.name, "cannot queue the resync: {e}"),
@@ -1133,6 +1162,11 @@ impl Daemon {
         match jobs::spawn(spec, self.events.clone()) {
             Ok(r) => {
                 info!(job = j.id, volume = %v.name, from = j.checkpoint, "job started");
+                self.log.emit(
+                    "job-started",
+                    Some(&v.name),
+                    format!("job {} ({:?}) from {}", j.id, j.kind, j.checkpoint),
+                );
                 self.jobs.insert(j.id, r);
             }
             Err(e) => error!(job = j.id, "cannot start the job thread: {e}"),
@@ -1253,6 +1287,7 @@ impl Daemon {
             Ok(held) => {
                 self.quiesced.insert(name.to_string(), held);
                 info!(volume = %name, "quiesced");
+                self.log.emit("volume-quiesced", Some(name), String::new());
                 Ok(Payload::Volume(self.volume_view(&v)))
             }
             Err(e) => {
@@ -1270,6 +1305,7 @@ impl Daemon {
             return Err(format!("volume {name}: not quiesced"));
         }
         info!(volume = %name, "resumed");
+        self.log.emit("volume-resumed", Some(name), String::new());
         self.start_jobs_of(&v);
         Ok(Payload::Volume(self.volume_view(&v)))
     }
@@ -1300,6 +1336,7 @@ impl Daemon {
         };
         let back = self.store.unfail_alu(uuid).map_err(|e| e.to_string())?;
         info!(alu = %path, "re-added");
+        self.log.emit("alu-readded", None, path.to_string());
         let mut out = Vec::new();
         for (name, member, job) in back {
             let def = self.volume(&name)?;
@@ -1478,6 +1515,12 @@ impl Daemon {
                 j.message = message.chars().take(120).collect();
             }
         }
+        let vname = self.volume_by_id(j.volume).map(|v| v.name);
+        self.log.emit(
+            "job-ended",
+            vname.as_deref(),
+            format!("job {} ({:?}) {:?} {}", j.id, j.kind, j.state, j.message),
+        );
         if let Err(e) = self.store.update_job(&j) {
             error!(job = id, "cannot persist the job's end: {e}");
             return;

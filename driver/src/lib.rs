@@ -4,6 +4,7 @@
 //! - [`ublk`]: the frontend that exposes volumes as `/dev/ublkbN`
 //! - [`top`]: what a queue serves: a volume as a snapshot origin, or a
 //!   read-only snapshot view, behind the volume's suspend/resume gate
+//! - [`events`]: the event log behind `tierblk events [--follow]`
 //! - [`jobs`]: rebuild and scrub threads with persisted checkpoints
 //! - [`server`] / [`client`] / [`proto`]: the root-only control API
 //! - [`stats`]: per-volume I/O counters and latency histograms, Prometheus text
@@ -21,6 +22,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod docgen;
+pub mod events;
 pub mod jobs;
 pub mod planner;
 pub mod proto;

@@ -45,6 +45,12 @@ pub enum Request {
         path: String,
         name: String,
     },
+    /// Recent events; with `follow`, the connection then streams every new
+    /// event as one JSON line (no reply envelope) until the client leaves.
+    Events {
+        #[serde(default)]
+        follow: bool,
+    },
     /// Hold a volume's host I/O (drain in-flight requests, stop its jobs).
     VolQuiesce {
         name: String,
@@ -203,6 +209,7 @@ pub enum Payload {
     Stats(Vec<StatsView>),
     MetaHistory(MetaHistoryView),
     MetaDump(Box<MetaDumpView>),
+    Events(Vec<crate::events::EventView>),
 }
 
 /// `meta history`: the archived configurations, newest first.

@@ -66,6 +66,11 @@ fn handle_conn(mut stream: UnixStream, daemon: &Mutex<Daemon>) {
     // Read the request before judging the peer, so that a refused client
     // gets its reply instead of a broken pipe.
     let request = read_request(&stream);
+    if let (Ok(env), Some(0)) = (&request, peer_uid(&stream)) {
+        if matches!(env.request, crate::proto::Request::Events { follow: true }) {
+            return follow_events(stream, daemon);
+        }
+    }
     let reply = match peer_uid(&stream) {
         Some(0) => request.and_then(|env| {
             debug!(request = ?env.request, "control request");
@@ -89,6 +94,35 @@ fn handle_conn(mut stream: UnixStream, daemon: &Mutex<Daemon>) {
     line.push(b'\n');
     if let Err(e) = stream.write_all(&line) {
         debug!("control socket: peer went away before the reply: {e}");
+    }
+}
+
+/// `events --follow`: the kept events, then every new one, one JSON line
+/// each, on a thread of its own until the client goes away.
+fn follow_events(mut stream: UnixStream, daemon: &Mutex<Daemon>) {
+    // Under the daemon's lock no event is emitted: none is lost or doubled
+    // between the kept ones and the channel.
+    let (kept, rx) = {
+        let d = daemon.lock().unwrap_or_else(|p| p.into_inner());
+        let log = d.event_log();
+        (log.recent(), log.follow())
+    };
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(30)));
+    let spawned = std::thread::Builder::new()
+        .name("events-follow".into())
+        .spawn(move || {
+            for e in kept.into_iter().chain(rx) {
+                let Ok(mut line) = serde_json::to_vec(&e) else {
+                    continue;
+                };
+                line.push(b'\n');
+                if stream.write_all(&line).is_err() {
+                    break;
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        warn!("control socket: cannot start an events follower: {e}");
     }
 }
 

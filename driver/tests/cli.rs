@@ -656,3 +656,84 @@ fn quiesce_refuses_what_it_cannot_hold() {
     assert!(e.contains("nope: not found"), "{e}");
     env.stop();
 }
+
+/// `tierblk events [--follow]`: what happens is kept and streamed as JSON
+/// lines, in order.
+#[test]
+fn events_are_kept_and_followed() {
+    use std::io::{BufRead, BufReader};
+    use std::time::Duration;
+    let mut env = Env::new("events", &[128 * MIB, 128 * MIB]);
+    env.start();
+    env.ok(&["alu", "claim", &env.alu(0)]);
+    let mut follower = Command::new(env!("CARGO_BIN_EXE_tierblk"))
+        .arg("--socket")
+        .arg(&env.socket)
+        .args(["--json", "events", "--follow"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = follower.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines() {
+            if tx.send(l.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let next = || -> Value {
+        let l = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("no event within 20 s");
+        serde_json::from_str(&l).unwrap()
+    };
+    let first = next();
+    assert_eq!(first["kind"], "alu-claimed", "the kept events come first");
+    env.ok(&["alu", "claim", &env.alu(1)]);
+    env.ok(&["vol", "create", "m1", "--size", "16M", "--layout", "mirror"]);
+    env.ok(&["snap", "create", "m1", "s1", "--size", "8M"]);
+    env.ok(&["alu", "fail", &env.alu(1)]);
+    let mut kinds = Vec::new();
+    while !kinds
+        .iter()
+        .any(|k: &String| k.starts_with("member-failed"))
+    {
+        let e = next();
+        kinds.push(format!(
+            "{} {}",
+            e["kind"].as_str().unwrap(),
+            e["volume"].as_str().unwrap_or("-")
+        ));
+    }
+    // In order; no ublk on the host, so the volume goes offline with why.
+    assert_eq!(
+        kinds,
+        [
+            "alu-claimed -",
+            "volume-offline m1",
+            "snapshot-created m1",
+            "member-failed m1"
+        ],
+        "{kinds:?}"
+    );
+    follower.kill().unwrap();
+    let _ = follower.wait();
+    let kept = env.json(&["events"]);
+    let all: Vec<&str> = kept
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    for k in [
+        "alu-claimed",
+        "volume-offline",
+        "snapshot-created",
+        "member-failed",
+    ] {
+        assert!(all.contains(&k), "{k} not kept: {all:?}");
+    }
+    assert!(env.ok(&["events"]).contains("snapshot-created"));
+    env.stop();
+}

@@ -33,6 +33,12 @@ struct Cli {
 enum Cmd {
     /// Everything on one screen: overall state, what to do, volumes, ALUs, jobs, snapshots.
     Status,
+    /// What happened: volumes online/offline, failures, jobs, snapshots (the latest 256); --follow streams new ones.
+    Events {
+        /// Keep printing events as they happen (JSON lines with --json).
+        #[arg(long)]
+        follow: bool,
+    },
     /// I/O statistics of online volumes since they came online: requests, bytes, errors, latency.
     Stats { vol: Option<String> },
     /// ALUs: the disks, partitions and image files volumes are made of.
@@ -262,6 +268,8 @@ fn main() {
 fn run(cli: &Cli) -> Result<(), String> {
     let request = match &cli.cmd {
         Cmd::Status => return status(cli),
+        Cmd::Events { follow: true } => return follow_events(cli),
+        Cmd::Events { follow: false } => Request::Events { follow: false },
         Cmd::Stats { vol } => Request::Stats {
             volume: vol.clone(),
         },
@@ -515,6 +523,7 @@ fn json(p: &Payload) -> String {
         Payload::Snapshot(s) => serde_json::to_value(s).unwrap_or_default(),
         Payload::Schedules(s) => serde_json::to_value(s).unwrap_or_default(),
         Payload::Stats(s) => serde_json::to_value(s).unwrap_or_default(),
+        Payload::Events(e) => serde_json::to_value(e).unwrap_or_default(),
         Payload::MetaHistory(h) => serde_json::to_value(h).unwrap_or_default(),
         Payload::MetaDump(d) => serde_json::to_value(d).unwrap_or_default(),
     };
@@ -717,6 +726,7 @@ fn human(p: &Payload) -> String {
         Payload::Snapshots(s) => snap_rows(s),
         Payload::Schedules(s) => schedule_rows(s),
         Payload::Stats(s) => stats_rows(s),
+        Payload::Events(e) => e.iter().map(|e| tierblk::events::human(e) + "\n").collect(),
         Payload::MetaHistory(h) => history_rows(h),
         Payload::MetaDump(d) => {
             format!("{}\n", serde_json::to_string_pretty(d).unwrap_or_default())
@@ -830,6 +840,41 @@ fn status(cli: &Cli) -> Result<(), String> {
         println!("{}", serde_json::to_string(&s).map_err(|e| e.to_string())?);
     } else {
         print!("{}", tierblk::status::render_status(&s));
+    }
+    Ok(())
+}
+
+/// `tierblk events --follow`: print every event the daemon streams, until it
+/// stops or we are interrupted.
+fn follow_events(cli: &Cli) -> Result<(), String> {
+    use std::io::{BufRead, BufReader, Write};
+    let name = cli.socket.display().to_string();
+    let mut stream = std::os::unix::net::UnixStream::connect(&cli.socket)
+        .map_err(|e| format!("daemon not running? {name}: {e}"))?;
+    let env = tierblk::proto::Envelope {
+        version: tierblk::proto::PROTOCOL_VERSION,
+        request: Request::Events { follow: true },
+    };
+    let mut line = serde_json::to_vec(&env).map_err(|e| e.to_string())?;
+    line.push(b'\n');
+    stream
+        .write_all(&line)
+        .map_err(|e| format!("{name}: {e}"))?;
+    let out = std::io::stdout();
+    for l in BufReader::new(stream).lines() {
+        let l = l.map_err(|e| format!("{name}: {e}"))?;
+        let text = if cli.json {
+            l
+        } else {
+            match serde_json::from_str::<tierblk::events::EventView>(&l) {
+                Ok(e) => tierblk::events::human(&e),
+                Err(_) => return Err(format!("daemon: {l}")),
+            }
+        };
+        let mut o = out.lock();
+        if writeln!(o, "{text}").and_then(|_| o.flush()).is_err() {
+            break;
+        }
     }
     Ok(())
 }

@@ -132,6 +132,7 @@ impl Daemon {
         ensure_unused(path).map_err(|e| format!("alu {path}: {e}"))?;
         let l = self.store.adopt(path, name).map_err(|e| e.to_string())?;
         info!(alu = %path, volume = %name, identity = %l.identity, "adopted as a legacy volume");
+        self.log.emit("alu-adopted", Some(name), path.to_string());
         if let Err(e) = self.online_legacy(name) {
             warn!("{e}");
         }

@@ -304,6 +304,8 @@ impl Daemon {
             return Err(e);
         }
         info!(snapshot = %name, origin = %volume, cow = %format_size(cow_size), "snapshot taken");
+        self.log
+            .emit("snapshot-created", Some(volume), format!("snapshot {name}"));
         self.runtime
             .insert(name.to_string(), Runtime::Offline { reason: None });
         if matches!(self.runtime.get(volume), Some(Runtime::Online { .. })) {
@@ -457,6 +459,8 @@ impl Daemon {
         self.snap_problems.remove(&v.id);
         self.runtime.remove(name);
         info!(snapshot = %name, "removed");
+        self.log
+            .emit("snapshot-removed", None, format!("snapshot {name}"));
         Ok(Payload::Done(format!("snapshot {name}: removed")))
     }
 
