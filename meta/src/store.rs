@@ -1159,6 +1159,17 @@ impl Store {
         self.max_seq.max(self.list.as_ref().map_or(0, |l| l.seq)) + 1
     }
 
+    /// Commit `list` as the next boot list (new sequence number, the
+    /// protocol of [`Store::boot_commit`]); a failure poisons the store. The
+    /// image is re-evaluated from it.
+    fn commit_list(&mut self, list: &mut BootList) -> Result<(), MetaError> {
+        list.seq = self.next_seq();
+        let r = self.boot_commit(list);
+        self.poison(r)?;
+        self.evaluate();
+        Ok(())
+    }
+
     /// Commit `list` on every present, Owned boot member. Succeeds if at least one
     /// member committed (the others are stale and get healed on the next commit/open).
     fn boot_commit(&mut self, list: &BootList) -> Result<(), MetaError> {
@@ -1936,10 +1947,7 @@ impl Store {
         self.sync_alus(&list.alus, &volumes)?;
         list.volumes = self.boot_vols(&volumes);
         list.next_id = next_id;
-        list.seq = self.next_seq();
-        let r = self.boot_commit(&list);
-        self.poison(r)?;
-        self.evaluate();
+        self.commit_list(&mut list)?;
         Ok(def)
     }
 
@@ -2030,10 +2038,7 @@ impl Store {
                 &format!("target member failed (fail_seq {fail_seq})"),
             );
         }
-        list.seq = self.next_seq();
-        let r = self.boot_commit(&list);
-        self.poison(r)?;
-        self.evaluate();
+        self.commit_list(&mut list)?;
         Ok(stored)
     }
 
@@ -2059,10 +2064,7 @@ impl Store {
         } else {
             list.flags &= !LIST_FLAG_DIRTY;
         }
-        list.seq = self.next_seq();
-        let r = self.boot_commit(&list);
-        self.poison(r)?;
-        self.evaluate();
+        self.commit_list(&mut list)?;
         Ok(())
     }
 
@@ -2126,10 +2128,7 @@ impl Store {
                 "alu {alu}: fail refused: no other boot set member can record it"
             )));
         }
-        list.seq = self.next_seq();
-        let r = self.boot_commit(&list);
-        self.poison(r)?;
-        self.evaluate();
+        self.commit_list(&mut list)?;
         Ok(affected)
     }
 
@@ -2219,10 +2218,7 @@ impl Store {
             self.slots[i].state = was;
             return Err(e);
         }
-        list.seq = self.next_seq();
-        let r = self.boot_commit(&list);
-        self.poison(r)?;
-        self.evaluate();
+        self.commit_list(&mut list)?;
         Ok(out)
     }
 
@@ -2392,10 +2388,7 @@ impl Store {
         };
         list.next_id = id + 1;
         list.legacy.push(l.clone());
-        list.seq = self.next_seq();
-        let r = self.boot_commit(&list);
-        self.poison(r)?;
-        self.evaluate();
+        self.commit_list(&mut list)?;
         Ok(l)
     }
 
@@ -2412,10 +2405,7 @@ impl Store {
                 "volume {name}: not a legacy disk"
             )));
         }
-        list.seq = self.next_seq();
-        let r = self.boot_commit(&list);
-        self.poison(r)?;
-        self.evaluate();
+        self.commit_list(&mut list)?;
         Ok(())
     }
 
@@ -2465,10 +2455,7 @@ impl Store {
         if Some(&list) == self.list.as_ref() {
             return Ok(());
         }
-        list.seq = self.next_seq();
-        let r = self.boot_commit(&list);
-        self.poison(r)?;
-        self.evaluate();
+        self.commit_list(&mut list)?;
         Ok(())
     }
 
@@ -2483,10 +2470,7 @@ impl Store {
         if list.schedules.len() == n {
             return Ok(false);
         }
-        list.seq = self.next_seq();
-        let r = self.boot_commit(&list);
-        self.poison(r)?;
-        self.evaluate();
+        self.commit_list(&mut list)?;
         Ok(true)
     }
 
@@ -2637,10 +2621,7 @@ impl Store {
         list.next_id = job.id + 1;
         list.jobs.push(job.clone());
         Self::prune_jobs(&mut list.jobs)?;
-        list.seq = self.next_seq();
-        let r = self.boot_commit(&list);
-        self.poison(r)?;
-        self.evaluate();
+        self.commit_list(&mut list)?;
         Ok(job)
     }
 
@@ -2683,10 +2664,7 @@ impl Store {
             return Ok(());
         }
         Self::prune_jobs(&mut list.jobs)?;
-        list.seq = self.next_seq();
-        let r = self.boot_commit(&list);
-        self.poison(r)?;
-        self.evaluate();
+        self.commit_list(&mut list)?;
         Ok(())
     }
 
@@ -2701,10 +2679,7 @@ impl Store {
         if list.jobs.len() == n {
             return Err(MetaError::NotFound(format!("job {id}: not found")));
         }
-        list.seq = self.next_seq();
-        let r = self.boot_commit(&list);
-        self.poison(r)?;
-        self.evaluate();
+        self.commit_list(&mut list)?;
         Ok(())
     }
 
