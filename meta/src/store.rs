@@ -1159,6 +1159,27 @@ impl Store {
         self.max_seq.max(self.list.as_ref().map_or(0, |l| l.seq)) + 1
     }
 
+    /// A definition change in two phases: write `both` (old and new
+    /// definitions side by side) to every writable ALU, commit `list` — the
+    /// commit point — then bring the ALUs in line with `after` (the old
+    /// definitions and extents go). The outer error is before the commit
+    /// point (nothing changed); the inner one is the cleanup's, after it.
+    fn commit_definitions(
+        &mut self,
+        list: &mut BootList,
+        both: &[VolumeDef],
+        after: &[VolumeDef],
+    ) -> Result<Result<(), MetaError>, MetaError> {
+        self.sync_alus(&list.alus, both)?;
+        list.seq = self.next_seq();
+        let r = self.boot_commit(list);
+        self.poison(r)?;
+        self.list = Some(list.clone());
+        let r = self.sync_alus(&list.alus, after);
+        self.evaluate();
+        Ok(r)
+    }
+
     /// Commit `list` as the next boot list (new sequence number, the
     /// protocol of [`Store::boot_commit`]); a failure poisons the store. The
     /// image is re-evaluated from it.
@@ -2869,21 +2890,14 @@ impl Store {
         // writable ALU; old label entries kept, new ones added.
         let mut both = volumes.clone();
         both.push(old);
-        self.sync_alus(&list.alus, &both)?;
         list.volumes = self.boot_vols(&volumes);
         list.next_id = next_id;
-        list.seq = self.next_seq();
-        let r = self.boot_commit(&list);
-        self.poison(r)?;
-        // After the commit point: drop the old definition and old extents.
-        self.list = Some(list.clone());
-        let r = self.sync_alus(&list.alus, &volumes);
-        self.evaluate();
-        r.map_err(|e| {
-            MetaError::Corrupt(format!(
-                "volume {volume}: member {member} replaced, but cleanup failed: {e}"
-            ))
-        })?;
+        self.commit_definitions(&mut list, &both, &volumes)?
+            .map_err(|e| {
+                MetaError::Corrupt(format!(
+                    "volume {volume}: member {member} replaced, but cleanup failed: {e}"
+                ))
+            })?;
         let def = self
             .image
             .as_ref()
@@ -3115,18 +3129,12 @@ impl Store {
         }
         let mut both = result.clone();
         both.extend(olds);
-        self.sync_alus(&list.alus, &both)?;
-        list.seq = self.next_seq();
-        let r = self.boot_commit(&list);
-        self.poison(r)?;
-        self.list = Some(list.clone());
-        let r = self.sync_alus(&list.alus, &result);
-        self.evaluate();
-        r.map_err(|e| {
-            MetaError::Corrupt(format!(
-                "metadata restore of configuration {seq}: committed, but cleanup failed: {e}"
-            ))
-        })?;
+        self.commit_definitions(&mut list, &both, &result)?
+            .map_err(|e| {
+                MetaError::Corrupt(format!(
+                    "metadata restore of configuration {seq}: committed, but cleanup failed: {e}"
+                ))
+            })?;
         Ok(plan)
     }
 
