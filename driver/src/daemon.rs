@@ -37,6 +37,7 @@ use tierblk_meta::{Disk, FileDisk};
 use tierblk_stack::gate::Gate;
 use tierblk_stack::mirror::MirrorHealth;
 use tierblk_stack::volume::{Layout as StackLayout, MemberDesc, VolumeDesc};
+use tierblk_stack::Piece;
 use tracing::{error, info, warn};
 
 /// Something a volume's data path tells the daemon, off the hot path.
@@ -534,7 +535,7 @@ impl Daemon {
                     Err(_) if degraded.contains(&m) => absent_alu()?,
                     Err(e) => return Err(format!("volume {}: {e}", v.name)),
                 };
-                pieces.push((file, s.start, s.len));
+                pieces.push(Piece::local(file, s.start, s.len));
             }
             members.push(MemberDesc { pieces });
         }
@@ -1359,7 +1360,7 @@ impl Daemon {
         let copies = def.layout.copies.max(1);
         let mut pieces = Vec::new();
         for s in def.segments.iter().filter(|s| s.member == member) {
-            pieces.push((self.data_file(s.alu)?, s.start, s.len));
+            pieces.push(Piece::local(self.data_file(s.alu)?, s.start, s.len));
         }
         // Only the leg slots change: every instance of the tree (queues and
         // jobs) takes its legs from the slots, whatever `desc` first said.

@@ -3,7 +3,12 @@
 //!
 //! [`NbdServer::start`] binds Unix socket paths and/or TCP addresses and
 //! serves a fixed list of [`Export`]s (name, size, read-only flag and a
-//! factory). One accept thread polls every listener; each accepted connection
+//! factory); [`NbdServer::start_catalog`] serves a [`Catalog`] instead, asked
+//! for the names and for an export each time a client lists or selects one,
+//! so that the daemon's set of exports can change while the server runs
+//! (volumes created and removed, stale generations refused). The fixed list
+//! is itself a catalog (`Vec<Export<D>>`). One accept thread polls every
+//! listener; each accepted connection
 //! gets a thread of its own with its own
 //! [`LocalRing`], and, once the client
 //! selects an export, its own instance of that export built by the export's
@@ -20,6 +25,21 @@
 //! with `tracing`); the server keeps serving the others. A request that is
 //! well-formed but wrong (out of range, unknown command, write to a read-only
 //! export) is answered with an NBD error and the connection continues.
+//!
+//! # Authentication
+//!
+//! With a cluster secret in [`ServerConfig::secret`], a connection must
+//! authenticate (the challenge-response of [`crate::auth`], options
+//! `OPT_TIERBLK_AUTH_CHALLENGE` / `OPT_TIERBLK_AUTH_PROOF`) before it may
+//! list or select an export: until then `LIST`, `INFO` and `GO` get
+//! `NBD_REP_ERR_POLICY` and `EXPORT_NAME` closes the connection. After
+//! [`MAX_AUTH_FAILURES`] failed or malformed attempts the connection is
+//! closed. A Unix-socket peer running as root (`SO_PEERCRED` uid 0) counts as
+//! authenticated when [`ServerConfig::trust_unix_root`] is on (the default):
+//! root on this machine can read the ALUs directly anyway, and standard tools
+//! (`nbdinfo`, `nbdcopy`, qemu) cannot run our challenge-response. TCP peers
+//! always have to authenticate. Without a secret the server behaves as a
+//! plain NBD server and answers our options `NBD_REP_ERR_UNSUP`.
 
 use std::collections::HashMap;
 use std::io::{self, BufReader, IoSlice, Read, Write};
@@ -33,6 +53,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use thiserror::Error;
+use tierblk_stack::nbd::auth::{self, AuthError, Secret};
 use tierblk_stack::uring::LocalRing;
 use tierblk_stack::{AlignedBuf, BlockDev};
 
@@ -132,6 +153,44 @@ impl<D: BlockDev> Export<D> {
     }
 }
 
+/// The set of exports a server offers, asked on every `LIST` and every export
+/// selection (so it may change while the server runs). Called on connection
+/// threads, concurrently: keep it quick (a map lookup), never blocking on
+/// I/O.
+pub trait Catalog<D>: Send + Sync + 'static {
+    /// Names for `NBD_OPT_LIST`, in the order to list them. Names longer
+    /// than 4096 bytes or containing NUL are left out of the reply.
+    fn list(&self) -> Vec<String>;
+
+    /// The export called `name` now (`""`: the default export, if the
+    /// catalog has one), or why not (unknown, or refused, e.g. a stale
+    /// generation): the message goes back to the client in
+    /// `NBD_REP_ERR_UNKNOWN` (`EXPORT_NAME` just closes, as the protocol
+    /// requires).
+    fn lookup(&self, name: &str) -> Result<Export<D>, String>;
+}
+
+/// The fixed list of [`NbdServer::start`]: names in order; the default
+/// export (`""`) is the one called `""` if any, else the first.
+impl<D: 'static> Catalog<D> for Vec<Export<D>> {
+    fn list(&self) -> Vec<String> {
+        self.iter().map(|e| e.name.clone()).collect()
+    }
+
+    fn lookup(&self, name: &str) -> Result<Export<D>, String> {
+        let found = if name.is_empty() {
+            self.iter().find(|e| e.name.is_empty()).or(self.first())
+        } else {
+            self.iter().find(|e| e.name == name)
+        };
+        found.cloned().ok_or_else(|| format!("no export {name:?}"))
+    }
+}
+
+/// Failed or malformed authentication attempts after which a connection is
+/// closed.
+pub const MAX_AUTH_FAILURES: u32 = 3;
+
 /// Server start-up failure.
 #[derive(Debug, Error)]
 pub enum ServerError {
@@ -160,6 +219,8 @@ enum ConnError {
     Proto(#[from] ProtoError),
     #[error("protocol violation: {0}")]
     Violation(String),
+    #[error("{0}")]
+    Auth(#[from] AuthError),
 }
 
 /// Tunables.
@@ -171,6 +232,14 @@ pub struct ServerConfig {
     pub handshake_timeout: Duration,
     /// Most options accepted in one negotiation.
     pub max_options: u32,
+    /// The cluster secret: when set, a connection must authenticate (see the
+    /// module docs) before it may list or select an export. `None` (the
+    /// default): no authentication, plain NBD.
+    pub secret: Option<Secret>,
+    /// With a secret, count a Unix-socket peer whose `SO_PEERCRED` uid is 0
+    /// as authenticated, so that standard tools run as root keep working on
+    /// Unix sockets. TCP peers always authenticate. Default: on.
+    pub trust_unix_root: bool,
 }
 
 impl Default for ServerConfig {
@@ -179,6 +248,8 @@ impl Default for ServerConfig {
             ring_entries: 64,
             handshake_timeout: Duration::from_secs(30),
             max_options: 256,
+            secret: None,
+            trust_unix_root: true,
         }
     }
 }
@@ -223,6 +294,33 @@ impl Stream {
             Stream::Unix(s) => s.as_fd().try_clone_to_owned(),
             Stream::Tcp(s) => s.as_fd().try_clone_to_owned(),
         }
+    }
+
+    /// Whether the peer is a local process running as root (`SO_PEERCRED`
+    /// of a Unix socket; never for TCP).
+    fn peer_is_root(&self) -> bool {
+        let Stream::Unix(s) = self else {
+            return false;
+        };
+        let mut cred = libc::ucred {
+            pid: 0,
+            uid: u32::MAX,
+            gid: u32::MAX,
+        };
+        let want = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+        let mut len = want;
+        // SAFETY: getsockopt writes at most `len` bytes into `cred`, a local
+        // ucred of that size.
+        let r = unsafe {
+            libc::getsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERCRED,
+                (&mut cred as *mut libc::ucred).cast(),
+                &mut len,
+            )
+        };
+        r == 0 && len == want && cred.uid == 0
     }
 }
 
@@ -305,15 +403,13 @@ impl NbdServer {
         Self::start_with(listen, exports, ServerConfig::default())
     }
 
-    /// As [`NbdServer::start`], with explicit tunables.
+    /// As [`NbdServer::start`], with explicit tunables (and, in them, the
+    /// cluster secret).
     pub fn start_with<D: BlockDev + 'static>(
         listen: &[NbdAddr],
         exports: Vec<Export<D>>,
         config: ServerConfig,
     ) -> Result<NbdServer, ServerError> {
-        if listen.is_empty() {
-            return Err(ServerError::Config("no listen address".into()));
-        }
         let mut seen = std::collections::HashSet::new();
         for e in &exports {
             if !seen.insert(e.name.as_str()) {
@@ -325,6 +421,22 @@ impl NbdServer {
             if e.name.len() > proto::MAX_STRING_LEN || e.name.contains('\0') {
                 return Err(ServerError::Config(format!("bad export name {:?}", e.name)));
             }
+        }
+        Self::start_catalog(listen, Arc::new(exports), config)
+    }
+
+    /// Listen on every address of `listen` and serve the exports of
+    /// `catalog`, asked on every `LIST` and every export selection: exports
+    /// added to or removed from it while the server runs are seen by the
+    /// next client (connections already in transmission keep their
+    /// instance).
+    pub fn start_catalog<D: BlockDev + 'static>(
+        listen: &[NbdAddr],
+        catalog: Arc<dyn Catalog<D>>,
+        config: ServerConfig,
+    ) -> Result<NbdServer, ServerError> {
+        if listen.is_empty() {
+            return Err(ServerError::Config("no listen address".into()));
         }
         let mut listeners = Vec::new();
         let mut addrs = Vec::new();
@@ -357,13 +469,13 @@ impl NbdServer {
             served: AtomicUsize::new(0),
             conns: Mutex::new(HashMap::new()),
         });
-        let exports = Arc::new(exports);
         let sh = shared.clone();
+        let authenticated = config.secret.is_some();
         let accept = std::thread::Builder::new()
             .name("nbd-accept".into())
-            .spawn(move || accept_loop(listeners, wake_rx, sh, exports, config))
+            .spawn(move || accept_loop(listeners, wake_rx, sh, catalog, config))
             .map_err(ServerError::Start)?;
-        tracing::info!(addrs = ?addrs, "NBD server listening");
+        tracing::info!(addrs = ?addrs, authenticated, "NBD server listening");
         Ok(NbdServer {
             addrs,
             shared,
@@ -448,7 +560,7 @@ fn accept_loop<D: BlockDev + 'static>(
     listeners: Vec<Listener>,
     wake_rx: OwnedFd,
     shared: Arc<Shared>,
-    exports: Arc<Vec<Export<D>>>,
+    catalog: Arc<dyn Catalog<D>>,
     config: ServerConfig,
 ) {
     let mut next_id = 0u64;
@@ -500,7 +612,7 @@ fn accept_loop<D: BlockDev + 'static>(
                     }
                 };
                 next_id += 1;
-                spawn_conn(next_id, stream, &shared, &exports, &config);
+                spawn_conn(next_id, stream, &shared, &catalog, &config);
             }
         }
     }
@@ -532,7 +644,7 @@ fn spawn_conn<D: BlockDev + 'static>(
     id: u64,
     stream: Stream,
     shared: &Arc<Shared>,
-    exports: &Arc<Vec<Export<D>>>,
+    catalog: &Arc<dyn Catalog<D>>,
     config: &ServerConfig,
 ) {
     let fd = match stream.fd() {
@@ -542,7 +654,7 @@ fn spawn_conn<D: BlockDev + 'static>(
             return;
         }
     };
-    let exports = exports.clone();
+    let catalog = catalog.clone();
     let config = config.clone();
     let sh = shared.clone();
     sh.live.fetch_add(1, Ordering::AcqRel);
@@ -558,7 +670,7 @@ fn spawn_conn<D: BlockDev + 'static>(
                 }
             }
             let _live = Live(sh2);
-            match serve_connection(stream, &exports, &config) {
+            match serve_connection(stream, &*catalog, &config) {
                 Ok(()) => tracing::debug!(conn = id, "NBD connection closed"),
                 Err(e) => tracing::warn!(conn = id, error = %e, "NBD connection closed"),
             }
@@ -597,22 +709,71 @@ fn send_option_reply(w: &mut impl Write, option: u32, reply: u32, data: &[u8]) -
 }
 
 /// An export selected by the client, instantiated for this connection.
-struct Selected<'a, D> {
-    export: &'a Export<D>,
+struct Selected<D> {
+    export: Export<D>,
     dev: D,
 }
 
-fn serve_connection<D: BlockDev>(
+/// Authentication state of one connection.
+struct Auth<'a> {
+    /// The cluster secret (`None`: no authentication, plain NBD).
+    secret: Option<&'a Secret>,
+    /// The peer may list and select exports.
+    authenticated: bool,
+    /// Nonce of the last challenge, consumed by the next proof.
+    server_nonce: Option<auth::Nonce>,
+    failures: u32,
+}
+
+impl Auth<'_> {
+    /// Count a failed or malformed attempt and answer it with `reply`;
+    /// close (an error) once there were [`MAX_AUTH_FAILURES`].
+    fn fail(
+        &mut self,
+        w: &mut impl Write,
+        option: u32,
+        reply: u32,
+        msg: &str,
+    ) -> Result<(), ConnError> {
+        self.failures += 1;
+        tracing::warn!(
+            option,
+            failures = self.failures,
+            reason = msg,
+            "NBD: authentication failed"
+        );
+        send_option_reply(w, option, reply, msg.as_bytes())?;
+        if self.failures >= MAX_AUTH_FAILURES {
+            return Err(ConnError::Violation(format!(
+                "{} failed authentication attempts",
+                self.failures
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn serve_connection<D: BlockDev + 'static>(
     stream: Stream,
-    exports: &[Export<D>],
+    catalog: &dyn Catalog<D>,
     config: &ServerConfig,
 ) -> Result<(), ConnError> {
     let ring = LocalRing::new(config.ring_entries)?;
     stream.set_read_timeout(Some(config.handshake_timeout))?;
+    let trusted = config.secret.is_none() || (config.trust_unix_root && stream.peer_is_root());
+    if config.secret.is_some() && trusted {
+        tracing::debug!("NBD: Unix peer is root, authenticated by SO_PEERCRED");
+    }
+    let auth = Auth {
+        secret: config.secret.as_ref(),
+        authenticated: trusted,
+        server_nonce: None,
+        failures: 0,
+    };
     let mut w = stream.try_clone()?;
     let fd = stream.fd()?;
     let mut r = BufReader::with_capacity(64 * 1024, stream);
-    let result = match negotiate(&mut r, &mut w, exports, &ring, config) {
+    let result = match negotiate(&mut r, &mut w, catalog, auth, &ring, config) {
         Ok(Some(sel)) => {
             tracing::debug!(export = %sel.export.name, "NBD transmission");
             r.get_ref()
@@ -630,14 +791,30 @@ fn serve_connection<D: BlockDev>(
     result
 }
 
+/// `msg` cut to at most [`proto::MAX_STRING_LEN`] bytes (on a character
+/// boundary), so that a catalog's long refusal still fits a reply.
+fn clip(msg: &str) -> &str {
+    let mut end = msg.len().min(proto::MAX_STRING_LEN);
+    while !msg.is_char_boundary(end) {
+        end -= 1;
+    }
+    &msg[..end]
+}
+
+/// Whether a name can go on the wire (`NBD_REP_SERVER`, `NBD_INFO_NAME`).
+fn valid_name(name: &str) -> bool {
+    name.len() <= proto::MAX_STRING_LEN && !name.contains('\0')
+}
+
 /// The fixed newstyle negotiation. `Ok(None)`: the client ended it cleanly.
-fn negotiate<'a, D: BlockDev>(
+fn negotiate<D: BlockDev + 'static>(
     r: &mut impl Read,
     w: &mut impl Write,
-    exports: &'a [Export<D>],
+    catalog: &dyn Catalog<D>,
+    mut auth: Auth<'_>,
     ring: &LocalRing,
     config: &ServerConfig,
-) -> Result<Option<Selected<'a, D>>, ConnError> {
+) -> Result<Option<Selected<D>>, ConnError> {
     w.write_all(&proto::encode_greeting(
         proto::FLAG_FIXED_NEWSTYLE | proto::FLAG_NO_ZEROES,
     ))?;
@@ -647,17 +824,6 @@ fn negotiate<'a, D: BlockDev>(
     }
     let client_flags = proto::decode_client_flags(&cf)?;
     let no_zeroes = client_flags & proto::FLAG_C_NO_ZEROES != 0;
-    let find = |name: &str| {
-        if name.is_empty() {
-            // The default export: one called "" if any, else the first.
-            exports
-                .iter()
-                .find(|e| e.name.is_empty())
-                .or(exports.first())
-        } else {
-            exports.iter().find(|e| e.name == name)
-        }
-    };
     for _ in 0..config.max_options {
         let mut hb = [0u8; proto::OPTION_HEADER_LEN];
         if !read_frame(r, &mut hb)? {
@@ -668,9 +834,23 @@ fn negotiate<'a, D: BlockDev>(
         if !data.is_empty() && !read_frame(r, &mut data)? {
             return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
         }
-        let opt = match proto::decode_option(h.option, &data) {
+        let is_auth = matches!(
+            h.option,
+            proto::OPT_TIERBLK_AUTH_CHALLENGE | proto::OPT_TIERBLK_AUTH_PROOF
+        );
+        let decoded = if is_auth && auth.secret.is_none() {
+            // No secret: our options are unknown, as to any plain server.
+            Ok(ClientOption::Unsupported(h.option))
+        } else {
+            proto::decode_option(h.option, &data)
+        };
+        let opt = match decoded {
             Ok(o) => o,
             Err(e) if h.option == proto::OPT_EXPORT_NAME => return Err(e.into()),
+            Err(e) if is_auth => {
+                auth.fail(w, h.option, proto::REP_ERR_INVALID, &e.to_string())?;
+                continue;
+            }
             Err(e) => {
                 tracing::debug!(option = h.option, error = %e, "NBD: invalid option");
                 let msg = e.to_string();
@@ -678,13 +858,64 @@ fn negotiate<'a, D: BlockDev>(
                 continue;
             }
         };
+        let selects = matches!(
+            opt,
+            ClientOption::ExportName(_)
+                | ClientOption::List
+                | ClientOption::Info(_)
+                | ClientOption::Go(_)
+        );
+        if selects && !auth.authenticated {
+            if h.option == proto::OPT_EXPORT_NAME {
+                return Err(ConnError::Violation(
+                    "NBD_OPT_EXPORT_NAME before authentication".into(),
+                ));
+            }
+            tracing::debug!(option = h.option, "NBD: refused before authentication");
+            send_option_reply(
+                w,
+                h.option,
+                proto::REP_ERR_POLICY,
+                b"authentication required (tierblk cluster secret)",
+            )?;
+            continue;
+        }
         match opt {
-            ClientOption::ExportName(name) => {
-                let Some(export) = find(&name) else {
-                    return Err(ConnError::Violation(format!(
-                        "NBD_OPT_EXPORT_NAME for unknown export {name:?}"
-                    )));
+            ClientOption::AuthChallenge => {
+                let nonce = auth::nonce()?;
+                auth.server_nonce = Some(nonce);
+                send_option_reply(w, h.option, proto::REP_TIERBLK_AUTH, &nonce)?;
+            }
+            ClientOption::AuthProof(p) => {
+                let (Some(secret), Some(sn)) = (auth.secret, auth.server_nonce.take()) else {
+                    auth.fail(
+                        w,
+                        h.option,
+                        proto::REP_ERR_INVALID,
+                        "authentication proof without a challenge",
+                    )?;
+                    continue;
                 };
+                if secret.verify_client_proof(&sn, &p.client_nonce, &p.mac) {
+                    auth.authenticated = true;
+                    tracing::debug!("NBD: peer authenticated");
+                    let proof = secret.server_proof(&sn, &p.client_nonce);
+                    send_option_reply(w, h.option, proto::REP_TIERBLK_AUTH, &proof)?;
+                } else {
+                    auth.fail(
+                        w,
+                        h.option,
+                        proto::REP_ERR_POLICY,
+                        "authentication failed (wrong cluster secret?)",
+                    )?;
+                }
+            }
+            ClientOption::ExportName(name) => {
+                let export = catalog.lookup(&name).map_err(|e| {
+                    ConnError::Violation(format!(
+                        "NBD_OPT_EXPORT_NAME for unknown export {name:?}: {e}"
+                    ))
+                })?;
                 let dev = (export.factory)(ring).map_err(|e| {
                     ConnError::Violation(format!("export {name:?} unavailable: {e}"))
                 })?;
@@ -701,22 +932,30 @@ fn negotiate<'a, D: BlockDev>(
                 return Ok(None);
             }
             ClientOption::List => {
-                for e in exports {
+                for name in catalog.list() {
+                    if !valid_name(&name) {
+                        tracing::warn!(name = %name.escape_debug(), "NBD: export name cannot be listed");
+                        continue;
+                    }
                     send_option_reply(
                         w,
                         h.option,
                         proto::REP_SERVER,
-                        &proto::encode_rep_server(&e.name),
+                        &proto::encode_rep_server(&name),
                     )?;
                 }
                 send_option_reply(w, h.option, proto::REP_ACK, &[])?;
             }
             ClientOption::Info(req) | ClientOption::Go(req) => {
                 let go = h.option == proto::OPT_GO;
-                let Some(export) = find(&req.name) else {
-                    let msg = format!("no export {:?}", req.name);
-                    send_option_reply(w, h.option, proto::REP_ERR_UNKNOWN, msg.as_bytes())?;
-                    continue;
+                let export = match catalog.lookup(&req.name) {
+                    Ok(e) => e,
+                    Err(msg) => {
+                        tracing::debug!(export = %req.name, reason = %msg, "NBD: no such export");
+                        let msg = clip(&msg);
+                        send_option_reply(w, h.option, proto::REP_ERR_UNKNOWN, msg.as_bytes())?;
+                        continue;
+                    }
                 };
                 let dev = if go {
                     match (export.factory)(ring) {
@@ -724,6 +963,7 @@ fn negotiate<'a, D: BlockDev>(
                         Err(e) => {
                             tracing::warn!(export = %export.name, error = %e, "NBD: export unavailable");
                             let msg = format!("export {:?} unavailable: {e}", export.name);
+                            let msg = clip(&msg);
                             send_option_reply(w, h.option, proto::REP_ERR_UNKNOWN, msg.as_bytes())?;
                             continue;
                         }
@@ -738,7 +978,7 @@ fn negotiate<'a, D: BlockDev>(
                     },
                     block_size_info(dev.as_ref()),
                 ];
-                if req.requests.contains(&proto::INFO_NAME) {
+                if req.requests.contains(&proto::INFO_NAME) && valid_name(&export.name) {
                     infos.push(Info::Name(export.name.clone()));
                 }
                 if let (true, Some(d)) = (
@@ -825,7 +1065,7 @@ fn skip(r: &mut impl Read, len: u64) -> io::Result<()> {
 fn transmission<D: BlockDev>(
     r: &mut impl Read,
     w: &mut impl Write,
-    sel: Selected<'_, D>,
+    sel: Selected<D>,
     ring: &LocalRing,
 ) -> Result<(), ConnError> {
     let Selected { export, dev } = sel;

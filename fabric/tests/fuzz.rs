@@ -23,9 +23,19 @@ fn decode_everything(buf: &[u8]) -> usize {
         proto::OPT_INFO,
         proto::OPT_GO,
         proto::OPT_STARTTLS,
+        proto::OPT_TIERBLK_AUTH_CHALLENGE,
+        proto::OPT_TIERBLK_AUTH_PROOF,
         u32::MAX,
     ] {
         let _ = proto::decode_option(option, buf);
+    }
+    if let Ok(p) = proto::decode_auth_proof(buf) {
+        ok += 1;
+        assert_eq!(&proto::encode_auth_proof(&p)[..], buf);
+    }
+    if let Ok(r) = proto::decode_auth_reply(buf) {
+        ok += 1;
+        assert_eq!(&r[..], buf);
     }
     if let Ok(r) = proto::decode_info_request(buf) {
         ok += 1;
@@ -79,6 +89,12 @@ fn seeds() -> Vec<Vec<u8>> {
         }),
         proto::encode_info(&Info::Name("n".into())),
         proto::encode_export_name_reply(4096, 3, false),
+        proto::encode_auth_proof(&proto::AuthProof {
+            client_nonce: [0x5a; proto::AUTH_NONCE_LEN],
+            mac: [0xa5; proto::AUTH_MAC_LEN],
+        })
+        .to_vec(),
+        vec![0x3c; proto::AUTH_NONCE_LEN],
         Request {
             flags: 1,
             command: proto::CMD_WRITE,
@@ -101,6 +117,18 @@ fn seeds() -> Vec<Vec<u8>> {
     let mut r = Vec::new();
     proto::encode_option_reply(proto::OPT_GO, proto::REP_INFO, &v[4].clone(), &mut r);
     v.push(r);
+    let proof = v[8].clone();
+    let mut o = Vec::new();
+    proto::encode_option(proto::OPT_TIERBLK_AUTH_PROOF, &proof, &mut o);
+    v.push(o);
+    let mut r = Vec::new();
+    proto::encode_option_reply(
+        proto::OPT_TIERBLK_AUTH_CHALLENGE,
+        proto::REP_TIERBLK_AUTH,
+        &[7; proto::AUTH_NONCE_LEN],
+        &mut r,
+    );
+    v.push(r);
     v
 }
 
@@ -111,7 +139,7 @@ fn random_bytes_never_panic() {
     let mut rng = Rng::new(1);
     for _ in 0..200_000 {
         let len = match rng.below(4) {
-            0 => [2, 4, 10, 12, 14, 16, 18, 20, 28][rng.below(9) as usize],
+            0 => [2, 4, 10, 12, 14, 16, 18, 20, 28, 32, 64][rng.below(11) as usize],
             _ => rng.below(96) as usize,
         };
         let buf = rng.bytes(len);

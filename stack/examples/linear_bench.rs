@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use tierblk_stack::uring::{join_all, LocalRing};
-use tierblk_stack::{build_linear, open_alu, AlignedBuf, BlockDev};
+use tierblk_stack::{build_linear, open_alu, AlignedBuf, BlockDev, Piece};
 
 const QD: usize = 32;
 
@@ -24,7 +24,11 @@ fn main() -> std::io::Result<()> {
     let file = open_alu(&path)?;
     let half = size / 2;
     let ring = LocalRing::new(2 * QD as u32)?;
-    let vol = build_linear(&[(file.clone(), 0, half), (file, half, half)], ring.clone());
+    let pieces = [
+        Piece::local(file.clone(), 0, half),
+        Piece::local(file, half, half),
+    ];
+    let vol = build_linear(&pieces, ring.clone());
 
     for (name, bs, random) in [("seq 128K", 128 << 10, false), ("rand 4K", 4096, true)] {
         for write in [true, false] {

@@ -13,6 +13,9 @@
 //!   allocation, boxing or locking.
 //! * [`partition`] is the tier-1 partition object (spec [056]/[080]): a byte
 //!   range of one ALU.
+//! * [`remote`] is the remote reference to a tier-1 object in a peer (spec
+//!   [0109]–[0110]) over the fabric's NBD ([`nbd`]), with path failover;
+//!   [`leaf`] makes local and remote references one leaf type.
 //! * [`linear`] is the concatenation object (spec [061]).
 //! * [`stripe`] (RAID0), [`mirror`] (RAID1) and their composition RAID10 are
 //!   the second-tier objects of spec [074]–[076]; [`volume`] assembles any
@@ -38,15 +41,17 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
 
 pub mod aligned;
 pub mod bitmap;
 pub mod gate;
 pub mod join;
+pub mod leaf;
 pub mod linear;
 pub mod mirror;
+pub mod nbd;
 pub mod partition;
+pub mod remote;
 pub mod resync;
 pub mod snapshot;
 pub mod stripe;
@@ -56,9 +61,11 @@ pub mod volume;
 
 pub use aligned::AlignedBuf;
 pub use bitmap::{IntentCopy, IntentId, WriteIntent};
+pub use leaf::{Leaf, Piece};
 pub use linear::Linear;
 pub use mirror::{Mirror, MirrorHealth, MirrorState};
 pub use partition::{open_alu, Partition};
+pub use remote::{PathReport, RemoteDesc, RemoteRef};
 pub use resync::{
     rebuild_leg, resync_dirty, scrub, DirtyReport, JobControl, JobError, ScrubReport,
 };
@@ -225,18 +232,10 @@ pub(crate) fn check_range(op: &'static str, offset: u64, len: u64, size: u64) ->
     }
 }
 
-/// Convenience for the daemon: build, per queue thread, the linear volume over
-/// `pieces` (each `(alu, start, len)`, in volume order) using `ring`.
-pub fn build_linear<R: Ring + Clone>(
-    pieces: &[(Arc<std::fs::File>, u64, u64)],
-    ring: R,
-) -> Linear<Partition<R>> {
-    Linear::new(
-        pieces
-            .iter()
-            .map(|(file, start, len)| Partition::new(file.clone(), *start, *len, ring.clone()))
-            .collect(),
-    )
+/// Convenience for the daemon: build, per queue thread, the concatenation of
+/// `pieces` (in volume order) using `ring`.
+pub fn build_linear<R: Ring + Clone>(pieces: &[Piece], ring: R) -> Linear<Leaf<R>> {
+    Linear::new(pieces.iter().map(|p| p.build(ring.clone())).collect())
 }
 
 #[cfg(test)]

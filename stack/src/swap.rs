@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use crate::volume::MemberDesc;
-use crate::{build_linear, BlockDev, IoResult, Limits, Linear, Partition, Ring};
+use crate::{build_linear, BlockDev, IoResult, Leaf, Limits, Linear, Ring};
 
 /// The shared, replaceable description of one leg.
 #[derive(Debug)]
@@ -80,7 +80,7 @@ impl LegSlot {
 pub struct SwapLeg<R: Ring + Clone> {
     slot: std::sync::Arc<LegSlot>,
     seen: Cell<u64>,
-    current: RefCell<Rc<Linear<Partition<R>>>>,
+    current: RefCell<Rc<Linear<Leaf<R>>>>,
     ring: R,
 }
 
@@ -98,7 +98,7 @@ impl<R: Ring + Clone> SwapLeg<R> {
     }
 
     /// The leg to use for the next I/O, rebuilt if the slot moved on.
-    fn dev(&self) -> Rc<Linear<Partition<R>>> {
+    fn dev(&self) -> Rc<Linear<Leaf<R>>> {
         if self.slot.generation.load(Ordering::SeqCst) != self.seen.get() {
             let (generation, desc) = self.slot.snapshot();
             *self.current.borrow_mut() = Rc::new(build_linear(&desc.pieces, self.ring.clone()));

@@ -30,7 +30,7 @@ use crate::bitmap::IntentCopy;
 use crate::mirror::{Mirror, MirrorHealth, MirrorState, MAX_LEGS};
 use crate::stripe::Stripe;
 use crate::swap::{LegSlot, SwapLeg};
-use crate::{build_linear, BlockDev, IoResult, Limits, Linear, Partition, Ring};
+use crate::{build_linear, BlockDev, IoResult, Leaf, Limits, Linear, Piece, Ring};
 
 /// Volume layout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,19 +51,26 @@ pub enum Layout {
     },
 }
 
-/// One member: a concatenation of ALU pieces `(alu, start, len)`.
+/// One member: a concatenation of pieces, local or remote.
 #[derive(Clone, Debug)]
 pub struct MemberDesc {
     /// Pieces in member order.
-    pub pieces: Vec<(Arc<File>, u64, u64)>,
+    pub pieces: Vec<Piece>,
 }
 
 impl MemberDesc {
+    /// A member of local ALU pieces `(alu, start, len)`.
+    pub fn local(pieces: Vec<(Arc<File>, u64, u64)>) -> MemberDesc {
+        MemberDesc {
+            pieces: pieces.into_iter().map(Piece::from).collect(),
+        }
+    }
+
     /// Size in bytes (sum of the piece lengths).
     pub fn size(&self) -> u64 {
         self.pieces
             .iter()
-            .fold(0u64, |a, (_, _, len)| a.saturating_add(*len))
+            .fold(0u64, |a, p| a.saturating_add(p.len()))
     }
 }
 
@@ -165,9 +172,9 @@ pub enum BuildError {
 /// A volume tree for one queue thread.
 pub enum Volume<R: Ring + Clone> {
     /// Concatenation.
-    Linear(Linear<Partition<R>>),
+    Linear(Linear<Leaf<R>>),
     /// RAID0.
-    Stripe(Stripe<Linear<Partition<R>>>),
+    Stripe(Stripe<Linear<Leaf<R>>>),
     /// RAID1; its legs can be replaced online ([`SwapLeg`]).
     Mirror(Mirror<SwapLeg<R>, IntentCopy<R>>),
     /// RAID10: striping over mirroring.

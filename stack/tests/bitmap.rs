@@ -718,7 +718,7 @@ fn build_volume_writes_the_copies_where_set_copy_placed_them() {
         copies: 2,
         members: (0..2)
             .map(|i| MemberDesc {
-                pieces: vec![(files[i].clone(), MIB, LEG)],
+                pieces: vec![(files[i].clone(), MIB, LEG).into()],
             })
             .collect(),
         health: vec![h.clone()],
@@ -751,7 +751,7 @@ fn build_volume_writes_the_copies_where_set_copy_placed_them() {
     h.slot(1)
         .unwrap()
         .replace(MemberDesc {
-            pieces: vec![(files[2].clone(), 2 * MIB, LEG)],
+            pieces: vec![(files[2].clone(), 2 * MIB, LEG).into()],
         })
         .unwrap();
     assert!(h.start_rebuild(1, 0));

@@ -5,7 +5,7 @@ mod common;
 
 use common::{Rng, TempImage};
 use tierblk_stack::uring::{join_all, LocalRing};
-use tierblk_stack::{build_linear, open_alu, AlignedBuf, BlockDev, Linear, Partition};
+use tierblk_stack::{build_linear, open_alu, AlignedBuf, BlockDev, Leaf, Linear, Piece};
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
@@ -14,7 +14,7 @@ struct Fixture {
     _a: TempImage,
     _b: TempImage,
     ring: LocalRing,
-    vol: Linear<Partition<LocalRing>>,
+    vol: Linear<Leaf<LocalRing>>,
     boundaries: Vec<u64>,
 }
 
@@ -30,7 +30,8 @@ fn fixture() -> Fixture {
         (fa.clone(), 2 * MIB + 64 * KIB, 700 * KIB), // A[2M+64K, ..)
     ];
     let ring = LocalRing::new(64).unwrap();
-    let vol = build_linear(&pieces, ring.clone());
+    let pieces_desc: Vec<Piece> = pieces.iter().cloned().map(Piece::from).collect();
+    let vol = build_linear(&pieces_desc, ring.clone());
     let mut boundaries = vec![0];
     for (_, _, len) in &pieces {
         boundaries.push(boundaries.last().unwrap() + len);
@@ -60,13 +61,7 @@ fn random_range(rng: &mut Rng, size: u64, boundaries: &[u64]) -> (u64, u64) {
     (off, len)
 }
 
-fn check_read(
-    vol: &Linear<Partition<LocalRing>>,
-    ring: &LocalRing,
-    model: &[u8],
-    off: u64,
-    len: u64,
-) {
+fn check_read(vol: &Linear<Leaf<LocalRing>>, ring: &LocalRing, model: &[u8], off: u64, len: u64) {
     let mut buf = AlignedBuf::new(len as usize);
     ring.block_on(vol.read(off, &mut buf)).unwrap();
     assert!(

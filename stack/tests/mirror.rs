@@ -235,10 +235,10 @@ fn image_mirror_desc(
         copies: 2,
         members: vec![
             MemberDesc {
-                pieces: vec![(fa.clone(), 0, MIB), (fa, 2 * MIB, MIB)],
+                pieces: vec![(fa.clone(), 0, MIB).into(), (fa, 2 * MIB, MIB).into()],
             },
             MemberDesc {
-                pieces: vec![(b_file, 4096, 2 * MIB)],
+                pieces: vec![(b_file, 4096, 2 * MIB).into()],
             },
         ],
         health: vec![h],

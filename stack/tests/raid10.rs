@@ -119,7 +119,7 @@ fn raid10_over_image_partitions_through_build_volume() {
     let files: Vec<_> = imgs.iter().map(|i| open_alu(&i.path).unwrap()).collect();
     let members = (0..4)
         .map(|m| MemberDesc {
-            pieces: vec![(files[m].clone(), 8192, leg)],
+            pieces: vec![(files[m].clone(), 8192, leg).into()],
         })
         .collect();
     let calls: Calls = Arc::default();

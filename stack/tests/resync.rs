@@ -627,13 +627,16 @@ fn rebuild_on_a_job_thread_while_a_queue_thread_writes() {
         copies: 2,
         members: vec![
             MemberDesc {
-                pieces: vec![(open_alu(&a.path).unwrap(), MIB, LEG)],
+                pieces: vec![(open_alu(&a.path).unwrap(), MIB, LEG).into()],
             },
             MemberDesc {
                 // Leg 1 in two pieces, in the other order on its ALU.
                 pieces: {
                     let fb = open_alu(&b.path).unwrap();
-                    vec![(fb.clone(), 3 * MIB, 2 * MIB), (fb, 0, 2 * MIB)]
+                    vec![
+                        (fb.clone(), 3 * MIB, 2 * MIB).into(),
+                        (fb, 0, 2 * MIB).into(),
+                    ]
                 },
             },
         ],
@@ -696,7 +699,7 @@ fn raid10_rebuilds_one_mirror_through_volume_mirrors() {
         members: imgs
             .iter()
             .map(|t| MemberDesc {
-                pieces: vec![(open_alu(&t.path).unwrap(), 0, LEG)],
+                pieces: vec![(open_alu(&t.path).unwrap(), 0, LEG).into()],
             })
             .collect(),
         health: vec![h0, h1.clone()],

@@ -146,13 +146,16 @@ fn stripe_over_image_partitions_through_build_volume() {
     // Member 1 is a concatenation of two pieces of different files.
     let members = vec![
         MemberDesc {
-            pieces: vec![(fa.clone(), 0, member)],
+            pieces: vec![(fa.clone(), 0, member).into()],
         },
         MemberDesc {
-            pieces: vec![(fb.clone(), 0, 512 * KIB), (fa.clone(), member, MIB)],
+            pieces: vec![
+                (fb.clone(), 0, 512 * KIB).into(),
+                (fa.clone(), member, MIB).into(),
+            ],
         },
         MemberDesc {
-            pieces: vec![(fb.clone(), 512 * KIB, member)],
+            pieces: vec![(fb.clone(), 512 * KIB, member).into()],
         },
     ];
     let desc = VolumeDesc {

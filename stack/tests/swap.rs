@@ -18,7 +18,7 @@ const SIZE: u64 = 4 * MIB;
 
 fn member(img: &TempImage) -> MemberDesc {
     MemberDesc {
-        pieces: vec![(open_alu(&img.path).unwrap(), 0, SIZE)],
+        pieces: vec![(open_alu(&img.path).unwrap(), 0, SIZE).into()],
     }
 }
 
@@ -85,7 +85,7 @@ fn a_replaced_leg_takes_writes_then_rebuilds_and_the_old_one_is_left_alone() {
     // A replacement of the wrong size is refused and changes nothing.
     let small = TempImage::new(MIB as usize, 0, None);
     let bad = MemberDesc {
-        pieces: vec![(open_alu(&small.path).unwrap(), 0, MIB)],
+        pieces: vec![(open_alu(&small.path).unwrap(), 0, MIB).into()],
     };
     let generation = health.slot(1).unwrap().generation();
     assert!(health.slot(1).unwrap().replace(bad).is_err());

@@ -37,7 +37,7 @@ impl Env {
             .iter()
             .enumerate()
             .map(|(i, &s)| MemberDesc {
-                pieces: vec![(self.file.clone(), i as u64 * MIB, s)],
+                pieces: vec![(self.file.clone(), i as u64 * MIB, s).into()],
             })
             .collect()
     }

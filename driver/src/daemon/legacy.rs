@@ -100,7 +100,7 @@ impl Daemon {
             layout: StackLayout::Linear,
             copies: 1,
             members: vec![MemberDesc {
-                pieces: vec![(file, 0, l.size)],
+                pieces: vec![Piece::local(file, 0, l.size)],
             }],
             health: Vec::new(),
         });

@@ -4,7 +4,10 @@
 //! [`NbdDev`] is a [`BlockDev`] that is one NBD connection. The handshake is
 //! blocking and happens in [`NbdDev::connect`] (fixed newstyle, `NBD_OPT_GO`
 //! asking for block sizes, falling back to `NBD_OPT_EXPORT_NAME` when the
-//! server answers `NBD_REP_ERR_UNSUP`). Transmission then goes through the
+//! server answers `NBD_REP_ERR_UNSUP`); with a cluster [`Secret`]
+//! ([`NbdDev::connect_with`], [`list_exports_with`]) it first runs the mutual
+//! challenge-response of [`super::auth`] and refuses a server that cannot
+//! prove it holds the secret. Transmission then goes through the
 //! owning thread's [`Ring`]: `SendMsg` and `Recv` SQEs on the socket, so a
 //! ublk queue thread owns its connections and submits their I/O on its own
 //! ring, with no cross-thread hop and no lock.
@@ -54,12 +57,13 @@ use std::os::unix::net::UnixStream;
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
+use crate::{BlockDev, IoError, IoResult, Limits, Ring};
 use io_uring::{opcode, types};
 use thiserror::Error;
-use tierblk_stack::{BlockDev, IoError, IoResult, Limits, Ring};
 
-use crate::proto::{self, Info, ProtoError, Request, SimpleReply};
-use crate::NbdAddr;
+use super::auth::{self, AuthError, Secret};
+use super::proto::{self, Info, ProtoError, Request, SimpleReply};
+use super::NbdAddr;
 
 /// Handshake failure.
 #[derive(Debug, Error)]
@@ -83,6 +87,14 @@ pub enum ClientError {
     /// The server does not follow the protocol.
     #[error("NBD handshake: {0}")]
     Protocol(String),
+    /// Authentication with the cluster secret failed: the server refused our
+    /// proof (wrong secret), does not support it (no secret configured, or
+    /// not a tierblk server), or its own proof is wrong.
+    #[error("NBD authentication: {0}")]
+    Auth(String),
+    /// No randomness for our nonce.
+    #[error("NBD authentication: {0}")]
+    Random(#[from] AuthError),
 }
 
 /// Default timeout of each handshake read/write.
@@ -224,12 +236,81 @@ fn refused(option: u32, reply: u32, data: &[u8]) -> ClientError {
     }
 }
 
+/// The client side of the challenge-response of [`super::auth`], right after
+/// the handshake: prove we hold `secret` and check that the server does.
+fn authenticate(s: &mut Sock, secret: &Secret) -> Result<(), ClientError> {
+    let refused = |step: &str, reply: u32, data: &[u8]| {
+        let msg = String::from_utf8_lossy(&data[..data.len().min(proto::MAX_STRING_LEN)]);
+        ClientError::Auth(match reply {
+            proto::REP_ERR_UNSUP => format!(
+                "server does not support tierblk authentication ({step}: \
+                 NBD_REP_ERR_UNSUP): no cluster secret configured, or not a tierblk server"
+            ),
+            proto::REP_ERR_POLICY => {
+                format!("server refused our {step} (wrong cluster secret?): {msg}")
+            }
+            r => format!("server refused our {step}: reply {r:#x}: {msg}"),
+        })
+    };
+    send_option(s, proto::OPT_TIERBLK_AUTH_CHALLENGE, &[])?;
+    let (reply, data) = read_option_reply(s, proto::OPT_TIERBLK_AUTH_CHALLENGE)?;
+    if reply & proto::REP_FLAG_ERROR != 0 {
+        return Err(refused("challenge", reply, &data));
+    }
+    if reply != proto::REP_TIERBLK_AUTH {
+        return Err(ClientError::Protocol(format!(
+            "unexpected reply {reply:#x} to the authentication challenge"
+        )));
+    }
+    let server_nonce = proto::decode_auth_reply(&data)?;
+    let client_nonce = auth::nonce()?;
+    let proof = proto::AuthProof {
+        client_nonce,
+        mac: secret.client_proof(&server_nonce, &client_nonce),
+    };
+    send_option(
+        s,
+        proto::OPT_TIERBLK_AUTH_PROOF,
+        &proto::encode_auth_proof(&proof),
+    )?;
+    let (reply, data) = read_option_reply(s, proto::OPT_TIERBLK_AUTH_PROOF)?;
+    if reply & proto::REP_FLAG_ERROR != 0 {
+        return Err(refused("proof", reply, &data));
+    }
+    if reply != proto::REP_TIERBLK_AUTH {
+        return Err(ClientError::Protocol(format!(
+            "unexpected reply {reply:#x} to the authentication proof"
+        )));
+    }
+    let server_proof = proto::decode_auth_reply(&data)?;
+    if !secret.verify_server_proof(&server_nonce, &client_nonce, &server_proof) {
+        return Err(ClientError::Auth(
+            "the server's proof is wrong: it does not hold our cluster secret".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Greeting, client flags and, with a secret, authentication; returns whether
+/// the server omits the zeroes.
+fn open_session(s: &mut Sock, secret: Option<&Secret>) -> Result<bool, ClientError> {
+    let no_zeroes = start_handshake(s)?;
+    if let Some(secret) = secret {
+        authenticate(s, secret)?;
+    }
+    Ok(no_zeroes)
+}
+
 /// Negotiate `export` on a connected socket, leaving it in transmission.
-fn negotiate(s: &mut Sock, export: &str) -> Result<ExportInfo, ClientError> {
+fn negotiate(
+    s: &mut Sock,
+    export: &str,
+    secret: Option<&Secret>,
+) -> Result<ExportInfo, ClientError> {
     if export.len() > proto::MAX_STRING_LEN {
         return Err(ClientError::Protocol("export name too long".into()));
     }
-    let no_zeroes = start_handshake(s)?;
+    let no_zeroes = open_session(s, secret)?;
     send_option(
         s,
         proto::OPT_GO,
@@ -301,8 +382,18 @@ fn negotiate(s: &mut Sock, export: &str) -> Result<ExportInfo, ClientError> {
 /// List the exports of the server at `addr` (`NBD_OPT_LIST`, then
 /// `NBD_OPT_ABORT`).
 pub fn list_exports(addr: &NbdAddr) -> Result<Vec<String>, ClientError> {
+    list_exports_with(addr, None)
+}
+
+/// As [`list_exports`], authenticating first with `secret` when given (see
+/// [`super::auth`]): fails with [`ClientError::Auth`] when the server refuses
+/// our proof or cannot prove it holds the secret.
+pub fn list_exports_with(
+    addr: &NbdAddr,
+    secret: Option<&Secret>,
+) -> Result<Vec<String>, ClientError> {
     let mut s = Sock::connect(addr)?;
-    start_handshake(&mut s)?;
+    open_session(&mut s, secret)?;
     send_option(&mut s, proto::OPT_LIST, &[])?;
     let mut names = Vec::new();
     loop {
@@ -373,10 +464,23 @@ impl<R: Ring> NbdDev<R> {
     /// Connect to `addr`, negotiate `export` (blocking) and return the device,
     /// whose I/O is then submitted on `ring`.
     pub fn connect(addr: &NbdAddr, export: &str, ring: R) -> Result<Self, ClientError> {
+        Self::connect_with(addr, export, ring, None)
+    }
+
+    /// As [`NbdDev::connect`], authenticating first with the cluster `secret`
+    /// when given (see [`super::auth`]): fails with [`ClientError::Auth`]
+    /// when the server refuses our proof, does not support authentication or
+    /// cannot prove it holds the secret.
+    pub fn connect_with(
+        addr: &NbdAddr,
+        export: &str,
+        ring: R,
+        secret: Option<&Secret>,
+    ) -> Result<Self, ClientError> {
         let mut s = Sock::connect(addr)?;
-        let info = negotiate(&mut s, export)?;
+        let info = negotiate(&mut s, export, secret)?;
         s.set_timeouts(None)?;
-        tracing::debug!(%addr, export, ?info, "NBD connected");
+        tracing::debug!(%addr, export, authenticated = secret.is_some(), ?info, "NBD connected");
         Ok(Self::from_parts(s.into_fd(), info, ring))
     }
 

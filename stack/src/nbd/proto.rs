@@ -9,6 +9,12 @@
 //! `READ`, `WRITE`, `DISC`, `FLUSH`, `TRIM`, `WRITE_ZEROES`; flags `FUA`,
 //! `NO_HOLE`).
 //!
+//! Two options are ours, outside the protocol's numbering (a foreign server
+//! answers them `NBD_REP_ERR_UNSUP`, as it must for any unknown option): the
+//! cluster-secret challenge-response of [`super::auth`],
+//! [`OPT_TIERBLK_AUTH_CHALLENGE`] and [`OPT_TIERBLK_AUTH_PROOF`], both
+//! answered with a [`REP_TIERBLK_AUTH`] reply carrying 32 bytes.
+//!
 //! Everything here is a pure function over byte slices: no I/O, no state.
 //! Decoders never panic, whatever the input (they are fuzzed by
 //! `fabric/tests/fuzz.rs`); every length read from the wire is checked against
@@ -56,6 +62,15 @@ pub const OPT_INFO: u32 = 6;
 pub const OPT_GO: u32 = 7;
 /// Option: structured replies (not supported here).
 pub const OPT_STRUCTURED_REPLY: u32 = 8;
+/// Option of ours (`"TBK"`, 1): ask for a server nonce to authenticate with
+/// the cluster secret. Empty payload; answered with [`REP_TIERBLK_AUTH`]
+/// carrying the 32-byte server nonce.
+pub const OPT_TIERBLK_AUTH_CHALLENGE: u32 = 0x5442_4b01;
+/// Option of ours (`"TBK"`, 2): the client's proof, client nonce (32 bytes)
+/// then `HMAC-SHA256(secret, "tierblk-nbd-auth-v1 client" || server nonce ||
+/// client nonce)` (32 bytes). Answered with [`REP_TIERBLK_AUTH`] carrying the
+/// server's proof, or `NBD_REP_ERR_POLICY` when wrong.
+pub const OPT_TIERBLK_AUTH_PROOF: u32 = 0x5442_4b02;
 
 /// Reply: option acknowledged / end of a list of replies.
 pub const REP_ACK: u32 = 1;
@@ -63,6 +78,9 @@ pub const REP_ACK: u32 = 1;
 pub const REP_SERVER: u32 = 2;
 /// Reply: one information item of `INFO` / `GO`.
 pub const REP_INFO: u32 = 3;
+/// Reply of ours to [`OPT_TIERBLK_AUTH_CHALLENGE`] (server nonce) and
+/// [`OPT_TIERBLK_AUTH_PROOF`] (server proof): exactly 32 bytes of payload.
+pub const REP_TIERBLK_AUTH: u32 = 0x5442_4b01;
 /// Bit set in every error reply.
 pub const REP_FLAG_ERROR: u32 = 1 << 31;
 /// Error reply: option unknown or unsupported.
@@ -167,6 +185,12 @@ pub const OPTION_REPLY_HEADER_LEN: usize = 20;
 pub const REQUEST_LEN: usize = 28;
 /// Length of a simple reply header.
 pub const REPLY_LEN: usize = 16;
+/// Length of a nonce of the authentication options.
+pub const AUTH_NONCE_LEN: usize = 32;
+/// Length of a proof (HMAC-SHA256) of the authentication options.
+pub const AUTH_MAC_LEN: usize = 32;
+/// Length of the [`OPT_TIERBLK_AUTH_PROOF`] payload.
+pub const AUTH_PROOF_LEN: usize = AUTH_NONCE_LEN + AUTH_MAC_LEN;
 
 /// A frame that cannot be decoded. Any of these closes the connection.
 #[derive(Clone, Debug, PartialEq, Eq, Error)]
@@ -399,6 +423,10 @@ pub enum ClientOption {
     Info(InfoRequest),
     /// `NBD_OPT_GO`.
     Go(InfoRequest),
+    /// [`OPT_TIERBLK_AUTH_CHALLENGE`].
+    AuthChallenge,
+    /// [`OPT_TIERBLK_AUTH_PROOF`].
+    AuthProof(AuthProof),
     /// Any other option (answered with `NBD_REP_ERR_UNSUP`).
     Unsupported(u32),
 }
@@ -423,8 +451,57 @@ pub fn decode_option(option: u32, data: &[u8]) -> ProtoResult<ClientOption> {
         }
         OPT_INFO => ClientOption::Info(decode_info_request(data)?),
         OPT_GO => ClientOption::Go(decode_info_request(data)?),
+        OPT_TIERBLK_AUTH_CHALLENGE => {
+            if !data.is_empty() {
+                return Err(ProtoError::Invalid(
+                    "authentication challenge with a payload",
+                ));
+            }
+            ClientOption::AuthChallenge
+        }
+        OPT_TIERBLK_AUTH_PROOF => ClientOption::AuthProof(decode_auth_proof(data)?),
         other => ClientOption::Unsupported(other),
     })
+}
+
+/// Payload of [`OPT_TIERBLK_AUTH_PROOF`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AuthProof {
+    /// The client's fresh nonce.
+    pub client_nonce: [u8; AUTH_NONCE_LEN],
+    /// The client's HMAC over the server nonce and `client_nonce`.
+    pub mac: [u8; AUTH_MAC_LEN],
+}
+
+/// Encode the payload of [`OPT_TIERBLK_AUTH_PROOF`].
+pub fn encode_auth_proof(p: &AuthProof) -> [u8; AUTH_PROOF_LEN] {
+    let mut b = [0u8; AUTH_PROOF_LEN];
+    b[..AUTH_NONCE_LEN].copy_from_slice(&p.client_nonce);
+    b[AUTH_NONCE_LEN..].copy_from_slice(&p.mac);
+    b
+}
+
+/// Decode the payload of [`OPT_TIERBLK_AUTH_PROOF`]: exactly
+/// [`AUTH_PROOF_LEN`] bytes.
+pub fn decode_auth_proof(data: &[u8]) -> ProtoResult<AuthProof> {
+    if data.len() != AUTH_PROOF_LEN {
+        return Err(ProtoError::Invalid("authentication proof must be 64 bytes"));
+    }
+    let mut p = AuthProof {
+        client_nonce: [0; AUTH_NONCE_LEN],
+        mac: [0; AUTH_MAC_LEN],
+    };
+    p.client_nonce.copy_from_slice(&data[..AUTH_NONCE_LEN]);
+    p.mac.copy_from_slice(&data[AUTH_NONCE_LEN..]);
+    Ok(p)
+}
+
+/// Decode the payload of a [`REP_TIERBLK_AUTH`] reply (a server nonce or a
+/// server proof): exactly 32 bytes. (Its encoding is the 32 bytes
+/// themselves.)
+pub fn decode_auth_reply(data: &[u8]) -> ProtoResult<[u8; 32]> {
+    <[u8; 32]>::try_from(data)
+        .map_err(|_| ProtoError::Invalid("authentication reply must be 32 bytes"))
 }
 
 /// Header of an option reply.
@@ -885,6 +962,31 @@ mod tests {
         let mut bad = encode_info_request("disk", &[1, 2]);
         bad.pop();
         assert!(decode_info_request(&bad).is_err());
+    }
+
+    #[test]
+    fn auth_round_trip() {
+        assert_eq!(
+            decode_option(OPT_TIERBLK_AUTH_CHALLENGE, &[]),
+            Ok(ClientOption::AuthChallenge)
+        );
+        assert!(decode_option(OPT_TIERBLK_AUTH_CHALLENGE, &[0]).is_err());
+        let p = AuthProof {
+            client_nonce: [7; 32],
+            mac: [9; 32],
+        };
+        let b = encode_auth_proof(&p);
+        assert_eq!(
+            decode_option(OPT_TIERBLK_AUTH_PROOF, &b),
+            Ok(ClientOption::AuthProof(p))
+        );
+        assert!(decode_auth_proof(&b[..63]).is_err());
+        assert!(decode_auth_proof(&[0; 65]).is_err());
+        assert_eq!(decode_auth_reply(&[3; 32]), Ok([3; 32]));
+        assert!(decode_auth_reply(&[3; 31]).is_err());
+        assert!(decode_auth_reply(&[3; 33]).is_err());
+        // Private numbers: not error replies, not the protocol's options.
+        assert_eq!(REP_TIERBLK_AUTH & REP_FLAG_ERROR, 0);
     }
 
     #[test]

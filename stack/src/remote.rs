@@ -1,0 +1,467 @@
+//! The remote reference (spec \[0109\]–\[0110\]): a tier-2 object's link to a
+//! tier-1 object that lives in a peer storage processor, over one or more
+//! fabric paths (\[046\], section VII: redundant fabrics).
+//!
+//! A [`RemoteDesc`] names the peer's export and lists the paths to it in order
+//! of preference; it is shared by every queue thread of a volume. Each queue
+//! builds its own [`RemoteRef`], which owns that queue's connection ([`NbdDev`]
+//! on the queue's ring): no connection, lock or buffer is shared between
+//! queues.
+//!
+//! # Path failover (multipath)
+//!
+//! A request that fails because its connection broke (socket error, the peer
+//! closed, or the peer answered `ESHUTDOWN` because its configuration moved
+//! on) is not failed to the host: the connection is dropped, the next path is
+//! connected and the request is issued again. Re-issuing is safe for block
+//! I/O: a write carries its data and its offset, so writing it twice leaves
+//! the same bytes, and the host does not overlap in-flight writes. When no
+//! path works, requests wait (with a growing back-off on the queue's ring, not
+//! blocking it) for up to [`RemoteDesc::no_path_timeout`] — the bounded queue
+//! of SPDK's `fast_io_fail_timeout_sec` — and then fail with `EIO`, which a
+//! mirror above turns into a failed leg. Failback is immediate once the
+//! preferred path answers again: while on another path the preferred one is
+//! retried every [`FAILBACK_INTERVAL`].
+//!
+//! Connecting is the blocking NBD handshake; it runs on the queue thread. A
+//! path that is gone (no listener) fails at once; a peer that accepts but does
+//! not answer holds the queue up to the handshake timeout. Requests on a live
+//! connection have no timeout of their own (as NBD's kernel client without
+//! `-timeout`): a hung peer is detected by the failure inventory, not here.
+//!
+//! [`PathState`] counts, per path and across queues, what happened; the
+//! daemon reports it (`tierblk path list`).
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use io_uring::{opcode, types};
+
+use crate::nbd::auth::Secret;
+use crate::nbd::{NbdAddr, NbdDev};
+use crate::{check_range, BlockDev, IoError, IoResult, Limits, Ring};
+
+/// How often a reference running on a non-preferred path tries the preferred
+/// one again.
+pub const FAILBACK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Default of [`RemoteDesc::no_path_timeout`].
+pub const NO_PATH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// First and largest wait between rounds over every path.
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// What every queue's reference to one path has seen (shared, atomics only).
+#[derive(Debug)]
+pub struct PathState {
+    /// Where the path leads.
+    pub addr: NbdAddr,
+    up: AtomicBool,
+    /// Connections that some queue is using on this path now.
+    active: AtomicU64,
+    connects: AtomicU64,
+    failures: AtomicU64,
+    /// Written only when a path fails (never on the I/O path).
+    last_error: Mutex<Option<String>>,
+}
+
+/// A copy of a [`PathState`] for reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathReport {
+    /// Where the path leads.
+    pub addr: NbdAddr,
+    /// Whether the last attempt over this path worked.
+    pub up: bool,
+    /// Queues whose connection uses this path now.
+    pub active: u64,
+    /// Successful connections since start.
+    pub connects: u64,
+    /// Failed connections and broken connections since start.
+    pub failures: u64,
+    /// The last failure.
+    pub last_error: Option<String>,
+}
+
+impl PathState {
+    fn new(addr: NbdAddr) -> Self {
+        PathState {
+            addr,
+            up: AtomicBool::new(true),
+            active: AtomicU64::new(0),
+            connects: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+        }
+    }
+
+    fn failed(&self, why: String) {
+        self.up.store(false, Ordering::Relaxed);
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        *self.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+    }
+
+    fn report(&self) -> PathReport {
+        PathReport {
+            addr: self.addr.clone(),
+            up: self.up.load(Ordering::Relaxed),
+            active: self.active.load(Ordering::Relaxed),
+            connects: self.connects.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+            last_error: self
+                .last_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        }
+    }
+}
+
+/// A tier-1 object in a peer: its export name, the paths to it and what the
+/// volume expects of it. Shared by the volume's queue threads.
+#[derive(Debug)]
+pub struct RemoteDesc {
+    /// The export's name at the peer.
+    pub export: String,
+    /// Size the volume needs; a shorter export is refused.
+    pub size: u64,
+    /// Limits every queue reports before its first connection (probe the
+    /// export once with [`RemoteDesc::probe`]).
+    pub limits: Limits,
+    /// The cluster secret the peer wants, if any.
+    pub secret: Option<Arc<Secret>>,
+    /// How long requests wait when no path works before failing with `EIO`.
+    pub no_path_timeout: Duration,
+    paths: Vec<PathState>,
+}
+
+/// Why a remote reference cannot be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    /// No path given.
+    #[error("export {0}: no path")]
+    NoPath(String),
+    /// Every path failed.
+    #[error("export {export}: unreachable: {why}")]
+    Unreachable {
+        /// The export.
+        export: String,
+        /// One line per path.
+        why: String,
+    },
+    /// The export is smaller than the volume needs.
+    #[error("export {export} at {addr}: {have} bytes, need {need}")]
+    TooSmall {
+        /// The export.
+        export: String,
+        /// Where.
+        addr: NbdAddr,
+        /// Its size.
+        have: u64,
+        /// What the reference needs.
+        need: u64,
+    },
+    /// The export is read-only.
+    #[error("export {export} at {addr}: read-only")]
+    ReadOnly {
+        /// The export.
+        export: String,
+        /// Where.
+        addr: NbdAddr,
+    },
+}
+
+impl RemoteDesc {
+    /// Describe `export` of `size` bytes behind `paths` (preferred first).
+    /// Limits default to 4 KiB blocks and 1 MiB requests until probed.
+    pub fn new(
+        export: impl Into<String>,
+        size: u64,
+        paths: Vec<NbdAddr>,
+        secret: Option<Arc<Secret>>,
+    ) -> Result<RemoteDesc, RemoteError> {
+        let export = export.into();
+        if paths.is_empty() {
+            return Err(RemoteError::NoPath(export));
+        }
+        Ok(RemoteDesc {
+            export,
+            size,
+            limits: Limits {
+                logical_block: 512,
+                physical_block: 4096,
+                max_io_bytes: 1 << 20,
+                discard: true,
+                write_zeroes: true,
+            },
+            secret,
+            no_path_timeout: NO_PATH_TIMEOUT,
+            paths: paths.into_iter().map(PathState::new).collect(),
+        })
+    }
+
+    /// Connect once over the first path that answers, check the export (size,
+    /// writable) and take its limits. This is the "discover, then build
+    /// offline" step of start-up ([090]–[093]): a volume whose remote piece
+    /// fails here stays offline with this error.
+    pub fn probe(mut self) -> Result<RemoteDesc, RemoteError> {
+        let ring = crate::uring::LocalRing::new(4).map_err(|e| RemoteError::Unreachable {
+            export: self.export.clone(),
+            why: format!("cannot create a ring: {e}"),
+        })?;
+        let mut why = Vec::new();
+        for (i, p) in self.paths.iter().enumerate() {
+            match NbdDev::connect_with(&p.addr, &self.export, &ring, self.secret.as_deref()) {
+                Ok(dev) => {
+                    let info = dev.info();
+                    if dev.read_only() {
+                        return Err(RemoteError::ReadOnly {
+                            export: self.export.clone(),
+                            addr: p.addr.clone(),
+                        });
+                    }
+                    if info.size < self.size {
+                        return Err(RemoteError::TooSmall {
+                            export: self.export.clone(),
+                            addr: p.addr.clone(),
+                            have: info.size,
+                            need: self.size,
+                        });
+                    }
+                    let l = dev.limits();
+                    self.limits = l;
+                    for q in &self.paths[..i] {
+                        q.up.store(false, Ordering::Relaxed);
+                    }
+                    return Ok(self);
+                }
+                Err(e) => {
+                    p.failed(e.to_string());
+                    why.push(format!("{}: {e}", p.addr));
+                }
+            }
+        }
+        Err(RemoteError::Unreachable {
+            export: self.export.clone(),
+            why: why.join("; "),
+        })
+    }
+
+    /// Every path's state, preferred first.
+    pub fn paths(&self) -> Vec<PathReport> {
+        self.paths.iter().map(PathState::report).collect()
+    }
+}
+
+/// One queue's connection to a remote tier-1 object (see the module docs).
+pub struct RemoteRef<R: Ring + Clone> {
+    desc: Arc<RemoteDesc>,
+    ring: R,
+    conn: RefCell<Option<(usize, Rc<NbdDev<R>>)>>,
+    /// When to try the preferred path again while on another one.
+    failback_at: Cell<Option<Instant>>,
+}
+
+impl<R: Ring + Clone> RemoteRef<R> {
+    /// This queue's reference; it connects on first use.
+    pub fn new(desc: Arc<RemoteDesc>, ring: R) -> Self {
+        RemoteRef {
+            desc,
+            ring,
+            conn: RefCell::new(None),
+            failback_at: Cell::new(None),
+        }
+    }
+
+    /// The description shared by every queue.
+    pub fn desc(&self) -> &Arc<RemoteDesc> {
+        &self.desc
+    }
+
+    /// Index of the path this queue is connected over, if any.
+    pub fn current_path(&self) -> Option<usize> {
+        self.conn.borrow().as_ref().map(|(i, _)| *i)
+    }
+
+    fn try_path(&self, i: usize) -> Option<Rc<NbdDev<R>>> {
+        let p = &self.desc.paths[i];
+        let r = NbdDev::connect_with(
+            &p.addr,
+            &self.desc.export,
+            self.ring.clone(),
+            self.desc.secret.as_deref(),
+        );
+        match r {
+            Ok(dev) if dev.info().size >= self.desc.size && !dev.read_only() => {
+                p.up.store(true, Ordering::Relaxed);
+                p.connects.fetch_add(1, Ordering::Relaxed);
+                p.active.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(export = %self.desc.export, path = %p.addr, "remote reference connected");
+                Some(Rc::new(dev))
+            }
+            Ok(dev) => {
+                p.failed(format!(
+                    "export is {} bytes{}, need {} writable",
+                    dev.info().size,
+                    if dev.read_only() { " read-only" } else { "" },
+                    self.desc.size
+                ));
+                None
+            }
+            Err(e) => {
+                p.failed(e.to_string());
+                None
+            }
+        }
+    }
+
+    fn install(&self, i: usize, dev: Rc<NbdDev<R>>) {
+        let old = self.conn.borrow_mut().replace((i, dev.clone()));
+        if let Some((j, _)) = old {
+            self.desc.paths[j].active.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.failback_at
+            .set((i != 0).then(|| Instant::now() + FAILBACK_INTERVAL));
+    }
+
+    /// The connection to use: the current one, the preferred path when it is
+    /// time to fail back, else the first path that connects; waits with a
+    /// back-off while none does, up to the no-path timeout.
+    async fn conn(&self, op: &'static str, offset: u64, len: u64) -> IoResult<Rc<NbdDev<R>>> {
+        let current = self.conn.borrow().clone();
+        if let Some((_, dev)) = current {
+            let due = self.failback_at.get().is_some_and(|t| Instant::now() >= t);
+            if !due {
+                return Ok(dev);
+            }
+            match self.try_path(0) {
+                Some(d) => {
+                    tracing::info!(export = %self.desc.export, "failed back to the preferred path");
+                    self.install(0, d.clone());
+                    return Ok(d);
+                }
+                None => {
+                    self.failback_at
+                        .set(Some(Instant::now() + FAILBACK_INTERVAL));
+                    return Ok(dev);
+                }
+            }
+        }
+        let deadline = Instant::now() + self.desc.no_path_timeout;
+        let mut wait = BACKOFF_MIN;
+        loop {
+            for i in 0..self.desc.paths.len() {
+                if let Some(d) = self.try_path(i) {
+                    self.install(i, d.clone());
+                    return Ok(d);
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                tracing::error!(export = %self.desc.export, "no path to the export: failing I/O");
+                return Err(IoError::new(libc::EIO, op, offset, len));
+            }
+            self.sleep(wait.min(deadline - now)).await;
+            wait = (wait * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// Forget `dev` if it is still the current connection (another task may
+    /// have replaced it already).
+    fn lost(&self, dev: &Rc<NbdDev<R>>, e: &IoError) {
+        let mut conn = self.conn.borrow_mut();
+        if let Some((i, cur)) = conn.as_ref() {
+            if Rc::ptr_eq(cur, dev) {
+                let p = &self.desc.paths[*i];
+                tracing::warn!(export = %self.desc.export, path = %p.addr, error = %e, "fabric path failed: failing over");
+                p.failed(e.to_string());
+                p.active.fetch_sub(1, Ordering::Relaxed);
+                *conn = None;
+            }
+        }
+    }
+
+    async fn sleep(&self, d: Duration) {
+        let ts = types::Timespec::new()
+            .sec(d.as_secs())
+            .nsec(d.subsec_nanos());
+        // `ts` lives in this future, which is driven to completion.
+        let _ = self
+            .ring
+            .submit(opcode::Timeout::new(&ts as *const types::Timespec).build())
+            .await;
+    }
+}
+
+/// Whether `e` from `dev` means "try another path" rather than "the object
+/// failed": a broken connection, or the peer shutting the session down.
+fn retryable<R: Ring>(dev: &NbdDev<R>, e: &IoError) -> bool {
+    dev.is_broken() || e.errno() == libc::ESHUTDOWN
+}
+
+/// Issue `$call` on a connection, failing over until it succeeds, fails for a
+/// reason of the object's own, or no path is left.
+macro_rules! with_failover {
+    ($self:ident, $op:expr, $off:expr, $len:expr, |$dev:ident| $call:expr) => {{
+        loop {
+            let $dev = $self.conn($op, $off, $len).await?;
+            match $call.await {
+                Ok(v) => break Ok(v),
+                Err(e) if retryable(&$dev, &e) => $self.lost(&$dev, &e),
+                Err(e) => break Err(e),
+            }
+        }
+    }};
+}
+
+impl<R: Ring + Clone> BlockDev for RemoteRef<R> {
+    fn size(&self) -> u64 {
+        self.desc.size
+    }
+
+    fn limits(&self) -> Limits {
+        self.desc.limits
+    }
+
+    async fn read(&self, offset: u64, buf: &mut [u8]) -> IoResult<()> {
+        let len = buf.len() as u64;
+        check_range("read", offset, len, self.desc.size)?;
+        with_failover!(self, "read", offset, len, |dev| dev.read(offset, &mut *buf))
+    }
+
+    async fn write(&self, offset: u64, buf: &[u8], fua: bool) -> IoResult<()> {
+        let len = buf.len() as u64;
+        check_range("write", offset, len, self.desc.size)?;
+        with_failover!(self, "write", offset, len, |dev| dev
+            .write(offset, buf, fua))
+    }
+
+    async fn flush(&self) -> IoResult<()> {
+        // A flush on a new connection covers the writes completed on the old
+        // one only if the peer flushes its whole ALU, which an NBD flush
+        // does (qemu-nbd, nbdkit and our server all fsync the backing file).
+        with_failover!(self, "flush", 0, 0, |dev| dev.flush())
+    }
+
+    async fn discard(&self, offset: u64, len: u64) -> IoResult<()> {
+        check_range("discard", offset, len, self.desc.size)?;
+        with_failover!(self, "discard", offset, len, |dev| dev.discard(offset, len))
+    }
+
+    async fn write_zeroes(&self, offset: u64, len: u64) -> IoResult<()> {
+        check_range("write_zeroes", offset, len, self.desc.size)?;
+        with_failover!(self, "write_zeroes", offset, len, |dev| dev
+            .write_zeroes(offset, len))
+    }
+}
+
+impl<R: Ring + Clone> Drop for RemoteRef<R> {
+    fn drop(&mut self) {
+        if let Some((i, _)) = self.conn.get_mut().take() {
+            self.desc.paths[i].active.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
