@@ -33,4 +33,16 @@ pub struct Args {
     /// Serve Prometheus metrics on http://ADDR/metrics, e.g. 127.0.0.1:9101 (off by default).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
+    /// Run as storage processor NAME among peers: serve this SP's ALUs on the fabric and take the role (master or peer) the election gives it. Without it, tierblkd runs alone.
+    #[arg(long, value_name = "NAME")]
+    pub sp: Option<String>,
+    /// Fabric endpoint to serve on: unix:/path or tcp:IP:PORT (repeatable: a second endpoint is a redundant path).
+    #[arg(long = "listen", value_name = "ENDPOINT")]
+    pub listen: Vec<String>,
+    /// A peer SP: NAME=ENDPOINT[,ENDPOINT...] (repeatable), its endpoints in order of preference.
+    #[arg(long = "peer", value_name = "NAME=ENDPOINTS")]
+    pub peers: Vec<String>,
+    /// File holding the cluster secret peers authenticate with (at least 16 bytes); required with --sp.
+    #[arg(long, value_name = "FILE")]
+    pub secret_file: Option<PathBuf>,
 }

@@ -6,6 +6,11 @@
 //! socket = "/run/tierblk/control.sock"
 //! queues = 2
 //! depth = 128
+//! # One SP among peers (optional):
+//! sp = "sp1"
+//! listen = ["unix:/run/tierblk/sp1.sock", "tcp:10.0.0.1:10809"]
+//! peers = ["sp2=unix:/run/tierblk/sp2.sock,tcp:10.0.0.2:10809"]
+//! secret_file = "/etc/tierblk/secret"
 //! ```
 
 use serde::Deserialize;
@@ -26,6 +31,16 @@ pub struct FileConfig {
     pub depth: Option<u16>,
     /// Serve Prometheus metrics on this address (`"127.0.0.1:9101"`).
     pub metrics: Option<std::net::SocketAddr>,
+    /// This daemon's SP name among peers (`--sp`).
+    pub sp: Option<String>,
+    /// Fabric endpoints (`--listen`).
+    #[serde(default)]
+    pub listen: Vec<String>,
+    /// Peers, `NAME=ENDPOINT[,ENDPOINT...]` (`--peer`).
+    #[serde(default)]
+    pub peers: Vec<String>,
+    /// The cluster secret's file (`--secret-file`).
+    pub secret_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Error)]

@@ -7,6 +7,7 @@
 //! volume's stack offline ([092]); bring the volumes that are complete online
 //! and leave the others offline with the reason ([094]–[095]).
 
+mod cluster;
 mod intent;
 mod legacy;
 mod meta;
@@ -55,6 +56,8 @@ pub enum Event {
     JobProgress { id: u64, checkpoint: u64 },
     /// A job's thread ended.
     JobEnded { id: u64, outcome: jobs::Outcome },
+    /// One round of heartbeats: each peer's answer, or why it gave none.
+    Peers(Vec<(String, Result<crate::sp::SpView, String>)>),
     /// Time passed: run the snapshot schedules that are due.
     Tick,
 }
@@ -74,6 +77,8 @@ pub struct Config {
     pub socket: PathBuf,
     pub queues: u16,
     pub depth: u16,
+    /// This daemon as one SP among peers; None: the embedded default.
+    pub sp: Option<crate::sp::SpConfig>,
 }
 
 /// What an exposed volume's runtime holds: its device, its tree, its
@@ -122,6 +127,8 @@ pub struct Daemon {
     quiesced: HashMap<String, tierblk_stack::gate::Suspended>,
     /// What happened, for `tierblk events`.
     log: Arc<EventLog>,
+    /// The SP side when peers are configured (`--sp`).
+    cluster: Option<cluster::Cluster>,
 }
 
 /// How long `vol quiesce` waits for in-flight I/O to complete.
@@ -138,7 +145,10 @@ impl Daemon {
     pub fn start(cfg: Config, events: mpsc::Sender<Event>) -> Result<Daemon, String> {
         let mut disks = Vec::new();
         let mut missing = BTreeMap::new();
-        for p in &cfg.alus {
+        // An SP among peers opens the object database only once elected
+        // master (cluster.rs); until then it owns no store.
+        let standalone = cfg.sp.is_none();
+        for p in cfg.alus.iter().filter(|_| standalone) {
             let path = p.display().to_string();
             if disks.iter().any(|(d, _): &(String, _)| *d == path) {
                 continue;
@@ -159,6 +169,15 @@ impl Daemon {
         for p in &report.problems {
             error!("{p}");
         }
+        let cluster = match &cfg.sp {
+            Some(sp) => Some(cluster::Cluster::start(
+                sp.clone(),
+                &cfg.cluster,
+                &cfg.alus,
+                events.clone(),
+            )?),
+            None => None,
+        };
         let mut d = Daemon {
             cfg,
             store,
@@ -173,6 +192,7 @@ impl Daemon {
             stats: Default::default(),
             quiesced: HashMap::new(),
             log: Arc::new(EventLog::default()),
+            cluster,
         };
         intent::spawn_sweeper(d.sweep.clone())
             .map_err(|e| format!("cannot start the write-intent sweeper: {e}"))?;
@@ -185,31 +205,39 @@ impl Daemon {
                 }
             })
             .map_err(|e| format!("cannot start the schedule ticker: {e}"))?;
-        for s in d.store.alus() {
+        if standalone {
+            d.activate();
+        }
+        Ok(d)
+    }
+
+    /// With the object database open: resync what an unclean stop left,
+    /// load the snapshots and bring every complete volume online.
+    fn activate(&mut self) {
+        for s in self.store.alus() {
             info!(alu = %s.path, state = %state_name(&s.state), "scanned");
         }
-        if d.store.dirty() {
+        if self.store.dirty() {
             // Queued before anything comes online, so that each mirror's
             // bitmap is loaded as needing it.
-            d.resync_after_unclean_stop();
+            self.resync_after_unclean_stop();
         }
-        d.load_snapshots();
+        self.load_snapshots();
         // Origins first: a snapshot view reads through its origin's tree.
-        let mut vols = d.image_volumes();
+        let mut vols = self.image_volumes();
         vols.sort_by_key(|v| v.snapshot.is_some());
         let names: Vec<String> = vols.iter().map(|v| v.name.clone()).collect();
         for name in names {
             // A snapshot may already be online: it follows its origin.
-            d.runtime
+            self.runtime
                 .entry(name.clone())
                 .or_insert(Runtime::Offline { reason: None });
-            if let Err(e) = d.online(&name) {
+            if let Err(e) = self.online(&name) {
                 error!("{e}");
             }
         }
-        d.resume_rollbacks();
-        d.legacy_online_all();
-        Ok(d)
+        self.resume_rollbacks();
+        self.legacy_online_all();
     }
 
     fn image_volumes(&self) -> Vec<VolumeDef> {
@@ -228,7 +256,13 @@ impl Daemon {
 
     /// Handle one control request.
     pub fn handle(&mut self, req: Request) -> Result<Payload, String> {
+        if !req.read_only() {
+            self.require_master()?;
+        }
+        let req = self.own_paths(req);
         match req {
+            Request::SpList => Ok(Payload::Sps(self.sp_views())),
+            Request::PathList => Ok(Payload::Paths(self.path_views())),
             Request::AluList => Ok(Payload::Alus(self.alu_views())),
             Request::AluShow { path } => self
                 .alu_views()
@@ -527,15 +561,15 @@ impl Daemon {
         for m in 0..v.layout.members() as u16 {
             let mut pieces = Vec::new();
             for s in v.segments.iter().filter(|s| s.member == m) {
-                let file = match self.data_file(s.alu) {
-                    Ok(f) => f,
+                let piece = match self.piece(s.alu, s.start, s.len) {
+                    Ok(p) => p,
                     // A degraded leg starts marked failed in its mirror and is
                     // never touched: a read-only /dev/null stands in for an
                     // ALU that is gone (a write to it would fail, not vanish).
-                    Err(_) if degraded.contains(&m) => absent_alu()?,
+                    Err(_) if degraded.contains(&m) => Piece::local(absent_alu()?, s.start, s.len),
                     Err(e) => return Err(format!("volume {}: {e}", v.name)),
                 };
-                pieces.push(Piece::local(file, s.start, s.len));
+                pieces.push(piece);
             }
             members.push(MemberDesc { pieces });
         }
@@ -672,6 +706,7 @@ impl Daemon {
             Event::JobProgress { id, checkpoint } => self.on_job_progress(id, checkpoint),
             Event::JobEnded { id, outcome } => self.on_job_ended(id, outcome),
             Event::Tick => self.run_schedules(crate::clock::now()),
+            Event::Peers(views) => self.on_peers(views),
         }
     }
 
@@ -1360,7 +1395,7 @@ impl Daemon {
         let copies = def.layout.copies.max(1);
         let mut pieces = Vec::new();
         for s in def.segments.iter().filter(|s| s.member == member) {
-            pieces.push(Piece::local(self.data_file(s.alu)?, s.start, s.len));
+            pieces.push(self.piece(s.alu, s.start, s.len)?);
         }
         // Only the leg slots change: every instance of the tree (queues and
         // jobs) takes its legs from the slots, whatever `desc` first said.
@@ -1556,6 +1591,7 @@ impl Daemon {
             .into_iter()
             .map(|s| {
                 let mut view = AluView {
+                    sp: self.sp_of(&s.path),
                     path: s.path.clone(),
                     state: state_name(&s.state).into(),
                     size: s.size,
@@ -1610,6 +1646,7 @@ impl Daemon {
             .collect();
         for (path, err) in &self.missing {
             out.push(AluView {
+                sp: self.sp_of(path),
                 path: path.clone(),
                 state: "missing".into(),
                 size: 0,

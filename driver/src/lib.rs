@@ -28,6 +28,7 @@ pub mod planner;
 pub mod proto;
 pub mod server;
 pub mod size;
+pub mod sp;
 pub mod stats;
 pub mod status;
 pub mod table;

@@ -156,6 +156,34 @@ pub enum Request {
         #[serde(default)]
         force: bool,
     },
+    /// The storage processors: this one and its peers.
+    SpList,
+    /// The fabric paths of this SP's remote references.
+    PathList,
+}
+
+impl Request {
+    /// Whether the request only reads: a peer SP answers those itself and
+    /// refuses the others, naming the master.
+    pub fn read_only(&self) -> bool {
+        matches!(
+            self,
+            Request::AluList
+                | Request::AluShow { .. }
+                | Request::Events { .. }
+                | Request::JobList
+                | Request::JobShow { .. }
+                | Request::VolList
+                | Request::VolShow { .. }
+                | Request::SnapList { .. }
+                | Request::SnapSchedules
+                | Request::Stats { .. }
+                | Request::MetaHistory
+                | Request::MetaDump { .. }
+                | Request::SpList
+                | Request::PathList
+        )
+    }
 }
 
 /// The shape a new volume should have (`--layout`, `--stripes`, `--copies`, `--chunk`).
@@ -210,6 +238,44 @@ pub enum Payload {
     MetaHistory(MetaHistoryView),
     MetaDump(Box<MetaDumpView>),
     Events(Vec<crate::events::EventView>),
+    Sps(Vec<SpView>),
+    Paths(Vec<PathView>),
+}
+
+/// `sp list`: one storage processor.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpView {
+    pub name: String,
+    /// master, peer, electing, or unknown (not answering).
+    pub role: String,
+    /// The master generation it reports.
+    pub generation: u64,
+    pub endpoints: Vec<String>,
+    /// ALU paths it owns.
+    pub alus: Vec<String>,
+    /// up, down (missed heartbeats), or self.
+    pub state: String,
+    /// Why it does not answer.
+    pub error: Option<String>,
+}
+
+/// `path list`: one fabric path of one remote reference.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PathView {
+    /// The peer serving the tier-1 object.
+    pub sp: String,
+    /// The export (`part:ALU:START:LEN`).
+    pub export: String,
+    pub endpoint: String,
+    /// 1 for the preferred path.
+    pub priority: usize,
+    /// up or down (the last attempt over it failed).
+    pub state: String,
+    /// Queues connected over it now.
+    pub active: u64,
+    pub connects: u64,
+    pub failures: u64,
+    pub last_error: Option<String>,
 }
 
 /// `meta history`: the archived configurations, newest first.
@@ -347,6 +413,10 @@ pub struct JobView {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AluView {
     pub path: String,
+    /// The storage processor owning the ALU (with `--sp`; a peer's ALU's
+    /// path is `SP:/path`).
+    #[serde(default)]
+    pub sp: Option<String>,
     /// owned, not-owned, orphan, damaged, other-cluster, unreadable
     pub state: String,
     pub size: u64,

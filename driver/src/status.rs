@@ -299,6 +299,7 @@ mod tests {
 
     fn alu(path: &str, state: &str, detail: Option<&str>) -> AluView {
         AluView {
+            sp: None,
             path: path.into(),
             state: state.into(),
             size: 1 << 30,

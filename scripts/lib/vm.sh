@@ -132,8 +132,9 @@ vm_build_bins() {
 	else
 		local target="${CARGO_TARGET_DIR:-$REPO/target}"
 		case "$target" in /*) ;; *) target="$REPO/$target" ;; esac
-		vm_log "cargo build --release -p tierblk"
-		(cd "$REPO" && cargo build --release -p tierblk >&2) || return 1
+		vm_log "cargo build --release -p tierblk (+ the faultproxy example)"
+		(cd "$REPO" && cargo build --release -p tierblk >&2 &&
+			cargo build --release -p tierblk-fabric --example faultproxy >&2) || return 1
 		VM_BIN_DIR="$target/release"
 	fi
 	local b
@@ -363,6 +364,11 @@ vm_build_initramfs() {
 		for v in tierblkd tierblk; do
 			_vm_copy_file "$bindir/$v" "$root" "/usr/local/bin/$v"
 		done
+		# The path breaker of tests/vm/cluster.sh (optional with a prebuilt
+		# TIERBLK_BIN_DIR).
+		if [ -x "$bindir/examples/faultproxy" ]; then
+			_vm_copy_file "$bindir/examples/faultproxy" "$root" /usr/local/bin/faultproxy
+		fi
 	fi
 	{
 		echo "# TIERBLK_* variables passed from the host by scripts/vm-run"

@@ -6,8 +6,8 @@ use std::time::Duration;
 use tierblk::client;
 use tierblk::clock::{now, utc};
 use tierblk::proto::{
-    AluView, JobView, LayoutSpec, MetaHistoryView, Payload, Request, ScheduleView, SnapView,
-    StatsView, VolumeView, DEFAULT_SOCKET,
+    AluView, JobView, LayoutSpec, MetaHistoryView, PathView, Payload, Request, ScheduleView,
+    SnapView, SpView, StatsView, VolumeView, DEFAULT_SOCKET,
 };
 use tierblk::size::{format_size, parse_interval, parse_size};
 use tierblk::table::render;
@@ -71,6 +71,24 @@ enum Cmd {
     /// Metadata history kept on the disks: list, dump and restore earlier configurations (vgcfgrestore).
     #[command(subcommand)]
     Meta(MetaCmd),
+    /// Storage processors: this tierblkd and its peers (tierblkd --sp).
+    #[command(subcommand)]
+    Sp(SpCmd),
+    /// Fabric paths of the remote references to peers' tier-1 objects.
+    #[command(subcommand)]
+    Path(PathCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum SpCmd {
+    /// Every SP: name, role (master/peer), generation, endpoints, ALUs, state.
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+enum PathCmd {
+    /// Every path of every remote reference: endpoint, priority, state, failures.
+    List,
 }
 
 #[derive(Subcommand, Debug)]
@@ -376,6 +394,8 @@ fn run(cli: &Cli) -> Result<(), String> {
             std::process::exit(tierblk::udev::main(devname, run_dir))
         }
         Cmd::Gen { what, dir } => return gen_docs(what, dir),
+        Cmd::Sp(SpCmd::List) => Request::SpList,
+        Cmd::Path(PathCmd::List) => Request::PathList,
         Cmd::Meta(MetaCmd::History) => Request::MetaHistory,
         Cmd::Meta(MetaCmd::Dump { seq }) => Request::MetaDump { seq: *seq },
         Cmd::Meta(MetaCmd::Restore { seq, force }) => Request::MetaRestore {
@@ -526,6 +546,8 @@ fn json(p: &Payload) -> String {
         Payload::Events(e) => serde_json::to_value(e).unwrap_or_default(),
         Payload::MetaHistory(h) => serde_json::to_value(h).unwrap_or_default(),
         Payload::MetaDump(d) => serde_json::to_value(d).unwrap_or_default(),
+        Payload::Sps(v) => serde_json::to_value(v).unwrap_or_default(),
+        Payload::Paths(v) => serde_json::to_value(v).unwrap_or_default(),
     };
     format!("{v}\n")
 }
@@ -534,32 +556,99 @@ fn opt(s: &Option<String>) -> String {
     s.clone().unwrap_or_else(|| "-".into())
 }
 
-fn alu_rows(alus: &[AluView]) -> String {
-    let rows: Vec<Vec<String>> = alus
+fn sp_rows(sps: &[SpView]) -> String {
+    if sps.is_empty() {
+        return "no peers: this tierblkd runs alone (start it with --sp to join peers)\n".into();
+    }
+    let rows: Vec<Vec<String>> = sps
         .iter()
-        .map(|a| {
+        .map(|s| {
             vec![
-                a.path.clone(),
-                a.state.clone(),
-                format_size(a.size),
-                a.free.map(format_size).unwrap_or_else(|| "-".into()),
-                a.partitions.len().to_string(),
-                if a.boot_member {
-                    "yes".into()
-                } else {
-                    "-".into()
-                },
-                opt(&a.uuid),
-                opt(&a.detail),
+                s.name.clone(),
+                s.role.clone(),
+                s.generation.to_string(),
+                s.state.clone(),
+                s.alus.len().to_string(),
+                s.endpoints.join(","),
+                opt(&s.error),
+            ]
+        })
+        .collect();
+    render(
+        &["SP", "ROLE", "GEN", "STATE", "ALUS", "ENDPOINTS", "ERROR"],
+        &rows,
+    )
+}
+
+fn path_rows(paths: &[PathView]) -> String {
+    let rows: Vec<Vec<String>> = paths
+        .iter()
+        .map(|p| {
+            vec![
+                p.sp.clone(),
+                p.export.clone(),
+                p.priority.to_string(),
+                p.endpoint.clone(),
+                p.state.clone(),
+                p.active.to_string(),
+                p.connects.to_string(),
+                p.failures.to_string(),
+                opt(&p.last_error),
             ]
         })
         .collect();
     render(
         &[
-            "PATH", "STATE", "SIZE", "FREE", "PARTS", "BOOT", "UUID", "DETAIL",
+            "SP",
+            "EXPORT",
+            "PRIO",
+            "ENDPOINT",
+            "STATE",
+            "ACTIVE",
+            "CONNECTS",
+            "FAILURES",
+            "LAST ERROR",
         ],
         &rows,
     )
+}
+
+fn alu_rows(alus: &[AluView]) -> String {
+    let with_sp = alus.iter().any(|a| a.sp.is_some());
+    let rows: Vec<Vec<String>> = alus
+        .iter()
+        .map(|a| {
+            let mut row = alu_row(a);
+            if with_sp {
+                row.insert(0, opt(&a.sp));
+            }
+            row
+        })
+        .collect();
+    let mut head = vec![
+        "PATH", "STATE", "SIZE", "FREE", "PARTS", "BOOT", "UUID", "DETAIL",
+    ];
+    if with_sp {
+        head.insert(0, "SP");
+    }
+    render(&head, &rows)
+}
+
+fn alu_row(a: &AluView) -> Vec<String> {
+    vec![
+        a.path.clone(),
+        a.state.clone(),
+        format_size(a.size),
+        a.free.map(format_size).unwrap_or_else(|| "-".into()),
+        a.partitions.len().to_string(),
+        if a.boot_member {
+            "yes".into()
+        } else {
+            "-".into()
+        },
+        opt(&a.uuid),
+        opt(&a.detail),
+    ]
 }
 
 fn vol_rows(vols: &[VolumeView]) -> String {
@@ -728,6 +817,8 @@ fn human(p: &Payload) -> String {
         Payload::Stats(s) => stats_rows(s),
         Payload::Events(e) => e.iter().map(|e| tierblk::events::human(e) + "\n").collect(),
         Payload::MetaHistory(h) => history_rows(h),
+        Payload::Sps(v) => sp_rows(v),
+        Payload::Paths(v) => path_rows(v),
         Payload::MetaDump(d) => {
             format!("{}\n", serde_json::to_string_pretty(d).unwrap_or_default())
         }

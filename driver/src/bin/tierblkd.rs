@@ -52,6 +52,12 @@ fn run(args: Args) -> Result<()> {
             .or(file.queues)
             .unwrap_or(cpus.clamp(1, 4) as u16),
         depth: args.depth.or(file.depth).unwrap_or(128),
+        sp: sp_config(
+            args.sp.or(file.sp),
+            [file.listen, args.listen].concat(),
+            [file.peers, args.peers].concat(),
+            args.secret_file.or(file.secret_file),
+        )?,
     };
     let metrics = args.metrics.or(file.metrics);
     anyhow::ensure!(
@@ -116,6 +122,49 @@ fn run(args: Args) -> Result<()> {
     let _ = std::fs::remove_file(&socket);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The SP side of the configuration: all of it or none of it.
+fn sp_config(
+    name: Option<String>,
+    listen: Vec<String>,
+    peers: Vec<String>,
+    secret: Option<PathBuf>,
+) -> Result<Option<tierblk::sp::SpConfig>> {
+    let Some(name) = name else {
+        anyhow::ensure!(
+            listen.is_empty() && peers.is_empty(),
+            "--listen and --peer need --sp NAME"
+        );
+        return Ok(None);
+    };
+    anyhow::ensure!(
+        tierblk::sp::valid_sp_name(&name),
+        "sp {name:?}: name must be 1-32 letters, digits, '-' or '_'"
+    );
+    anyhow::ensure!(
+        !listen.is_empty(),
+        "sp {name}: --listen ENDPOINT is required"
+    );
+    let listen = listen
+        .iter()
+        .map(|l| l.parse().map_err(anyhow::Error::msg))
+        .collect::<Result<Vec<_>>>()?;
+    let peers = peers
+        .iter()
+        .map(|p| tierblk::sp::parse_peer(p).map_err(anyhow::Error::msg))
+        .collect::<Result<Vec<_>>>()?;
+    if let Some(p) = peers.iter().find(|p| p.name == name) {
+        anyhow::bail!("peer {}: that is this SP's own name", p.name);
+    }
+    let secret = secret.with_context(|| format!("sp {name}: --secret-file is required"))?;
+    let secret = tierblk_stack::nbd::auth::Secret::from_file(&secret)?;
+    Ok(Some(tierblk::sp::SpConfig {
+        name,
+        listen,
+        peers,
+        secret: Some(Arc::new(secret)),
+    }))
 }
 
 /// Send MSG to systemd's notification socket, if `$NOTIFY_SOCKET` names one

@@ -66,6 +66,18 @@ impl Daemon {
             return Ok(None);
         }
         let copies = v.layout.copies.max(1);
+        // A copy on a peer's ALU would need a remote reference into its
+        // metadata region, which `part:` exports never reach: a mirror with
+        // a leg in another SP runs without a bitmap (a crash resyncs it
+        // whole).
+        let remote = (0..copies).any(|leg| {
+            v.wi_location(j * copies + leg)
+                .and_then(|(alu, _)| self.store.path_of(alu))
+                .is_some_and(|p| self.peer_of(p).is_some())
+        });
+        if remote {
+            return Ok(None);
+        }
         let wi = WriteIntent::new(
             IntentId {
                 volume: v.id,

@@ -1,0 +1,526 @@
+//! This daemon as one storage processor among peers (spec sections III–V).
+//!
+//! Without `--sp` the daemon is the embedded default: storage processor,
+//! master and coordinator in one. With it, the daemon serves its ALUs' tier-1
+//! objects on the fabric ([`crate::sp::SpCatalog`]), watches its peers (each
+//! one's `NBD_OPT_LIST` is its heartbeat and its report of its ALUs), and
+//! takes the role the election rule gives it ([`crate::sp::elect`]):
+//!
+//! * **master** ([062], [069]): opens the object database over its own ALUs
+//!   and, through the fabric, the ALUs of every peer that answers
+//!   ([`crate::sp::RemoteDisk`], fenced by its generation), then brings the
+//!   volumes online here: pieces on its own ALUs are local references,
+//!   pieces on a peer's ALUs remote references to that peer's `part:`
+//!   exports (start-up order of [088]–[095]);
+//! * **peer**: serves its exports and refuses administration, naming the
+//!   master.
+//!
+//! When the master stops answering for [`MISSES`] heartbeats the others run
+//! the rule again and one takes over with a newer generation; the old master,
+//! should it come back, finds itself fenced (its ALU sessions are refused)
+//! and steps down when it sees the newer master.
+
+use std::time::Duration;
+
+use tierblk_fabric::server::ServerConfig;
+use tierblk_fabric::NbdServer;
+use tierblk_stack::nbd::list_exports_with;
+use tierblk_stack::remote::RemoteDesc;
+
+use super::*;
+use crate::sp::{elect, Decision, ExportName, RemoteDisk, SpCatalog, SpConfig, SpView};
+
+/// How often peers are asked who they are.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Heartbeats a peer may miss before it counts as gone.
+pub const MISSES: u32 = 3;
+
+/// What this SP is now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Looking for the master (start-up, or the master just went away).
+    Electing,
+    /// The one writer of the object database, of this generation.
+    Master { generation: u64 },
+    /// Serving its exports; `master` holds the object database.
+    Peer { master: String },
+}
+
+/// What this SP knows of one peer.
+#[derive(Debug, Default)]
+pub struct PeerState {
+    /// Its last answer.
+    pub view: Option<SpView>,
+    /// Heartbeats missed in a row.
+    pub misses: u32,
+    /// Why the last heartbeat failed.
+    pub error: Option<String>,
+}
+
+/// The daemon's cluster side.
+pub struct Cluster {
+    pub sp: SpConfig,
+    pub catalog: Arc<SpCatalog>,
+    server: NbdServer,
+    pub role: Role,
+    pub peers: BTreeMap<String, PeerState>,
+    /// Remote references by tier-1 object (alu, start, len), shared by the
+    /// volumes' trees: their path states outlive one online.
+    remotes: HashMap<(Uuid, u64, u64), Arc<RemoteDesc>>,
+}
+
+impl Cluster {
+    /// Serve this SP's exports and start the heartbeat thread.
+    pub fn start(
+        sp: SpConfig,
+        cluster: &str,
+        alus: &[PathBuf],
+        events: mpsc::Sender<Event>,
+    ) -> Result<Cluster, String> {
+        for a in &sp.listen {
+            if let tierblk_stack::nbd::NbdAddr::Unix(p) = a {
+                remove_stale_socket(p)?;
+            }
+        }
+        let catalog = Arc::new(SpCatalog::new(&sp.name, cluster, alus));
+        let config = ServerConfig {
+            secret: sp.secret.as_deref().cloned(),
+            ..ServerConfig::default()
+        };
+        let server = NbdServer::start_catalog(&sp.listen, catalog.clone(), config)
+            .map_err(|e| format!("sp {}: cannot serve the fabric: {e}", sp.name))?;
+        info!(sp = %sp.name, endpoints = ?server.addrs(), "serving tier-1 exports");
+        let peers = sp
+            .peers
+            .iter()
+            .map(|p| (p.name.clone(), PeerState::default()))
+            .collect();
+        let (list, secret) = (sp.peers.clone(), sp.secret.clone());
+        std::thread::Builder::new()
+            .name("heartbeat".into())
+            .spawn(move || loop {
+                let views = list
+                    .iter()
+                    .map(|p| (p.name.clone(), ask(&p.paths, secret.as_deref())))
+                    .collect();
+                if events.send(Event::Peers(views)).is_err() {
+                    return;
+                }
+                std::thread::sleep(HEARTBEAT);
+            })
+            .map_err(|e| format!("cannot start the heartbeat thread: {e}"))?;
+        Ok(Cluster {
+            sp,
+            catalog,
+            server,
+            role: Role::Electing,
+            peers,
+            remotes: HashMap::new(),
+        })
+    }
+
+    /// This SP as its peers see it.
+    pub fn me(&self) -> SpView {
+        let (master, generation) = match self.role {
+            Role::Master { generation } => (true, generation),
+            _ => (false, self.catalog.generation()),
+        };
+        SpView {
+            name: self.sp.name.clone(),
+            master,
+            generation,
+            alus: self.catalog.alu_paths(),
+        }
+    }
+
+    /// The peers that answer now.
+    pub fn reachable(&self) -> Vec<SpView> {
+        self.peers
+            .values()
+            .filter(|p| p.misses < MISSES)
+            .filter_map(|p| p.view.clone())
+            .collect()
+    }
+
+    /// Endpoints of peer `name`.
+    pub fn paths_of(&self, name: &str) -> Option<&[tierblk_stack::nbd::NbdAddr]> {
+        self.sp
+            .peers
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| p.paths.as_slice())
+    }
+
+    /// Where this SP listens.
+    pub fn endpoints(&self) -> &[tierblk_stack::nbd::NbdAddr] {
+        self.server.addrs()
+    }
+
+    /// The remote reference to `len` bytes at `start` of `alu`, owned by
+    /// `peer`; probed when first made.
+    pub fn remote(
+        &mut self,
+        peer: &str,
+        alu: Uuid,
+        start: u64,
+        len: u64,
+    ) -> Result<Arc<RemoteDesc>, String> {
+        if let Some(d) = self.remotes.get(&(alu, start, len)) {
+            return Ok(d.clone());
+        }
+        let paths = self
+            .paths_of(peer)
+            .ok_or_else(|| format!("sp {peer}: not a configured peer"))?
+            .to_vec();
+        let export = ExportName::Part { alu, start, len }.to_string();
+        let d = RemoteDesc::new(export, len, paths, self.sp.secret.clone())
+            .and_then(RemoteDesc::probe)
+            .map_err(|e| format!("sp {peer}: {e}"))?;
+        let d = Arc::new(d);
+        self.remotes.insert((alu, start, len), d.clone());
+        Ok(d)
+    }
+
+    /// Every remote reference made so far.
+    pub fn remotes(&self) -> impl Iterator<Item = (&(Uuid, u64, u64), &Arc<RemoteDesc>)> {
+        self.remotes.iter()
+    }
+}
+
+/// A socket file left by a daemon that was killed is removed; one that a
+/// live process answers on is not ours to take.
+fn remove_stale_socket(p: &std::path::Path) -> Result<(), String> {
+    if !p.exists() {
+        return Ok(());
+    }
+    match std::os::unix::net::UnixStream::connect(p) {
+        Ok(_) => Err(format!(
+            "fabric socket {}: another process listens on it",
+            p.display()
+        )),
+        Err(_) => std::fs::remove_file(p).map_err(|e| {
+            format!(
+                "fabric socket {}: cannot remove stale file: {e}",
+                p.display()
+            )
+        }),
+    }
+}
+
+/// One heartbeat: the peer's listing, over the first path that answers.
+fn ask(
+    paths: &[tierblk_stack::nbd::NbdAddr],
+    secret: Option<&tierblk_stack::nbd::auth::Secret>,
+) -> Result<SpView, String> {
+    let mut why = Vec::new();
+    for p in paths {
+        match list_exports_with(p, secret) {
+            Ok(names) => return SpView::from_listing(&names),
+            Err(e) => why.push(format!("{p}: {e}")),
+        }
+    }
+    Err(why.join("; "))
+}
+
+impl Daemon {
+    /// Record one round of heartbeats and act on the election rule.
+    pub(super) fn on_peers(&mut self, views: Vec<(String, Result<SpView, String>)>) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        for (name, r) in views {
+            let st = c.peers.entry(name.clone()).or_default();
+            match r {
+                Ok(v) => {
+                    if st.misses >= MISSES {
+                        info!(sp = %name, "peer answers again");
+                        self.log.emit("sp-up", None, name.clone());
+                    }
+                    st.view = Some(v);
+                    st.misses = 0;
+                    st.error = None;
+                }
+                Err(e) => {
+                    st.misses = st.misses.saturating_add(1);
+                    if st.misses == MISSES {
+                        warn!(sp = %name, "peer gone: {e}");
+                        self.log.emit("sp-down", None, format!("{name}: {e}"));
+                    }
+                    st.error = Some(e);
+                }
+            }
+        }
+        self.reelect();
+    }
+
+    /// Take the role the rule gives this SP now.
+    fn reelect(&mut self) {
+        let Some(c) = self.cluster.as_ref() else {
+            return;
+        };
+        // At start-up, wait for every peer's first answer (or its misses)
+        // so that the first election sees the whole cluster.
+        if c.role == Role::Electing
+            && c.peers
+                .values()
+                .any(|p| p.view.is_none() && p.misses < MISSES)
+        {
+            return;
+        }
+        let decision = elect(&c.me(), &c.reachable());
+        match (decision, c.role.clone()) {
+            (Decision::Lead(g), Role::Master { generation }) if g == generation => {}
+            (Decision::Lead(g), _) => self.take_office(g),
+            (Decision::Follow(m), Role::Master { generation }) => {
+                error!(master = %m, generation, "a newer master took over: stepping down");
+                self.step_down(&m);
+            }
+            (Decision::Follow(m), Role::Peer { master }) if m == master => {}
+            (Decision::Follow(m), _) => {
+                info!(master = %m, "following the master");
+                self.log
+                    .emit("sp-role", None, format!("peer (master: {m})"));
+                if let Some(c) = self.cluster.as_mut() {
+                    c.role = Role::Peer { master: m };
+                }
+            }
+        }
+    }
+
+    /// Become the master of `generation`: open the object database over
+    /// this SP's ALUs and every reachable peer's, then bring the volumes
+    /// online here.
+    fn take_office(&mut self, generation: u64) {
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        info!(sp = %c.sp.name, generation, "taking the master role");
+        c.catalog.set_role(true, generation);
+        c.role = Role::Master { generation };
+        let mut disks = Vec::new();
+        let mut missing = BTreeMap::new();
+        for p in &self.cfg.alus {
+            let path = p.display().to_string();
+            match open_disk(&path) {
+                Ok(d) => disks.push((path, d)),
+                Err(e) => {
+                    missing.insert(path, e);
+                }
+            }
+        }
+        for v in c.reachable() {
+            let Some(paths) = c.paths_of(&v.name).map(<[_]>::to_vec) else {
+                continue;
+            };
+            for alu in &v.alus {
+                let export = ExportName::Alu {
+                    generation,
+                    path: alu.clone(),
+                }
+                .to_string();
+                let path = format!("{}:{alu}", v.name);
+                match RemoteDisk::open(&paths, &export, c.sp.secret.clone()) {
+                    Ok(d) => disks.push((path, Box::new(d) as Box<dyn Disk>)),
+                    Err(e) => {
+                        warn!(alu = %path, "cannot reach: {e}");
+                        missing.insert(path, e);
+                    }
+                }
+            }
+        }
+        match Store::open(disks, Some(&self.cfg.cluster), true) {
+            Ok((store, report)) => {
+                for r in &report.repairs {
+                    warn!("repaired: {r}");
+                }
+                for p in &report.problems {
+                    error!("{p}");
+                }
+                self.store = store;
+                self.missing = missing;
+            }
+            Err(e) => {
+                error!("cannot open the object database: {e}");
+                return;
+            }
+        }
+        self.log
+            .emit("sp-role", None, format!("master (generation {generation})"));
+        self.activate();
+    }
+
+    /// Another SP is the master now: this one's volumes go offline and its
+    /// object database is closed (its sessions are fenced anyway).
+    fn step_down(&mut self, master: &str) {
+        let names: Vec<String> = self.runtime.keys().cloned().collect();
+        self.quiesced.clear();
+        for n in names {
+            if let Err(e) = self.offline(&n) {
+                warn!("{e}");
+            }
+        }
+        if let Ok((store, _)) = Store::open(Vec::new(), Some(&self.cfg.cluster), false) {
+            self.store = store;
+        }
+        self.files.clear();
+        self.log
+            .emit("sp-role", None, format!("peer (deposed by {master})"));
+        if let Some(c) = self.cluster.as_mut() {
+            c.catalog.set_role(false, 0);
+            c.role = Role::Peer {
+                master: master.to_string(),
+            };
+        }
+    }
+
+    /// Refuse an administrative request on an SP that is not the master.
+    pub(super) fn require_master(&self) -> Result<(), String> {
+        match self.cluster.as_ref().map(|c| (&c.sp.name, &c.role)) {
+            None | Some((_, Role::Master { .. })) => Ok(()),
+            Some((me, Role::Peer { master })) => Err(format!(
+                "sp {me}: not the master: run this against sp {master}"
+            )),
+            Some((me, Role::Electing)) => Err(format!(
+                "sp {me}: no master yet (waiting for the peers' first answers)"
+            )),
+        }
+    }
+
+    /// The piece for `len` bytes at `start` of `alu`: local when this SP
+    /// owns the ALU, else a remote reference to the owning peer.
+    pub(super) fn piece(&mut self, alu: Uuid, start: u64, len: u64) -> Result<Piece, String> {
+        let path = self
+            .store
+            .path_of(alu)
+            .ok_or_else(|| format!("alu {alu}: not present"))?
+            .to_string();
+        match self.peer_of(&path) {
+            None => Ok(Piece::local(self.data_file(alu)?, start, len)),
+            Some(peer) => {
+                let c = self.cluster.as_mut().expect("peer_of found a cluster");
+                c.remote(&peer, alu, start, len)
+                    .map(Piece::Remote)
+                    .map_err(|e| format!("alu {path}: {e}"))
+            }
+        }
+    }
+
+    /// The peer owning the ALU at store path `path` (`PEER:/path`), if it
+    /// is not this SP's.
+    pub(super) fn peer_of(&self, path: &str) -> Option<String> {
+        let c = self.cluster.as_ref()?;
+        let (name, _) = path.split_once(':')?;
+        c.sp.peers
+            .iter()
+            .any(|p| p.name == name)
+            .then(|| name.to_string())
+    }
+}
+
+impl Daemon {
+    /// `sp list`: this SP, then its peers as the heartbeats saw them.
+    pub(super) fn sp_views(&self) -> Vec<crate::proto::SpView> {
+        let Some(c) = self.cluster.as_ref() else {
+            return Vec::new();
+        };
+        let me = c.me();
+        let role = match &c.role {
+            Role::Master { .. } => "master",
+            Role::Peer { .. } => "peer",
+            Role::Electing => "electing",
+        };
+        let mut out = vec![crate::proto::SpView {
+            name: me.name,
+            role: role.into(),
+            generation: me.generation,
+            endpoints: c.endpoints().iter().map(|a| a.to_string()).collect(),
+            alus: me.alus,
+            state: "self".into(),
+            error: None,
+        }];
+        for p in &c.sp.peers {
+            let st = c.peers.get(&p.name);
+            let view = st.and_then(|s| s.view.as_ref());
+            let up = st.is_some_and(|s| s.view.is_some() && s.misses < MISSES);
+            out.push(crate::proto::SpView {
+                name: p.name.clone(),
+                role: match view {
+                    Some(v) if up && v.master => "master".into(),
+                    Some(_) if up => "peer".into(),
+                    _ => "unknown".into(),
+                },
+                generation: view.map_or(0, |v| v.generation),
+                endpoints: p.paths.iter().map(|a| a.to_string()).collect(),
+                alus: view.map(|v| v.alus.clone()).unwrap_or_default(),
+                state: if up { "up" } else { "down" }.into(),
+                error: st.and_then(|s| s.error.clone()),
+            });
+        }
+        out
+    }
+
+    /// `path list`: every path of every remote reference made here.
+    pub(super) fn path_views(&self) -> Vec<crate::proto::PathView> {
+        let Some(c) = self.cluster.as_ref() else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for ((alu, _, _), d) in c.remotes() {
+            let sp = self
+                .store
+                .path_of(*alu)
+                .and_then(|p| self.peer_of(p))
+                .unwrap_or_default();
+            for (i, p) in d.paths().into_iter().enumerate() {
+                out.push(crate::proto::PathView {
+                    sp: sp.clone(),
+                    export: d.export.clone(),
+                    endpoint: p.addr.to_string(),
+                    priority: i + 1,
+                    state: if p.up { "up" } else { "down" }.into(),
+                    active: p.active,
+                    connects: p.connects,
+                    failures: p.failures,
+                    last_error: p.last_error,
+                });
+            }
+        }
+        out.sort_by(|a, b| (&a.export, a.priority).cmp(&(&b.export, b.priority)));
+        out
+    }
+
+    /// Accept this SP's own ALUs as `ME:/path` too (the name its peers give
+    /// them), so that one name works on every SP.
+    pub(super) fn own_paths(&self, mut req: Request) -> Request {
+        let Some(me) = self.cluster.as_ref().map(|c| format!("{}:", c.sp.name)) else {
+            return req;
+        };
+        let fix = |p: &mut String| {
+            if let Some(rest) = p.strip_prefix(&me) {
+                *p = rest.to_string();
+            }
+        };
+        match &mut req {
+            Request::AluClaim { path, .. }
+            | Request::AluRelease { path }
+            | Request::AluShow { path }
+            | Request::AluFail { path }
+            | Request::AluReadd { path, .. }
+            | Request::AluAdopt { path, .. } => fix(path),
+            Request::AluReplace { old, new, .. } => {
+                fix(old);
+                fix(new);
+            }
+            Request::VolCreate { alus, .. } => alus.iter_mut().for_each(fix),
+            _ => {}
+        }
+        req
+    }
+
+    /// The SP owning the ALU at store path `path`, for `alu list`.
+    pub(super) fn sp_of(&self, path: &str) -> Option<String> {
+        let c = self.cluster.as_ref()?;
+        Some(self.peer_of(path).unwrap_or_else(|| c.sp.name.clone()))
+    }
+}

@@ -1,0 +1,294 @@
+//! Three tierblkd processes as peer storage processors on one machine (spec
+//! sections III–V): election by rule ([069]), administration only on the
+//! master, the master's object database over its peers' ALUs, remote
+//! references to the peers' tier-1 exports, authentication, takeover after
+//! kill -9 of the master ([062]) and fencing of the old one.
+//!
+//! The host has no ublk, so volumes stay offline here; what comes before
+//! exposing (claiming remote ALUs, planning across SPs, probing every remote
+//! piece over the fabric) is real. The VM scenario tests/vm/cluster.sh
+//! carries I/O through /dev/ublkb0.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const NAMES: [&str; 3] = ["sp1", "sp2", "sp3"];
+
+struct Cluster {
+    sps: Vec<Env>,
+    root: std::path::PathBuf,
+    tcp_port: u16,
+}
+
+fn sock(root: &std::path::Path, name: &str) -> String {
+    root.join(format!("{name}.sock")).display().to_string()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Cluster {
+    fn new(tag: &str) -> Cluster {
+        let root =
+            std::env::temp_dir().join(format!("tierblk-cluster-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let secret = root.join("secret");
+        std::fs::write(&secret, "a cluster secret of some length\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let tcp_port = free_port();
+        let mut sps = Vec::new();
+        for (i, name) in NAMES.iter().enumerate() {
+            let mut env = Env::new(&format!("{tag}-{name}"), &[64 * MIB, 64 * MIB]);
+            env.extra = vec![
+                "--sp".into(),
+                name.to_string(),
+                "--listen".into(),
+                format!("unix:{}", sock(&root, name)),
+                "--secret-file".into(),
+                secret.display().to_string(),
+            ];
+            if i == 1 {
+                env.extra.push("--listen".into());
+                env.extra.push(format!("tcp:127.0.0.1:{tcp_port}"));
+            }
+            for other in NAMES.iter().filter(|n| *n != name) {
+                env.extra.push("--peer".into());
+                env.extra
+                    .push(format!("{other}=unix:{}", sock(&root, other)));
+            }
+            sps.push(env);
+        }
+        Cluster {
+            sps,
+            root,
+            tcp_port,
+        }
+    }
+
+    fn sp_list(&self, i: usize) -> Vec<Value> {
+        self.sps[i]
+            .json(&["sp", "list"])
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    fn role_of(&self, i: usize) -> String {
+        self.sp_list(i)[0]["role"].as_str().unwrap().to_string()
+    }
+
+    /// Wait until SP `i` sees SP `j` in `role`.
+    fn wait_sees(&self, i: usize, j: usize, role: &str, secs: u64) {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(secs) {
+            if self
+                .sp_list(i)
+                .iter()
+                .any(|s| s["name"] == NAMES[j] && s["role"] == role)
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "{} never saw {} as {role}: {:?}",
+            NAMES[i],
+            NAMES[j],
+            self.sp_list(i)
+        );
+    }
+
+    fn wait_role(&self, i: usize, role: &str, secs: u64) {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(secs) {
+            if self.role_of(i) == role {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "{} never became {role}: {:?}\n{}",
+            NAMES[i],
+            self.sp_list(i),
+            std::fs::read_to_string(self.sps[i].dir.join("tierblkd.log")).unwrap_or_default()
+        );
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.sps.clear();
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+fn nbdinfo(args: &[&str]) -> std::process::Output {
+    Command::new("nbdinfo")
+        .args(args)
+        .output()
+        .expect("nbdinfo (libnbd-bin) is installed by scripts/test")
+}
+
+#[test]
+fn three_sps_elect_share_alus_fail_over_and_fence() {
+    let mut c = Cluster::new("main");
+    for env in &mut c.sps {
+        env.start();
+    }
+    // Equal ALU counts: the lowest name is master ([069]).
+    c.wait_role(0, "master", 20);
+    c.wait_role(1, "peer", 20);
+    c.wait_role(2, "peer", 20);
+    let l = c.sp_list(0);
+    assert_eq!(l.len(), 3);
+    assert_eq!(l[0]["generation"], 1);
+    assert!(l[1..].iter().all(|p| p["state"] == "up"), "{l:?}");
+
+    // Only the master administers.
+    let e = c.sps[1].refused(&["vol", "create", "x", "--size", "8M"]);
+    assert!(e.contains("not the master") && e.contains("sp1"), "{e}");
+
+    // The master sees every SP's ALUs, named SP:/path, and claims them
+    // through the fabric.
+    let alus = c.sps[0].json(&["alu", "list"]);
+    let alus = alus.as_array().unwrap();
+    assert_eq!(alus.len(), 6, "{alus:?}");
+    let mut paths = Vec::new();
+    for a in alus {
+        let path = a["path"].as_str().unwrap().to_string();
+        let sp = a["sp"].as_str().unwrap();
+        if sp == "sp1" {
+            assert!(path.starts_with('/'), "{path}");
+        } else {
+            assert!(path.starts_with(&format!("{sp}:/")), "{path}");
+        }
+        c.sps[0].ok(&["alu", "claim", &path]);
+        paths.push(path);
+    }
+    let table = c.sps[0].ok(&["alu", "list"]);
+    assert!(table.starts_with("SP"), "{table}");
+
+    // A RAID10 across the three SPs, each mirror's legs on two SPs.
+    let mut args = vec![
+        "vol",
+        "create",
+        "r10",
+        "--size",
+        "48M",
+        "--layout",
+        "raid10",
+        "--stripes",
+        "3",
+        "--copies",
+        "2",
+    ];
+    let order = [0usize, 2, 4, 1, 3, 5]; // sp1, sp2, sp3, sp1, sp2, sp3
+    for i in order {
+        args.push("--alu");
+        args.push(&paths[i]);
+    }
+    c.sps[0].ok(&args);
+    let v = c.sps[0].json(&["vol", "show", "r10"]);
+    let segs = v["segments"].as_array().unwrap();
+    for sp in ["sp2:", "sp3:"] {
+        assert!(
+            segs.iter()
+                .any(|s| s["path"].as_str().unwrap_or("").starts_with(sp)),
+            "no segment on {sp}: {v}"
+        );
+    }
+    // Bringing it online built remote references to sp2's and sp3's
+    // partitions over the authenticated fabric (the host then lacks ublk).
+    let reason = v["problem"].as_str().unwrap_or_default().to_string();
+    assert!(reason.contains("ublk"), "{v}");
+    let p = c.sps[0].json(&["path", "list"]);
+    let p = p.as_array().unwrap();
+    assert_eq!(p.len(), 4, "one path per remote piece: {p:?}");
+    assert!(
+        p.iter().all(|p| p["state"] == "up" && p["connects"] == 0),
+        "{p:?}"
+    );
+    let sps: std::collections::BTreeSet<&str> =
+        p.iter().map(|p| p["sp"].as_str().unwrap()).collect();
+    assert_eq!(sps.into_iter().collect::<Vec<_>>(), ["sp2", "sp3"]);
+
+    // Standard tools read a tier-1 export: as root over the Unix socket.
+    let export = p[0]["export"].as_str().unwrap().to_string();
+    let owner = p[0]["sp"].as_str().unwrap();
+    let uri = format!("nbd+unix:///{export}?socket={}", sock(&c.root, owner));
+    let o = nbdinfo(&["--size", &uri]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let len: u64 = export.rsplit(':').next().unwrap().parse().unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), len.to_string());
+    // ... but not over TCP without the secret, not even the list.
+    let tcp = format!("nbd://127.0.0.1:{}", c.tcp_port);
+    let o = nbdinfo(&["--list", &tcp]);
+    assert!(!o.status.success(), "unauthenticated list succeeded");
+    let o = nbdinfo(&["--size", &format!("{tcp}/{export}")]);
+    assert!(!o.status.success(), "unauthenticated read succeeded");
+    // A partition outside an ALU's data area is no export.
+    let uuid = export.split(':').nth(1).unwrap();
+    let o = nbdinfo(&[
+        "--size",
+        &format!(
+            "nbd+unix:///part:{uuid}:0:4096?socket={}",
+            sock(&c.root, owner)
+        ),
+    ]);
+    assert!(!o.status.success(), "the metadata region was exported");
+
+    // kill -9 the master: sp2 (rule: equal ALUs, lowest name) takes over with
+    // a newer generation, and administration works there.
+    c.sps[0].daemon.take().unwrap().kill().unwrap();
+    c.wait_role(1, "master", 30);
+    c.wait_sees(2, 1, "master", 10);
+    assert_eq!(c.sp_list(1)[0]["generation"], 2);
+    let l = c.sp_list(1);
+    assert_eq!(
+        l.iter().find(|s| s["name"] == "sp1").unwrap()["state"],
+        "down"
+    );
+    let vols = c.sps[1].json(&["vol", "list"]);
+    assert!(
+        vols.as_array().unwrap().iter().any(|v| v["name"] == "r10"),
+        "{vols}"
+    );
+    c.sps[1].ok(&["vol", "create", "after", "--size", "8M", "--alu", &paths[2]]);
+    let e = c.sps[2].refused(&["vol", "remove", "after"]);
+    assert!(e.contains("sp2"), "{e}");
+
+    // Fencing: the old generation can no longer open an ALU anywhere.
+    let stale = format!(
+        "nbd+unix:///alu:1:{}?socket={}",
+        c.sps[2].alu(0),
+        sock(&c.root, "sp3")
+    );
+    let o = nbdinfo(&["--size", &stale]);
+    assert!(!o.status.success(), "a stale master generation was served");
+    let log = std::fs::read_to_string(c.sps[2].dir.join("tierblkd.log")).unwrap();
+    assert!(log.contains("refusing a stale master"), "{log}");
+    // The current generation is served (the refusal above is the fence).
+    let o = nbdinfo(&["--size", &stale.replace("alu:1:", "alu:2:")]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    // The old master comes back and follows the new one.
+    c.sps[0].start();
+    c.wait_role(0, "peer", 20);
+    assert_eq!(c.role_of(1), "master");
+    let e = c.sps[0].refused(&["vol", "create", "y", "--size", "8M"]);
+    assert!(e.contains("sp2"), "{e}");
+    for env in &mut c.sps {
+        env.stop();
+    }
+}

@@ -1,0 +1,147 @@
+#!/bin/sh
+# Three storage processors in one VM (spec sections III-V): sp1 owns vda and
+# vdb, sp2 owns vdc, sp3 owns vdd. sp1 is elected master by rule (most ALUs,
+# [069]), claims the peers' ALUs through the fabric and exposes a RAID10
+# whose every mirror has a leg in another process (remote references,
+# [0109]-[0110]). ext4 on it, fio write+verify on a file under load; one of
+# the two fabric paths to sp2 and to sp3 is broken in the middle ([046],
+# section VII): zero I/O errors, path list says which path failed, and the
+# reference fails back when the path returns. e2fsck -fn clean at the end.
+# vm-run: --disks 4 --disk-size 384M
+set -eu
+. "$(dirname "$0")/lib.sh"
+
+require_disks 4
+command -v faultproxy >/dev/null || fail "faultproxy missing (built by scripts/lib/vm.sh)"
+R=/run/tierblk
+mkdir -p "$R"
+printf 'a cluster secret for the vm test\n' >"$R/secret"
+chmod 600 "$R/secret"
+TIERBLK_SOCKET="$R/sp1.ctl"
+
+# sp2 and sp3 are each reached over two paths: through a proxy (preferred,
+# so that I/O starts there) and directly.
+proxy() {
+	faultproxy "$R/$1-p.sock" "$R/$1.sock" &
+	eval "PROXY_$1=\$!"
+}
+proxy sp2
+proxy sp3
+
+PIDS=""
+start_sp() {
+	_n=$1
+	shift
+	tierblkd --sp "$_n" --listen "unix:$R/$_n.sock" --secret-file "$R/secret" \
+		--socket "$R/$_n.ctl" --cluster lab "$@" >"/tmp/$_n.log" 2>&1 &
+	PIDS="$PIDS $!"
+}
+cleanup() {
+	_rc=$?
+	if [ "$_rc" -ne 0 ]; then
+		for n in sp1 sp2 sp3; do
+			echo "---- /tmp/$n.log ----"
+			tail -n 40 "/tmp/$n.log" 2>/dev/null || true
+		done
+	fi
+	umount /mnt 2>/dev/null || true
+	# shellcheck disable=SC2086
+	kill $PIDS 2>/dev/null || true
+	exit "$_rc"
+}
+trap cleanup EXIT
+
+start_sp sp1 --alu /dev/vda --alu /dev/vdb \
+	--peer "sp2=unix:$R/sp2-p.sock,unix:$R/sp2.sock" \
+	--peer "sp3=unix:$R/sp3-p.sock,unix:$R/sp3.sock"
+start_sp sp2 --alu /dev/vdc --peer "sp1=unix:$R/sp1.sock" --peer "sp3=unix:$R/sp3.sock"
+start_sp sp3 --alu /dev/vdd --peer "sp1=unix:$R/sp1.sock" --peer "sp2=unix:$R/sp2.sock"
+
+i=0
+until tbj sp list 2>/dev/null | grep -q '"name":"sp1","role":"master"'; do
+	i=$((i + 1))
+	[ "$i" -lt 100 ] || fail "sp1 never became master: $(tbj sp list 2>&1)"
+	sleep 0.2
+done
+tb sp list
+ok "sp1 is master"
+for n in sp2 sp3; do
+	e=$(tierblk --socket "$R/$n.ctl" vol create x --size 8M 2>&1) && fail "$n accepted vol create"
+	case "$e" in *"not the master"*) ;; *) fail "$n: unexpected refusal: $e" ;; esac
+done
+ok "peers refuse administration, naming the master"
+
+for a in /dev/vda /dev/vdb sp2:/dev/vdc sp3:/dev/vdd; do tb alu claim "$a" >/dev/null; done
+tb alu list
+# Mirror 0: vda + sp2's vdc; mirror 1: vdb + sp3's vdd.
+tb vol create r10 --size 256M --layout raid10 --stripes 2 --copies 2 \
+	--alu /dev/vda --alu sp2:/dev/vdc --alu /dev/vdb --alu sp3:/dev/vdd
+wait_vol_state r10 online 30
+dev=$(vol_device r10)
+tb vol show r10
+tb path list
+[ "$(tbj path list | grep -o '"state":"up"' | wc -l)" -ge 2 ] || fail "remote paths not up"
+ok "r10 online as $dev with remote references to sp2 and sp3"
+
+mkfs.ext4 -q -F "$dev"
+mount "$dev" /mnt
+engine=libaio
+if fio --enghelp 2>/dev/null | grep -qw io_uring; then engine=io_uring; fi
+fio --name=load --filename=/mnt/data --rw=randwrite --bs=4k --direct=1 --ioengine=$engine \
+	--iodepth=16 --size=96M --verify=crc32c --verify_fatal=1 --randrepeat=1 --do_verify=1 \
+	--output-format=terse --terse-version=3 >/tmp/fio-load.out 2>&1 &
+fio_pid=$!
+sleep 5
+# shellcheck disable=SC2154
+kill -9 "$PROXY_sp2" "$PROXY_sp3"
+ok "the preferred paths to sp2 and sp3 are broken under load"
+wait "$fio_pid" || {
+	cat /tmp/fio-load.out
+	fail "fio failed while a fabric path broke"
+}
+err=$(grep ';' /tmp/fio-load.out | tail -n 1 | cut -d';' -f5)
+[ "$err" = 0 ] || {
+	cat /tmp/fio-load.out
+	fail "fio saw error=$err"
+}
+ok "fio: write + verify with 0 errors across the path failure"
+dmesg | grep -i "I/O error, dev ublkb" && fail "the kernel saw I/O errors on $dev"
+ok "no I/O error reached the block layer"
+tb path list
+# path_of ENDPOINT: the `path list` JSON object of that endpoint.
+path_of() { tbj path list | grep -o '{[^}]*}' | grep "\"endpoint\":\"unix:$R/$1\""; }
+p=$(path_of sp2-p.sock)
+json_has "$p" state '"down"' || fail "the broken path to sp2 is not reported down: $p"
+[ "$(json_num "$p" failures)" -ge 1 ] || fail "no failure counted on the broken path: $p"
+p=$(path_of sp2.sock)
+json_has "$p" state '"up"' || fail "the direct path to sp2 is not up: $p"
+[ "$(json_num "$p" active)" -ge 1 ] || fail "no queue moved to the direct path: $p"
+tb vol show r10 | head -n 3
+j=$(vol_json r10)
+case "$j" in *'"state":"online"'*) ;; *) fail "r10 not optimal after the path failure: $j" ;; esac
+json_has "$j" health '"failed"' && fail "a leg failed over a path failure: $j"
+ok "path failure cost no leg: r10 still online and whole"
+
+# The path returns: the references fail back to it.
+proxy sp2
+proxy sp3
+sleep 3
+dd if="$dev" of=/dev/null bs=1M count=64 iflag=direct 2>/dev/null
+fio --name=load --filename=/mnt/data --rw=randwrite --bs=4k --direct=1 --ioengine=$engine \
+	--iodepth=16 --size=96M --verify=crc32c --verify_fatal=1 --randrepeat=1 --verify_only \
+	--output-format=terse --terse-version=3 >/tmp/fio-re.out 2>&1 || {
+	cat /tmp/fio-re.out
+	fail "verify after failback failed"
+}
+tb path list
+p=$(path_of sp2-p.sock)
+json_has "$p" state '"up"' && [ "$(json_num "$p" active)" -ge 1 ] ||
+	fail "no queue failed back to the preferred path to sp2: $p"
+ok "failed back to the returned path; data verified"
+
+umount /mnt
+e2fsck -fn "$dev" >/tmp/fsck.out 2>&1 || {
+	cat /tmp/fsck.out
+	fail "e2fsck found problems"
+}
+ok "e2fsck -fn clean"
