@@ -88,8 +88,14 @@ pub fn parse_peer(s: &str) -> Result<Peer, String> {
 /// The name of an export an SP serves (see the module docs).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ExportName {
-    /// A tier-1 partition: `len` bytes at `start` of ALU `alu`.
-    Part { alu: Uuid, start: u64, len: u64 },
+    /// A tier-1 partition: `len` bytes at `start` of ALU `alu`, for the
+    /// master of generation `generation` (the SP exposing the volume).
+    Part {
+        generation: u64,
+        alu: Uuid,
+        start: u64,
+        len: u64,
+    },
     /// A whole ALU, for the master of generation `generation`.
     Alu { generation: u64, path: String },
     /// Who the SP is (listed, never opened).
@@ -103,7 +109,12 @@ pub enum ExportName {
 impl std::fmt::Display for ExportName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ExportName::Part { alu, start, len } => write!(f, "part:{alu}:{start}:{len}"),
+            ExportName::Part {
+                generation,
+                alu,
+                start,
+                len,
+            } => write!(f, "part:{generation}:{alu}:{start}:{len}"),
             ExportName::Alu { generation, path } => write!(f, "alu:{generation}:{path}"),
             ExportName::Sp {
                 name,
@@ -126,15 +137,20 @@ impl std::str::FromStr for ExportName {
         let num = |t: &str| t.parse::<u64>().map_err(|_| bad());
         if let Some(rest) = s.strip_prefix("part:") {
             let f: Vec<&str> = rest.split(':').collect();
-            let [alu, start, len] = f[..] else {
+            let [generation, alu, start, len] = f[..] else {
                 return Err(bad());
             };
             let alu: Uuid = alu.parse().map_err(|_| bad())?;
-            let (start, len) = (num(start)?, num(len)?);
+            let (generation, start, len) = (num(generation)?, num(start)?, num(len)?);
             if len == 0 || start.checked_add(len).is_none() {
                 return Err(bad());
             }
-            return Ok(ExportName::Part { alu, start, len });
+            return Ok(ExportName::Part {
+                generation,
+                alu,
+                start,
+                len,
+            });
         }
         if let Some(rest) = s.strip_prefix("alu:") {
             let (g, path) = rest.split_once(':').ok_or_else(bad)?;
@@ -180,8 +196,9 @@ struct LocalAlu {
 pub struct SpCatalog {
     name: String,
     alus: BTreeMap<String, LocalAlu>,
-    /// Highest master generation seen; older ones are refused.
-    generation: AtomicU64,
+    /// Highest master generation seen; older ones are refused and their
+    /// open sessions cut.
+    generation: Arc<AtomicU64>,
     /// Whether this SP is the master now (for the `sp:` entry).
     master: std::sync::atomic::AtomicBool,
     cluster: String,
@@ -206,7 +223,7 @@ impl SpCatalog {
         SpCatalog {
             name: name.to_string(),
             alus,
-            generation: AtomicU64::new(0),
+            generation: Arc::new(AtomicU64::new(0)),
             master: Default::default(),
             cluster: cluster.to_string(),
         }
@@ -270,7 +287,13 @@ impl Catalog<Partition<LocalRing>> for SpCatalog {
 
     fn lookup(&self, name: &str) -> Result<Export<Partition<LocalRing>>, String> {
         match name.parse::<ExportName>()? {
-            ExportName::Part { alu, start, len } => {
+            ExportName::Part {
+                generation,
+                alu,
+                start,
+                len,
+            } => {
+                self.admit(name, generation)?;
                 let (a, d) = self.directory_of(alu).ok_or_else(|| {
                     format!("{name}: no ALU {alu} of cluster {:?} here", self.cluster)
                 })?;
@@ -284,31 +307,51 @@ impl Catalog<Partition<LocalRing>> for SpCatalog {
                 Ok(Export::new(name, len, move |ring: &LocalRing| {
                     Ok(Partition::new(file.clone(), start, len, ring.clone()))
                 })
-                .multi_conn(true))
+                .multi_conn(true)
+                .valid_while(self.still_current(generation)))
             }
             ExportName::Alu { generation, path } => {
                 let a = self
                     .alus
                     .get(&path)
                     .ok_or_else(|| format!("{name}: no ALU {path} here"))?;
-                let seen = self.generation.fetch_max(generation, Ordering::SeqCst);
-                if generation < seen || generation == 0 {
-                    tracing::warn!(generation, seen, alu = %path, "refusing a stale master");
-                    return Err(format!(
-                        "{name}: stale master generation {generation} (this SP has seen {seen})"
-                    ));
-                }
-                if generation > seen {
-                    tracing::info!(generation, "a new master generation");
-                }
+                self.admit(name, generation)?;
                 let (file, size) = (a.file.clone(), a.size);
                 Ok(Export::new(name, size, move |ring: &LocalRing| {
                     Ok(Partition::new(file.clone(), 0, size, ring.clone()))
                 })
-                .multi_conn(true))
+                .multi_conn(true)
+                .valid_while(self.still_current(generation)))
             }
             ExportName::Sp { .. } => Err(format!("{name}: not an export")),
         }
+    }
+}
+
+impl SpCatalog {
+    /// Fencing at the storage: a session of generation `generation` is
+    /// admitted only if no newer master has been seen, and a newer one
+    /// becomes the one to beat.
+    fn admit(&self, name: &str, generation: u64) -> Result<(), String> {
+        let seen = self.generation.fetch_max(generation, Ordering::SeqCst);
+        if generation < seen || generation == 0 {
+            tracing::warn!(generation, seen, export = %name, "refusing a stale master");
+            return Err(format!(
+                "{name}: stale master generation {generation} (this SP has seen {seen})"
+            ));
+        }
+        if generation > seen {
+            tracing::info!(generation, "a new master generation");
+        }
+        Ok(())
+    }
+
+    /// Whether sessions of `generation` may go on: checked before each
+    /// request, so a deposed master's open sessions end (ESHUTDOWN) as soon
+    /// as a newer master opens anything here.
+    fn still_current(&self, generation: u64) -> impl Fn() -> bool + Send + Sync + 'static {
+        let seen = self.generation.clone();
+        move || seen.load(Ordering::Relaxed) <= generation
     }
 }
 
@@ -516,6 +559,7 @@ mod tests {
         let u: Uuid = "00112233-4455-6677-8899-aabbccddeeff".parse().unwrap();
         for n in [
             ExportName::Part {
+                generation: 2,
                 alu: u,
                 start: 8 << 20,
                 len: 4096,
@@ -536,9 +580,10 @@ mod tests {
             "",
             "part:",
             "part:xyz:1:2",
-            "part:00112233-4455-6677-8899-aabbccddeeff:1",
-            "part:00112233-4455-6677-8899-aabbccddeeff:1:0",
-            "part:00112233-4455-6677-8899-aabbccddeeff:18446744073709551615:2",
+            "part:1:00112233-4455-6677-8899-aabbccddeeff:1",
+            "part:00112233-4455-6677-8899-aabbccddeeff:1:2",
+            "part:1:00112233-4455-6677-8899-aabbccddeeff:1:0",
+            "part:1:00112233-4455-6677-8899-aabbccddeeff:18446744073709551615:2",
             "alu:x:/dev/vdb",
             "alu:1:",
             "sp:a:boss:1",

@@ -15,6 +15,7 @@ use common::*;
 use serde_json::Value;
 use std::process::Command;
 use std::time::{Duration, Instant};
+use tierblk_stack::BlockDev;
 
 const NAMES: [&str; 3] = ["sp1", "sp2", "sp3"];
 
@@ -238,15 +239,27 @@ fn three_sps_elect_share_alus_fail_over_and_fence() {
     let o = nbdinfo(&["--size", &format!("{tcp}/{export}")]);
     assert!(!o.status.success(), "unauthenticated read succeeded");
     // A partition outside an ALU's data area is no export.
-    let uuid = export.split(':').nth(1).unwrap();
+    let uuid = export.split(':').nth(2).unwrap();
     let o = nbdinfo(&[
         "--size",
         &format!(
-            "nbd+unix:///part:{uuid}:0:4096?socket={}",
+            "nbd+unix:///part:1:{uuid}:0:4096?socket={}",
             sock(&c.root, owner)
         ),
     ]);
     assert!(!o.status.success(), "the metadata region was exported");
+
+    // A session the master of generation 1 holds open on sp3's ALU (as the
+    // metadata store keeps one), to see it cut once a newer master appears.
+    let ring = tierblk_stack::uring::LocalRing::new(8).unwrap();
+    let held = tierblk_stack::nbd::NbdDev::connect(
+        &format!("unix:{}", sock(&c.root, "sp3")).parse().unwrap(),
+        &format!("alu:1:{}", c.sps[2].alu(0)),
+        ring.clone(),
+    )
+    .unwrap();
+    let mut buf = tierblk_stack::AlignedBuf::new(4096);
+    ring.block_on(held.read(0, &mut buf)).unwrap();
 
     // kill -9 the master: sp2 (rule: equal ALUs, lowest name) takes over with
     // a newer generation, and administration works there.
@@ -278,6 +291,15 @@ fn three_sps_elect_share_alus_fail_over_and_fence() {
     assert!(!o.status.success(), "a stale master generation was served");
     let log = std::fs::read_to_string(c.sps[2].dir.join("tierblkd.log")).unwrap();
     assert!(log.contains("refusing a stale master"), "{log}");
+    // The old master's open session is cut at its next request.
+    let e = ring.block_on(held.read(0, &mut buf)).unwrap_err();
+    assert_eq!(e.errno(), libc::ESHUTDOWN, "{e}");
+    // So are its tier-1 partitions: generation 1's names are refused.
+    let o = nbdinfo(&["--size", &uri]);
+    assert!(
+        !o.status.success(),
+        "a deposed master's partition export was served"
+    );
     // The current generation is served (the refusal above is the fence).
     let o = nbdinfo(&["--size", &stale.replace("alu:1:", "alu:2:")]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

@@ -72,6 +72,8 @@ pub struct Export<D> {
     multi_conn: bool,
     description: Option<String>,
     factory: Arc<Factory<D>>,
+    /// Checked before each request: once false, the session is revoked.
+    valid: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
 }
 
 impl<D> Clone for Export<D> {
@@ -83,6 +85,7 @@ impl<D> Clone for Export<D> {
             multi_conn: self.multi_conn,
             description: self.description.clone(),
             factory: self.factory.clone(),
+            valid: self.valid.clone(),
         }
     }
 }
@@ -103,7 +106,19 @@ impl<D: BlockDev> Export<D> {
             multi_conn: false,
             description: None,
             factory: Arc::new(factory),
+            valid: None,
         }
+    }
+
+    /// Serve the export only while `valid()` holds: it is asked before every
+    /// request, and once it says no, the request gets `NBD_ESHUTDOWN` and
+    /// the connection is closed. This is how a session opened under an old
+    /// configuration is cut (a deposed master's, a generation that moved
+    /// on): NBD itself has no epochs. `valid` runs on the I/O path: keep it
+    /// to an atomic load.
+    pub fn valid_while(mut self, valid: impl Fn() -> bool + Send + Sync + 'static) -> Self {
+        self.valid = Some(Arc::new(valid));
+        self
     }
 
     /// Serve the export read-only (writes, trims and write-zeroes fail with
@@ -1076,6 +1091,14 @@ fn transmission<D: BlockDev>(
             return Ok(());
         }
         let req = Request::decode(&hb)?;
+        if export.valid.as_ref().is_some_and(|v| !v()) {
+            tracing::warn!(export = %export.name, "session revoked: answering ESHUTDOWN and closing");
+            if req.command == proto::CMD_WRITE {
+                skip(r, req.len as u64)?;
+            }
+            reply(w, req.cookie, proto::NBD_ESHUTDOWN, &[])?;
+            return Ok(());
+        }
         let cmd = match proto::check_request(&req, export.size, export.read_only) {
             Ok(c) => c,
             Err(Reject::Close) => {

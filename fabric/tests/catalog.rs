@@ -162,3 +162,32 @@ fn catalog_with_a_secret() {
         Err(ClientError::Refused { .. })
     ));
 }
+
+/// A session opened while its export was valid is cut once it no longer is
+/// (a deposed master's generation): the next request gets ESHUTDOWN and the
+/// connection closes; a new session is refused by the catalog meanwhile.
+#[test]
+fn revoked_sessions_get_eshutdown_and_close() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = TempDir::new("revoke");
+    let img = dir.path("disk.img");
+    make_image(&img, SIZE as usize, 3);
+    let valid = Arc::new(AtomicBool::new(true));
+    let v = valid.clone();
+    let export =
+        partition_export("alu:1:/x", &img, SIZE).valid_while(move || v.load(Ordering::SeqCst));
+    let sock = dir.path("nbd.sock");
+    let server = NbdServer::start(&[NbdAddr::Unix(sock.clone())], vec![export]).unwrap();
+    let ring = LocalRing::new(8).unwrap();
+    let dev = NbdDev::connect(&NbdAddr::Unix(sock.clone()), "alu:1:/x", ring.clone()).unwrap();
+    let mut buf = AlignedBuf::new(4096);
+    ring.block_on(dev.read(0, &mut buf)).unwrap();
+    ring.block_on(dev.write(0, &buf, false)).unwrap();
+    valid.store(false, Ordering::SeqCst);
+    let e = ring.block_on(dev.write(4096, &buf, false)).unwrap_err();
+    assert_eq!(e.errno(), libc::ESHUTDOWN, "{e}");
+    // The server closed the connection after the reply.
+    let e = ring.block_on(dev.read(0, &mut buf)).unwrap_err();
+    assert!(dev.is_broken(), "{e}");
+    server.shutdown();
+}

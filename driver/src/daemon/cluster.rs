@@ -173,7 +173,16 @@ impl Cluster {
             .paths_of(peer)
             .ok_or_else(|| format!("sp {peer}: not a configured peer"))?
             .to_vec();
-        let export = ExportName::Part { alu, start, len }.to_string();
+        let Role::Master { generation } = self.role else {
+            return Err(format!("sp {}: not the master", self.sp.name));
+        };
+        let export = ExportName::Part {
+            generation,
+            alu,
+            start,
+            len,
+        }
+        .to_string();
         let d = RemoteDesc::new(export, len, paths, self.sp.secret.clone())
             .and_then(RemoteDesc::probe)
             .map_err(|e| format!("sp {peer}: {e}"))?;
@@ -298,6 +307,8 @@ impl Daemon {
         info!(sp = %c.sp.name, generation, "taking the master role");
         c.catalog.set_role(true, generation);
         c.role = Role::Master { generation };
+        // References of an earlier term carry its generation: fenced now.
+        c.remotes.clear();
         let mut disks = Vec::new();
         let mut missing = BTreeMap::new();
         for p in &self.cfg.alus {
@@ -367,6 +378,7 @@ impl Daemon {
         self.log
             .emit("sp-role", None, format!("peer (deposed by {master})"));
         if let Some(c) = self.cluster.as_mut() {
+            c.remotes.clear();
             c.catalog.set_role(false, 0);
             c.role = Role::Peer {
                 master: master.to_string(),
