@@ -42,6 +42,9 @@ pub struct Args {
     /// A peer SP: NAME=ENDPOINT[,ENDPOINT...] (repeatable), its endpoints in order of preference.
     #[arg(long = "peer", value_name = "NAME=ENDPOINTS")]
     pub peers: Vec<String>,
+    /// Take leadership from etcd (http://IP:PORT) instead of the election rule: for SPs on several machines.
+    #[arg(long, value_name = "URL")]
+    pub etcd: Option<String>,
     /// File holding the cluster secret peers authenticate with (at least 16 bytes); required with --sp.
     #[arg(long, value_name = "FILE")]
     pub secret_file: Option<PathBuf>,

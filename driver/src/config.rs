@@ -11,6 +11,7 @@
 //! listen = ["unix:/run/tierblk/sp1.sock", "tcp:10.0.0.1:10809"]
 //! peers = ["sp2=unix:/run/tierblk/sp2.sock,tcp:10.0.0.2:10809"]
 //! secret_file = "/etc/tierblk/secret"
+//! etcd = "http://10.0.0.9:2379"   # across machines: leadership from etcd
 //! ```
 
 use serde::Deserialize;
@@ -41,6 +42,8 @@ pub struct FileConfig {
     pub peers: Vec<String>,
     /// The cluster secret's file (`--secret-file`).
     pub secret_file: Option<PathBuf>,
+    /// etcd endpoint for the master election (`--etcd`).
+    pub etcd: Option<String>,
 }
 
 #[derive(Debug, Error)]

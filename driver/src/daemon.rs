@@ -58,6 +58,8 @@ pub enum Event {
     JobEnded { id: u64, outcome: jobs::Outcome },
     /// One round of heartbeats: each peer's answer, or why it gave none.
     Peers(Vec<(String, Result<crate::sp::SpView, String>)>),
+    /// What etcd says about the master election (with `--etcd`).
+    Leadership(crate::etcd::Leadership),
     /// Time passed: run the snapshot schedules that are due.
     Tick,
 }
@@ -707,6 +709,7 @@ impl Daemon {
             Event::JobEnded { id, outcome } => self.on_job_ended(id, outcome),
             Event::Tick => self.run_schedules(crate::clock::now()),
             Event::Peers(views) => self.on_peers(views),
+            Event::Leadership(l) => self.on_leadership(l),
         }
     }
 

@@ -22,6 +22,7 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod docgen;
+pub mod etcd;
 pub mod events;
 pub mod jobs;
 pub mod planner;

@@ -54,6 +54,9 @@ pub struct SpConfig {
     pub peers: Vec<Peer>,
     /// The cluster secret peers authenticate with.
     pub secret: Option<Arc<Secret>>,
+    /// Where leadership comes from across machines; None: the rule
+    /// ([`elect`]), for SPs on one machine.
+    pub etcd: Option<crate::etcd::Etcd>,
 }
 
 /// Whether `s` is a usable SP name: what ALU paths are prefixed with.
@@ -392,7 +395,8 @@ impl RemoteDisk {
                 };
                 let mut why = Vec::new();
                 let dev = paths.iter().find_map(|p| {
-                    match NbdDev::connect_with(p, &export_name, &ring, secret.as_deref()) {
+                    let t = tierblk_stack::remote::CONNECT_TIMEOUT;
+                    match NbdDev::connect_timeout(p, &export_name, &ring, secret.as_deref(), t) {
                         Ok(d) => Some(d),
                         Err(e) => {
                             why.push(format!("{p}: {e}"));

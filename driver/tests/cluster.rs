@@ -39,6 +39,10 @@ fn free_port() -> u16 {
 
 impl Cluster {
     fn new(tag: &str) -> Cluster {
+        Cluster::with(tag, None)
+    }
+
+    fn with(tag: &str, etcd: Option<&str>) -> Cluster {
         let root =
             std::env::temp_dir().join(format!("tierblk-cluster-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
@@ -62,6 +66,10 @@ impl Cluster {
             if i == 1 {
                 env.extra.push("--listen".into());
                 env.extra.push(format!("tcp:127.0.0.1:{tcp_port}"));
+            }
+            if let Some(e) = etcd {
+                env.extra.push("--etcd".into());
+                env.extra.push(e.to_string());
             }
             for other in NAMES.iter().filter(|n| *n != name) {
                 env.extra.push("--peer".into());
@@ -313,4 +321,162 @@ fn three_sps_elect_share_alus_fail_over_and_fence() {
     for env in &mut c.sps {
         env.stop();
     }
+}
+
+/// etcd, started for a test on free ports, killed at the end.
+struct EtcdServer {
+    child: std::process::Child,
+    url: String,
+    _dir: std::path::PathBuf,
+}
+
+impl EtcdServer {
+    fn start(dir: std::path::PathBuf) -> EtcdServer {
+        let (client, peer) = (free_port(), free_port());
+        let url = format!("http://127.0.0.1:{client}");
+        let purl = format!("http://127.0.0.1:{peer}");
+        let child = Command::new("etcd")
+            .arg("--data-dir")
+            .arg(dir.join("etcd"))
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &purl,
+                "--initial-advertise-peer-urls",
+                &purl,
+            ])
+            .args(["--initial-cluster", &format!("default={purl}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(dir.join("etcd.log")).unwrap())
+            .spawn()
+            .expect("etcd (etcd-server) is installed by scripts/test");
+        let t = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
+            assert!(t.elapsed() < Duration::from_secs(20), "etcd did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        EtcdServer {
+            child,
+            url,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn signal(env: &Env, sig: nix::sys::signal::Signal) {
+    let pid = env.daemon.as_ref().unwrap().id() as i32;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).unwrap();
+}
+
+impl Cluster {
+    /// The SPs (among `alive`) that say they are master, with their
+    /// generations; waits until exactly one does and every other alive SP
+    /// follows it.
+    fn one_master(&self, alive: &[usize], secs: u64) -> (usize, u64) {
+        let t = Instant::now();
+        loop {
+            let roles: Vec<(usize, String, u64)> = alive
+                .iter()
+                .map(|&i| {
+                    let me = &self.sp_list(i)[0];
+                    (
+                        i,
+                        me["role"].as_str().unwrap().to_string(),
+                        me["generation"].as_u64().unwrap(),
+                    )
+                })
+                .collect();
+            let masters: Vec<&(usize, String, u64)> =
+                roles.iter().filter(|r| r.1 == "master").collect();
+            if masters.len() == 1 && roles.iter().all(|r| r.1 == "master" || r.1 == "peer") {
+                return (masters[0].0, masters[0].2);
+            }
+            if t.elapsed() > Duration::from_secs(secs) {
+                for &i in alive {
+                    eprintln!(
+                        "---- {} ----\n{}",
+                        NAMES[i],
+                        std::fs::read_to_string(self.sps[i].dir.join("tierblkd.log"))
+                            .unwrap_or_default()
+                    );
+                }
+                panic!("no single master: {roles:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Leadership from etcd (across machines the SPs' views may differ, so the
+/// rule is not enough): one master is elected; a master frozen past its lease
+/// is replaced by one with a newer generation, its open sessions are cut,
+/// and when it thaws it steps down; kill -9 of the master hands over too.
+#[test]
+fn etcd_elects_one_master_and_fences_the_old_one() {
+    let root = std::env::temp_dir().join(format!("tierblk-etcd-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let etcd = EtcdServer::start(root.clone());
+    let mut c = Cluster::with("etcd", Some(&etcd.url));
+    for env in &mut c.sps {
+        env.start();
+    }
+    let (m1, g1) = c.one_master(&[0, 1, 2], 30);
+    assert!(g1 > 0);
+    let alus = c.sps[m1].json(&["alu", "list"]);
+    assert_eq!(alus.as_array().unwrap().len(), 6, "{alus}");
+
+    // A session of generation g1 on a peer's ALU, as the master holds one.
+    let peer = (0..3).find(|&i| i != m1).unwrap();
+    let ring = tierblk_stack::uring::LocalRing::new(8).unwrap();
+    let held = tierblk_stack::nbd::NbdDev::connect(
+        &format!("unix:{}", sock(&c.root, NAMES[peer]))
+            .parse()
+            .unwrap(),
+        &format!("alu:{g1}:{}", c.sps[peer].alu(0)),
+        ring.clone(),
+    )
+    .unwrap();
+    let mut buf = tierblk_stack::AlignedBuf::new(4096);
+    ring.block_on(held.read(0, &mut buf)).unwrap();
+
+    // Freeze the master past its lease: another SP is elected, newer.
+    signal(&c.sps[m1], nix::sys::signal::Signal::SIGSTOP);
+    let others: Vec<usize> = (0..3).filter(|&i| i != m1).collect();
+    let (m2, g2) = c.one_master(&others, 30);
+    assert!(g2 > g1, "generation did not grow: {g1} -> {g2}");
+    let e = ring.block_on(held.read(0, &mut buf)).unwrap_err();
+    assert_eq!(e.errno(), libc::ESHUTDOWN, "{e}");
+
+    // It thaws: its lease is gone, it steps down and follows.
+    signal(&c.sps[m1], nix::sys::signal::Signal::SIGCONT);
+    assert_eq!(c.one_master(&[0, 1, 2], 30), (m2, g2));
+    let e = c.sps[m1].refused(&["vol", "create", "x", "--size", "8M"]);
+    assert!(e.contains("not the master"), "{e}");
+
+    // kill -9 the master: the last SP takes over, and administers.
+    c.sps[m2].daemon.take().unwrap().kill().unwrap();
+    let rest: Vec<usize> = (0..3).filter(|&i| i != m2).collect();
+    let (m3, g3) = c.one_master(&rest, 30);
+    assert!(g3 > g2);
+    let own = c.sps[m3].alu(0);
+    c.sps[m3].ok(&["alu", "claim", &own]);
+    c.sps[m3].ok(&["vol", "create", "after", "--size", "8M", "--alu", &own]);
+    for i in rest {
+        c.sps[i].stop();
+    }
+    drop(etcd);
+    let _ = std::fs::remove_dir_all(&root);
 }

@@ -25,7 +25,7 @@
 //!
 //! Connecting is the blocking NBD handshake; it runs on the queue thread. A
 //! path that is gone (no listener) fails at once; a peer that accepts but does
-//! not answer holds the queue up to the handshake timeout. Requests on a live
+//! not answer holds the queue up to [`RemoteDesc::connect_timeout`]. Requests on a live
 //! connection have no timeout of their own (as NBD's kernel client without
 //! `-timeout`): a hung peer is detected by the failure inventory, not here.
 //!
@@ -47,6 +47,9 @@ use crate::{check_range, BlockDev, IoError, IoResult, Limits, Ring};
 /// How often a reference running on a non-preferred path tries the preferred
 /// one again.
 pub const FAILBACK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Default of [`RemoteDesc::connect_timeout`].
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Default of [`RemoteDesc::no_path_timeout`].
 pub const NO_PATH_TIMEOUT: Duration = Duration::from_secs(30);
@@ -135,6 +138,9 @@ pub struct RemoteDesc {
     pub secret: Option<Arc<Secret>>,
     /// How long requests wait when no path works before failing with `EIO`.
     pub no_path_timeout: Duration,
+    /// How long one connection attempt (the NBD handshake) may take: a
+    /// stalled peer must not hold a queue thread for long.
+    pub connect_timeout: Duration,
     paths: Vec<PathState>,
 }
 
@@ -199,6 +205,7 @@ impl RemoteDesc {
             },
             secret,
             no_path_timeout: NO_PATH_TIMEOUT,
+            connect_timeout: CONNECT_TIMEOUT,
             paths: paths.into_iter().map(PathState::new).collect(),
         })
     }
@@ -214,7 +221,13 @@ impl RemoteDesc {
         })?;
         let mut why = Vec::new();
         for (i, p) in self.paths.iter().enumerate() {
-            match NbdDev::connect_with(&p.addr, &self.export, &ring, self.secret.as_deref()) {
+            match NbdDev::connect_timeout(
+                &p.addr,
+                &self.export,
+                &ring,
+                self.secret.as_deref(),
+                self.connect_timeout,
+            ) {
                 Ok(dev) => {
                     let info = dev.info();
                     if dev.read_only() {
@@ -288,11 +301,12 @@ impl<R: Ring + Clone> RemoteRef<R> {
 
     fn try_path(&self, i: usize) -> Option<Rc<NbdDev<R>>> {
         let p = &self.desc.paths[i];
-        let r = NbdDev::connect_with(
+        let r = NbdDev::connect_timeout(
             &p.addr,
             &self.desc.export,
             self.ring.clone(),
             self.desc.secret.as_deref(),
+            self.desc.connect_timeout,
         );
         match r {
             Ok(dev) if dev.info().size >= self.desc.size && !dev.read_only() => {

@@ -57,6 +57,7 @@ fn run(args: Args) -> Result<()> {
             [file.listen, args.listen].concat(),
             [file.peers, args.peers].concat(),
             args.secret_file.or(file.secret_file),
+            args.etcd.or(file.etcd),
         )?,
     };
     let metrics = args.metrics.or(file.metrics);
@@ -130,11 +131,12 @@ fn sp_config(
     listen: Vec<String>,
     peers: Vec<String>,
     secret: Option<PathBuf>,
+    etcd: Option<String>,
 ) -> Result<Option<tierblk::sp::SpConfig>> {
     let Some(name) = name else {
         anyhow::ensure!(
-            listen.is_empty() && peers.is_empty(),
-            "--listen and --peer need --sp NAME"
+            listen.is_empty() && peers.is_empty() && etcd.is_none(),
+            "--listen, --peer and --etcd need --sp NAME"
         );
         return Ok(None);
     };
@@ -164,6 +166,9 @@ fn sp_config(
         listen,
         peers,
         secret: Some(Arc::new(secret)),
+        etcd: etcd
+            .map(|e| e.parse().map_err(anyhow::Error::msg))
+            .transpose()?,
     }))
 }
 

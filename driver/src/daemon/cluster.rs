@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use tierblk_fabric::server::ServerConfig;
 use tierblk_fabric::NbdServer;
-use tierblk_stack::nbd::list_exports_with;
+use tierblk_stack::nbd::list_exports_timeout;
 use tierblk_stack::remote::RemoteDesc;
 
 use super::*;
@@ -32,6 +32,9 @@ use crate::sp::{elect, Decision, ExportName, RemoteDisk, SpCatalog, SpConfig, Sp
 
 /// How often peers are asked who they are.
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// How long one heartbeat waits for a peer's answer.
+pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Heartbeats a peer may miss before it counts as gone.
 pub const MISSES: u32 = 3;
@@ -68,6 +71,9 @@ pub struct Cluster {
     /// Remote references by tier-1 object (alu, start, len), shared by the
     /// volumes' trees: their path states outlive one online.
     remotes: HashMap<(Uuid, u64, u64), Arc<RemoteDesc>>,
+    /// With etcd: the generation etcd elected this SP for, until it takes
+    /// office (once every peer answered or was given up on).
+    won: Option<u64>,
 }
 
 impl Cluster {
@@ -96,6 +102,14 @@ impl Cluster {
             .iter()
             .map(|p| (p.name.clone(), PeerState::default()))
             .collect();
+        if let Some(etcd) = &sp.etcd {
+            let election = format!("tierblk/{cluster}/master");
+            info!(%etcd, %election, "master election through etcd");
+            let tx = events.clone();
+            crate::etcd::spawn(etcd.clone(), election, sp.name.clone(), move |l| {
+                tx.send(Event::Leadership(l)).is_ok()
+            })?;
+        }
         let (list, secret) = (sp.peers.clone(), sp.secret.clone());
         std::thread::Builder::new()
             .name("heartbeat".into())
@@ -117,6 +131,7 @@ impl Cluster {
             role: Role::Electing,
             peers,
             remotes: HashMap::new(),
+            won: None,
         })
     }
 
@@ -224,7 +239,7 @@ fn ask(
 ) -> Result<SpView, String> {
     let mut why = Vec::new();
     for p in paths {
-        match list_exports_with(p, secret) {
+        match list_exports_timeout(p, secret, HEARTBEAT_TIMEOUT) {
             Ok(names) => return SpView::from_listing(&names),
             Err(e) => why.push(format!("{p}: {e}")),
         }
@@ -263,18 +278,28 @@ impl Daemon {
         self.reelect();
     }
 
-    /// Take the role the rule gives this SP now.
+    /// Take the role the rule gives this SP now (or, with etcd, the office
+    /// etcd gave it once the peers are known).
     fn reelect(&mut self) {
         let Some(c) = self.cluster.as_ref() else {
             return;
         };
         // At start-up, wait for every peer's first answer (or its misses)
         // so that the first election sees the whole cluster.
-        if c.role == Role::Electing
-            && c.peers
-                .values()
-                .any(|p| p.view.is_none() && p.misses < MISSES)
-        {
+        let waiting = c
+            .peers
+            .values()
+            .any(|p| p.view.is_none() && p.misses < MISSES);
+        if c.sp.etcd.is_some() {
+            match c.won {
+                Some(g) if !waiting && c.role != (Role::Master { generation: g }) => {
+                    self.take_office(g)
+                }
+                _ => {}
+            }
+            return;
+        }
+        if c.role == Role::Electing && waiting {
             return;
         }
         let decision = elect(&c.me(), &c.reachable());
@@ -283,7 +308,7 @@ impl Daemon {
             (Decision::Lead(g), _) => self.take_office(g),
             (Decision::Follow(m), Role::Master { generation }) => {
                 error!(master = %m, generation, "a newer master took over: stepping down");
-                self.step_down(&m);
+                self.step_down(Role::Peer { master: m });
             }
             (Decision::Follow(m), Role::Peer { master }) if m == master => {}
             (Decision::Follow(m), _) => {
@@ -361,9 +386,60 @@ impl Daemon {
         self.activate();
     }
 
-    /// Another SP is the master now: this one's volumes go offline and its
-    /// object database is closed (its sessions are fenced anyway).
-    fn step_down(&mut self, master: &str) {
+    /// What etcd says: follow its leader, take office when it is this SP's
+    /// lease, step down when this SP's lease is gone.
+    pub(super) fn on_leadership(&mut self, l: crate::etcd::Leadership) {
+        use crate::etcd::Leadership as L;
+        let Some(c) = self.cluster.as_mut() else {
+            return;
+        };
+        let master = matches!(c.role, Role::Master { .. });
+        match l {
+            L::Leader { leader, mine: true } => {
+                info!(generation = leader.generation, "etcd elected this SP");
+                c.won = Some(leader.generation);
+                self.reelect();
+            }
+            L::Leader {
+                leader,
+                mine: false,
+            } => {
+                c.won = None;
+                if master {
+                    error!(master = %leader.name, "etcd says another SP leads: stepping down");
+                    self.step_down(Role::Peer {
+                        master: leader.name,
+                    });
+                } else if c.role
+                    != (Role::Peer {
+                        master: leader.name.clone(),
+                    })
+                {
+                    info!(master = %leader.name, "following the master (etcd)");
+                    self.log
+                        .emit("sp-role", None, format!("peer (master: {})", leader.name));
+                    c.role = Role::Peer {
+                        master: leader.name,
+                    };
+                }
+            }
+            L::Vacant | L::LeaseLost(_) => {
+                c.won = None;
+                if master {
+                    error!("etcd lease lost or no leader: stepping down ({l:?})");
+                    self.step_down(Role::Electing);
+                } else {
+                    c.role = Role::Electing;
+                }
+            }
+            L::Unreachable(e) => warn!("etcd: {e}"),
+        }
+    }
+
+    /// Another SP is the master now (or this one lost its lease): this one's
+    /// volumes go offline and its object database is closed (its sessions
+    /// are fenced anyway).
+    fn step_down(&mut self, role: Role) {
         let names: Vec<String> = self.runtime.keys().cloned().collect();
         self.quiesced.clear();
         for n in names {
@@ -376,13 +452,11 @@ impl Daemon {
         }
         self.files.clear();
         self.log
-            .emit("sp-role", None, format!("peer (deposed by {master})"));
+            .emit("sp-role", None, format!("stepped down: {role:?}"));
         if let Some(c) = self.cluster.as_mut() {
             c.remotes.clear();
             c.catalog.set_role(false, 0);
-            c.role = Role::Peer {
-                master: master.to_string(),
-            };
+            c.role = role;
         }
     }
 

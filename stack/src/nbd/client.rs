@@ -98,7 +98,7 @@ pub enum ClientError {
 }
 
 /// Default timeout of each handshake read/write.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Largest chunk of a trim / write-zeroes request (block aligned, fits `u32`).
 const MAX_RANGE_CHUNK: u64 = 1 << 30;
@@ -131,16 +131,16 @@ enum Sock {
 }
 
 impl Sock {
-    fn connect(addr: &NbdAddr) -> io::Result<Sock> {
+    fn connect(addr: &NbdAddr, timeout: Duration) -> io::Result<Sock> {
         let s = match addr {
             NbdAddr::Unix(p) => Sock::Unix(UnixStream::connect(p)?),
             NbdAddr::Tcp(a) => {
-                let s = TcpStream::connect_timeout(a, HANDSHAKE_TIMEOUT)?;
+                let s = TcpStream::connect_timeout(a, timeout)?;
                 s.set_nodelay(true)?;
                 Sock::Tcp(s)
             }
         };
-        s.set_timeouts(Some(HANDSHAKE_TIMEOUT))?;
+        s.set_timeouts(Some(timeout))?;
         Ok(s)
     }
 
@@ -392,7 +392,18 @@ pub fn list_exports_with(
     addr: &NbdAddr,
     secret: Option<&Secret>,
 ) -> Result<Vec<String>, ClientError> {
-    let mut s = Sock::connect(addr)?;
+    list_exports_timeout(addr, secret, HANDSHAKE_TIMEOUT)
+}
+
+/// [`list_exports_with`], giving up on a server that takes longer than
+/// `timeout` to accept or to answer any frame (a heartbeat must not hang on
+/// a stalled peer).
+pub fn list_exports_timeout(
+    addr: &NbdAddr,
+    secret: Option<&Secret>,
+    timeout: Duration,
+) -> Result<Vec<String>, ClientError> {
+    let mut s = Sock::connect(addr, timeout)?;
     open_session(&mut s, secret)?;
     send_option(&mut s, proto::OPT_LIST, &[])?;
     let mut names = Vec::new();
@@ -477,7 +488,19 @@ impl<R: Ring> NbdDev<R> {
         ring: R,
         secret: Option<&Secret>,
     ) -> Result<Self, ClientError> {
-        let mut s = Sock::connect(addr)?;
+        Self::connect_timeout(addr, export, ring, secret, HANDSHAKE_TIMEOUT)
+    }
+
+    /// [`NbdDev::connect_with`], giving up when the server takes longer than
+    /// `timeout` to accept or to answer any handshake frame.
+    pub fn connect_timeout(
+        addr: &NbdAddr,
+        export: &str,
+        ring: R,
+        secret: Option<&Secret>,
+        timeout: Duration,
+    ) -> Result<Self, ClientError> {
+        let mut s = Sock::connect(addr, timeout)?;
         let info = negotiate(&mut s, export, secret)?;
         s.set_timeouts(None)?;
         tracing::debug!(%addr, export, authenticated = secret.is_some(), ?info, "NBD connected");

@@ -25,7 +25,9 @@ pub mod client;
 pub mod proto;
 
 pub use auth::{AuthError, Secret};
-pub use client::{list_exports, list_exports_with, ClientError, ExportInfo, NbdDev};
+pub use client::{
+    list_exports, list_exports_timeout, list_exports_with, ClientError, ExportInfo, NbdDev,
+};
 
 /// Where an NBD endpoint listens / is reached.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
