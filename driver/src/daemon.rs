@@ -1109,6 +1109,17 @@ impl Daemon {
             if !matches!(v.layout.kind, LayoutKind::Mirror | LayoutKind::Raid10) {
                 continue;
             }
+            // One is enough: an earlier unclean stop may have queued one
+            // that never ran (the volume stayed offline).
+            let queued = self.store.jobs().iter().any(|j| {
+                j.volume == v.id
+                    && j.member.is_none()
+                    && (j.kind == JobKind::Resync || (j.kind == JobKind::Scrub && j.repair))
+                    && !j.state.finished()
+            });
+            if queued {
+                continue;
+            }
             // Queued for offline volumes too: it runs when they come online.
             let total = v.layout.member_size(v.size) * u64::from(v.layout.stripes.max(1));
             let bitmap = !v.wi_slots.is_empty();

@@ -264,7 +264,7 @@ pub struct SpView {
 pub struct PathView {
     /// The peer serving the tier-1 object.
     pub sp: String,
-    /// The export (`part:ALU:START:LEN`).
+    /// The export (`part:GEN:ALU:START:LEN`).
     pub export: String,
     pub endpoint: String,
     /// 1 for the preferred path.

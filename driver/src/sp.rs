@@ -34,7 +34,11 @@ use tierblk_meta::{Disk, Uuid};
 use tierblk_stack::nbd::auth::Secret;
 use tierblk_stack::nbd::{NbdAddr, NbdDev};
 use tierblk_stack::uring::LocalRing;
-use tierblk_stack::{BlockDev, Partition};
+use tierblk_stack::{BlockDev, Partition, RemoteDesc, RemoteRef};
+
+/// How long a metadata write waits for a path to a peer's ALU before it
+/// fails (and the commit with it).
+const METADATA_NO_PATH: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// A peer SP: its name and the endpoints it listens on (preferred first).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -371,6 +375,10 @@ enum DiskOp {
 pub struct RemoteDisk {
     size: u64,
     tx: Mutex<mpsc::Sender<DiskOp>>,
+    /// Set once no path worked: later calls fail at once rather than wait
+    /// again (the peer is gone until it answers a heartbeat and the master
+    /// opens a new RemoteDisk).
+    dead: std::sync::atomic::AtomicBool,
 }
 
 impl RemoteDisk {
@@ -394,21 +402,30 @@ impl RemoteDisk {
                     }
                 };
                 let mut why = Vec::new();
-                let dev = paths.iter().find_map(|p| {
-                    let t = tierblk_stack::remote::CONNECT_TIMEOUT;
+                let t = tierblk_stack::remote::CONNECT_TIMEOUT;
+                let size = paths.iter().find_map(|p| {
                     match NbdDev::connect_timeout(p, &export_name, &ring, secret.as_deref(), t) {
-                        Ok(d) => Some(d),
+                        Ok(d) => Some(d.size()),
                         Err(e) => {
                             why.push(format!("{p}: {e}"));
                             None
                         }
                     }
                 });
-                let Some(dev) = dev else {
+                let Some(size) = size else {
                     let _ = ready_tx.send(Err(why.join("; ")));
                     return;
                 };
-                let _ = ready_tx.send(Ok(dev.size()));
+                // Through a remote reference: a broken connection (the peer
+                // restarted) is reopened, over another path if need be.
+                let desc = RemoteDesc::new(export_name, size, paths, secret);
+                let Ok(mut desc) = desc else {
+                    let _ = ready_tx.send(Err("no path".into()));
+                    return;
+                };
+                desc.no_path_timeout = METADATA_NO_PATH;
+                let dev = RemoteRef::new(Arc::new(desc), &ring);
+                let _ = ready_tx.send(Ok(size));
                 let io = |r: tierblk_stack::IoResult<()>| {
                     r.map_err(|e| std::io::Error::from_raw_os_error(e.errno()))
                 };
@@ -438,6 +455,7 @@ impl RemoteDisk {
         Ok(RemoteDisk {
             size,
             tx: Mutex::new(tx),
+            dead: Default::default(),
         })
     }
 
@@ -445,6 +463,12 @@ impl RemoteDisk {
         &self,
         op: impl FnOnce(mpsc::Sender<std::io::Result<Vec<u8>>>) -> DiskOp,
     ) -> std::io::Result<Vec<u8>> {
+        if self.dead.load(Ordering::Relaxed) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotConnected,
+                "remote ALU unreachable (its SP stopped answering)",
+            ));
+        }
         let (reply, rx) = mpsc::channel();
         let sent = self
             .tx
@@ -454,7 +478,13 @@ impl RemoteDisk {
         let lost =
             || std::io::Error::new(std::io::ErrorKind::BrokenPipe, "remote ALU connection lost");
         sent.map_err(|_| lost())?;
-        rx.recv().map_err(|_| lost())?
+        let r = rx.recv().map_err(|_| lost())?;
+        if r.as_ref()
+            .is_err_and(|e| e.raw_os_error() == Some(libc::EIO))
+        {
+            self.dead.store(true, Ordering::Relaxed);
+        }
+        r
     }
 }
 

@@ -737,3 +737,36 @@ fn events_are_kept_and_followed() {
     assert!(env.ok(&["events"]).contains("snapshot-created"));
     env.stop();
 }
+
+/// Two unclean stops in a row while a mirror cannot come online queue one
+/// resync, not two: the first one has not run yet and covers the second.
+#[test]
+fn repeated_unclean_stops_queue_one_resync() {
+    let mut env = Env::new("resync-once", &[128 * MIB, 128 * MIB]);
+    env.start();
+    env.ok(&["alu", "claim", &env.alu(0)]);
+    env.ok(&["alu", "claim", &env.alu(1)]);
+    env.ok(&["vol", "create", "m1", "--size", "32M", "--layout", "mirror"]);
+    let resyncs = |env: &Env| {
+        env.json(&["job", "list"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|j| j["kind"] == "resync" && j["state"] == "running")
+            .count()
+    };
+    for round in 0..2 {
+        let mut d = env.daemon.take().unwrap();
+        d.kill().unwrap();
+        d.wait().unwrap();
+        env.start();
+        assert_eq!(
+            resyncs(&env),
+            1,
+            "after unclean stop {}: {}",
+            round + 1,
+            env.json(&["job", "list"])
+        );
+    }
+    env.stop();
+}

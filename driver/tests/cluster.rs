@@ -312,12 +312,72 @@ fn three_sps_elect_share_alus_fail_over_and_fence() {
     let o = nbdinfo(&["--size", &stale.replace("alu:1:", "alu:2:")]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 
-    // The old master comes back and follows the new one.
+    // The old master comes back and follows the new one, whose object
+    // database takes its ALUs back (late disks, [0172]).
+    let state_of = |c: &Cluster, path: &str| {
+        c.sps[1]
+            .json(&["alu", "list"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["path"] == path)
+            .map(|a| a["state"].as_str().unwrap().to_string())
+    };
+    let sp1_alu = format!("sp1:{}", c.sps[0].alu(0));
+    assert_eq!(state_of(&c, &sp1_alu).as_deref(), Some("missing"));
     c.sps[0].start();
     c.wait_role(0, "peer", 20);
     assert_eq!(c.role_of(1), "master");
+    let t = Instant::now();
+    while state_of(&c, &sp1_alu).as_deref() != Some("owned") {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "{:?}",
+            state_of(&c, &sp1_alu)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let v = c.sps[1].json(&["vol", "show", "r10"]);
+    assert!(
+        v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["health"] == "ok"),
+        "{v}"
+    );
     let e = c.sps[0].refused(&["vol", "create", "y", "--size", "8M"]);
     assert!(e.contains("sp2"), "{e}");
+    // Metadata goes to the returned ALUs again.
+    c.sps[1].ok(&["vol", "create", "y", "--size", "8M", "--alu", &sp1_alu]);
+
+    // A peer dies while the master runs: its ALUs leave the object database
+    // (commits do not wait on them, nothing is poisoned); it restarts and
+    // they rejoin.
+    let sp3_alu = format!("sp3:{}", c.sps[2].alu(1));
+    c.sps[2].daemon.take().unwrap().kill().unwrap();
+    c.wait_sees(1, 2, "unknown", 15);
+    let t = Instant::now();
+    while state_of(&c, &sp3_alu).as_deref() != Some("missing") {
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "{:?}",
+            state_of(&c, &sp3_alu)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.sps[1].ok(&["vol", "create", "z", "--size", "8M", "--alu", &sp1_alu]);
+    c.sps[2].start();
+    let t = Instant::now();
+    while state_of(&c, &sp3_alu).as_deref() != Some("owned") {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "{:?}",
+            state_of(&c, &sp3_alu)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.sps[1].ok(&["vol", "create", "w", "--size", "8M", "--alu", &sp3_alu]);
     for env in &mut c.sps {
         env.stop();
     }

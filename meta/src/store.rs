@@ -530,6 +530,20 @@ impl Store {
         Ok(self.rescan_and_repair())
     }
 
+    /// Forget a device that went away (a peer SP that stopped answering):
+    /// nothing is written; commits go on without it, like an ALU that was
+    /// not found at start-up, until [`Store::add_disk`] brings it back.
+    pub fn remove_disk(&mut self, path: &str) -> Result<(), MetaError> {
+        let i = self
+            .slots
+            .iter()
+            .position(|s| s.path == path)
+            .ok_or_else(|| MetaError::NotFound(format!("alu {path}: not known")))?;
+        self.slots.remove(i);
+        self.evaluate();
+        Ok(())
+    }
+
     pub fn path_of(&self, alu: Uuid) -> Option<&str> {
         let owned = self
             .slots

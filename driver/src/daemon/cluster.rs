@@ -253,10 +253,15 @@ impl Daemon {
         let Some(c) = self.cluster.as_mut() else {
             return;
         };
+        let mut back = Vec::new();
+        let mut gone = Vec::new();
         for (name, r) in views {
             let st = c.peers.entry(name.clone()).or_default();
             match r {
                 Ok(v) => {
+                    if st.misses >= MISSES || st.view.is_none() {
+                        back.push(name.clone());
+                    }
                     if st.misses >= MISSES {
                         info!(sp = %name, "peer answers again");
                         self.log.emit("sp-up", None, name.clone());
@@ -268,6 +273,7 @@ impl Daemon {
                 Err(e) => {
                     st.misses = st.misses.saturating_add(1);
                     if st.misses == MISSES {
+                        gone.push(name.clone());
                         warn!(sp = %name, "peer gone: {e}");
                         self.log.emit("sp-down", None, format!("{name}: {e}"));
                     }
@@ -276,6 +282,99 @@ impl Daemon {
             }
         }
         self.reelect();
+        if let Some(Role::Master { generation }) = self.cluster.as_ref().map(|c| c.role.clone()) {
+            for name in gone {
+                self.drop_peer_alus(&name);
+            }
+            for name in back {
+                self.add_peer_alus(&name, generation);
+            }
+        }
+    }
+
+    /// A peer that stopped answering: its ALUs leave the object database
+    /// (listed missing) so that commits no longer wait on them. Legs on them
+    /// fail through their remote references and are persisted as failed.
+    fn drop_peer_alus(&mut self, peer: &str) {
+        let prefix = format!("{peer}:");
+        let paths: Vec<String> = self
+            .store
+            .alus()
+            .into_iter()
+            .map(|a| a.path)
+            .filter(|p| p.starts_with(&prefix))
+            .collect();
+        for p in paths {
+            if let Err(e) = self.store.remove_disk(&p) {
+                warn!(alu = %p, "{e}");
+            }
+            warn!(alu = %p, "peer's ALU gone");
+            self.missing.insert(p, format!("sp {peer}: not answering"));
+        }
+    }
+
+    /// A peer that answers again (or for the first time since this SP took
+    /// office): its ALUs join the object database ([0172]: a late disk is
+    /// found), and volumes they complete come online.
+    pub(super) fn add_peer_alus(&mut self, peer: &str, generation: u64) {
+        let Some(c) = self.cluster.as_ref() else {
+            return;
+        };
+        let (Some(view), Some(paths)) = (
+            c.peers.get(peer).and_then(|p| p.view.clone()),
+            c.paths_of(peer).map(<[_]>::to_vec),
+        ) else {
+            return;
+        };
+        let secret = c.sp.secret.clone();
+        let known: Vec<String> = self.store.alus().into_iter().map(|a| a.path).collect();
+        let mut added = false;
+        for alu in view.alus {
+            let path = format!("{peer}:{alu}");
+            if known.contains(&path) {
+                continue;
+            }
+            let export = ExportName::Alu {
+                generation,
+                path: alu.clone(),
+            }
+            .to_string();
+            let disk = match RemoteDisk::open(&paths, &export, secret.clone()) {
+                Ok(d) => d,
+                Err(e) => {
+                    warn!(alu = %path, "cannot reach: {e}");
+                    continue;
+                }
+            };
+            match self.store.add_disk(path.clone(), Box::new(disk)) {
+                Ok(_) => {
+                    info!(alu = %path, "peer's ALU joined");
+                    self.missing.remove(&path);
+                    added = true;
+                }
+                Err(e) => warn!(alu = %path, "{e}"),
+            }
+        }
+        if added {
+            self.online_offline_volumes();
+        }
+    }
+
+    /// Try again every volume held offline by a problem (not by an
+    /// administrator).
+    fn online_offline_volumes(&mut self) {
+        let held: Vec<String> = self
+            .runtime
+            .iter()
+            .filter(|(_, r)| matches!(r, Runtime::Offline { reason: Some(_) }))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in held {
+            match self.online(&name) {
+                Ok(()) => info!(volume = %name, "online after a peer's ALUs joined"),
+                Err(e) => warn!("{e}"),
+            }
+        }
     }
 
     /// Take the role the rule gives this SP now (or, with etcd, the office
@@ -342,6 +441,15 @@ impl Daemon {
                 Ok(d) => disks.push((path, d)),
                 Err(e) => {
                     missing.insert(path, e);
+                }
+            }
+        }
+        // A peer known but gone: its ALUs are listed missing until it
+        // answers again (add_peer_alus).
+        for (name, p) in &c.peers {
+            if p.misses >= MISSES {
+                for alu in p.view.iter().flat_map(|v| v.alus.iter()) {
+                    missing.insert(format!("{name}:{alu}"), format!("sp {name}: not answering"));
                 }
             }
         }
