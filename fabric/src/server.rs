@@ -183,6 +183,14 @@ pub trait Catalog<D>: Send + Sync + 'static {
     /// `NBD_REP_ERR_UNKNOWN` (`EXPORT_NAME` just closes, as the protocol
     /// requires).
     fn lookup(&self, name: &str) -> Result<Export<D>, String>;
+
+    /// One request of the control protocol between storage processors
+    /// (`OPT_TIERBLK_CONTROL`, only after authentication): the reply body,
+    /// or a refusal that goes back as an error reply. Runs on the
+    /// connection's thread. By default there is no control channel.
+    fn control(&self, _request: &[u8]) -> Result<Vec<u8>, String> {
+        Err("no control channel here".into())
+    }
 }
 
 /// The fixed list of [`NbdServer::start`]: names in order; the default
@@ -879,6 +887,7 @@ fn negotiate<D: BlockDev + 'static>(
                 | ClientOption::List
                 | ClientOption::Info(_)
                 | ClientOption::Go(_)
+                | ClientOption::Control(_)
         );
         if selects && !auth.authenticated {
             if h.option == proto::OPT_EXPORT_NAME {
@@ -941,6 +950,25 @@ fn negotiate<D: BlockDev + 'static>(
                 ))?;
                 return Ok(Some(Selected { export, dev }));
             }
+            ClientOption::Control(req) => match catalog.control(&req) {
+                Ok(reply) if reply.len() + 4 <= proto::MAX_OPTION_REPLY_LEN as usize => {
+                    send_option_reply(
+                        w,
+                        h.option,
+                        proto::REP_TIERBLK_CONTROL,
+                        &proto::encode_control(&reply),
+                    )?;
+                }
+                Ok(reply) => {
+                    let msg = format!("control reply of {} bytes is too long", reply.len());
+                    send_option_reply(w, h.option, proto::REP_ERR_INVALID, msg.as_bytes())?;
+                }
+                Err(msg) => {
+                    tracing::debug!(reason = %msg, "NBD: control request refused");
+                    let msg = clip(&msg);
+                    send_option_reply(w, h.option, proto::REP_ERR_INVALID, msg.as_bytes())?;
+                }
+            },
             ClientOption::Abort => {
                 // The client may already have closed: ignore write errors.
                 let _ = send_option_reply(w, h.option, proto::REP_ACK, &[]);

@@ -52,6 +52,12 @@ impl Catalog<Dev> for Volumes {
             .cloned()
             .ok_or_else(|| format!("no volume {name:?}"))
     }
+    fn control(&self, request: &[u8]) -> Result<Vec<u8>, String> {
+        match request {
+            b"fail" => Err("control refused: asked to".into()),
+            r => Ok([b"echo:", r].concat()),
+        }
+    }
 }
 
 fn refused_message<T>(r: Result<T, ClientError>) -> String {
@@ -189,5 +195,49 @@ fn revoked_sessions_get_eshutdown_and_close() {
     // The server closed the connection after the reply.
     let e = ring.block_on(dev.read(0, &mut buf)).unwrap_err();
     assert!(dev.is_broken(), "{e}");
+    server.shutdown();
+}
+
+/// The control channel of the catalog: after authentication only, versioned,
+/// errors come back as refusals, a server without one says so.
+#[test]
+fn control_requests_reach_the_catalog_after_authentication() {
+    use std::time::Duration;
+    use tierblk_stack::nbd::{control, proto};
+    let secret = Secret::new(b"0123456789abcdef-control".to_vec()).unwrap();
+    let cfg = ServerConfig {
+        secret: Some(secret.clone()),
+        trust_unix_root: false,
+        ..ServerConfig::default()
+    };
+    let cat: Arc<dyn Catalog<Dev>> = Arc::new(Volumes::default());
+    let dir = TempDir::new("control");
+    let sock = NbdAddr::Unix(dir.path("nbd.sock"));
+    let server = NbdServer::start_catalog(std::slice::from_ref(&sock), cat, cfg).unwrap();
+    let t = Duration::from_secs(5);
+    assert_eq!(
+        control(&sock, Some(&secret), b"hello", t).unwrap(),
+        b"echo:hello"
+    );
+    let m = refused_message(control(&sock, Some(&secret), b"fail", t));
+    assert!(m.contains("asked to"), "{m}");
+    // Without the secret: refused before the catalog sees it.
+    let m = refused_message(control(&sock, None, b"hello", t));
+    assert!(m.contains("authentication required"), "{m}");
+    // A frame of another version is refused, the connection goes on.
+    assert!(proto::decode_control(&[0, 0, 0, 2, 1]).is_err());
+    assert!(proto::decode_control(&[0, 0]).is_err());
+    server.shutdown();
+    // A server without a control channel refuses.
+    let img = dir.path("x.img");
+    make_image(&img, SIZE as usize, 1);
+    let plain = NbdAddr::Unix(dir.path("plain.sock"));
+    let server = NbdServer::start(
+        std::slice::from_ref(&plain),
+        vec![partition_export("x", &img, SIZE)],
+    )
+    .unwrap();
+    let m = refused_message(control(&plain, None, b"hello", t));
+    assert!(m.contains("no control channel"), "{m}");
     server.shutdown();
 }

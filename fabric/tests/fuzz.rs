@@ -25,6 +25,7 @@ fn decode_everything(buf: &[u8]) -> usize {
         proto::OPT_STARTTLS,
         proto::OPT_TIERBLK_AUTH_CHALLENGE,
         proto::OPT_TIERBLK_AUTH_PROOF,
+        proto::OPT_TIERBLK_CONTROL,
         u32::MAX,
     ] {
         let _ = proto::decode_option(option, buf);

@@ -422,6 +422,33 @@ pub fn list_exports_timeout(
     Ok(names)
 }
 
+/// One request of the control protocol between storage processors
+/// (`OPT_TIERBLK_CONTROL`, after authenticating with `secret`): its reply
+/// body. A server that refuses (or has no control channel) gives
+/// [`ClientError::Refused`] with its message.
+pub fn control(
+    addr: &NbdAddr,
+    secret: Option<&Secret>,
+    request: &[u8],
+    timeout: Duration,
+) -> Result<Vec<u8>, ClientError> {
+    let mut s = Sock::connect(addr, timeout)?;
+    open_session(&mut s, secret)?;
+    send_option(
+        &mut s,
+        proto::OPT_TIERBLK_CONTROL,
+        &proto::encode_control(request),
+    )?;
+    let (reply, data) = read_option_reply(&mut s, proto::OPT_TIERBLK_CONTROL)?;
+    let body = match reply {
+        proto::REP_TIERBLK_CONTROL => proto::decode_control(&data)?.to_vec(),
+        r => return Err(refused(proto::OPT_TIERBLK_CONTROL, r, &data)),
+    };
+    send_option(&mut s, proto::OPT_ABORT, &[])?;
+    let _ = read_option_reply(&mut s, proto::OPT_ABORT);
+    Ok(body)
+}
+
 /// State of one in-flight table slot.
 enum Slot {
     Free,

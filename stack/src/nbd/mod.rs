@@ -26,7 +26,7 @@ pub mod proto;
 
 pub use auth::{AuthError, Secret};
 pub use client::{
-    list_exports, list_exports_timeout, list_exports_with, ClientError, ExportInfo, NbdDev,
+    control, list_exports, list_exports_timeout, list_exports_with, ClientError, ExportInfo, NbdDev,
 };
 
 /// Where an NBD endpoint listens / is reached.

@@ -71,6 +71,14 @@ pub const OPT_TIERBLK_AUTH_CHALLENGE: u32 = 0x5442_4b01;
 /// client nonce)` (32 bytes). Answered with [`REP_TIERBLK_AUTH`] carrying the
 /// server's proof, or `NBD_REP_ERR_POLICY` when wrong.
 pub const OPT_TIERBLK_AUTH_PROOF: u32 = 0x5442_4b02;
+/// Option of ours (`"TBK"`, 0x10): one request of the control protocol
+/// between storage processors (assignments, state), after authentication.
+/// Payload: [`CONTROL_VERSION`] (u32 BE) then the request body; answered
+/// with [`REP_TIERBLK_CONTROL`] carrying the version then the reply body, or
+/// an error reply with a message.
+pub const OPT_TIERBLK_CONTROL: u32 = 0x5442_4b10;
+/// Version of the control protocol carried by [`OPT_TIERBLK_CONTROL`].
+pub const CONTROL_VERSION: u32 = 1;
 
 /// Reply: option acknowledged / end of a list of replies.
 pub const REP_ACK: u32 = 1;
@@ -81,6 +89,8 @@ pub const REP_INFO: u32 = 3;
 /// Reply of ours to [`OPT_TIERBLK_AUTH_CHALLENGE`] (server nonce) and
 /// [`OPT_TIERBLK_AUTH_PROOF`] (server proof): exactly 32 bytes of payload.
 pub const REP_TIERBLK_AUTH: u32 = 0x5442_4b01;
+/// Reply of ours to [`OPT_TIERBLK_CONTROL`].
+pub const REP_TIERBLK_CONTROL: u32 = 0x5442_4b10;
 /// Bit set in every error reply.
 pub const REP_FLAG_ERROR: u32 = 1 << 31;
 /// Error reply: option unknown or unsupported.
@@ -427,6 +437,8 @@ pub enum ClientOption {
     AuthChallenge,
     /// [`OPT_TIERBLK_AUTH_PROOF`].
     AuthProof(AuthProof),
+    /// [`OPT_TIERBLK_CONTROL`] of a known version, with its body.
+    Control(Vec<u8>),
     /// Any other option (answered with `NBD_REP_ERR_UNSUP`).
     Unsupported(u32),
 }
@@ -460,8 +472,33 @@ pub fn decode_option(option: u32, data: &[u8]) -> ProtoResult<ClientOption> {
             ClientOption::AuthChallenge
         }
         OPT_TIERBLK_AUTH_PROOF => ClientOption::AuthProof(decode_auth_proof(data)?),
+        OPT_TIERBLK_CONTROL => ClientOption::Control(decode_control(data)?.to_vec()),
         other => ClientOption::Unsupported(other),
     })
+}
+
+/// Encode a control request or reply: the version, then `body`.
+pub fn encode_control(body: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(4 + body.len());
+    v.extend_from_slice(&CONTROL_VERSION.to_be_bytes());
+    v.extend_from_slice(body);
+    v
+}
+
+/// The body of a control request or reply; refuses a short frame or another
+/// version.
+pub fn decode_control(data: &[u8]) -> ProtoResult<&[u8]> {
+    if data.len() < 4 {
+        return Err(ProtoError::Short {
+            need: 4,
+            have: data.len(),
+        });
+    }
+    let version = u32::from_be_bytes([data[0], data[1], data[2], data[3]]);
+    if version != CONTROL_VERSION {
+        return Err(ProtoError::Invalid("unsupported control protocol version"));
+    }
+    Ok(&data[4..])
 }
 
 /// Payload of [`OPT_TIERBLK_AUTH_PROOF`].
