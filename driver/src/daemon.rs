@@ -8,6 +8,7 @@
 //! and leave the others offline with the reason ([094]–[095]).
 
 mod cluster;
+mod expose;
 mod intent;
 mod legacy;
 mod meta;
@@ -58,6 +59,8 @@ pub enum Event {
     JobEnded { id: u64, outcome: jobs::Outcome },
     /// One round of heartbeats: each peer's answer, or why it gave none.
     Peers(Vec<(String, Result<crate::sp::SpView, String>)>),
+    /// A control request from a peer, answered on `reply`.
+    Control(expose::ControlRequest, mpsc::Sender<Result<String, String>>),
     /// What etcd says about the master election (with `--etcd`).
     Leadership(crate::etcd::Leadership),
     /// Time passed: run the snapshot schedules that are due.
@@ -131,6 +134,10 @@ pub struct Daemon {
     log: Arc<EventLog>,
     /// The SP side when peers are configured (`--sp`).
     cluster: Option<cluster::Cluster>,
+    /// On a peer: the volumes the master assigned to it, by name.
+    assigned: BTreeMap<String, expose::Assigned>,
+    /// On a peer: the SP owning each ALU under an assigned volume.
+    owners: HashMap<Uuid, String>,
 }
 
 /// How long `vol quiesce` waits for in-flight I/O to complete.
@@ -195,6 +202,8 @@ impl Daemon {
             quiesced: HashMap::new(),
             log: Arc::new(EventLog::default()),
             cluster,
+            assigned: BTreeMap::new(),
+            owners: HashMap::new(),
         };
         intent::spawn_sweeper(d.sweep.clone())
             .map_err(|e| format!("cannot start the write-intent sweeper: {e}"))?;
@@ -228,12 +237,23 @@ impl Daemon {
         // Origins first: a snapshot view reads through its origin's tree.
         let mut vols = self.image_volumes();
         vols.sort_by_key(|v| v.snapshot.is_some());
-        let names: Vec<String> = vols.iter().map(|v| v.name.clone()).collect();
-        for name in names {
+        for v in vols {
+            let name = v.name.clone();
             // A snapshot may already be online: it follows its origin.
             self.runtime
                 .entry(name.clone())
                 .or_insert(Runtime::Offline { reason: None });
+            let origin = v.snapshot.and_then(|s| self.volume_by_id(s.origin));
+            if !self.exposed_here(origin.as_ref().unwrap_or(&v)) {
+                let on = self.exposed_on(origin.as_ref().unwrap_or(&v)).join(", ");
+                self.runtime.insert(
+                    name,
+                    Runtime::Offline {
+                        reason: Some(format!("exposed on sp {on}")),
+                    },
+                );
+                continue;
+            }
             if let Err(e) = self.online(&name) {
                 error!("{e}");
             }
@@ -243,10 +263,13 @@ impl Daemon {
     }
 
     fn image_volumes(&self) -> Vec<VolumeDef> {
-        self.store
+        let mut v = self
+            .store
             .image()
             .map(|i| i.volumes.clone())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        v.extend(self.assigned_volumes());
+        v
     }
 
     fn volume(&self, name: &str) -> Result<VolumeDef, String> {
@@ -264,6 +287,8 @@ impl Daemon {
         let req = self.own_paths(req);
         match req {
             Request::SpList => Ok(Payload::Sps(self.sp_views())),
+            Request::VolExpose { name, sp } => self.expose(&name, &sp),
+            Request::VolUnexpose { name, sp } => self.unexpose(&name, &sp),
             Request::PathList => Ok(Payload::Paths(self.path_views())),
             Request::AluList => Ok(Payload::Alus(self.alu_views())),
             Request::AluShow { path } => self
@@ -452,9 +477,12 @@ impl Daemon {
         }
         let v = self.volume(name)?;
         // From the first volume online until a clean stop, mirror legs may
-        // miss in-flight writes if the daemon dies: say so on disk first.
-        if let Err(e) = self.store.set_dirty(true) {
-            warn!("cannot mark the cluster in use: {e}");
+        // miss in-flight writes if the daemon dies: say so on disk first
+        // (the master's business for a volume assigned to this peer).
+        if !self.assigned.contains_key(name) {
+            if let Err(e) = self.store.set_dirty(true) {
+                warn!("cannot mark the cluster in use: {e}");
+            }
         }
         let r = self.bring_online(&v);
         self.record_online(name, r)?;
@@ -553,12 +581,15 @@ impl Daemon {
     /// The volume's tree as every queue and job instantiates it, with one
     /// shared health record per mirror.
     fn assemble(&mut self, v: &VolumeDef) -> Result<(VolumeDesc, Vec<Arc<MirrorHealth>>), String> {
-        let degraded: Vec<u16> = self
-            .store
-            .degraded_members(&v.name)
-            .into_iter()
-            .map(|(m, _)| m)
-            .collect();
+        let degraded: Vec<u16> = match self.assigned.get(&v.name) {
+            Some(a) => a.degraded.clone(),
+            None => self
+                .store
+                .degraded_members(&v.name)
+                .into_iter()
+                .map(|(m, _)| m)
+                .collect(),
+        };
         let mut members = Vec::with_capacity(v.members.len());
         for m in 0..v.layout.members() as u16 {
             let mut pieces = Vec::new();
@@ -660,6 +691,9 @@ impl Daemon {
 
     /// Whether any ALU under member `m` is gone, failed or damaged.
     fn member_alus_missing(&self, v: &VolumeDef, m: u16) -> bool {
+        if self.assigned.contains_key(&v.name) {
+            return false;
+        }
         let alus = self.store.alus();
         v.segments.iter().filter(|s| s.member == m).any(|s| {
             !alus
@@ -674,6 +708,15 @@ impl Daemon {
     /// commit and stops every running mirror from using it.
     pub fn on_event(&mut self, ev: Event) {
         match ev {
+            Event::LegFailed {
+                volume,
+                member,
+                errno,
+                done,
+            } if self.assigned.contains_key(&volume) => {
+                self.forward_leg_failure(&volume, member, errno);
+                let _ = done.send(());
+            }
             Event::LegFailed {
                 volume,
                 member,
@@ -710,6 +753,9 @@ impl Daemon {
             Event::Tick => self.run_schedules(crate::clock::now()),
             Event::Peers(views) => self.on_peers(views),
             Event::Leadership(l) => self.on_leadership(l),
+            Event::Control(req, reply) => {
+                let _ = reply.send(self.on_control(req));
+            }
         }
     }
 
@@ -977,6 +1023,7 @@ impl Daemon {
             })
             .collect();
         VolumeView {
+            exposed_on: self.exposed_on(v),
             name: v.name.clone(),
             id: v.id,
             size: v.size,

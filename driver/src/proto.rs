@@ -158,6 +158,16 @@ pub enum Request {
     },
     /// The storage processors: this one and its peers.
     SpList,
+    /// Expose a volume on SP too (the exposure map).
+    VolExpose {
+        name: String,
+        sp: String,
+    },
+    /// Stop exposing a volume on SP.
+    VolUnexpose {
+        name: String,
+        sp: String,
+    },
     /// The fabric paths of this SP's remote references.
     PathList,
 }
@@ -461,6 +471,9 @@ pub struct VolumeView {
     pub bitmap: Option<BitmapView>,
     pub members: Vec<MemberView>,
     pub segments: Vec<SegmentView>,
+    /// The SPs exposing the volume (the exposure map); empty: the master.
+    #[serde(default)]
+    pub exposed_on: Vec<String>,
 }
 
 /// A stripe member or mirror leg: the concatenation of its segments.

@@ -209,7 +209,11 @@ pub struct SpCatalog {
     /// Whether this SP is the master now (for the `sp:` entry).
     master: std::sync::atomic::AtomicBool,
     cluster: String,
+    control: Mutex<Option<ControlHandler>>,
 }
+
+/// What answers control requests: the daemon, through its event loop.
+pub type ControlHandler = Box<dyn Fn(&[u8]) -> Result<Vec<u8>, String> + Send>;
 
 impl SpCatalog {
     /// Open every ALU path for I/O (paths that cannot be opened are skipped
@@ -233,6 +237,7 @@ impl SpCatalog {
             generation: Arc::new(AtomicU64::new(0)),
             master: Default::default(),
             cluster: cluster.to_string(),
+            control: Mutex::new(None),
         }
     }
 
@@ -250,6 +255,16 @@ impl SpCatalog {
     /// Paths of the ALUs this SP exports.
     pub fn alu_paths(&self) -> Vec<String> {
         self.alus.keys().cloned().collect()
+    }
+
+    /// The I/O handle of the local ALU whose uuid is `alu`.
+    pub fn file_of(&self, alu: Uuid) -> Option<Arc<File>> {
+        self.directory_of(alu).map(|(a, _)| a.file.clone())
+    }
+
+    /// Route control requests (`OPT_TIERBLK_CONTROL`) to `handler`.
+    pub fn set_control(&self, handler: ControlHandler) {
+        *self.control.lock().unwrap_or_else(|e| e.into_inner()) = Some(handler);
     }
 
     /// The directory of the local ALU whose uuid is `alu`, read now (an ALU
@@ -331,6 +346,13 @@ impl Catalog<Partition<LocalRing>> for SpCatalog {
                 .valid_while(self.still_current(generation)))
             }
             ExportName::Sp { .. } => Err(format!("{name}: not an export")),
+        }
+    }
+
+    fn control(&self, request: &[u8]) -> Result<Vec<u8>, String> {
+        match &*self.control.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(h) => h(request),
+            None => Err("no control channel here".into()),
         }
     }
 }

@@ -314,6 +314,7 @@ mod tests {
 
     fn vol(name: &str, state: &str, problem: Option<&str>, failed: &[u16]) -> VolumeView {
         VolumeView {
+            exposed_on: Vec::new(),
             name: name.into(),
             id: 1,
             size: 1 << 28,

@@ -257,6 +257,26 @@ fn three_sps_elect_share_alus_fail_over_and_fence() {
     ]);
     assert!(!o.status.success(), "the metadata region was exported");
 
+    // The exposure map: sp2 is sent r10's tree over the control channel and
+    // builds it (remote references to sp1's and sp3's partitions, local ones
+    // to its own: only then does it get to exposing); here it cannot expose
+    // it (no ublk), so nothing is recorded and sp2 keeps nothing.
+    let e = c.sps[0].refused(&["vol", "expose", "r10", "--on", "sp2"]);
+    assert!(e.contains("sp sp2") && e.contains("ublk"), "{e}");
+    assert_eq!(
+        c.sps[0].json(&["vol", "show", "r10"])["exposed_on"],
+        serde_json::json!([])
+    );
+    assert_eq!(c.sps[1].json(&["vol", "list"]), serde_json::json!([]));
+    let e = c.sps[0].refused(&["vol", "expose", "r10", "--on", "sp9"]);
+    assert!(e.contains("not a configured peer"), "{e}");
+    let e = c.sps[0].refused(&["vol", "expose", "r10", "--on", "sp1"]);
+    assert!(e.contains("already exposed"), "{e}");
+    let e = c.sps[0].refused(&["vol", "unexpose", "r10", "--on", "sp1"]);
+    assert!(e.contains("only exposure"), "{e}");
+    let e = c.sps[1].refused(&["vol", "expose", "r10", "--on", "sp2"]);
+    assert!(e.contains("not the master"), "{e}");
+
     // A session the master of generation 1 holds open on sp3's ALU (as the
     // metadata store keeps one), to see it cut once a newer master appears.
     let ring = tierblk_stack::uring::LocalRing::new(8).unwrap();

@@ -226,6 +226,7 @@ mod tests {
             flags: 0,
             schedules: vec![],
             legacy: vec![],
+            exposures: vec![],
         };
         ArchiveRecord {
             time: 1_700_000_000,

@@ -10,8 +10,9 @@ use crate::codec::{is_zero, put_u32, Rd, Wr};
 use crate::disk::Disk;
 use crate::error::FormatError;
 use crate::types::{
-    valid_cluster_name, valid_volume_name, AluRecord, ClusterSig, Job, JobKind, JobState, Layout,
-    LayoutKind, LegacyVol, MemberHealth, Schedule, Uuid, MAX_JOB_MESSAGE,
+    valid_cluster_name, valid_sp_name, valid_volume_name, AluRecord, ClusterSig, Exposure, Job,
+    JobKind, JobState, Layout, LayoutKind, LegacyVol, MemberHealth, Schedule, Uuid,
+    MAX_JOB_MESSAGE, MAX_SP_NAME,
 };
 
 pub const PTR_MAGIC: [u8; 8] = *b"TBLKBOOT";
@@ -156,7 +157,18 @@ pub struct BootList {
     pub schedules: Vec<Schedule>,
     /// Adopted legacy disks ([`MAX_LEGACY`]).
     pub legacy: Vec<LegacyVol>,
+    /// The exposure map ([`MAX_EXPOSURES`]): distinct (volume, SP) pairs, each
+    /// naming a volume or legacy disk of this list.
+    pub exposures: Vec<Exposure>,
 }
+
+/// Boot list flag, set on encode when exposure entries follow the legacy
+/// disk entries (lists written before the exposure map existed have none).
+pub const LIST_FLAG_EXPOSURES: u32 = 8;
+/// Most exposure entries in a list.
+pub const MAX_EXPOSURES: usize = 1024;
+/// Bytes per exposure entry: volume id u64, SP name (32, NUL padded).
+pub const LIST_EXPOSURE_LEN: usize = 40;
 
 /// Boot list flag, set on encode when legacy disk records follow the
 /// schedules.
@@ -173,6 +185,10 @@ pub const LIST_FLAG_SCHEDULES: u32 = 2;
 pub const MAX_SCHEDULES: usize = 256;
 /// Bytes per schedule entry.
 pub const LIST_SCHEDULE_LEN: usize = 40;
+
+/// The flags that say which optional sections follow the job entries (set
+/// on encode from the sections' contents, never kept in [`BootList::flags`]).
+const SECTION_FLAGS: u32 = LIST_FLAG_SCHEDULES | LIST_FLAG_LEGACY | LIST_FLAG_EXPOSURES;
 
 /// Boot list flag: volumes were in use and the daemon has not stopped cleanly
 /// since; mirrors may have legs that missed in-flight writes and must be
@@ -266,18 +282,39 @@ fn decode_job(r: &mut Rd) -> Result<Job, FormatError> {
     Ok(j)
 }
 
+/// One exposure entry: volume id u64, SP name (32 bytes: the name, then NUL
+/// padding; a 32-byte name has none).
+fn decode_exposure(r: &mut Rd) -> Result<Exposure, FormatError> {
+    let volume = r.u64()?;
+    let raw = r.take(MAX_SP_NAME)?;
+    let len = raw.iter().position(|&c| c == 0).unwrap_or(raw.len());
+    let sp = std::str::from_utf8(&raw[..len]).unwrap_or("");
+    if !is_zero(&raw[len..]) || !valid_sp_name(sp) {
+        return Err(FormatError::Invalid(format!(
+            "exposure of volume id {volume}: sp name"
+        )));
+    }
+    Ok(Exposure {
+        volume,
+        sp: sp.to_string(),
+    })
+}
+
 impl BootList {
     /// Encode (unpadded; the pointer records the exact length and CRC).
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Wr::new();
         w.bytes(&LIST_MAGIC);
         w.u32(BOOT_VERSION);
-        let mut flags = self.flags & !(LIST_FLAG_SCHEDULES | LIST_FLAG_LEGACY);
+        let mut flags = self.flags & !SECTION_FLAGS;
         if !self.schedules.is_empty() {
             flags |= LIST_FLAG_SCHEDULES;
         }
         if !self.legacy.is_empty() {
             flags |= LIST_FLAG_LEGACY;
+        }
+        if !self.exposures.is_empty() {
+            flags |= LIST_FLAG_EXPOSURES;
         }
         w.u32(flags);
         w.u64(self.seq);
@@ -356,6 +393,17 @@ impl BootList {
                 w.name(&l.path, 128);
             }
         }
+        if !self.exposures.is_empty() {
+            w.u32(self.exposures.len() as u32);
+            w.u32(0);
+            for x in &self.exposures {
+                w.u64(x.volume);
+                // A name of exactly MAX_SP_NAME bytes fills the field (no NUL).
+                let b = &x.sp.as_bytes()[..x.sp.len().min(MAX_SP_NAME)];
+                w.bytes(b);
+                w.zeros(MAX_SP_NAME - b.len());
+            }
+        }
         w.v
     }
 
@@ -369,7 +417,7 @@ impl BootList {
             return Err(FormatError::Version(version));
         }
         let flags = r.u32()?;
-        if flags & !(LIST_FLAG_DIRTY | LIST_FLAG_SCHEDULES | LIST_FLAG_LEGACY) != 0 {
+        if flags & !(LIST_FLAG_DIRTY | SECTION_FLAGS) != 0 {
             return Err(FormatError::Invalid(format!("boot list flags {flags:#x}")));
         }
         let seq = r.u64()?;
@@ -538,6 +586,31 @@ impl BootList {
                 legacy.push(l);
             }
         }
+        let mut exposures: Vec<Exposure> = Vec::new();
+        if flags & LIST_FLAG_EXPOSURES != 0 {
+            let n = r.u32()? as usize;
+            if n == 0 || n > MAX_EXPOSURES || r.u32()? != 0 {
+                return Err(FormatError::Invalid(format!("exposure count {n}")));
+            }
+            for _ in 0..n {
+                let x = decode_exposure(&mut r)?;
+                let bad = |what: &str| {
+                    FormatError::Invalid(format!(
+                        "exposure of volume id {} on sp {}: {what}",
+                        x.volume, x.sp
+                    ))
+                };
+                if !volumes.iter().any(|v| v.id == x.volume)
+                    && !legacy.iter().any(|l| l.id == x.volume)
+                {
+                    return Err(bad("no such volume"));
+                }
+                if exposures.contains(&x) {
+                    return Err(bad("duplicate"));
+                }
+                exposures.push(x);
+            }
+        }
         if r.remaining() != 0 {
             return Err(FormatError::Invalid("boot list length".into()));
         }
@@ -550,9 +623,10 @@ impl BootList {
             volumes,
             failed,
             jobs,
-            flags: flags & !(LIST_FLAG_SCHEDULES | LIST_FLAG_LEGACY),
+            flags: flags & !SECTION_FLAGS,
             schedules,
             legacy,
+            exposures,
         })
     }
 }
@@ -639,6 +713,7 @@ mod tests {
             flags: LIST_FLAG_DIRTY,
             schedules: Vec::new(),
             legacy: Vec::new(),
+            exposures: Vec::new(),
         }
     }
 
@@ -793,6 +868,163 @@ mod tests {
         ] {
             assert!(doc.contains(&row), "FORMAT.md lacks {row}");
         }
+    }
+
+    fn expo(volume: u64, sp: &str) -> Exposure {
+        Exposure {
+            volume,
+            sp: sp.into(),
+        }
+    }
+
+    #[test]
+    fn exposures_roundtrip_and_checks() {
+        let mut l = sample();
+        // Lists without the section (all lists written before it existed)
+        // decode as before, with an empty map.
+        let old = l.encode();
+        assert_eq!(old[12] & LIST_FLAG_EXPOSURES as u8, 0);
+        let d = BootList::decode(&old).unwrap();
+        assert!(d.exposures.is_empty());
+        assert_eq!(d, l);
+        let long = "s".repeat(MAX_SP_NAME);
+        l.legacy = vec![LegacyVol {
+            id: 40,
+            name: "old1".into(),
+            size: 1 << 30,
+            wwn: [40; 16],
+            identity: "serial:A".into(),
+            path: "/dev/sdz".into(),
+        }];
+        l.exposures = vec![
+            expo(3, "sp1"),
+            expo(3, "sp2"),
+            expo(9, &long),
+            expo(40, "sp1"),
+        ];
+        let e = l.encode();
+        assert_eq!(e[12] & LIST_FLAG_EXPOSURES as u8, LIST_FLAG_EXPOSURES as u8);
+        let no_expo = BootList {
+            exposures: Vec::new(),
+            ..l.clone()
+        };
+        assert_eq!(e.len(), no_expo.encode().len() + 8 + 4 * LIST_EXPOSURE_LEN);
+        let d = BootList::decode(&e).unwrap();
+        assert_eq!(d, l);
+        assert_eq!(d.flags, LIST_FLAG_DIRTY, "section flags are not kept");
+        // entry layout: volume id, then the NUL-padded name (none at 32 bytes)
+        let x0 = e.len() - 4 * LIST_EXPOSURE_LEN;
+        assert_eq!(&e[x0 - 8..x0], &[4, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(&e[x0..x0 + 8], &3u64.to_le_bytes());
+        assert_eq!(&e[x0 + 8..x0 + 12], b"sp1\0");
+        assert!(is_zero(&e[x0 + 11..x0 + LIST_EXPOSURE_LEN]));
+        let x2 = x0 + 2 * LIST_EXPOSURE_LEN;
+        assert_eq!(&e[x2 + 8..x2 + LIST_EXPOSURE_LEN], long.as_bytes());
+        let name = |s: &[u8]| {
+            let mut v = vec![0u8; MAX_SP_NAME];
+            v[..s.len()].copy_from_slice(s);
+            v
+        };
+        let bad: Vec<(usize, Vec<u8>, &str)> = vec![
+            (x0 - 8, 0u32.to_le_bytes().to_vec(), "count 0"),
+            (
+                x0 - 8,
+                5u32.to_le_bytes().to_vec(),
+                "count beyond the entries",
+            ),
+            (
+                x0 - 8,
+                3u32.to_le_bytes().to_vec(),
+                "count short of the entries",
+            ),
+            (
+                x0 - 8,
+                (MAX_EXPOSURES as u32 + 1).to_le_bytes().to_vec(),
+                "count over the maximum",
+            ),
+            (x0 - 4, 1u32.to_le_bytes().to_vec(), "reserved"),
+            (x0 + 8, name(b""), "empty sp name"),
+            (x0 + 8, name(b"sp.1"), "invalid sp name"),
+            (x0 + 8, name(b"sp 1"), "invalid sp name (space)"),
+            (x0 + 8, name(&[0xff, 0xfe]), "sp name not UTF-8"),
+            (x0 + 8 + 5, vec![b'x'], "non-zero padding after the NUL"),
+            (x0 + LIST_EXPOSURE_LEN + 8, name(b"sp1"), "duplicate pair"),
+            (x0, 4u64.to_le_bytes().to_vec(), "unknown volume id"),
+            (
+                x0 + 3 * LIST_EXPOSURE_LEN,
+                41u64.to_le_bytes().to_vec(),
+                "unknown legacy id",
+            ),
+        ];
+        for (off, val, what) in bad {
+            let mut c = e.clone();
+            c[off..off + val.len()].copy_from_slice(&val);
+            assert!(BootList::decode(&c).is_err(), "{what}");
+        }
+        // Same volume on another SP and same SP for another volume are fine.
+        let mut c = e.clone();
+        c[x0 + LIST_EXPOSURE_LEN + 8..x0 + LIST_EXPOSURE_LEN + 12].copy_from_slice(b"sp3\0");
+        assert_eq!(BootList::decode(&c).unwrap().exposures[1], expo(3, "sp3"));
+        // An exposure of a volume the list does not hold is rejected on its own too.
+        let mut gone = l.clone();
+        gone.volumes.remove(1);
+        assert!(BootList::decode(&gone.encode()).is_err());
+        // The flag without the section, and the section without the flag.
+        let mut c = sample().encode();
+        c[12] |= LIST_FLAG_EXPOSURES as u8;
+        assert!(BootList::decode(&c).is_err());
+        let mut c = e.clone();
+        c[12] &= !(LIST_FLAG_EXPOSURES as u8);
+        assert!(BootList::decode(&c).is_err());
+        // Unknown flag bits beyond bit 3 are still rejected.
+        let mut c = e.clone();
+        c[12] |= 16;
+        assert!(BootList::decode(&c).is_err());
+        // After schedules and legacy disks, in that order.
+        let mut all = l.clone();
+        all.schedules = vec![Schedule {
+            volume: 3,
+            every: 60,
+            size: 0,
+            last: 0,
+            keep: 2,
+        }];
+        let a = all.encode();
+        assert_eq!(a[12] as u32, LIST_FLAG_DIRTY | SECTION_FLAGS);
+        assert_eq!(BootList::decode(&a).unwrap(), all);
+        assert_eq!(
+            &a[a.len() - e.len() + x0 - 8..][..e.len() - x0 + 8],
+            &e[x0 - 8..]
+        );
+        // Decoding never panics on a damaged section.
+        for i in x0 - 8..e.len() {
+            for v in [0u8, 0xff, b'-', b'a'] {
+                let mut c = e.clone();
+                c[i] = v;
+                let _ = BootList::decode(&c);
+            }
+        }
+    }
+
+    /// docs/FORMAT.md documents the exposure section as encoded here.
+    #[test]
+    fn format_doc_matches_exposures() {
+        let doc = include_str!("../../docs/FORMAT.md");
+        let bit = LIST_FLAG_EXPOSURES.trailing_zeros();
+        assert_eq!(bit, 3);
+        for row in [
+            format!("Exposure entry ({LIST_EXPOSURE_LEN} bytes)"),
+            format!("bit {bit} = exposure entries follow the legacy disk entries"),
+            format!(
+                "| … | 8 + {LIST_EXPOSURE_LEN}·x | with flag bit {bit}: exposure count x u32 (1 to {MAX_EXPOSURES}), reserved u32 (0), then x exposure entries |"
+            ),
+            "| 0 | 8 | volume id | a volume (snapshots included) or legacy disk of this list |"
+                .to_string(),
+            format!("| 8 | {MAX_SP_NAME} | SP name | 1 to {MAX_SP_NAME} bytes of `A-Z a-z 0-9 - _`, then NUL padding"),
+        ] {
+            assert!(doc.contains(&row), "FORMAT.md lacks {row}");
+        }
+        assert_eq!(LIST_EXPOSURE_LEN, 8 + MAX_SP_NAME);
     }
 
     /// docs/FORMAT.md documents the schedule section as encoded here.

@@ -31,6 +31,6 @@ pub use error::{FormatError, MetaError};
 pub use foreign::detect_foreign;
 pub use store::{AluState, AluStatus, ArchiveEntry, OpenReport, RestorePlan, Store};
 pub use types::{
-    AluRecord, ClusterImage, ClusterSig, Extent, Job, JobKind, JobState, Layout, LayoutKind,
-    LegacyVol, MemberHealth, Schedule, Segment, SnapshotOf, Uuid, VolumeDef,
+    valid_sp_name, AluRecord, ClusterImage, ClusterSig, Exposure, Extent, Job, JobKind, JobState,
+    Layout, LayoutKind, LegacyVol, MemberHealth, Schedule, Segment, SnapshotOf, Uuid, VolumeDef,
 };

@@ -12,8 +12,8 @@ use std::collections::HashSet;
 
 use crate::archive::{self, ArchiveRecord};
 use crate::bootset::{
-    read_list, BootList, BootPtr, BootVol, LIST_FLAG_DIRTY, MAX_JOBS, MAX_LEGACY, MAX_MEMBERS,
-    MAX_SCHEDULES,
+    read_list, BootList, BootPtr, BootVol, LIST_FLAG_DIRTY, MAX_EXPOSURES, MAX_JOBS, MAX_LEGACY,
+    MAX_MEMBERS, MAX_SCHEDULES,
 };
 use crate::disk::Disk;
 use crate::error::{FormatError, MetaError};
@@ -28,7 +28,9 @@ pub use crate::types::{
     random_wwn, AluRecord, ClusterImage, ClusterSig, Extent, Job, JobKind, JobState, Layout,
     LayoutKind, MemberHealth, Segment, SnapshotOf, Uuid, VolumeDef,
 };
-use crate::types::{valid_cluster_name, valid_volume_name, LegacyVol, Schedule};
+use crate::types::{
+    valid_cluster_name, valid_sp_name, valid_volume_name, Exposure, LegacyVol, Schedule,
+};
 
 /// What the store knows about one device.
 #[derive(Clone, Debug)]
@@ -777,6 +779,7 @@ impl Store {
             dirty: list.flags & LIST_FLAG_DIRTY != 0,
             schedules: list.schedules.clone(),
             legacy: list.legacy.clone(),
+            exposures: list.exposures.clone(),
         });
         self.list = Some(list);
     }
@@ -1022,6 +1025,7 @@ impl Store {
             dirty: false,
             schedules: Vec::new(),
             legacy: Vec::new(),
+            exposures: Vec::new(),
         });
     }
 
@@ -1434,6 +1438,7 @@ impl Store {
             flags: 0,
             schedules: Vec::new(),
             legacy: Vec::new(),
+            exposures: Vec::new(),
         });
         let member = self.boot_membership_for(&mut list, idx);
         list.alus.push(AluRecord {
@@ -2292,6 +2297,7 @@ impl Store {
             .collect();
         list.jobs.retain(|j| !ids.contains(&j.volume));
         list.schedules.retain(|s| !ids.contains(&s.volume));
+        list.exposures.retain(|x| !ids.contains(&x.volume));
         list.volumes = self.boot_vols(&volumes);
         list.seq = self.next_seq();
         let r = self.boot_commit(&list);
@@ -2433,13 +2439,13 @@ impl Store {
         let Some(mut list) = self.list.clone() else {
             return Err(MetaError::NotFound(format!("volume {name}: not found")));
         };
-        let n = list.legacy.len();
-        list.legacy.retain(|l| l.name != name);
-        if list.legacy.len() == n {
+        let Some(id) = list.legacy.iter().find(|l| l.name == name).map(|l| l.id) else {
             return Err(MetaError::NotFound(format!(
                 "volume {name}: not a legacy disk"
             )));
-        }
+        };
+        list.legacy.retain(|l| l.id != id);
+        list.exposures.retain(|x| x.volume != id);
         self.commit_list(&mut list)?;
         Ok(())
     }
@@ -2504,6 +2510,65 @@ impl Store {
         list.schedules.retain(|s| s.volume != volume);
         if list.schedules.len() == n {
             return Ok(false);
+        }
+        self.commit_list(&mut list)?;
+        Ok(true)
+    }
+
+    // ------------------------------------------------------------ exposures
+
+    /// The committed exposure map (the spec's "volume location structure"):
+    /// which SPs expose which volume to their host (empty without a cluster).
+    pub fn exposures(&self) -> Vec<Exposure> {
+        self.list
+            .as_ref()
+            .map(|l| l.exposures.clone())
+            .unwrap_or_default()
+    }
+
+    /// Record (`exposed`) or drop that SP `sp` exposes volume `volume` (a
+    /// volume, snapshot or legacy disk of the image, by name) with one boot
+    /// set commit; whether the map changed (adding a present entry or
+    /// dropping an absent one writes nothing).
+    pub fn set_exposure(
+        &mut self,
+        volume: &str,
+        sp: &str,
+        exposed: bool,
+    ) -> Result<bool, MetaError> {
+        self.check_writable()?;
+        if !valid_sp_name(sp) {
+            return Err(MetaError::Invalid(format!(
+                "sp {sp:?}: invalid name (1 to 32 of A-Z a-z 0-9 - _)"
+            )));
+        }
+        let (Some(mut list), Some(image)) = (self.list.clone(), self.image.clone()) else {
+            return Err(MetaError::NotFound(format!("volume {volume}: no cluster")));
+        };
+        let id = image
+            .volumes
+            .iter()
+            .find(|v| v.name == volume)
+            .map(|v| v.id)
+            .or_else(|| image.legacy.iter().find(|l| l.name == volume).map(|l| l.id))
+            .ok_or_else(|| MetaError::NotFound(format!("volume {volume}: not found")))?;
+        let x = Exposure {
+            volume: id,
+            sp: sp.to_string(),
+        };
+        let present = list.exposures.contains(&x);
+        if present == exposed {
+            return Ok(false);
+        }
+        if exposed {
+            if list.exposures.len() >= MAX_EXPOSURES {
+                return Err(MetaError::NoSpace(format!(
+                    "volume {volume}: expose on sp {sp}: at most {MAX_EXPOSURES} exposures"
+                )));
+            }
+            list.exposures.push(x);
+        } else {
+            list.exposures.retain(|e| *e != x);
         }
         self.commit_list(&mut list)?;
         Ok(true)
@@ -3358,6 +3423,9 @@ impl Store {
             result
                 .iter()
                 .any(|v| v.id == s.volume && v.snapshot.is_none())
+        });
+        new.exposures.retain(|x| {
+            result.iter().any(|v| v.id == x.volume) || new.legacy.iter().any(|l| l.id == x.volume)
         });
         new.next_fail_seq = next_fail;
         new.next_id = list.next_id.max(arch.list.next_id);

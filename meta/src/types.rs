@@ -408,6 +408,8 @@ pub struct ClusterImage {
     pub schedules: Vec<Schedule>,
     /// Adopted legacy disks, from the boot list.
     pub legacy: Vec<LegacyVol>,
+    /// The exposure map, from the boot list.
+    pub exposures: Vec<Exposure>,
 }
 
 /// What a persisted job does.
@@ -483,6 +485,17 @@ pub struct LegacyVol {
     pub identity: String,
     /// The path it was adopted from (a hint for administrators, 1..=127 bytes).
     pub path: String,
+}
+
+/// One entry of the exposure map (the spec's "volume location structure"):
+/// storage processor `sp` exposes volume `volume` to its host. A volume with
+/// no entry is exposed by the master (the daemon decides what the map means).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exposure {
+    /// The volume's id (a volume or an adopted legacy disk of the same list).
+    pub volume: u64,
+    /// The SP's name ([`valid_sp_name`]).
+    pub sp: String,
 }
 
 /// Largest `keep` of a schedule.
@@ -640,9 +653,38 @@ pub fn valid_volume_name(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
 }
 
+/// Longest SP name in bytes.
+pub const MAX_SP_NAME: usize = 32;
+
+/// SP names: 1..=32 bytes of `[A-Za-z0-9_-]`.
+pub fn valid_sp_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_SP_NAME
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sp_names() {
+        for ok in ["sp1", "a", "SP_2-b", &"x".repeat(MAX_SP_NAME)] {
+            assert!(valid_sp_name(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "sp.1",
+            "sp 1",
+            "sp:1",
+            "sp/1",
+            "spé",
+            &"x".repeat(MAX_SP_NAME + 1),
+        ] {
+            assert!(!valid_sp_name(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn uuid_roundtrip() {

@@ -766,6 +766,48 @@ fn crash_remove_volume_drops_its_schedule() {
     );
 }
 
+#[test]
+fn crash_set_exposure() {
+    enumerate(2, mirror_setup, |st| {
+        assert!(st.set_exposure("m", "sp2", true).unwrap());
+    });
+    enumerate(
+        2,
+        |st| {
+            mirror_setup(st);
+            st.set_exposure("m", "sp1", true).unwrap();
+            st.set_exposure("base", "sp1", true).unwrap();
+        },
+        |st| {
+            assert!(st.set_exposure("m", "sp1", false).unwrap());
+        },
+    );
+}
+
+#[test]
+fn crash_remove_volume_drops_its_exposures() {
+    enumerate(
+        2,
+        |st| {
+            mirror_setup(st);
+            st.set_exposure("m", "sp1", true).unwrap();
+            st.set_exposure("m", "sp2", true).unwrap();
+            st.set_exposure("base", "sp2", true).unwrap();
+        },
+        |st| {
+            st.remove_volume("m").unwrap();
+            let base = vol_id(st, "base");
+            assert_eq!(
+                st.exposures(),
+                vec![tierblk_meta::Exposure {
+                    volume: base,
+                    sp: "sp2".into()
+                }]
+            );
+        },
+    );
+}
+
 /// `restore` (metadata archive): at every crash point the store opens to the old
 /// image (the volume still removed) or the new one (it is back with its extents).
 #[test]

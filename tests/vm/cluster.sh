@@ -66,6 +66,12 @@ done
 tb sp list
 ok "sp1 is master"
 for n in sp2 sp3; do
+	i=0
+	until tierblk --socket "$R/$n.ctl" --json sp list 2>/dev/null | grep -q "\"name\":\"$n\",\"role\":\"peer\""; do
+		i=$((i + 1))
+		[ "$i" -lt 100 ] || fail "$n never became a peer: $(tierblk --socket "$R/$n.ctl" --json sp list 2>&1)"
+		sleep 0.2
+	done
 	e=$(tierblk --socket "$R/$n.ctl" vol create x --size 8M 2>&1) && fail "$n accepted vol create"
 	case "$e" in *"not the master"*) ;; *) fail "$n: unexpected refusal: $e" ;; esac
 done
@@ -145,3 +151,32 @@ e2fsck -fn "$dev" >/tmp/fsck.out 2>&1 || {
 	fail "e2fsck found problems"
 }
 ok "e2fsck -fn clean"
+
+# The exposure map: r10 exposed on sp2 as well, a tier-2 tree of its own
+# (local reference to vdc, remote references to sp1's and sp3's ALUs).
+tb vol expose r10 --on sp2
+TB2="tierblk --socket $R/sp2.ctl"
+dev2=$($TB2 --json vol show r10 | sed -n 's/.*"device":"\([^"]*\)".*/\1/p')
+[ -n "$dev2" ] && [ "$dev2" != "$dev" ] || fail "sp2 did not expose r10: $($TB2 --json vol show r10)"
+$TB2 vol list
+ok "r10 exposed by sp2 as $dev2"
+a=$(dd if="$dev" bs=1M count=64 iflag=direct 2>/dev/null | sha256sum)
+b=$(dd if="$dev2" bs=1M count=64 iflag=direct 2>/dev/null | sha256sum)
+[ "$a" = "$b" ] || fail "the two exposures read differently"
+e2fsck -fn "$dev2" >/tmp/fsck2.out 2>&1 || {
+	cat /tmp/fsck2.out
+	fail "e2fsck through sp2 found problems"
+}
+ok "both exposures read the same 64 MiB; e2fsck through sp2 clean"
+# A write through sp2 is read back through sp1.
+dd if=/dev/urandom of=/tmp/pat bs=1M count=4 2>/dev/null
+dd if=/tmp/pat of="$dev2" bs=1M seek=200 count=4 oflag=direct conv=fsync 2>/dev/null
+a=$(dd if="$dev" bs=1M skip=200 count=4 iflag=direct 2>/dev/null | sha256sum)
+b=$(sha256sum </tmp/pat)
+[ "$a" = "$b" ] || fail "a write through sp2 is not read through sp1"
+ok "written through sp2, read back through sp1"
+tb vol unexpose r10 --on sp2
+[ -e "$dev2" ] && fail "$dev2 still exists after unexpose"
+e=$(tb vol unexpose r10 --on sp1 2>&1) && fail "unexposing the last exposure worked"
+case "$e" in *"only exposure"*) ;; *) fail "unexpected: $e" ;; esac
+ok "unexposed from sp2; the last exposure stays"

@@ -265,6 +265,18 @@ enum VolCmd {
     Online { name: String },
     /// Stop exposing a volume (it must not be mounted); lasts until the daemon restarts.
     Offline { name: String },
+    /// Expose NAME on storage processor SP too (tierblkd --sp): the master sends SP the volume's tree; SP's host gets its own /dev/ublkbN.
+    Expose {
+        name: String,
+        #[arg(long = "on", value_name = "SP")]
+        sp: String,
+    },
+    /// Stop exposing NAME on SP (its device must not be open there); not its last exposure.
+    Unexpose {
+        name: String,
+        #[arg(long = "on", value_name = "SP")]
+        sp: String,
+    },
     /// Hold a volume's I/O (like dmsetup suspend): in-flight requests complete, new ones wait, jobs pause.
     Quiesce { name: String },
     /// Let a quiesced volume's held I/O and jobs go on.
@@ -347,6 +359,14 @@ fn run(cli: &Cli) -> Result<(), String> {
         Cmd::Vol(VolCmd::Show { name }) => Request::VolShow { name: name.clone() },
         Cmd::Vol(VolCmd::Remove { name }) => Request::VolRemove { name: name.clone() },
         Cmd::Vol(VolCmd::Online { name }) => Request::VolOnline { name: name.clone() },
+        Cmd::Vol(VolCmd::Expose { name, sp }) => Request::VolExpose {
+            name: name.clone(),
+            sp: sp.clone(),
+        },
+        Cmd::Vol(VolCmd::Unexpose { name, sp }) => Request::VolUnexpose {
+            name: name.clone(),
+            sp: sp.clone(),
+        },
         Cmd::Vol(VolCmd::Offline { name }) => Request::VolOffline { name: name.clone() },
         Cmd::Vol(VolCmd::Quiesce { name }) => Request::VolQuiesce { name: name.clone() },
         Cmd::Vol(VolCmd::Resume { name }) => Request::VolResume { name: name.clone() },

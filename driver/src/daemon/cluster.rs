@@ -20,6 +20,7 @@
 //! should it come back, finds itself fenced (its ALU sessions are refused)
 //! and steps down when it sees the newer master.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tierblk_fabric::server::ServerConfig;
@@ -110,6 +111,19 @@ impl Cluster {
                 tx.send(Event::Leadership(l)).is_ok()
             })?;
         }
+        let tx = Mutex::new(events.clone());
+        catalog.set_control(Box::new(move |body: &[u8]| {
+            let req: super::expose::ControlRequest = serde_json::from_slice(body)
+                .map_err(|e| format!("malformed control request: {e}"))?;
+            let (reply, wait) = mpsc::channel();
+            tx.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .send(Event::Control(req, reply))
+                .map_err(|_| "daemon stopping".to_string())?;
+            wait.recv_timeout(Duration::from_secs(60))
+                .map_err(|_| "no answer from the daemon".to_string())?
+                .map(String::into_bytes)
+        }));
         let (list, secret) = (sp.peers.clone(), sp.secret.clone());
         std::thread::Builder::new()
             .name("heartbeat".into())
@@ -180,6 +194,7 @@ impl Cluster {
         alu: Uuid,
         start: u64,
         len: u64,
+        generation: u64,
     ) -> Result<Arc<RemoteDesc>, String> {
         if let Some(d) = self.remotes.get(&(alu, start, len)) {
             return Ok(d.clone());
@@ -188,9 +203,6 @@ impl Cluster {
             .paths_of(peer)
             .ok_or_else(|| format!("sp {peer}: not a configured peer"))?
             .to_vec();
-        let Role::Master { generation } = self.role else {
-            return Err(format!("sp {}: not the master", self.sp.name));
-        };
         let export = ExportName::Part {
             generation,
             alu,
@@ -288,6 +300,7 @@ impl Daemon {
             }
             for name in back {
                 self.add_peer_alus(&name, generation);
+                self.push_assignments(Some(&name));
             }
         }
     }
@@ -370,6 +383,9 @@ impl Daemon {
             .map(|(n, _)| n.clone())
             .collect();
         for name in held {
+            if self.volume(&name).is_ok_and(|v| !self.exposed_here(&v)) {
+                continue;
+            }
             match self.online(&name) {
                 Ok(()) => info!(volume = %name, "online after a peer's ALUs joined"),
                 Err(e) => warn!("{e}"),
@@ -491,7 +507,17 @@ impl Daemon {
         }
         self.log
             .emit("sp-role", None, format!("master (generation {generation})"));
+        // What this SP exposed for the old master is rebuilt from the
+        // object database now.
+        for name in std::mem::take(&mut self.assigned).into_keys() {
+            if let Err(e) = self.offline(&name) {
+                warn!("{e}");
+            }
+            self.runtime.remove(&name);
+        }
+        self.owners.clear();
         self.activate();
+        self.push_assignments(None);
     }
 
     /// What etcd says: follow its leader, take office when it is this SP's
@@ -584,20 +610,50 @@ impl Daemon {
     /// The piece for `len` bytes at `start` of `alu`: local when this SP
     /// owns the ALU, else a remote reference to the owning peer.
     pub(super) fn piece(&mut self, alu: Uuid, start: u64, len: u64) -> Result<Piece, String> {
-        let path = self
-            .store
-            .path_of(alu)
-            .ok_or_else(|| format!("alu {alu}: not present"))?
-            .to_string();
+        let Some(path) = self.store.path_of(alu).map(str::to_string) else {
+            return self.assigned_piece(alu, start, len);
+        };
+        let generation = match self.cluster.as_ref().map(|c| &c.role) {
+            Some(Role::Master { generation }) => *generation,
+            _ => 0,
+        };
         match self.peer_of(&path) {
             None => Ok(Piece::local(self.data_file(alu)?, start, len)),
             Some(peer) => {
                 let c = self.cluster.as_mut().expect("peer_of found a cluster");
-                c.remote(&peer, alu, start, len)
+                c.remote(&peer, alu, start, len, generation)
                     .map(Piece::Remote)
                     .map_err(|e| format!("alu {path}: {e}"))
             }
         }
+    }
+
+    /// A piece of a volume the master assigned to this peer: local when
+    /// this SP owns the ALU, else a remote reference at the assignment's
+    /// generation.
+    fn assigned_piece(&mut self, alu: Uuid, start: u64, len: u64) -> Result<Piece, String> {
+        let owner = self
+            .owners
+            .get(&alu)
+            .cloned()
+            .ok_or_else(|| format!("alu {alu}: not present"))?;
+        let generation = self
+            .assigned
+            .values()
+            .map(|a| a.generation)
+            .max()
+            .unwrap_or(0);
+        let c = self.cluster.as_mut().ok_or("no peers")?;
+        if owner == c.sp.name {
+            let file = c
+                .catalog
+                .file_of(alu)
+                .ok_or_else(|| format!("alu {alu}: not one of this SP's ALUs"))?;
+            return Ok(Piece::local(file, start, len));
+        }
+        c.remote(&owner, alu, start, len, generation)
+            .map(Piece::Remote)
+            .map_err(|e| format!("alu {alu} on sp {owner}: {e}"))
     }
 
     /// The peer owning the ALU at store path `path` (`PEER:/path`), if it

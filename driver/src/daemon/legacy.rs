@@ -36,6 +36,7 @@ impl Daemon {
             None => ("offline", None, path.clone().err()),
         };
         VolumeView {
+            exposed_on: Vec::new(),
             name: l.name.clone(),
             id: l.id,
             size: l.size,

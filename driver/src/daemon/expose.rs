@@ -1,0 +1,452 @@
+//! The exposure map ("volume location structure"): which SPs expose which
+//! volume to their host, and the assignments that carry a volume's tier-2
+//! tree to them (spec [080]–[093]: tier-2 objects go to the SPs in the
+//! volume's exposure map, which build their stacks with local references to
+//! the ALUs they own and remote references to the rest; claims 7–13 of
+//! 001_…: adding and removing a tier-2 instance).
+//!
+//! The map is in the boot list (`Store::exposures`). A volume with no entry
+//! is exposed by the master, as a lone daemon does. The master sends each
+//! other SP in the map an [`ControlRequest::Assign`] over the control
+//! channel (`OPT_TIERBLK_CONTROL`), with the volume's definition and which SP
+//! owns each ALU under it; the SP builds and exposes the tree and reports leg
+//! failures back ([`ControlRequest::LegFailed`]), since only the master
+//! writes the object database. `vol unexpose` first stops host I/O on that
+//! SP ([`ControlRequest::Withdraw`], which refuses while the device is open),
+//! then drops the entry ([0115]).
+//!
+//! An exposing peer runs its mirrors without write-intent bitmaps and
+//! without resync jobs: those belong to the master.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tierblk_meta::Segment;
+
+use super::cluster::Role;
+use super::*;
+
+/// How long the master waits for an SP to apply an assignment.
+const ASSIGN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One request of the control protocol (JSON in `OPT_TIERBLK_CONTROL`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum ControlRequest {
+    /// Master -> SP: expose this volume.
+    Assign {
+        master: String,
+        generation: u64,
+        volume: Assignment,
+    },
+    /// Master -> SP: stop exposing `volume`.
+    Withdraw {
+        master: String,
+        generation: u64,
+        volume: String,
+    },
+    /// SP -> master: a mirror leg of `volume` failed on the SP's data path.
+    LegFailed {
+        sp: String,
+        volume: String,
+        member: u16,
+        errno: i32,
+    },
+}
+
+/// A volume's tree as an exposing SP needs it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub name: String,
+    pub id: u64,
+    pub wwn: String,
+    pub size: u64,
+    /// linear, stripe, mirror, raid10
+    pub layout: String,
+    pub stripes: u16,
+    pub copies: u16,
+    pub chunk: u32,
+    /// (member, ALU uuid, start, len) in volume order.
+    pub segments: Vec<(u16, String, u64, u64)>,
+    /// Members not to use (failed or unavailable).
+    pub degraded: Vec<u16>,
+    /// (ALU uuid, owning SP) for every ALU under the volume.
+    pub owners: Vec<(String, String)>,
+}
+
+/// A volume this SP exposes for the master.
+#[derive(Clone, Debug)]
+pub struct Assigned {
+    pub def: VolumeDef,
+    pub degraded: Vec<u16>,
+    pub generation: u64,
+}
+
+fn kind_of(s: &str) -> Option<LayoutKind> {
+    Some(match s {
+        "linear" => LayoutKind::Linear,
+        "stripe" => LayoutKind::Stripe,
+        "mirror" => LayoutKind::Mirror,
+        "raid10" => LayoutKind::Raid10,
+        _ => return None,
+    })
+}
+
+impl Assignment {
+    /// Back to a definition, checked: a malformed assignment is refused,
+    /// never trusted.
+    fn to_def(&self) -> Result<(VolumeDef, Vec<(Uuid, String)>), String> {
+        let bad = |what: &str| format!("assignment of {}: {what}", self.name);
+        let kind = kind_of(&self.layout).ok_or_else(|| bad("unknown layout"))?;
+        let layout = Layout {
+            kind,
+            stripes: self.stripes,
+            copies: self.copies,
+            chunk: self.chunk,
+        };
+        let members = usize::from(layout.members() as u16);
+        if members == 0 || members > 64 {
+            return Err(bad("member count"));
+        }
+        let mut segments = Vec::new();
+        for (member, alu, start, len) in &self.segments {
+            if usize::from(*member) >= members || *len == 0 {
+                return Err(bad("segment"));
+            }
+            segments.push(Segment {
+                partition_id: 0,
+                member: *member,
+                alu: alu.parse().map_err(|_| bad("ALU uuid"))?,
+                start: *start,
+                len: *len,
+            });
+        }
+        let owners = self
+            .owners
+            .iter()
+            .map(|(u, sp)| Ok((u.parse().map_err(|_| bad("ALU uuid"))?, sp.clone())))
+            .collect::<Result<Vec<_>, String>>()?;
+        let mut wwn = [0u8; 16];
+        if self.wwn.len() != 32 {
+            return Err(bad("wwn"));
+        }
+        for (i, b) in wwn.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&self.wwn[2 * i..2 * i + 2], 16).map_err(|_| bad("wwn"))?;
+        }
+        let def = VolumeDef {
+            id: self.id,
+            name: self.name.clone(),
+            size: self.size,
+            wwn,
+            segments,
+            members: vec![MemberHealth::Ok; members],
+            layout,
+            snapshot: None,
+            // No bitmap on an exposing peer (module docs).
+            wi_slots: Vec::new(),
+        };
+        Ok((def, owners))
+    }
+}
+
+impl Daemon {
+    /// The SPs that expose `v` (empty: the master).
+    pub(super) fn exposed_on(&self, v: &VolumeDef) -> Vec<String> {
+        self.store
+            .exposures()
+            .into_iter()
+            .filter(|e| e.volume == v.id)
+            .map(|e| e.sp)
+            .collect()
+    }
+
+    /// Whether this SP (the master) exposes `v` itself.
+    pub(super) fn exposed_here(&self, v: &VolumeDef) -> bool {
+        let on = self.exposed_on(v);
+        match self.cluster.as_ref() {
+            Some(c) => on.is_empty() || on.contains(&c.sp.name),
+            None => true,
+        }
+    }
+
+    fn me(&self) -> Result<(String, u64), String> {
+        match self.cluster.as_ref().map(|c| (&c.sp.name, &c.role)) {
+            Some((me, Role::Master { generation })) => Ok((me.clone(), *generation)),
+            _ => Err("exposing on other SPs needs tierblkd --sp (this SP the master)".into()),
+        }
+    }
+
+    /// `vol expose NAME --on SP`.
+    pub(super) fn expose(&mut self, name: &str, sp: &str) -> Result<Payload, String> {
+        let (me, _) = self.me()?;
+        let v = self.volume(name)?;
+        if v.snapshot.is_some() {
+            return Err(format!(
+                "volume {name}: a snapshot follows its origin's exposure"
+            ));
+        }
+        if sp != me && self.cluster.as_ref().and_then(|c| c.paths_of(sp)).is_none() {
+            return Err(format!("sp {sp}: not a configured peer"));
+        }
+        let on = self.exposed_on(&v);
+        if on.iter().any(|s| s == sp) || (on.is_empty() && sp == me) {
+            return Err(format!("volume {name}: already exposed on sp {sp}"));
+        }
+        // The SP exposes it first; only then does the map say so.
+        if sp == me {
+            self.online(name)?;
+        } else {
+            self.assign(&v, sp)?;
+        }
+        // A volume with no entry is exposed by the master: keep it so when
+        // another SP is added.
+        if on.is_empty() && sp != me {
+            self.store
+                .set_exposure(name, &me, true)
+                .map_err(|e| e.to_string())?;
+        }
+        self.store
+            .set_exposure(name, sp, true)
+            .map_err(|e| e.to_string())?;
+        self.log.emit("volume-exposed", Some(name), sp.to_string());
+        Ok(Payload::Volume(self.volume_view(&self.volume(name)?)))
+    }
+
+    /// `vol unexpose NAME --on SP`: host I/O stops there first, then the
+    /// entry goes ([0115]).
+    pub(super) fn unexpose(&mut self, name: &str, sp: &str) -> Result<Payload, String> {
+        let (me, generation) = self.me()?;
+        let v = self.volume(name)?;
+        let mut on = self.exposed_on(&v);
+        if on.is_empty() {
+            on.push(me.clone());
+        }
+        if !on.iter().any(|s| s == sp) {
+            return Err(format!("volume {name}: not exposed on sp {sp}"));
+        }
+        if on.len() == 1 {
+            return Err(format!(
+                "volume {name}: sp {sp} is its only exposure (take it offline, or expose it elsewhere first)"
+            ));
+        }
+        if sp == me {
+            self.offline(name)?;
+        } else {
+            self.send(
+                sp,
+                &ControlRequest::Withdraw {
+                    master: me.clone(),
+                    generation,
+                    volume: name.to_string(),
+                },
+            )?;
+        }
+        self.store
+            .set_exposure(name, sp, false)
+            .map_err(|e| e.to_string())?;
+        self.log
+            .emit("volume-unexposed", Some(name), sp.to_string());
+        Ok(Payload::Volume(self.volume_view(&self.volume(name)?)))
+    }
+
+    /// Send `v`'s tree to `sp`.
+    fn assign(&mut self, v: &VolumeDef, sp: &str) -> Result<(), String> {
+        let (me, generation) = self.me()?;
+        let mut owners = Vec::new();
+        for s in &v.segments {
+            let owner = self
+                .store
+                .path_of(s.alu)
+                .map(|p| self.peer_of(p).unwrap_or_else(|| me.clone()))
+                .ok_or_else(|| format!("volume {}: alu {} not present", v.name, s.alu))?;
+            if !owners.iter().any(|(u, _)| *u == s.alu.to_string()) {
+                owners.push((s.alu.to_string(), owner));
+            }
+        }
+        let degraded = self
+            .store
+            .degraded_members(&v.name)
+            .into_iter()
+            .map(|(m, _)| m)
+            .collect();
+        let a = Assignment {
+            name: v.name.clone(),
+            id: v.id,
+            wwn: hex(&v.wwn),
+            size: v.size,
+            layout: layout_name(&v.layout).to_string(),
+            stripes: v.layout.stripes,
+            copies: v.layout.copies,
+            chunk: v.layout.chunk,
+            segments: v
+                .segments
+                .iter()
+                .map(|s| (s.member, s.alu.to_string(), s.start, s.len))
+                .collect(),
+            degraded,
+            owners,
+        };
+        self.send(
+            sp,
+            &ControlRequest::Assign {
+                master: me,
+                generation,
+                volume: a,
+            },
+        )
+    }
+
+    /// One control request to `sp`; its reply or its refusal.
+    fn send(&self, sp: &str, req: &ControlRequest) -> Result<(), String> {
+        let c = self.cluster.as_ref().ok_or("no peers")?;
+        let paths = c
+            .paths_of(sp)
+            .ok_or_else(|| format!("sp {sp}: not a configured peer"))?;
+        let body = serde_json::to_vec(req).map_err(|e| e.to_string())?;
+        let mut why = Vec::new();
+        for p in paths {
+            match tierblk_stack::nbd::control(p, c.sp.secret.as_deref(), &body, ASSIGN_TIMEOUT) {
+                Ok(_) => return Ok(()),
+                Err(tierblk_stack::nbd::ClientError::Refused { message, .. }) => {
+                    return Err(format!("sp {sp}: {message}"))
+                }
+                Err(e) => why.push(format!("{p}: {e}")),
+            }
+        }
+        Err(format!("sp {sp}: unreachable: {}", why.join("; ")))
+    }
+
+    /// Send every volume's assignment to the SPs of its map (after taking
+    /// office, or to `only` when it answers again).
+    pub(super) fn push_assignments(&mut self, only: Option<&str>) {
+        let Ok((me, _)) = self.me() else {
+            return;
+        };
+        for v in self.image_volumes() {
+            for sp in self.exposed_on(&v) {
+                if sp == me || only.is_some_and(|o| o != sp) {
+                    continue;
+                }
+                match self.assign(&v, &sp) {
+                    Ok(()) => info!(volume = %v.name, %sp, "assigned"),
+                    Err(e) => warn!(volume = %v.name, %sp, "cannot assign: {e}"),
+                }
+            }
+        }
+    }
+
+    /// A control request from a peer (on the fabric server's connection
+    /// thread, through the event loop).
+    pub(super) fn on_control(&mut self, req: ControlRequest) -> Result<String, String> {
+        match req {
+            ControlRequest::Assign {
+                master,
+                generation,
+                volume,
+            } => {
+                self.check_master(&master, generation)?;
+                let (def, owners) = volume.to_def()?;
+                let name = def.name.clone();
+                if let Some(Runtime::Online { .. }) = self.runtime.get(&name) {
+                    if self.assigned.get(&name).is_some_and(|a| a.def == def) {
+                        return Ok(format!("volume {name}: already exposed"));
+                    }
+                    self.offline(&name)?;
+                }
+                for (u, sp) in owners {
+                    self.owners.insert(u, sp);
+                }
+                self.assigned.insert(
+                    name.clone(),
+                    Assigned {
+                        def,
+                        degraded: volume.degraded,
+                        generation,
+                    },
+                );
+                self.runtime
+                    .entry(name.clone())
+                    .or_insert(Runtime::Offline { reason: None });
+                if let Err(e) = self.online(&name) {
+                    // Nothing half-done: the master keeps no entry either.
+                    self.assigned.remove(&name);
+                    self.runtime.remove(&name);
+                    return Err(e);
+                }
+                Ok(format!("volume {name}: exposed"))
+            }
+            ControlRequest::Withdraw {
+                master,
+                generation,
+                volume,
+            } => {
+                self.check_master(&master, generation)?;
+                if self.assigned.contains_key(&volume) {
+                    self.offline(&volume)?;
+                    self.assigned.remove(&volume);
+                    self.runtime.remove(&volume);
+                }
+                Ok(format!("volume {volume}: withdrawn"))
+            }
+            ControlRequest::LegFailed {
+                sp,
+                volume,
+                member,
+                errno,
+            } => {
+                self.me()?;
+                warn!(%sp, volume = %volume, member, errno, "a peer reports a failed leg");
+                let (done, _wait) = mpsc::channel();
+                self.on_event(Event::LegFailed {
+                    volume,
+                    member,
+                    errno,
+                    done,
+                });
+                Ok("persisted".into())
+            }
+        }
+    }
+
+    fn check_master(&self, master: &str, generation: u64) -> Result<(), String> {
+        let c = self.cluster.as_ref().ok_or("no peers")?;
+        let seen = c.catalog.generation();
+        if generation < seen {
+            return Err(format!(
+                "stale master generation {generation} (this SP has seen {seen})"
+            ));
+        }
+        match &c.role {
+            Role::Peer { master: m } if m == master => Ok(()),
+            r => Err(format!(
+                "sp {}: does not follow {master} (role {r:?})",
+                c.sp.name
+            )),
+        }
+    }
+
+    /// The volumes assigned to this peer, as definitions.
+    pub(super) fn assigned_volumes(&self) -> Vec<VolumeDef> {
+        self.assigned.values().map(|a| a.def.clone()).collect()
+    }
+
+    /// A leg failed under a volume this peer exposes: the master persists it.
+    pub(super) fn forward_leg_failure(&self, volume: &str, member: u16, errno: i32) {
+        let Some(c) = self.cluster.as_ref() else {
+            return;
+        };
+        let Role::Peer { master } = &c.role else {
+            return;
+        };
+        let req = ControlRequest::LegFailed {
+            sp: c.sp.name.clone(),
+            volume: volume.to_string(),
+            member,
+            errno,
+        };
+        match self.send(master, &req) {
+            Ok(()) => info!(volume, member, "leg failure reported to the master"),
+            Err(e) => error!(volume, member, "cannot report the leg failure: {e}"),
+        }
+    }
+}
