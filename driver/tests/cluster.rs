@@ -240,6 +240,37 @@ fn three_sps_elect_share_alus_fail_over_and_fence() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let len: u64 = export.rsplit(':').next().unwrap().parse().unwrap();
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), len.to_string());
+    // nbdcopy copies it out: the bytes of the owner's ALU at that range.
+    let uuid = export.split(':').nth(2).unwrap();
+    let start: u64 = export.split(':').nth(3).unwrap().parse().unwrap();
+    let seg = v["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["alu"] == uuid)
+        .unwrap()
+        .clone();
+    let alu_file = seg["path"]
+        .as_str()
+        .unwrap()
+        .split_once(':')
+        .unwrap()
+        .1
+        .to_string();
+    let out = c.root.join("copy.img");
+    let o = Command::new("nbdcopy")
+        .arg(&uri)
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let alu_bytes = std::fs::read(&alu_file).unwrap();
+    let copied = std::fs::read(&out).unwrap();
+    assert_eq!(copied.len() as u64, len);
+    assert!(
+        copied[..] == alu_bytes[start as usize..(start + len) as usize],
+        "nbdcopy bytes differ"
+    );
     // ... but not over TCP without the secret, not even the list.
     let tcp = format!("nbd://127.0.0.1:{}", c.tcp_port);
     let o = nbdinfo(&["--list", &tcp]);
