@@ -18,8 +18,9 @@
 //!   ALUs again (fencing, as the export-name epoch that NBD lacks).
 //!
 //! Peers authenticate with the cluster secret (`tierblk_stack::nbd::auth`).
-//! `sp:<name>:<role>:<generation>` is listed next to the ALUs so that a
-//! peer's `NBD_OPT_LIST` tells who it is and whether it is the master.
+//! Heartbeats are `State` requests on the control channel, answered with an
+//! [`SpView`]; `sp:<name>:<role>:<generation>` is also listed next to the
+//! ALUs, so that `nbdinfo --list` tells who an SP is.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -252,6 +253,16 @@ impl SpCatalog {
         self.generation.load(Ordering::SeqCst)
     }
 
+    /// This SP as its heartbeat reply describes it.
+    pub fn view(&self) -> SpView {
+        SpView {
+            name: self.name.clone(),
+            master: self.master.load(Ordering::SeqCst),
+            generation: self.generation(),
+            alus: self.alu_paths(),
+        }
+    }
+
     /// Paths of the ALUs this SP exports.
     pub fn alu_paths(&self) -> Vec<String> {
         self.alus.keys().cloned().collect()
@@ -270,13 +281,37 @@ impl SpCatalog {
     /// The directory of the local ALU whose uuid is `alu`, read now (an ALU
     /// claimed since start-up is found without a restart).
     fn directory_of(&self, alu: Uuid) -> Option<(&LocalAlu, Directory)> {
+        self.located(alu).map(|(_, a, d)| (a, d))
+    }
+
+    /// [`SpCatalog::directory_of`] with the ALU's path.
+    fn located(&self, alu: Uuid) -> Option<(&str, &LocalAlu, Directory)> {
         let mut buf = vec![0u8; BLOCK as usize];
-        self.alus.values().find_map(|a| {
+        self.alus.iter().find_map(|(p, a)| {
             read_exact_at(&a.file, &mut buf, DIR_OFFSET).ok()?;
             let d = Directory::decode(&buf, DIR_OFFSET, a.size).ok()?;
-            (d.alu_uuid == alu && d.cluster.name == self.cluster).then_some((a, d))
+            (d.alu_uuid == alu && d.cluster.name == self.cluster).then_some((p.as_str(), a, d))
         })
     }
+}
+
+/// Whether `[start, start + len)` is an allocated partition in the newest
+/// valid copy of the ALU's label directory ([057]).
+fn allocated(path: &str, d: &Directory, start: u64, len: u64) -> bool {
+    use tierblk_meta::label::{LabelDir, STATE_ALLOCATED};
+    let Ok(mut disk) = tierblk_meta::FileDisk::open(std::path::Path::new(path), false) else {
+        return false;
+    };
+    let newest = d
+        .label
+        .iter()
+        .filter_map(|&off| LabelDir::read(&mut disk, off, d.label_len).ok())
+        .max_by_key(|l| l.seq);
+    newest.is_some_and(|l| {
+        l.entries
+            .iter()
+            .any(|e| e.state == STATE_ALLOCATED && e.start == start && e.len == len)
+    })
 }
 
 fn read_exact_at(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<()> {
@@ -316,13 +351,21 @@ impl Catalog<Partition<LocalRing>> for SpCatalog {
                 len,
             } => {
                 self.admit(name, generation)?;
-                let (a, d) = self.directory_of(alu).ok_or_else(|| {
+                let (path, a, d) = self.located(alu).ok_or_else(|| {
                     format!("{name}: no ALU {alu} of cluster {:?} here", self.cluster)
                 })?;
                 if start < d.data_start || start + len > d.data_end {
                     return Err(format!(
                         "{name}: outside the data area [{}, {}) of ALU {alu}",
                         d.data_start, d.data_end
+                    ));
+                }
+                // Only tier-1 objects that exist are exported ([080]): the
+                // range must be a partition allocated in the ALU's label
+                // directory, not any byte range a peer asks for.
+                if !allocated(path, &d, start, len) {
+                    return Err(format!(
+                        "{name}: no partition [{start}, +{len}) allocated on ALU {alu}"
                     ));
                 }
                 let file = a.file.clone();
@@ -531,41 +574,15 @@ impl Disk for RemoteDisk {
     }
 }
 
-/// What one SP says about itself (its `NBD_OPT_LIST`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What one SP says about itself (its heartbeat reply, and its
+/// `NBD_OPT_LIST` for standard tools).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SpView {
     pub name: String,
     pub master: bool,
     pub generation: u64,
     /// ALU paths it owns.
     pub alus: Vec<String>,
-}
-
-impl SpView {
-    /// Read a peer's listing: one `sp:` entry and its `alu:` entries.
-    pub fn from_listing(names: &[String]) -> Result<SpView, String> {
-        let mut me = None;
-        let mut alus = Vec::new();
-        for n in names {
-            match n.parse::<ExportName>() {
-                Ok(ExportName::Sp {
-                    name,
-                    master,
-                    generation,
-                }) => me = Some((name, master, generation)),
-                Ok(ExportName::Alu { path, .. }) => alus.push(path),
-                _ => {} // Someone else's export: not ours to judge.
-            }
-        }
-        let (name, master, generation) =
-            me.ok_or_else(|| "not a tierblk SP (no sp: entry in its export list)".to_string())?;
-        Ok(SpView {
-            name,
-            master,
-            generation,
-            alus,
-        })
-    }
 }
 
 /// What the election rule says this SP should do.
@@ -702,26 +719,5 @@ mod tests {
             elect(&view("b", true, 3, 1), &[view("a", true, 2, 5)]),
             Decision::Lead(3)
         );
-    }
-
-    #[test]
-    fn listings_parse() {
-        let l = vec![
-            "sp:s1:master:4".to_string(),
-            "alu:0:/img/a".to_string(),
-            "something-else".to_string(),
-            "alu:0:/img/b".to_string(),
-        ];
-        let v = SpView::from_listing(&l).unwrap();
-        assert_eq!(
-            v,
-            SpView {
-                name: "s1".into(),
-                master: true,
-                generation: 4,
-                alus: vec!["/img/a".into(), "/img/b".into()]
-            }
-        );
-        assert!(SpView::from_listing(&["alu:0:/x".to_string()]).is_err());
     }
 }

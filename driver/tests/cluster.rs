@@ -287,6 +287,19 @@ fn three_sps_elect_share_alus_fail_over_and_fence() {
         ),
     ]);
     assert!(!o.status.success(), "the metadata region was exported");
+    // Nor is a range of the data area that is no partition.
+    let o = nbdinfo(&[
+        "--size",
+        &format!(
+            "nbd+unix:///part:1:{uuid}:{}:4096?socket={}",
+            start + 4096,
+            sock(&c.root, owner)
+        ),
+    ]);
+    assert!(
+        !o.status.success(),
+        "a range that is no partition was exported"
+    );
 
     // The exposure map: sp2 is sent r10's tree over the control channel and
     // builds it (remote references to sp1's and sp3's partitions, local ones

@@ -2,8 +2,9 @@
 //!
 //! Without `--sp` the daemon is the embedded default: storage processor,
 //! master and coordinator in one. With it, the daemon serves its ALUs' tier-1
-//! objects on the fabric ([`crate::sp::SpCatalog`]), watches its peers (each
-//! one's `NBD_OPT_LIST` is its heartbeat and its report of its ALUs), and
+//! objects on the fabric ([`crate::sp::SpCatalog`]), watches its peers (a
+//! `State` request on the control channel every second is the heartbeat and
+//! each peer's report of its ALUs), and
 //! takes the role the election rule gives it ([`crate::sp::elect`]):
 //!
 //! * **master** ([062], [069]): opens the object database over its own ALUs
@@ -25,7 +26,6 @@ use std::time::Duration;
 
 use tierblk_fabric::server::ServerConfig;
 use tierblk_fabric::NbdServer;
-use tierblk_stack::nbd::list_exports_timeout;
 use tierblk_stack::remote::RemoteDesc;
 
 use super::*;
@@ -112,9 +112,16 @@ impl Cluster {
             })?;
         }
         let tx = Mutex::new(events.clone());
+        let me = Arc::downgrade(&catalog);
         catalog.set_control(Box::new(move |body: &[u8]| {
             let req: super::expose::ControlRequest = serde_json::from_slice(body)
                 .map_err(|e| format!("malformed control request: {e}"))?;
+            // A heartbeat is answered here, on the connection's thread: a
+            // busy daemon (taking office) must not look dead.
+            if req == super::expose::ControlRequest::State {
+                let c = me.upgrade().ok_or("stopping")?;
+                return serde_json::to_vec(&c.view()).map_err(|e| e.to_string());
+            }
             let (reply, wait) = mpsc::channel();
             tx.lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -244,15 +251,20 @@ fn remove_stale_socket(p: &std::path::Path) -> Result<(), String> {
     }
 }
 
-/// One heartbeat: the peer's listing, over the first path that answers.
+/// One heartbeat: the peer's `State` reply, over the first path that answers.
 fn ask(
     paths: &[tierblk_stack::nbd::NbdAddr],
     secret: Option<&tierblk_stack::nbd::auth::Secret>,
 ) -> Result<SpView, String> {
     let mut why = Vec::new();
+    let req =
+        serde_json::to_vec(&super::expose::ControlRequest::State).map_err(|e| e.to_string())?;
     for p in paths {
-        match list_exports_timeout(p, secret, HEARTBEAT_TIMEOUT) {
-            Ok(names) => return SpView::from_listing(&names),
+        match tierblk_stack::nbd::control(p, secret, &req, HEARTBEAT_TIMEOUT) {
+            Ok(reply) => {
+                return serde_json::from_slice(&reply)
+                    .map_err(|e| format!("{p}: malformed heartbeat reply: {e}"))
+            }
             Err(e) => why.push(format!("{p}: {e}")),
         }
     }

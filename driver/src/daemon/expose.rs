@@ -33,6 +33,8 @@ const ASSIGN_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case")]
 pub enum ControlRequest {
+    /// Any SP -> any SP: the heartbeat; the reply is the SP's `SpView`.
+    State,
     /// Master -> SP: expose this volume.
     Assign {
         master: String,
@@ -388,6 +390,8 @@ impl Daemon {
                 }
                 Ok(format!("volume {volume}: withdrawn"))
             }
+            // Answered by the catalog itself (cluster.rs), never queued.
+            ControlRequest::State => Err("state is answered by the fabric server".into()),
             ControlRequest::LegFailed {
                 sp,
                 volume,
