@@ -106,7 +106,7 @@ impl Assignment {
             copies: self.copies,
             chunk: self.chunk,
         };
-        let members = usize::from(layout.members() as u16);
+        let members = layout.members();
         if members == 0 || members > 64 {
             return Err(bad("member count"));
         }
@@ -451,6 +451,90 @@ impl Daemon {
         match self.send(master, &req) {
             Ok(()) => info!(volume, member, "leg failure reported to the master"),
             Err(e) => error!(volume, member, "cannot report the leg failure: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Assignment {
+        Assignment {
+            name: "r10".into(),
+            id: 3,
+            wwn: "00112233445566778899aabbccddeeff".into(),
+            size: 64 << 20,
+            layout: "mirror".into(),
+            stripes: 1,
+            copies: 2,
+            chunk: 0,
+            segments: vec![
+                (
+                    0,
+                    "00112233-4455-6677-8899-aabbccddeeff".into(),
+                    8 << 20,
+                    64 << 20,
+                ),
+                (
+                    1,
+                    "00112233-4455-6677-8899-aabbccddeef0".into(),
+                    8 << 20,
+                    64 << 20,
+                ),
+            ],
+            degraded: vec![],
+            owners: vec![("00112233-4455-6677-8899-aabbccddeeff".into(), "sp2".into())],
+        }
+    }
+
+    /// A peer's control request is checked, never trusted: garbage bytes and
+    /// malformed assignments are refused with an error, never a panic.
+    #[test]
+    fn malformed_control_requests_are_refused() {
+        let (def, owners) = sample().to_def().unwrap();
+        assert_eq!(def.layout.members(), 2);
+        assert_eq!(def.wwn[1], 0x11);
+        assert_eq!(owners.len(), 1);
+        let mut bad = Vec::new();
+        for f in [
+            |a: &mut Assignment| a.layout = "raid5".into(),
+            |a: &mut Assignment| a.wwn = "xyz".into(),
+            |a: &mut Assignment| a.wwn = "zz112233445566778899aabbccddeeff".into(),
+            |a: &mut Assignment| a.segments[0].0 = 7,
+            |a: &mut Assignment| a.segments[0].1 = "not-a-uuid".into(),
+            |a: &mut Assignment| a.segments[0].3 = 0,
+            |a: &mut Assignment| a.owners[0].0 = "nope".into(),
+            |a: &mut Assignment| (a.stripes, a.copies) = (u16::MAX, u16::MAX),
+            |a: &mut Assignment| (a.stripes, a.copies) = (0, 2),
+        ] {
+            let mut a = sample();
+            f(&mut a);
+            bad.push(a.to_def().is_err());
+        }
+        assert!(bad.iter().all(|b| *b), "{bad:?}");
+        // Random bytes and mutated JSON: parse errors, no panic.
+        let good = serde_json::to_vec(&ControlRequest::Assign {
+            master: "sp1".into(),
+            generation: 1,
+            volume: sample(),
+        })
+        .unwrap();
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for i in 0..5000 {
+            let mut b = good.clone();
+            for _ in 0..1 + i % 8 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let at = (x as usize) % b.len();
+                b[at] = (x >> 32) as u8;
+            }
+            if let Ok(ControlRequest::Assign { volume, .. }) =
+                serde_json::from_slice::<ControlRequest>(&b)
+            {
+                let _ = volume.to_def();
+            }
         }
     }
 }
