@@ -143,6 +143,44 @@ pub struct Daemon {
 /// How long `vol quiesce` waits for in-flight I/O to complete.
 const QUIESCE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Disks by path, as the store opens them.
+type Disks = Vec<(String, Box<dyn Disk>)>;
+
+/// Open every ALU path once (repeats ignored); the ones that cannot be opened
+/// are returned with why.
+fn open_disks(alus: &[PathBuf]) -> (Disks, BTreeMap<String, String>) {
+    let mut disks: Disks = Vec::new();
+    let mut missing = BTreeMap::new();
+    for p in alus {
+        let path = p.display().to_string();
+        if disks.iter().any(|(d, _)| *d == path) {
+            continue;
+        }
+        match open_disk(&path) {
+            Ok(d) => disks.push((path, d)),
+            Err(e) => {
+                warn!("{e}");
+                missing.insert(path, e);
+            }
+        }
+    }
+    (disks, missing)
+}
+
+/// Open the object database over `disks`, repairing what it may and
+/// logging what it repaired and what is wrong.
+fn open_store(disks: Disks, cluster: &str) -> Result<Store, String> {
+    let (store, report) = Store::open(disks, Some(cluster), true)
+        .map_err(|e| format!("cannot open the object database: {e}"))?;
+    for r in &report.repairs {
+        warn!("repaired: {r}");
+    }
+    for p in &report.problems {
+        error!("{p}");
+    }
+    Ok(store)
+}
+
 fn open_disk(path: &str) -> Result<Box<dyn Disk>, String> {
     FileDisk::open(std::path::Path::new(path), true)
         .map(|d| Box::new(d) as Box<dyn Disk>)
@@ -152,32 +190,15 @@ fn open_disk(path: &str) -> Result<Box<dyn Disk>, String> {
 impl Daemon {
     /// Scan the ALUs, open the object database, and bring complete volumes online.
     pub fn start(cfg: Config, events: mpsc::Sender<Event>) -> Result<Daemon, String> {
-        let mut disks = Vec::new();
-        let mut missing = BTreeMap::new();
         // An SP among peers opens the object database only once elected
         // master (cluster.rs); until then it owns no store.
         let standalone = cfg.sp.is_none();
-        for p in cfg.alus.iter().filter(|_| standalone) {
-            let path = p.display().to_string();
-            if disks.iter().any(|(d, _): &(String, _)| *d == path) {
-                continue;
-            }
-            match open_disk(&path) {
-                Ok(d) => disks.push((path, d)),
-                Err(e) => {
-                    warn!("{e}");
-                    missing.insert(path, e);
-                }
-            }
-        }
-        let (store, report) = Store::open(disks, Some(&cfg.cluster), true)
-            .map_err(|e| format!("cannot open the object database: {e}"))?;
-        for r in &report.repairs {
-            warn!("repaired: {r}");
-        }
-        for p in &report.problems {
-            error!("{p}");
-        }
+        let (disks, missing) = if standalone {
+            open_disks(&cfg.alus)
+        } else {
+            Default::default()
+        };
+        let store = open_store(disks, &cfg.cluster)?;
         let cluster = match &cfg.sp {
             Some(sp) => Some(cluster::Cluster::start(
                 sp.clone(),

@@ -225,6 +225,30 @@ impl Cluster {
         Ok(d)
     }
 
+    /// `peer`'s ALU at `alu` (its own path) as a metadata disk of the master
+    /// of `generation`.
+    pub fn peer_alu(
+        &self,
+        peer: &str,
+        alu: &str,
+        generation: u64,
+    ) -> Result<Box<dyn Disk>, String> {
+        let paths = self
+            .paths_of(peer)
+            .ok_or_else(|| format!("sp {peer}: not a configured peer"))?;
+        let export = ExportName::Alu {
+            generation,
+            path: alu.to_string(),
+        }
+        .to_string();
+        RemoteDisk::open(paths, &export, self.sp.secret.clone())
+            .map(|d| Box::new(d) as Box<dyn Disk>)
+            .map_err(|e| {
+                warn!(alu = %format!("{peer}:{alu}"), "cannot reach: {e}");
+                e
+            })
+    }
+
     /// Every remote reference made so far.
     pub fn remotes(&self) -> impl Iterator<Item = (&(Uuid, u64, u64), &Arc<RemoteDesc>)> {
         self.remotes.iter()
@@ -345,13 +369,9 @@ impl Daemon {
         let Some(c) = self.cluster.as_ref() else {
             return;
         };
-        let (Some(view), Some(paths)) = (
-            c.peers.get(peer).and_then(|p| p.view.clone()),
-            c.paths_of(peer).map(<[_]>::to_vec),
-        ) else {
+        let Some(view) = c.peers.get(peer).and_then(|p| p.view.clone()) else {
             return;
         };
-        let secret = c.sp.secret.clone();
         let known: Vec<String> = self.store.alus().into_iter().map(|a| a.path).collect();
         let mut added = false;
         for alu in view.alus {
@@ -359,19 +379,14 @@ impl Daemon {
             if known.contains(&path) {
                 continue;
             }
-            let export = ExportName::Alu {
-                generation,
-                path: alu.clone(),
-            }
-            .to_string();
-            let disk = match RemoteDisk::open(&paths, &export, secret.clone()) {
-                Ok(d) => d,
-                Err(e) => {
-                    warn!(alu = %path, "cannot reach: {e}");
-                    continue;
-                }
+            let Some(Ok(disk)) = self
+                .cluster
+                .as_ref()
+                .map(|c| c.peer_alu(peer, &alu, generation))
+            else {
+                continue;
             };
-            match self.store.add_disk(path.clone(), Box::new(disk)) {
+            match self.store.add_disk(path.clone(), disk) {
                 Ok(_) => {
                     info!(alu = %path, "peer's ALU joined");
                     self.missing.remove(&path);
@@ -461,17 +476,7 @@ impl Daemon {
         c.role = Role::Master { generation };
         // References of an earlier term carry its generation: fenced now.
         c.remotes.clear();
-        let mut disks = Vec::new();
-        let mut missing = BTreeMap::new();
-        for p in &self.cfg.alus {
-            let path = p.display().to_string();
-            match open_disk(&path) {
-                Ok(d) => disks.push((path, d)),
-                Err(e) => {
-                    missing.insert(path, e);
-                }
-            }
-        }
+        let (mut disks, mut missing) = open_disks(&self.cfg.alus);
         // A peer known but gone: its ALUs are listed missing until it
         // answers again (add_peer_alus).
         for (name, p) in &c.peers {
@@ -482,38 +487,23 @@ impl Daemon {
             }
         }
         for v in c.reachable() {
-            let Some(paths) = c.paths_of(&v.name).map(<[_]>::to_vec) else {
-                continue;
-            };
             for alu in &v.alus {
-                let export = ExportName::Alu {
-                    generation,
-                    path: alu.clone(),
-                }
-                .to_string();
                 let path = format!("{}:{alu}", v.name);
-                match RemoteDisk::open(&paths, &export, c.sp.secret.clone()) {
-                    Ok(d) => disks.push((path, Box::new(d) as Box<dyn Disk>)),
+                match c.peer_alu(&v.name, alu, generation) {
+                    Ok(d) => disks.push((path, d)),
                     Err(e) => {
-                        warn!(alu = %path, "cannot reach: {e}");
                         missing.insert(path, e);
                     }
                 }
             }
         }
-        match Store::open(disks, Some(&self.cfg.cluster), true) {
-            Ok((store, report)) => {
-                for r in &report.repairs {
-                    warn!("repaired: {r}");
-                }
-                for p in &report.problems {
-                    error!("{p}");
-                }
+        match open_store(disks, &self.cfg.cluster) {
+            Ok(store) => {
                 self.store = store;
                 self.missing = missing;
             }
             Err(e) => {
-                error!("cannot open the object database: {e}");
+                error!("{e}");
                 return;
             }
         }
