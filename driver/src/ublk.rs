@@ -6,6 +6,14 @@
 //! path shares nothing between queues: one task per tag, one buffer per tag
 //! allocated once, no lock and no allocation per I/O.
 //!
+//! Devices are created with `UBLK_F_USER_RECOVERY` and `_REISSUE`: when the
+//! daemon dies (kill -9, a crash) the kernel keeps `/dev/ublkbN` and holds
+//! its I/O (in-flight requests are re-issued later) instead of failing it.
+//! The next daemon finds the device by the volume's name and WWN in
+//! libublk's JSON ([`orphan_of`]) and recovers it (`START_USER_RECOVERY`,
+//! new queues, `END_USER_RECOVERY`): a filesystem mounted on it sees a
+//! pause, not an error. A clean stop deletes the device as before.
+//!
 //! The queue loop is ours rather than libublk's `wait_and_handle_io_events`:
 //! it runs a bounded number of executor ticks between two polls of the ring.
 //! A request waiting on another (a held request behind a suspended gate, a
@@ -97,7 +105,8 @@ impl Exposed {
     }
 
     /// Stop the device (the kernel flushes and drains it), wait for the queue
-    /// threads, and delete it.
+    /// threads, and delete it (libublk deletes a device it added when its
+    /// control drops; a recovered one is deleted here).
     pub fn stop(mut self) -> Result<(), FrontendError> {
         self.stop_inner()
     }
@@ -112,6 +121,9 @@ impl Exposed {
         if thread.join().is_err() {
             error!(volume = %self.name, "ublk device thread panicked");
         }
+        if let Ok(c) = UblkCtrl::new_simple(self.dev_id as i32) {
+            let _ = c.del_dev();
+        }
         info!(volume = %self.name, dev = self.dev_id, "volume offline");
         Ok(())
     }
@@ -125,14 +137,35 @@ impl Drop for Exposed {
     }
 }
 
-/// Create the ublk device for `spec`, start its queues, and return once the
-/// block device exists.
+/// The device a daemon that died left for `volume` (same name and WWN in
+/// libublk's JSON), quiesced and waiting for recovery.
+pub fn orphan_of(volume: &str, wwn: &str) -> Option<u32> {
+    let dir = std::fs::read_dir(crate::udev::RUN_DIR).ok()?;
+    dir.flatten().find_map(|e| {
+        let name = e.file_name().into_string().ok()?;
+        let id: u32 = name.strip_suffix(".json")?.parse().ok()?;
+        let json = std::fs::read_to_string(e.path()).ok()?;
+        let names = crate::udev::parse(id, &json)?;
+        if names.volume != volume || names.wwn != wwn.to_ascii_lowercase() {
+            return None;
+        }
+        let ctrl = UblkCtrl::new_simple(id as i32).ok()?;
+        (u32::from(ctrl.dev_info().state) == libublk::sys::UBLK_S_DEV_QUIESCED).then_some(id)
+    })
+}
+
+/// Create the ublk device for `spec` (or recover the one a dead daemon
+/// left), start its queues, and return once the block device serves.
 pub fn expose(spec: VolumeSpec) -> Result<Exposed, FrontendError> {
     let (tx, rx) = mpsc::channel::<Result<u32, FrontendError>>();
     let name = spec.name.clone();
+    let recover = orphan_of(&spec.name, &spec.wwn);
+    if let Some(id) = recover {
+        info!(volume = %name, device = %format!("/dev/ublkb{id}"), "recovering the device a previous daemon left");
+    }
     let thread = std::thread::Builder::new()
         .name(format!("ublk-{}", spec.name))
-        .spawn(move || run_device(spec, tx))
+        .spawn(move || run_device(spec, recover, tx))
         .map_err(|e| FrontendError::Create(name.clone(), e.to_string()))?;
     match rx.recv() {
         Ok(Ok(dev_id)) => {
@@ -157,16 +190,28 @@ pub fn expose(spec: VolumeSpec) -> Result<Exposed, FrontendError> {
     }
 }
 
-fn run_device(spec: VolumeSpec, tx: mpsc::Sender<Result<u32, FrontendError>>) {
+fn run_device(
+    spec: VolumeSpec,
+    recover: Option<u32>,
+    tx: mpsc::Sender<Result<u32, FrontendError>>,
+) {
     let span = info_span!("volume", name = %spec.name);
     let _enter = span.enter();
+    let (id, dev_flags) = match recover {
+        Some(id) => (id as i32, UblkFlags::UBLK_DEV_F_RECOVER_DEV),
+        None => (-1, UblkFlags::UBLK_DEV_F_ADD_DEV),
+    };
     let ctrl = match UblkCtrlBuilder::default()
         .name("tierblk")
-        .id(-1)
+        .id(id)
         .nr_queues(spec.queues)
         .depth(spec.depth)
         .io_buf_bytes(IO_BUF_BYTES)
-        .dev_flags(UblkFlags::UBLK_DEV_F_ADD_DEV)
+        .ctrl_flags(
+            u64::from(libublk::sys::UBLK_F_USER_RECOVERY)
+                | u64::from(libublk::sys::UBLK_F_USER_RECOVERY_REISSUE),
+        )
+        .dev_flags(dev_flags)
         .build()
     {
         Ok(c) => c,
@@ -175,6 +220,15 @@ fn run_device(spec: VolumeSpec, tx: mpsc::Sender<Result<u32, FrontendError>>) {
             return;
         }
     };
+    if recover.is_some() {
+        if let Err(e) = ctrl.start_user_recover() {
+            let _ = tx.send(Err(FrontendError::Start(
+                spec.name.clone(),
+                format!("cannot start recovering the device: {e}"),
+            )));
+            return;
+        }
+    }
     // Build once here to validate the tree and learn its size before the
     // device exists.
     let size = match build_top(&spec.top, UblkRing, &Gate::new()) {

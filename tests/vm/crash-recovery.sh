@@ -1,0 +1,68 @@
+#!/bin/sh
+# Daemon crash recovery (ublk user recovery, UBLK_F_USER_RECOVERY with
+# re-issue): ext4 on a mirror under fio write+verify load; tierblkd is killed
+# with SIGKILL and started again. The kernel keeps /dev/ublkbN and holds its
+# I/O meanwhile; the new daemon recovers the same device: fio finishes with 0
+# errors, the kernel logs no I/O error, the mount survives, e2fsck -fn is
+# clean. A clean stop afterwards still removes the device.
+# vm-run: --disks 2 --disk-size 384M
+set -eu
+. "$(dirname "$0")/lib.sh"
+
+require_disks 2
+alus="--alu /dev/vda --alu /dev/vdb"
+# shellcheck disable=SC2086
+start_daemon $alus
+tb alu claim /dev/vda >/dev/null
+tb alu claim /dev/vdb >/dev/null
+tb vol create m1 --size 256M --layout mirror
+wait_vol_state m1 online
+dev=$(vol_device m1)
+mkfs.ext4 -q -F "$dev"
+mkdir -p /mnt
+mount "$dev" /mnt
+engine=libaio
+if fio --enghelp 2>/dev/null | grep -qw io_uring; then engine=io_uring; fi
+fio --name=load --filename=/mnt/data --rw=randwrite --bs=4k --direct=1 --ioengine=$engine \
+	--iodepth=16 --size=96M --verify=crc32c --verify_fatal=1 --randrepeat=1 --do_verify=1 \
+	--output-format=terse --terse-version=3 >/tmp/fio-load.out 2>&1 &
+fio_pid=$!
+sleep 4
+kill -0 "$fio_pid" || fail "fio ended before the crash"
+kill -KILL "$DAEMON_PID"
+wait "$DAEMON_PID" 2>/dev/null || true
+DAEMON_PID=""
+ok "tierblkd killed with SIGKILL under load"
+sleep 2
+[ -b "$dev" ] || fail "$dev disappeared with the daemon"
+kill -0 "$fio_pid" || fail "fio ended while the daemon was dead"
+ok "$dev still exists, its I/O held"
+
+# shellcheck disable=SC2086
+start_daemon $alus
+grep -q "recovering the device a previous daemon left" "$DAEMON_LOG" ||
+	fail "the new daemon did not recover the device"
+[ "$(vol_device m1)" = "$dev" ] || fail "m1 came back as $(vol_device m1), not $dev"
+ok "the new daemon recovered $dev"
+wait "$fio_pid" || {
+	cat /tmp/fio-load.out
+	fail "fio failed across the daemon crash"
+}
+err=$(grep ';' /tmp/fio-load.out | tail -n 1 | cut -d';' -f5)
+[ "$err" = 0 ] || {
+	cat /tmp/fio-load.out
+	fail "fio saw error=$err"
+}
+ok "fio: write + verify with 0 errors across the crash"
+dmesg | grep -i "I/O error, dev ublkb" && fail "the kernel saw I/O errors on $dev"
+ok "no I/O error reached the block layer"
+grep -q "/mnt" /proc/mounts || fail "the mount went away"
+umount /mnt
+e2fsck -fn "$dev" >/tmp/fsck.out 2>&1 || {
+	cat /tmp/fsck.out
+	fail "e2fsck found problems"
+}
+ok "mount survived; e2fsck -fn clean"
+stop_daemon
+[ -e "$dev" ] && fail "$dev left behind by a clean stop"
+ok "a clean stop removes the device"
