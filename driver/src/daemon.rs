@@ -555,6 +555,9 @@ impl Daemon {
             return Err(format!("volume {}: held offline: {why}", v.name));
         }
         let (desc, health) = self.assemble(v)?;
+        if ublk::available() {
+            self.fail_absent_legs(v)?;
+        }
         let desc = Arc::new(desc);
         let top = match v.snapshot {
             Some(_) => self.view_top(v, desc.clone())?,
@@ -565,6 +568,48 @@ impl Daemon {
         };
         let (exposed, gate) = self.expose_top(&v.name, &v.wwn, top)?;
         Ok((exposed, desc, health, gate))
+    }
+
+    /// A mirror about to serve writes without a leg whose ALU is missing
+    /// records that leg failed first (as MD records a missing member in the
+    /// superblocks of the ones it assembles): should the ALU come back at a
+    /// later start, its stale copy is never read as current. It returns
+    /// through `alu readd`, which copies only what its bitmap marks
+    /// ([0172]–[0174]).
+    fn fail_absent_legs(&mut self, v: &VolumeDef) -> Result<(), String> {
+        if self.assigned.contains_key(&v.name) || intent::mirrors_of(v) == 0 {
+            return Ok(());
+        }
+        let present: Vec<Uuid> = self
+            .store
+            .alus()
+            .into_iter()
+            .filter_map(|a| match a.state {
+                AluState::Owned { uuid } => Some(uuid),
+                _ => None,
+            })
+            .collect();
+        let mut absent: Vec<Uuid> = Vec::new();
+        for (m, h) in v.members.iter().enumerate() {
+            if *h != MemberHealth::Ok {
+                continue;
+            }
+            for s in v.segments.iter().filter(|s| usize::from(s.member) == m) {
+                if !present.contains(&s.alu) && !absent.contains(&s.alu) {
+                    absent.push(s.alu);
+                }
+            }
+        }
+        for alu in absent {
+            warn!(volume = %v.name, %alu, "a mirror leg's ALU is missing: recording the leg failed before serving writes");
+            self.fail_alu_uuid(alu).map_err(|e| {
+                format!(
+                    "volume {}: cannot record the missing ALU {alu} failed: {e}",
+                    v.name
+                )
+            })?;
+        }
+        Ok(())
     }
 
     /// Expose `top` as `/dev/ublkbN` behind a new gate, with its statistics
