@@ -33,6 +33,9 @@ pub struct Args {
     /// Serve Prometheus metrics on http://ADDR/metrics, e.g. 127.0.0.1:9101 (off by default).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,
+    /// Re-add a failed ALU that appears again (the periodic scan every 5 s, or `alu scan`) without asking, as `tierblk alu readd` would.
+    #[arg(long)]
+    pub auto_reclaim: bool,
     /// Run as storage processor NAME among peers: serve this SP's ALUs on the fabric and take the role (master or peer) the election gives it. Without it, tierblkd runs alone.
     #[arg(long, value_name = "NAME")]
     pub sp: Option<String>,

@@ -32,6 +32,9 @@ pub struct FileConfig {
     pub depth: Option<u16>,
     /// Serve Prometheus metrics on this address (`"127.0.0.1:9101"`).
     pub metrics: Option<std::net::SocketAddr>,
+    /// Re-add failed ALUs that come back (`--auto-reclaim`).
+    #[serde(default)]
+    pub auto_reclaim: bool,
     /// This daemon's SP name among peers (`--sp`).
     pub sp: Option<String>,
     /// Fabric endpoints (`--listen`).

@@ -82,6 +82,8 @@ pub struct Config {
     pub socket: PathBuf,
     pub queues: u16,
     pub depth: u16,
+    /// Re-add a failed ALU that appears again without asking ([0174]).
+    pub auto_reclaim: bool,
     /// This daemon as one SP among peers; None: the embedded default.
     pub sp: Option<crate::sp::SpConfig>,
 }
@@ -138,7 +140,12 @@ pub struct Daemon {
     assigned: BTreeMap<String, expose::Assigned>,
     /// On a peer: the SP owning each ALU under an assigned volume.
     owners: HashMap<Uuid, String>,
+    /// Ticks since start (the periodic scan).
+    ticks: u64,
 }
+
+/// Ticks between two looks for missing ALUs that appeared ([0172]).
+const SCAN_TICKS: u64 = 5;
 
 /// How long `vol quiesce` waits for in-flight I/O to complete.
 const QUIESCE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -225,6 +232,7 @@ impl Daemon {
             cluster,
             assigned: BTreeMap::new(),
             owners: HashMap::new(),
+            ticks: 0,
         };
         intent::spawn_sweeper(d.sweep.clone())
             .map_err(|e| format!("cannot start the write-intent sweeper: {e}"))?;
@@ -318,7 +326,7 @@ impl Daemon {
                 .find(|a| a.path == path)
                 .map(Payload::Alu)
                 .ok_or_else(|| format!("alu {path}: unknown (not scanned by this daemon)")),
-            Request::AluScan => self.scan().map(Payload::Alus),
+            Request::AluScan => self.rescan().map(|()| Payload::Alus(self.alu_views())),
             Request::AluClaim { path, force } => self.claim(&path, force),
             Request::AluRelease { path } => self.release(&path),
             Request::AluFail { path } => self.fail_alu(&path),
@@ -816,7 +824,15 @@ impl Daemon {
             }
             Event::JobProgress { id, checkpoint } => self.on_job_progress(id, checkpoint),
             Event::JobEnded { id, outcome } => self.on_job_ended(id, outcome),
-            Event::Tick => self.run_schedules(crate::clock::now()),
+            Event::Tick => {
+                self.run_schedules(crate::clock::now());
+                self.ticks = self.ticks.wrapping_add(1);
+                if self.ticks.is_multiple_of(SCAN_TICKS) && !self.missing.is_empty() {
+                    if let Err(e) = self.rescan() {
+                        warn!("periodic scan: {e}");
+                    }
+                }
+            }
             Event::Peers(views) => self.on_peers(views),
             Event::Leadership(l) => self.on_leadership(l),
             Event::Control(req, reply) => {
@@ -940,8 +956,59 @@ impl Daemon {
         }
     }
 
+    /// The periodic scan: missing ALUs that appeared join the object
+    /// database; a failed one that came back is re-added when
+    /// `--auto-reclaim` says so, else named in the log and the events for
+    /// `alu readd`; an unowned one is listed for claiming.
+    fn rescan(&mut self) -> Result<(), String> {
+        let before: Vec<String> = self.missing.keys().cloned().collect();
+        self.scan()?;
+        let appeared: Vec<String> = before
+            .into_iter()
+            .filter(|p| !self.missing.contains_key(p))
+            .collect();
+        for path in appeared {
+            let state = self
+                .store
+                .alus()
+                .into_iter()
+                .find(|a| a.path == path)
+                .map(|a| a.state);
+            match state {
+                Some(AluState::Damaged { uuid: Some(_), .. }) if self.cfg.auto_reclaim => {
+                    info!(alu = %path, "a failed ALU came back: re-adding it (--auto-reclaim)");
+                    if let Err(e) = self.readd(&path, 0) {
+                        warn!(alu = %path, "cannot re-add: {e}");
+                    }
+                }
+                Some(AluState::Damaged { uuid: Some(_), .. }) => {
+                    warn!(alu = %path, "a failed ALU came back: `tierblk alu readd {path}` takes it back");
+                    self.log.emit("alu-returned", None, path);
+                }
+                Some(AluState::Owned { .. }) => {
+                    info!(alu = %path, "an ALU came back");
+                    self.log.emit("alu-returned", None, path);
+                    self.retry_held_volumes();
+                }
+                Some(s) => {
+                    info!(alu = %path, state = state_name(&s), "an ALU appeared");
+                    self.log
+                        .emit("alu-appeared", None, format!("{path} ({})", state_name(&s)));
+                }
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
     fn scan(&mut self) -> Result<Vec<AluView>, String> {
-        let retry: Vec<String> = self.missing.keys().cloned().collect();
+        // A peer's ALUs come back with the peer (cluster.rs).
+        let retry: Vec<String> = self
+            .missing
+            .keys()
+            .filter(|p| self.peer_of(p).is_none())
+            .cloned()
+            .collect();
         for path in retry {
             match open_disk(&path) {
                 Ok(disk) => {

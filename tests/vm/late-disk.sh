@@ -76,4 +76,27 @@ got=$(dd if="$dev" bs=1M count=256 iflag=direct status=none | sha256sum)
 [ "$got" = "$want" ] || fail "data changed across the re-add"
 ok "legs equal; data intact"
 stop_daemon
+
+# --auto-reclaim: vdb, now reached as /dev/mapper/late, is missing at start
+# and appears while the daemon runs: the periodic scan finds it and re-adds
+# it, copying only what was written meanwhile.
+sz=$(blockdev --getsz /dev/vdb)
+start_daemon --alu /dev/vda --alu /dev/mapper/late --auto-reclaim
+wait_vol_state m1 degraded
+dd if=/dev/urandom of="$dev" bs=1M seek=30 count=2 oflag=direct status=none
+want=$(dd if="$dev" bs=1M count=256 iflag=direct status=none | sha256sum)
+dmsetup create late --noudevsync --table "0 $sz linear /dev/vdb 0"
+dmsetup mknodes
+ok "the disk appears as /dev/mapper/late while the daemon runs"
+wait_vol_state m1 online 60
+grep -q "re-adding it (--auto-reclaim)" "$DAEMON_LOG" || fail "not re-added by the periodic scan"
+j=$(tbj job list | grep -o '{[^}]*"kind":"rebuild"[^}]*}' | tail -n 1)
+json_has "$j" state '"done"' || fail "no finished rebuild: $(tbj job list)"
+json_has "$j" repaired 2, || fail "the auto re-add copied other than the 2 regions written meanwhile: $j"
+out=$(tbj vol scrub m1 --wait)
+json_has "$out" mismatches 0, || fail "legs differ after the auto re-add: $out"
+got=$(dd if="$dev" bs=1M count=256 iflag=direct status=none | sha256sum)
+[ "$got" = "$want" ] || fail "data changed across the auto re-add"
+ok "re-added without asking; exactly the 2 marked regions copied; legs equal"
+stop_daemon
 say "late-disk passed"

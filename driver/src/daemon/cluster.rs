@@ -396,13 +396,13 @@ impl Daemon {
             }
         }
         if added {
-            self.online_offline_volumes();
+            self.retry_held_volumes();
         }
     }
 
     /// Try again every volume held offline by a problem (not by an
     /// administrator).
-    fn online_offline_volumes(&mut self) {
+    pub(super) fn retry_held_volumes(&mut self) {
         let held: Vec<String> = self
             .runtime
             .iter()
