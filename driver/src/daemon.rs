@@ -1503,7 +1503,7 @@ impl Daemon {
     /// 1504–1508; dm's suspend): its jobs stop at a step boundary with their
     /// checkpoint, in-flight requests complete, new ones are held (never
     /// failed) until `resume`.
-    fn quiesce(&mut self, name: &str) -> Result<Payload, String> {
+    fn quiesce_here(&mut self, name: &str) -> Result<Payload, String> {
         let v = self.volume(name)?;
         if self.quiesced.contains_key(name) {
             return Err(format!("volume {name}: already quiesced"));
@@ -1529,7 +1529,7 @@ impl Daemon {
 
     /// Resume a quiesced volume: held requests proceed, its jobs restart
     /// from their checkpoints.
-    fn resume(&mut self, name: &str) -> Result<Payload, String> {
+    fn resume_here(&mut self, name: &str) -> Result<Payload, String> {
         let v = self.volume(name)?;
         if self.quiesced.remove(name).is_none() {
             return Err(format!("volume {name}: not quiesced"));

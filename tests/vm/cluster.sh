@@ -175,6 +175,23 @@ a=$(dd if="$dev" bs=1M skip=200 count=4 iflag=direct 2>/dev/null | sha256sum)
 b=$(sha256sum </tmp/pat)
 [ "$a" = "$b" ] || fail "a write through sp2 is not read through sp1"
 ok "written through sp2, read back through sp1"
+
+# Quiescence across SPs (spec IX, Fig. 15): the master quiesces r10 on every
+# SP exposing it; a write through sp2 is held, not failed, until resume.
+tb vol quiesce r10
+for s in "$TIERBLK_SOCKET" "$R/sp2.ctl"; do
+	tierblk --socket "$s" --json vol show r10 | grep -q '"state":"quiesced"' ||
+		fail "r10 not quiesced on $s: $(tierblk --socket "$s" --json vol show r10)"
+done
+dd if=/tmp/pat of="$dev2" bs=1M seek=180 count=4 oflag=direct conv=fsync 2>/dev/null &
+dd_pid=$!
+sleep 3
+kill -0 "$dd_pid" || fail "a write through sp2 went through a quiesced volume"
+tb vol resume r10
+wait "$dd_pid" || fail "the held write failed"
+a=$(dd if="$dev" bs=1M skip=180 count=4 iflag=direct 2>/dev/null | sha256sum)
+[ "$a" = "$b" ] || fail "the held write is not there after resume"
+ok "quiesced on both SPs: a write through sp2 was held, then completed on resume"
 tb vol unexpose r10 --on sp2
 [ -e "$dev2" ] && fail "$dev2 still exists after unexpose"
 e=$(tb vol unexpose r10 --on sp1 2>&1) && fail "unexposing the last exposure worked"

@@ -47,6 +47,18 @@ pub enum ControlRequest {
         generation: u64,
         volume: String,
     },
+    /// Master -> SP: hold `volume`'s host I/O (quiescence, spec IX).
+    Quiesce {
+        master: String,
+        generation: u64,
+        volume: String,
+    },
+    /// Master -> SP: let it go on.
+    Resume {
+        master: String,
+        generation: u64,
+        volume: String,
+    },
     /// SP -> master: a mirror leg of `volume` failed on the SP's data path.
     LegFailed {
         sp: String,
@@ -390,6 +402,24 @@ impl Daemon {
                 }
                 Ok(format!("volume {volume}: withdrawn"))
             }
+            ControlRequest::Quiesce {
+                master,
+                generation,
+                volume,
+            } => {
+                self.check_master(&master, generation)?;
+                self.quiesce_here(&volume)?;
+                Ok(format!("volume {volume}: quiesced"))
+            }
+            ControlRequest::Resume {
+                master,
+                generation,
+                volume,
+            } => {
+                self.check_master(&master, generation)?;
+                self.resume_here(&volume)?;
+                Ok(format!("volume {volume}: resumed"))
+            }
             // Answered by the catalog itself (cluster.rs), never queued.
             ControlRequest::State => Err("state is answered by the fabric server".into()),
             ControlRequest::LegFailed {
@@ -410,6 +440,89 @@ impl Daemon {
                 Ok("persisted".into())
             }
         }
+    }
+
+    /// `vol quiesce`: every SP exposing the volume holds its host I/O and
+    /// says so before this returns (spec IX, Fig. 15: quiesce, acknowledge
+    /// to the master); if one cannot, those already held are let go and
+    /// nothing stays quiesced.
+    pub(super) fn quiesce(&mut self, name: &str) -> Result<Payload, String> {
+        let v = self.volume(name)?;
+        let others = self.exposing_peers(&v);
+        if self.exposed_here(&v) {
+            self.quiesce_here(name)?;
+        }
+        let mut held = Vec::new();
+        for sp in others {
+            let (master, generation) = self.me()?;
+            let r = self.send(
+                &sp,
+                &ControlRequest::Quiesce {
+                    master,
+                    generation,
+                    volume: name.to_string(),
+                },
+            );
+            match r {
+                Ok(()) => held.push(sp),
+                Err(e) => {
+                    for sp in held {
+                        let (master, generation) = self.me()?;
+                        let _ = self.send(
+                            &sp,
+                            &ControlRequest::Resume {
+                                master,
+                                generation,
+                                volume: name.to_string(),
+                            },
+                        );
+                    }
+                    if self.quiesced.contains_key(name) {
+                        let _ = self.resume_here(name);
+                    }
+                    return Err(format!("volume {name}: cannot quiesce: {e}"));
+                }
+            }
+        }
+        Ok(Payload::Volume(self.volume_view(&v)))
+    }
+
+    /// `vol resume`: every SP exposing the volume lets its held I/O go on.
+    pub(super) fn resume(&mut self, name: &str) -> Result<Payload, String> {
+        let v = self.volume(name)?;
+        let mut errors = Vec::new();
+        if self.exposed_here(&v) {
+            if let Err(e) = self.resume_here(name) {
+                errors.push(e);
+            }
+        }
+        for sp in self.exposing_peers(&v) {
+            let (master, generation) = self.me()?;
+            if let Err(e) = self.send(
+                &sp,
+                &ControlRequest::Resume {
+                    master,
+                    generation,
+                    volume: name.to_string(),
+                },
+            ) {
+                errors.push(e);
+            }
+        }
+        if errors.is_empty() {
+            Ok(Payload::Volume(self.volume_view(&v)))
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+
+    /// The other SPs exposing `v` (none without `--sp`).
+    fn exposing_peers(&self, v: &VolumeDef) -> Vec<String> {
+        let me = self.cluster.as_ref().map(|c| c.sp.name.clone());
+        self.exposed_on(v)
+            .into_iter()
+            .filter(|sp| Some(sp) != me.as_ref())
+            .collect()
     }
 
     fn check_master(&self, master: &str, generation: u64) -> Result<(), String> {
