@@ -144,6 +144,9 @@ pub struct Daemon {
     ticks: u64,
 }
 
+/// Ticks between two inventories of the owned ALUs ([0168]).
+const INVENTORY_TICKS: u64 = 10;
+
 /// Ticks between two looks for missing ALUs that appeared ([0172]).
 const SCAN_TICKS: u64 = 5;
 
@@ -827,6 +830,9 @@ impl Daemon {
             Event::Tick => {
                 self.run_schedules(crate::clock::now());
                 self.ticks = self.ticks.wrapping_add(1);
+                if self.ticks.is_multiple_of(INVENTORY_TICKS) {
+                    self.inventory();
+                }
                 if self.ticks.is_multiple_of(SCAN_TICKS) && !self.missing.is_empty() {
                     if let Err(e) = self.rescan() {
                         warn!("periodic scan: {e}");
@@ -954,6 +960,94 @@ impl Daemon {
                 state_name(&other)
             )),
         }
+    }
+
+    /// The device inventory ([0168]–[0170]): every owned ALU of this
+    /// process is read (its directory block, past any cache) now and then,
+    /// so that a disk that died while idle is found before a write needs
+    /// it. An ALU that answers with an I/O error is failed as a failing
+    /// write would fail it: persisted, its mirror legs degraded, an event.
+    fn inventory(&mut self) {
+        use std::os::unix::fs::FileExt;
+        let owned: Vec<(String, Uuid)> = self
+            .store
+            .alus()
+            .into_iter()
+            .filter(|a| self.peer_of(&a.path).is_none())
+            .filter_map(|a| match a.state {
+                AluState::Owned { uuid } => Some((a.path, uuid)),
+                _ => None,
+            })
+            .collect();
+        for (path, uuid) in owned {
+            let Ok(file) = self.data_file(uuid) else {
+                continue;
+            };
+            let mut buf = tierblk_stack::AlignedBuf::new(4096);
+            let Err(e) = file.read_exact_at(&mut buf, tierblk_meta::mdr::DIR_OFFSET) else {
+                continue;
+            };
+            if !matches!(
+                e.raw_os_error(),
+                Some(libc::EIO | libc::ENXIO | libc::ENODEV)
+            ) {
+                continue;
+            }
+            if let Some(why) = self.last_leg_on(uuid) {
+                // As MD never fails the last working leg: its errors go to
+                // the host, and the failure is for the data path to find.
+                warn!(alu = %path, "inventory: the ALU does not answer ({e}); not failed: {why}");
+                continue;
+            }
+            error!(alu = %path, "inventory: the ALU does not answer ({e}): failing it");
+            self.log
+                .emit("alu-failed", None, format!("{path}: inventory read: {e}"));
+            if let Err(e) = self.fail_alu_uuid(uuid) {
+                error!(alu = %path, "cannot persist the failure: {e}");
+            }
+        }
+    }
+
+    /// Why failing `alu` would take away a volume's last copy of something
+    /// (a mirror's last healthy leg, or any piece of a linear or stripe
+    /// volume), if it would.
+    fn last_leg_on(&self, alu: Uuid) -> Option<String> {
+        let failed: Vec<(String, u16)> = self
+            .image_volumes()
+            .iter()
+            .flat_map(|v| {
+                self.store
+                    .degraded_members(&v.name)
+                    .into_iter()
+                    .map(|(m, _)| (v.name.clone(), m))
+            })
+            .collect();
+        for v in self.image_volumes() {
+            let copies = v.layout.copies.max(1);
+            for m in v.members_on(alu) {
+                if intent::mirrors_of(&v) == 0 {
+                    return Some(format!("volume {} has no other copy", v.name));
+                }
+                let mirror = m / copies;
+                let others_ok = (0..copies)
+                    .map(|leg| mirror * copies + leg)
+                    .filter(|&o| o != m)
+                    .any(|o| {
+                        !failed.contains(&(v.name.clone(), o))
+                            && v.segments
+                                .iter()
+                                .filter(|s| s.member == o)
+                                .all(|s| s.alu != alu)
+                    });
+                if !others_ok {
+                    return Some(format!(
+                        "it holds the last healthy leg of volume {}",
+                        v.name
+                    ));
+                }
+            }
+        }
+        None
     }
 
     /// The periodic scan: missing ALUs that appeared join the object
