@@ -57,6 +57,9 @@ pub enum Event {
     JobProgress { id: u64, checkpoint: u64 },
     /// A job's thread ended.
     JobEnded { id: u64, outcome: jobs::Outcome },
+    /// An inventory round: (path, ALU, error) of the ALUs that answered
+    /// with an I/O error.
+    Inventory(Vec<(String, Uuid, String)>),
     /// One round of heartbeats: each peer's answer, or why it gave none.
     Peers(Vec<(String, Result<crate::sp::SpView, String>)>),
     /// A control request from a peer, answered on `reply`.
@@ -142,6 +145,8 @@ pub struct Daemon {
     owners: HashMap<Uuid, String>,
     /// Ticks since start (the periodic scan).
     ticks: u64,
+    /// An inventory round is running.
+    inventory_busy: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Ticks between two inventories of the owned ALUs ([0168]).
@@ -236,6 +241,7 @@ impl Daemon {
             assigned: BTreeMap::new(),
             owners: HashMap::new(),
             ticks: 0,
+            inventory_busy: Default::default(),
         };
         intent::spawn_sweeper(d.sweep.clone())
             .map_err(|e| format!("cannot start the write-intent sweeper: {e}"))?;
@@ -840,6 +846,7 @@ impl Daemon {
                 }
             }
             Event::Peers(views) => self.on_peers(views),
+            Event::Inventory(dead) => self.on_inventory(dead),
             Event::Leadership(l) => self.on_leadership(l),
             Event::Control(req, reply) => {
                 let _ = reply.send(self.on_control(req));
@@ -969,6 +976,12 @@ impl Daemon {
     /// write would fail it: persisted, its mirror legs degraded, an event.
     fn inventory(&mut self) {
         use std::os::unix::fs::FileExt;
+        use std::sync::atomic::Ordering;
+        // The reads run on a thread of their own: a device that hangs must
+        // not hang the daemon; while one round is stuck, no other starts.
+        if self.inventory_busy.swap(true, Ordering::AcqRel) {
+            return;
+        }
         let owned: Vec<(String, Uuid)> = self
             .store
             .alus()
@@ -979,18 +992,43 @@ impl Daemon {
                 _ => None,
             })
             .collect();
-        for (path, uuid) in owned {
-            let Ok(file) = self.data_file(uuid) else {
-                continue;
-            };
-            let mut buf = tierblk_stack::AlignedBuf::new(4096);
-            let Err(e) = file.read_exact_at(&mut buf, tierblk_meta::mdr::DIR_OFFSET) else {
-                continue;
-            };
-            if !matches!(
-                e.raw_os_error(),
-                Some(libc::EIO | libc::ENXIO | libc::ENODEV)
-            ) {
+        let files: Vec<(String, Uuid, Arc<File>)> = owned
+            .into_iter()
+            .filter_map(|(p, u)| self.data_file(u).ok().map(|f| (p, u, f)))
+            .collect();
+        let (events, busy) = (self.events.clone(), self.inventory_busy.clone());
+        let spawned = std::thread::Builder::new()
+            .name("inventory".into())
+            .spawn(move || {
+                let mut dead = Vec::new();
+                for (path, uuid, file) in files {
+                    let mut buf = tierblk_stack::AlignedBuf::new(4096);
+                    let Err(e) = file.read_exact_at(&mut buf, tierblk_meta::mdr::DIR_OFFSET) else {
+                        continue;
+                    };
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EIO | libc::ENXIO | libc::ENODEV)
+                    ) {
+                        dead.push((path, uuid, e.to_string()));
+                    }
+                }
+                busy.store(false, Ordering::Release);
+                let _ = events.send(Event::Inventory(dead));
+            });
+        if spawned.is_err() {
+            self.inventory_busy.store(false, Ordering::Release);
+        }
+    }
+
+    /// What an inventory round found: ALUs that answered with an I/O error
+    /// (still owned and not failed meanwhile) are failed.
+    fn on_inventory(&mut self, dead: Vec<(String, Uuid, String)>) {
+        for (path, uuid, e) in dead {
+            let owned = self.store.alus().into_iter().any(|a| {
+                a.path == path && matches!(a.state, AluState::Owned { uuid: u } if u == uuid)
+            });
+            if !owned {
                 continue;
             }
             if let Some(why) = self.last_leg_on(uuid) {
