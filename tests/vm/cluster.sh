@@ -101,15 +101,7 @@ sleep 5
 # shellcheck disable=SC2154
 kill -9 "$PROXY_sp2" "$PROXY_sp3"
 ok "the preferred paths to sp2 and sp3 are broken under load"
-wait "$fio_pid" || {
-	cat /tmp/fio-load.out
-	fail "fio failed while a fabric path broke"
-}
-err=$(grep ';' /tmp/fio-load.out | tail -n 1 | cut -d';' -f5)
-[ "$err" = 0 ] || {
-	cat /tmp/fio-load.out
-	fail "fio saw error=$err"
-}
+wait_fio "$fio_pid" /tmp/fio-load.out "while a fabric path broke"
 ok "fio: write + verify with 0 errors across the path failure"
 dmesg | grep -i "I/O error, dev ublkb" && fail "the kernel saw I/O errors on $dev"
 ok "no I/O error reached the block layer"

@@ -44,15 +44,7 @@ grep -q "recovering the device a previous daemon left" "$DAEMON_LOG" ||
 	fail "the new daemon did not recover the device"
 [ "$(vol_device m1)" = "$dev" ] || fail "m1 came back as $(vol_device m1), not $dev"
 ok "the new daemon recovered $dev"
-wait "$fio_pid" || {
-	cat /tmp/fio-load.out
-	fail "fio failed across the daemon crash"
-}
-err=$(grep ';' /tmp/fio-load.out | tail -n 1 | cut -d';' -f5)
-[ "$err" = 0 ] || {
-	cat /tmp/fio-load.out
-	fail "fio saw error=$err"
-}
+wait_fio "$fio_pid" /tmp/fio-load.out "across the daemon crash"
 ok "fio: write + verify with 0 errors across the crash"
 dmesg | grep -i "I/O error, dev ublkb" && fail "the kernel saw I/O errors on $dev"
 ok "no I/O error reached the block layer"

@@ -17,17 +17,8 @@ tb vol create m1 --size 256M --layout mirror
 wait_vol_state m1 online
 dev=$(vol_device m1)
 MIB=1048576
-bitmap() { vol_json m1 | grep -o '"bitmap":{[^}]*}'; }
-wait_clean() {
-	_i=0
-	while ! bitmap | grep -q '"dirty":0,'; do
-		_i=$((_i + 1))
-		[ "$_i" -le 150 ] || fail "bitmap never became clean: $(bitmap)"
-		sleep 0.2
-	done
-}
 dd if=/dev/urandom of="$dev" bs=1M count=256 oflag=direct status=none
-wait_clean
+wait_bitmap_clean m1
 set -- $(vol_json m1 | grep -o '{"alu":"[^}]*}' | while read -r s; do
 	[ "$(json_num "$s" member)" = 1 ] && echo "$(json_str "$s" path) $(json_num "$s" start)"
 done)
@@ -46,7 +37,7 @@ json_has "$j" health '"failed"' || fail "the missing leg was not recorded failed
 grep -q "recording the leg failed before serving writes" "$DAEMON_LOG" || fail "no log of the recorded failure"
 dd if=/dev/urandom of="$dev" bs=1M seek=100 count=3 oflag=direct status=none
 sleep 10
-json_has "$(bitmap)" dirty 3, || fail "the writes without leg 1 must keep their bits: $(bitmap)"
+json_has "$(vol_bitmap m1)" dirty 3, || fail "the writes without leg 1 must keep their bits: $(vol_bitmap m1)"
 want=$(dd if="$dev" bs=1M count=256 iflag=direct status=none | sha256sum)
 stop_daemon
 ok "3 MiB written while vdb was away; clean stop"

@@ -217,6 +217,33 @@ wait_vol_state() {
 	ok "volume $1 is $2"
 }
 
+# vol_bitmap NAME: the "bitmap" object of `vol show NAME` (mirrors).
+vol_bitmap() { vol_json "$1" | grep -o '"bitmap":{[^}]*}'; }
+
+# wait_bitmap_clean NAME: until the sweeper cleared every region (30 s).
+wait_bitmap_clean() {
+	_i=0
+	while ! vol_bitmap "$1" | grep -q '"dirty":0,'; do
+		_i=$((_i + 1))
+		[ "$_i" -le 150 ] || fail "bitmap of $1 never became clean: $(vol_bitmap "$1")"
+		sleep 0.2
+	done
+}
+
+# wait_fio PID OUT WHAT: the fio run PID (terse v3 output in OUT) must exit
+# 0 and report error 0; WHAT says across what, for the failure message.
+wait_fio() {
+	wait "$1" || {
+		cat "$2"
+		fail "fio failed $3"
+	}
+	_e=$(grep ';' "$2" | tail -n 1 | cut -d';' -f5)
+	[ "$_e" = 0 ] || {
+		cat "$2"
+		fail "fio saw error=$_e $3"
+	}
+}
+
 # vol_device NAME: the volume's device path (or "null").
 vol_device() { json_str "$(vol_json "$1")" device; }
 

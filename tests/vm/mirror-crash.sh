@@ -20,16 +20,7 @@ wait_vol_state m1 online
 dev=$(vol_device m1)
 MIB=1048576
 
-bitmap() { vol_json m1 | grep -o '"bitmap":{[^}]*}'; }
-wait_clean() { # wait until the sweeper cleared every region
-	_i=0
-	while ! bitmap | grep -q '"dirty":0,'; do
-		_i=$((_i + 1))
-		[ "$_i" -le 150 ] || fail "bitmap never became clean: $(bitmap)"
-		sleep 0.2
-	done
-}
-b=$(bitmap)
+b=$(vol_bitmap m1)
 echo "$b"
 json_has "$b" region_size "$MIB" || fail "expected 1 MiB regions: $b"
 json_has "$b" dirty 0, || fail "a new mirror starts clean: $b"
@@ -37,8 +28,8 @@ json_has "$b" dirty 0, || fail "a new mirror starts clean: $b"
 # Fill it (both legs identical), then let the sweeper clear the bits.
 dd if=/dev/urandom of="$dev" bs=1M count=256 oflag=direct status=none
 # (Regions written first may already be cleared: two idle sweeps, 4 s apart.)
-[ "$(json_num "$(bitmap)" dirty)" -ge 1 ] || fail "writes did not mark the bitmap: $(bitmap)"
-wait_clean
+[ "$(json_num "$(vol_bitmap m1)" dirty)" -ge 1 ] || fail "writes did not mark the bitmap: $(vol_bitmap m1)"
+wait_bitmap_clean m1
 ok "256 MiB written; the sweeper cleared every region"
 
 # Where leg 1 lives, for later.
@@ -50,7 +41,7 @@ start=$(($2 / MIB))
 
 # Three regions written just before the crash stay marked.
 dd if=/dev/urandom of="$dev" bs=1M seek=100 count=3 oflag=direct status=none
-json_has "$(bitmap)" dirty 3, || fail "expected 3 dirty regions: $(bitmap)"
+json_has "$(vol_bitmap m1)" dirty 3, || fail "expected 3 dirty regions: $(vol_bitmap m1)"
 kill -KILL "$DAEMON_PID"
 wait "$DAEMON_PID" 2>/dev/null || true
 DAEMON_PID=""
@@ -73,7 +64,7 @@ j=$(tbj job show "$job")
 json_has "$j" state '"done"' || fail "resync not done: $j"
 json_has "$j" repaired 3, || fail "the resync copied other than the 3 dirty regions: $j"
 ok "resync copied exactly the 3 dirty regions"
-wait_clean
+wait_bitmap_clean m1
 
 out=$(tbj vol scrub m1 --wait)
 echo "$out"
@@ -82,7 +73,7 @@ ok "scrub finds only the clean region's difference (the dirty one was resynced)"
 out=$(tbj vol scrub m1 --repair --wait)
 out=$(tbj vol scrub m1 --wait)
 json_has "$out" mismatches 0, || fail "mismatches left after repair: $out"
-wait_clean
+wait_bitmap_clean m1
 
 # A leg's return (mdadm --re-add): while leg 1's ALU is failed the bitmap
 # keeps every region written meanwhile; re-added, only those are copied.
@@ -90,7 +81,7 @@ tb alu fail "$leg1"
 wait_vol_state m1 degraded
 dd if=/dev/urandom of="$dev" bs=1M seek=50 count=2 oflag=direct status=none
 sleep 10
-json_has "$(bitmap)" dirty 2, || fail "a failed leg must keep the bits: $(bitmap)"
+json_has "$(vol_bitmap m1)" dirty 2, || fail "a failed leg must keep the bits: $(vol_bitmap m1)"
 dd if=/dev/urandom of="$leg1" bs=1M seek=$((start + 150)) count=1 oflag=direct status=none
 ok "leg 1 failed; 2 regions written; a difference planted in a clean region of leg 1"
 out=$(tbj alu readd "$leg1" --wait)
