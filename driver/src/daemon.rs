@@ -281,9 +281,11 @@ impl Daemon {
             self.runtime
                 .entry(name.clone())
                 .or_insert(Runtime::Offline { reason: None });
+            // A snapshot is exposed where its origin is.
             let origin = v.snapshot.and_then(|s| self.volume_by_id(s.origin));
-            if !self.exposed_here(origin.as_ref().unwrap_or(&v)) {
-                let on = self.exposed_on(origin.as_ref().unwrap_or(&v)).join(", ");
+            let placed = origin.as_ref().unwrap_or(&v);
+            if !self.exposed_here(placed) {
+                let on = self.exposed_on(placed).join(", ");
                 self.runtime.insert(
                     name,
                     Runtime::Offline {
@@ -597,15 +599,7 @@ impl Daemon {
         if self.assigned.contains_key(&v.name) || intent::mirrors_of(v) == 0 {
             return Ok(());
         }
-        let present: Vec<Uuid> = self
-            .store
-            .alus()
-            .into_iter()
-            .filter_map(|a| match a.state {
-                AluState::Owned { uuid } => Some(uuid),
-                _ => None,
-            })
-            .collect();
+        let present: Vec<Uuid> = self.owned_alus().into_iter().map(|(_, u)| u).collect();
         let mut absent: Vec<Uuid> = Vec::new();
         for (m, h) in v.members.iter().enumerate() {
             if *h != MemberHealth::Ok {
@@ -777,12 +771,23 @@ impl Daemon {
         if self.assigned.contains_key(&v.name) {
             return false;
         }
-        let alus = self.store.alus();
-        v.segments.iter().filter(|s| s.member == m).any(|s| {
-            !alus
-                .iter()
-                .any(|a| matches!(a.state, AluState::Owned { uuid } if uuid == s.alu))
-        })
+        let owned = self.owned_alus();
+        v.segments
+            .iter()
+            .filter(|s| s.member == m)
+            .any(|s| !owned.iter().any(|(_, u)| *u == s.alu))
+    }
+
+    /// The ALUs the object database holds as owned: (path, uuid).
+    fn owned_alus(&self) -> Vec<(String, Uuid)> {
+        self.store
+            .alus()
+            .into_iter()
+            .filter_map(|a| match a.state {
+                AluState::Owned { uuid } => Some((a.path, uuid)),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Persist a leg failure found on the data path ([0168]–[0171]). An
@@ -982,17 +987,12 @@ impl Daemon {
         if self.inventory_busy.swap(true, Ordering::AcqRel) {
             return;
         }
-        let owned: Vec<(String, Uuid)> = self
-            .store
-            .alus()
+        let local: Vec<(String, Uuid)> = self
+            .owned_alus()
             .into_iter()
-            .filter(|a| self.peer_of(&a.path).is_none())
-            .filter_map(|a| match a.state {
-                AluState::Owned { uuid } => Some((a.path, uuid)),
-                _ => None,
-            })
+            .filter(|(p, _)| self.peer_of(p).is_none())
             .collect();
-        let files: Vec<(String, Uuid, Arc<File>)> = owned
+        let files: Vec<(String, Uuid, Arc<File>)> = local
             .into_iter()
             .filter_map(|(p, u)| self.data_file(u).ok().map(|f| (p, u, f)))
             .collect();
@@ -1025,10 +1025,7 @@ impl Daemon {
     /// (still owned and not failed meanwhile) are failed.
     fn on_inventory(&mut self, dead: Vec<(String, Uuid, String)>) {
         for (path, uuid, e) in dead {
-            let owned = self.store.alus().into_iter().any(|a| {
-                a.path == path && matches!(a.state, AluState::Owned { uuid: u } if u == uuid)
-            });
-            if !owned {
+            if !self.owned_alus().contains(&(path.clone(), uuid)) {
                 continue;
             }
             if let Some(why) = self.last_leg_on(uuid) {
@@ -1050,8 +1047,8 @@ impl Daemon {
     /// (a mirror's last healthy leg, or any piece of a linear or stripe
     /// volume), if it would.
     fn last_leg_on(&self, alu: Uuid) -> Option<String> {
-        let failed: Vec<(String, u16)> = self
-            .image_volumes()
+        let volumes = self.image_volumes();
+        let failed: Vec<(String, u16)> = volumes
             .iter()
             .flat_map(|v| {
                 self.store
@@ -1060,7 +1057,7 @@ impl Daemon {
                     .map(|(m, _)| (v.name.clone(), m))
             })
             .collect();
-        for v in self.image_volumes() {
+        for v in volumes {
             let copies = v.layout.copies.max(1);
             for m in v.members_on(alu) {
                 if intent::mirrors_of(&v) == 0 {

@@ -454,28 +454,11 @@ impl Daemon {
         }
         let mut held = Vec::new();
         for sp in others {
-            let (master, generation) = self.me()?;
-            let r = self.send(
-                &sp,
-                &ControlRequest::Quiesce {
-                    master,
-                    generation,
-                    volume: name.to_string(),
-                },
-            );
-            match r {
+            match self.hold(&sp, name, true) {
                 Ok(()) => held.push(sp),
                 Err(e) => {
                     for sp in held {
-                        let (master, generation) = self.me()?;
-                        let _ = self.send(
-                            &sp,
-                            &ControlRequest::Resume {
-                                master,
-                                generation,
-                                volume: name.to_string(),
-                            },
-                        );
+                        let _ = self.hold(&sp, name, false);
                     }
                     if self.quiesced.contains_key(name) {
                         let _ = self.resume_here(name);
@@ -497,15 +480,7 @@ impl Daemon {
             }
         }
         for sp in self.exposing_peers(&v) {
-            let (master, generation) = self.me()?;
-            if let Err(e) = self.send(
-                &sp,
-                &ControlRequest::Resume {
-                    master,
-                    generation,
-                    volume: name.to_string(),
-                },
-            ) {
+            if let Err(e) = self.hold(&sp, name, false) {
                 errors.push(e);
             }
         }
@@ -514,6 +489,26 @@ impl Daemon {
         } else {
             Err(errors.join("; "))
         }
+    }
+
+    /// Tell `sp` to quiesce (`true`) or resume `volume`.
+    fn hold(&self, sp: &str, volume: &str, quiesce: bool) -> Result<(), String> {
+        let (master, generation) = self.me()?;
+        let volume = volume.to_string();
+        let req = if quiesce {
+            ControlRequest::Quiesce {
+                master,
+                generation,
+                volume,
+            }
+        } else {
+            ControlRequest::Resume {
+                master,
+                generation,
+                volume,
+            }
+        };
+        self.send(sp, &req)
     }
 
     /// The other SPs exposing `v` (none without `--sp`).
