@@ -119,8 +119,6 @@ fn nbdkit_memory_random_io() {
 /// and the data matches the model.
 #[test]
 fn remote_reference_fails_over_from_qemu_nbd_to_nbdkit() {
-    use std::sync::Arc;
-    use tierblk_stack::{Piece, RemoteDesc};
     require_tool("qemu-nbd", "qemu-utils");
     require_tool("nbdkit", "nbdkit");
     let dir = TempDir::new("qemu-nbdkit");
@@ -147,18 +145,7 @@ fn remote_reference_fails_over_from_qemu_nbd_to_nbdkit() {
     let _kit = ChildGuard(kit);
     wait_for_socket(&qs);
     wait_for_socket(&ks);
-    let desc = RemoteDesc::new(
-        "obj",
-        SIZE as u64,
-        vec![NbdAddr::Unix(qs.clone()), NbdAddr::Unix(ks.clone())],
-        None,
-    )
-    .unwrap()
-    .probe()
-    .unwrap();
-    let desc = Arc::new(desc);
-    let ring = LocalRing::new(64).unwrap();
-    let leaf = Piece::Remote(desc.clone()).build(ring.clone());
+    let (desc, ring, leaf) = remote_leaf(SIZE as u64, &qs, &ks);
     let model = RefCell::new(Model::new(data));
     // Either server may ignore a trim: trimmed bytes are unknown.
     random_io(&ring, &leaf, &|| 0, &model, 8, 60, 1, false);

@@ -14,7 +14,7 @@ use common::*;
 use tierblk_fabric::{NbdAddr, NbdServer};
 use tierblk_stack::remote::{RemoteError, FAILBACK_INTERVAL};
 use tierblk_stack::uring::LocalRing;
-use tierblk_stack::{AlignedBuf, BlockDev, Piece, RemoteDesc, RemoteRef};
+use tierblk_stack::{AlignedBuf, BlockDev, RemoteDesc, RemoteRef};
 
 const SIZE: usize = 8 << 20;
 
@@ -38,18 +38,7 @@ fn broken_path_fails_over_without_io_error_and_fails_back() {
     let (sa, sb) = (dir.path("a.sock"), dir.path("b.sock"));
     let a = serve(&sa, &img);
     let b = serve(&sb, &img);
-    let desc = RemoteDesc::new(
-        "obj",
-        SIZE as u64,
-        vec![NbdAddr::Unix(sa.clone()), NbdAddr::Unix(sb.clone())],
-        None,
-    )
-    .unwrap()
-    .probe()
-    .unwrap();
-    let desc = Arc::new(desc);
-    let ring = LocalRing::new(64).unwrap();
-    let leaf = Piece::Remote(desc.clone()).build(ring.clone());
+    let (desc, ring, leaf) = remote_leaf(SIZE as u64, &sa, &sb);
     let model = RefCell::new(Model::new(data));
 
     // Kill path A once I/O is flowing on it.
@@ -157,15 +146,10 @@ fn probe_reports_unreachable_and_too_small() {
     let img = dir.path("disk.img");
     make_image(&img, SIZE, 7);
     let (sa, sb) = (dir.path("a.sock"), dir.path("b.sock"));
-    let err = RemoteDesc::new(
-        "obj",
-        SIZE as u64,
-        vec![NbdAddr::Unix(sa.clone()), NbdAddr::Unix(sb.clone())],
-        None,
-    )
-    .unwrap()
-    .probe()
-    .unwrap_err();
+    let err = RemoteDesc::new("obj", SIZE as u64, two_paths(&sa, &sb), None)
+        .unwrap()
+        .probe()
+        .unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, RemoteError::Unreachable { .. }), "{msg}");
     assert!(msg.contains("a.sock") && msg.contains("b.sock"), "{msg}");

@@ -256,3 +256,32 @@ pub fn wait_for_socket(path: &Path) {
 pub fn unix(path: PathBuf) -> NbdAddr {
     NbdAddr::Unix(path)
 }
+
+/// A remote reference (export "obj" of `size` bytes) over Unix socket paths
+/// `a` then `b`, probed, and this thread's leaf over it on a new ring.
+pub fn remote_leaf(
+    size: u64,
+    a: &Path,
+    b: &Path,
+) -> (
+    std::sync::Arc<tierblk_stack::RemoteDesc>,
+    LocalRing,
+    tierblk_stack::Leaf<LocalRing>,
+) {
+    let desc = tierblk_stack::RemoteDesc::new("obj", size, two_paths(a, b), None)
+        .unwrap()
+        .probe()
+        .unwrap();
+    let desc = std::sync::Arc::new(desc);
+    let ring = LocalRing::new(64).unwrap();
+    let leaf = tierblk_stack::Piece::Remote(desc.clone()).build(ring.clone());
+    (desc, ring, leaf)
+}
+
+/// Unix socket paths `a` then `b` as two fabric paths.
+pub fn two_paths(a: &Path, b: &Path) -> Vec<NbdAddr> {
+    vec![
+        NbdAddr::Unix(a.to_path_buf()),
+        NbdAddr::Unix(b.to_path_buf()),
+    ]
+}
