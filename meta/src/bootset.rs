@@ -35,6 +35,9 @@ pub const JOB_MESSAGE_OFFSET: usize = 64;
 pub const JOB_FLAG_REPAIR: u8 = 1;
 pub const JOB_FLAG_MEMBER: u8 = 2;
 pub const JOB_FLAG_DIRTY_ONLY: u8 = 4;
+/// Job entry flag: bytes 22..24 hold the source member of a move (required
+/// for a move, forbidden for every other kind).
+pub const JOB_FLAG_SOURCE: u8 = 8;
 /// Most jobs a boot list may hold.
 pub const MAX_JOBS: usize = 64;
 pub const HEALTH_OK: u8 = 0;
@@ -211,11 +214,14 @@ fn encode_job(w: &mut Wr, j: &Job) {
     if j.dirty_only {
         flags |= JOB_FLAG_DIRTY_ONLY;
     }
+    if j.source.is_some() {
+        flags |= JOB_FLAG_SOURCE;
+    }
     w.u8(flags);
     let msg = &j.message.as_bytes()[..j.message.len().min(MAX_JOB_MESSAGE)];
     w.u8(msg.len() as u8);
     w.u16(j.member.unwrap_or(0));
-    w.zeros(2);
+    w.u16(j.source.unwrap_or(0));
     w.u64(j.checkpoint);
     w.u64(j.total);
     w.u64(j.mismatches);
@@ -236,15 +242,20 @@ fn decode_job(r: &mut Rd) -> Result<Job, FormatError> {
     let flags = r.u8()?;
     let ml = usize::from(r.u8()?);
     let member = r.u16()?;
-    r.skip(2)?;
+    let source = r.u16()?;
     let bad = |what: &str| FormatError::Invalid(format!("job {id}: {what}"));
     let kind = JobKind::from_code(kind).ok_or_else(|| bad("kind"))?;
     let state = JobState::from_code(state).ok_or_else(|| bad("state"))?;
-    if flags & !(JOB_FLAG_REPAIR | JOB_FLAG_MEMBER | JOB_FLAG_DIRTY_ONLY) != 0 {
+    if flags & !(JOB_FLAG_REPAIR | JOB_FLAG_MEMBER | JOB_FLAG_DIRTY_ONLY | JOB_FLAG_SOURCE) != 0 {
         return Err(bad("flags"));
     }
     if flags & JOB_FLAG_MEMBER == 0 && member != 0 {
         return Err(bad("member"));
+    }
+    // Bytes 22..24 were reserved (zero) before moves existed: without the
+    // source flag they must still be zero.
+    if flags & JOB_FLAG_SOURCE == 0 && source != 0 {
+        return Err(bad("reserved bytes"));
     }
     let checkpoint = r.u64()?;
     let total = r.u64()?;
@@ -260,14 +271,12 @@ fn decode_job(r: &mut Rd) -> Result<Job, FormatError> {
     let message = std::str::from_utf8(&text[..ml])
         .map_err(|_| bad("message (not UTF-8)"))?
         .to_string();
-    if !is_zero(&e[22..24]) {
-        return Err(bad("reserved bytes"));
-    }
     let j = Job {
         id,
         kind,
         volume,
         member: (flags & JOB_FLAG_MEMBER != 0).then_some(member),
+        source: (flags & JOB_FLAG_SOURCE != 0).then_some(source),
         repair: flags & JOB_FLAG_REPAIR != 0,
         dirty_only: flags & JOB_FLAG_DIRTY_ONLY != 0,
         state,
@@ -723,6 +732,7 @@ mod tests {
             kind: JobKind::Rebuild,
             volume: 9,
             member: Some(2),
+            source: None,
             repair: false,
             state: JobState::Running,
             checkpoint: 1 << 20,
@@ -749,6 +759,9 @@ mod tests {
             ),
             format!("| 19 | 1 | message length | 0..={MAX_JOB_MESSAGE} |"),
             "| 56 | 8 | rate | throttle in bytes per second".to_string(),
+            "5 = move of a member to another ALU (member = the copy target, source = the member moved off".to_string(),
+            format!("bit {} = source present (required for move", JOB_FLAG_SOURCE.trailing_zeros()),
+            "| 22 | 2 | source | move: the member being moved off".to_string(),
         ] {
             assert!(doc.contains(&row), "FORMAT.md lacks {row}");
         }
@@ -1087,10 +1100,11 @@ mod tests {
         // (bytes 56..64 hold the rate: any value is valid)
         for (off, val) in [
             (16, 0u8),
-            (16, 5),
+            (16, 6),
             (17, 0),
             (17, 5),
             (18, 8),
+            (18, 16),
             (19, 128),
             (19, 0),
             (22, 1),
@@ -1116,6 +1130,72 @@ mod tests {
         assert!(BootList::decode(&c).is_err());
         c[132..136].copy_from_slice(&(MAX_JOBS as u32 + 1).to_le_bytes());
         assert!(BootList::decode(&c).is_err());
+    }
+
+    /// A move job (kind 5): flag bit 3 says bytes 22..24 hold the source member;
+    /// the flag is required for a move and forbidden otherwise.
+    #[test]
+    fn move_job_entry_roundtrip_and_checks() {
+        let mv = Job {
+            kind: JobKind::Move,
+            member: Some(2),
+            source: Some(0x0101),
+            ..job(30)
+        };
+        let mut w = Wr::new();
+        encode_job(&mut w, &mv);
+        let b = w.v;
+        assert_eq!(
+            &b[16..24],
+            &[5, 1, JOB_FLAG_MEMBER | JOB_FLAG_SOURCE, 0, 2, 0, 1, 1]
+        );
+        assert_eq!(decode_job(&mut Rd::new(&b)).unwrap(), mv);
+        let mut l = sample();
+        l.jobs = vec![job(20), mv.clone()];
+        assert_eq!(BootList::decode(&l.encode()).unwrap(), l);
+        let bad = |f: &dyn Fn(&mut Vec<u8>)| {
+            let mut c = b.clone();
+            f(&mut c);
+            decode_job(&mut Rd::new(&c)).is_err()
+        };
+        // a move without its source flag (and the source bytes then non-zero)
+        assert!(bad(&|c| c[18] = JOB_FLAG_MEMBER));
+        // a move without its source flag and with zero source bytes
+        assert!(bad(&|c| {
+            c[18] = JOB_FLAG_MEMBER;
+            c[22] = 0;
+            c[23] = 0;
+        }));
+        // a move without a target member
+        assert!(bad(&|c| {
+            c[18] = JOB_FLAG_SOURCE;
+            c[20] = 0;
+        }));
+        // source = target
+        assert!(bad(&|c| {
+            c[22] = 2;
+            c[23] = 0;
+        }));
+        // a rebuild carrying a source
+        assert!(bad(&|c| c[16] = JobKind::Rebuild.code()));
+        // a rebuild with non-zero bytes 22..24 and no source flag (reserved, as before)
+        let mut c = b.clone();
+        c[16] = JobKind::Rebuild.code();
+        c[18] = JOB_FLAG_MEMBER;
+        assert!(decode_job(&mut Rd::new(&c)).is_err());
+        c[22] = 0;
+        c[23] = 0;
+        assert_eq!(
+            decode_job(&mut Rd::new(&c)).unwrap(),
+            Job {
+                kind: JobKind::Rebuild,
+                source: None,
+                ..mv.clone()
+            }
+        );
+        // a move may not be dirty-only or repair
+        assert!(bad(&|c| c[18] |= JOB_FLAG_DIRTY_ONLY));
+        assert!(bad(&|c| c[18] |= JOB_FLAG_REPAIR));
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub use crate::types::{
     LayoutKind, MemberHealth, Segment, SnapshotOf, Uuid, VolumeDef,
 };
 use crate::types::{
-    valid_cluster_name, valid_sp_name, valid_volume_name, Exposure, LegacyVol, Schedule,
+    valid_cluster_name, valid_sp_name, valid_volume_name, Exposure, LegacyVol, Schedule, MAX_COPIES,
 };
 
 /// What the store knows about one device.
@@ -1740,6 +1740,18 @@ impl Store {
         r
     }
 
+    /// The partitions allocated in the live label directory of an Owned ALU (None
+    /// for an ALU that is not Owned here). For audits and tests: allocation always
+    /// goes by the committed definitions ([`Store::free_extents`]), so entries no
+    /// committed definition references are uncommitted garbage.
+    pub fn label_entries(&self, alu: Uuid) -> Option<Vec<LabelEntry>> {
+        self.slots
+            .iter()
+            .find(|s| s.owned_uuid() == Some(alu))
+            .and_then(|s| s.label_live())
+            .map(|l| l.entries.clone())
+    }
+
     /// Free extents on an Owned ALU: data area minus allocated extents, 1 MiB aligned.
     pub fn free_extents(&self, alu: Uuid) -> Vec<Extent> {
         let (Some(img), Some(i)) = (
@@ -2234,6 +2246,7 @@ impl Store {
                     kind: JobKind::Rebuild,
                     volume: bv.id,
                     member: Some(m),
+                    source: None,
                     repair: false,
                     state: JobState::Running,
                     checkpoint: 0,
@@ -2584,7 +2597,8 @@ impl Store {
             .unwrap_or_default()
     }
 
-    /// Check a rebuild job against its volume and return the member health to store in
+    /// Check a rebuild (or move) job against its volume — a move's target member is
+    /// treated as a rebuild's — and return the member health to store in
     /// the same commit (None: leave it). Running/Paused: Rebuilding { checkpoint }
     /// (refused for a failed member, a member with a segment on a failed ALU, or without
     /// another in-sync leg). Done: Ok (needs checkpoint = total). Failed: unchanged.
@@ -2681,8 +2695,9 @@ impl Store {
     /// Record a new job with one boot set commit. The id is assigned from the boot
     /// list's next object id (the value passed is ignored). A Rebuild job also sets its
     /// member's health in the same commit (see [`Store::update_job`]); only one
-    /// unfinished rebuild job per member. Finished jobs beyond the newest 16 are pruned;
-    /// refused when 64 jobs would remain.
+    /// unfinished rebuild (or move) job per member. A Move job is refused: its target
+    /// leg is created with it by [`Store::move_member`]. Finished jobs beyond the newest
+    /// 16 are pruned; refused when 64 jobs would remain.
     pub fn add_job(&mut self, job: Job) -> Result<Job, MetaError> {
         self.check_writable()?;
         let Some(mut list) = self.list.clone() else {
@@ -2692,6 +2707,12 @@ impl Store {
         job.id = list.next_id.max(1);
         job.truncate_message();
         job.check().map_err(MetaError::Invalid)?;
+        if job.kind == JobKind::Move {
+            return Err(MetaError::Refused(format!(
+                "job: a move job is recorded by move_member, with the leg it copies to (volume id {})",
+                job.volume
+            )));
+        }
         let Some(vi) = list.volumes.iter().position(|v| v.id == job.volume) else {
             return Err(MetaError::NotFound(format!(
                 "job: volume id {} not found",
@@ -2700,15 +2721,16 @@ impl Store {
         };
         if job.kind == JobKind::Rebuild {
             if let Some(other) = list.jobs.iter().find(|j| {
-                j.kind == JobKind::Rebuild
+                matches!(j.kind, JobKind::Rebuild | JobKind::Move)
                     && j.volume == job.volume
                     && j.member == job.member
                     && !j.state.finished()
             }) {
                 return Err(MetaError::Refused(format!(
-                    "volume {}: member {}: rebuild job {} is already {:?}",
+                    "volume {}: member {}: {} job {} is already {:?}",
                     list.volumes[vi].name,
                     job.member.unwrap_or(0),
+                    kind_word(other.kind),
                     other.id,
                     other.state
                 )));
@@ -2727,9 +2749,13 @@ impl Store {
 
     /// Persist a job's progress (checkpoint, state, counters, message) with one boot set
     /// commit (a message over 127 bytes is cut at a character boundary); kind, volume,
-    /// member and repair cannot change. For a Rebuild job the
+    /// member, source and repair cannot change. For a Rebuild job the
     /// member's health changes in the same commit: Running/Paused → Rebuilding
     /// { checkpoint }, Done → Ok (needs checkpoint = total), Failed → unchanged.
+    /// A Move job's target member follows it the same way, except that Done is
+    /// refused: a move ends with [`Store::finish_move`], which also drops the source
+    /// member in the same commit (a Done move whose source were still listed would
+    /// leave the old extents referenced by nothing that frees them).
     /// Nothing is written if nothing changes.
     pub fn update_job(&mut self, job: &Job) -> Result<(), MetaError> {
         self.check_writable()?;
@@ -2740,18 +2766,39 @@ impl Store {
             return Err(MetaError::NotFound(format!("job {}: not found", job.id)));
         };
         let old = &list.jobs[ji];
-        if (old.kind, old.volume, old.member, old.repair, old.dirty_only)
-            != (job.kind, job.volume, job.member, job.repair, job.dirty_only)
-        {
+        if (
+            old.kind,
+            old.volume,
+            old.member,
+            old.source,
+            old.repair,
+            old.dirty_only,
+        ) != (
+            job.kind,
+            job.volume,
+            job.member,
+            job.source,
+            job.repair,
+            job.dirty_only,
+        ) {
             return Err(MetaError::Invalid(format!(
-                "job {}: kind, volume, member and repair cannot change",
+                "job {}: kind, volume, member, source and repair cannot change",
                 job.id
             )));
         }
+        if job.kind == JobKind::Move && job.state == JobState::Done && old.state != JobState::Done {
+            return Err(MetaError::Refused(format!(
+                "job {}: a move ends with finish_move",
+                job.id
+            )));
+        }
+        // A job that was finished and stays finished no longer drives its member
+        // (after remove_leg or finish_move its member index may be stale).
+        let drives = !(old.state.finished() && job.state.finished());
         let mut job = job.clone();
         job.truncate_message();
         job.check().map_err(MetaError::Invalid)?;
-        if job.kind == JobKind::Rebuild {
+        if drives && matches!(job.kind, JobKind::Rebuild | JobKind::Move) {
             if let Some(h) = Self::rebuild_health(&list, &job)? {
                 let m = usize::from(job.member.unwrap_or(0));
                 if let Some(v) = list.volumes.iter_mut().find(|v| v.id == job.volume) {
@@ -2783,10 +2830,11 @@ impl Store {
         Ok(())
     }
 
-    /// Mark unfinished rebuild jobs of (volume id, member) Failed with `why`.
+    /// Mark unfinished rebuild jobs of (volume id, member) Failed with `why`; so are
+    /// unfinished move jobs copying onto that member (their target).
     fn fail_rebuild_jobs(list: &mut BootList, volume: u64, member: u16, why: &str) {
         for j in list.jobs.iter_mut().filter(|j| {
-            j.kind == JobKind::Rebuild
+            matches!(j.kind, JobKind::Rebuild | JobKind::Move)
                 && j.volume == volume
                 && j.member == Some(member)
                 && !j.state.finished()
@@ -2935,6 +2983,7 @@ impl Store {
             kind: JobKind::Rebuild,
             volume: def.id,
             member: Some(member),
+            source: None,
             repair: false,
             state: JobState::Running,
             checkpoint: 0,
@@ -2983,6 +3032,701 @@ impl Store {
             .and_then(|i| i.volumes.iter().find(|v| v.id == def.id).cloned())
             .unwrap_or(def);
         Ok((def, job))
+    }
+
+    // ---------------------------------------------------------------- reshape
+    //
+    // Online reshapes (spec section VI: adding [0109]-[0110], moving [0111]-[0113],
+    // removing [0114]-[0117]; claims 11-18). The volume's definition (its tier-2
+    // object) changes while the daemon keeps it online (it quiesces host I/O around
+    // the call). Every reshape is replace_member's two-phase commit: the new
+    // definition is written next to the old one, the boot set commit switches to it,
+    // and only then are the old definition copies and the extents no committed
+    // definition references any more freed — a partition (tier-1 object) is deleted
+    // only after nothing references it (claims 11, 13, 14-18).
+
+    /// The committed boot list, image and definition of `volume` for a reshape:
+    /// refused (nothing written) without a cluster, for an unknown volume, a volume
+    /// held offline (unless `offline_ok`) or one whose definition is unavailable.
+    /// `what` names the action in refusals ("add leg", "remove leg", "move", "finish
+    /// move", "extend").
+    fn reshape_target(
+        &self,
+        volume: &str,
+        what: &str,
+        offline_ok: bool,
+    ) -> Result<(BootList, ClusterImage, VolumeDef), MetaError> {
+        self.check_writable()?;
+        let (Some(list), Some(image)) = (self.list.clone(), self.image.clone()) else {
+            return Err(MetaError::NotFound(format!("volume {volume}: no cluster")));
+        };
+        if !list.volumes.iter().any(|v| v.name == volume) {
+            return Err(MetaError::NotFound(format!("volume {volume}: not found")));
+        }
+        let Some(old) = image.volumes.iter().find(|v| v.name == volume).cloned() else {
+            return Err(MetaError::NotFound(format!("volume {volume}: not found")));
+        };
+        if let Some((_, p)) = self
+            .vol_problems
+            .iter()
+            .find(|(v, _)| v == volume)
+            .filter(|_| !offline_ok || old.segments.is_empty())
+        {
+            return Err(MetaError::Refused(format!(
+                "volume {volume}: {what} refused: volume is offline ({p})"
+            )));
+        }
+        if old.segments.is_empty() {
+            return Err(MetaError::Refused(format!(
+                "volume {volume}: {what} refused: definition unavailable"
+            )));
+        }
+        Ok((list, image, old))
+    }
+
+    /// Refuse while the volume has an unfinished move: a move's target is the last
+    /// member and its source a fixed index, so the legs must not change under it
+    /// (one move per volume at a time, as pvmove holds its volume).
+    fn refuse_if_moving(list: &BootList, def: &VolumeDef, what: &str) -> Result<(), MetaError> {
+        match list
+            .jobs
+            .iter()
+            .find(|j| j.kind == JobKind::Move && j.volume == def.id && !j.state.finished())
+        {
+            Some(j) => Err(MetaError::Refused(format!(
+                "volume {}: {what} refused: move job {} is unfinished (finish_move or cancel it first)",
+                def.name, j.id
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// `old` (linear or mirror) with one more leg: the new last member on `alu`,
+    /// first fit of the member size (possibly several extents), Rebuilding
+    /// { checkpoint: 0 }; a linear volume becomes a 2-leg mirror. Write-intent
+    /// slots: a linear volume gets one for every member (it becomes a mirror), a
+    /// mirror that has slots one for the new leg, a mirror created before bitmaps
+    /// stays without. Returns the definition and the next object id after the new
+    /// partition ids. Pure: nothing is written; `what` names the action.
+    fn plan_new_leg(
+        &self,
+        list: &BootList,
+        image: &ClusterImage,
+        old: &VolumeDef,
+        alu: Uuid,
+        what: &str,
+    ) -> Result<(VolumeDef, u64), MetaError> {
+        let volume = &old.name;
+        let refused = format!("volume {volume}: {what} refused");
+        self.check_usable(list, alu, &format!("volume {volume}"), &refused)?;
+        // Legs of one mirror on distinct ALUs: a shared ALU would lose both at once.
+        if let Some(x) = old.segments.iter().find(|s| s.alu == alu).map(|s| s.member) {
+            return Err(MetaError::Refused(format!(
+                "{refused}: ALU {alu} holds member {x}, another leg of mirror 0"
+            )));
+        }
+        let layout = Layout {
+            kind: LayoutKind::Mirror,
+            stripes: 1,
+            copies: old.layout.copies + 1,
+            chunk: 0,
+        };
+        layout
+            .validate()
+            .map_err(|e| MetaError::Invalid(format!("volume {volume}: {e}")))?;
+        let n = old.layout.copies;
+        let msize = old.layout.member_size(old.size);
+        let pieces = first_fit(&self.free_extents(alu), msize).map_err(|short| {
+            MetaError::NoSpace(format!(
+                "volume {volume}: {what}: not enough free space on ALU {alu} ({} MiB short)",
+                short.div_ceil(MIB)
+            ))
+        })?;
+        let mut next_id = list.next_id.max(1);
+        let mut def = old.clone();
+        def.layout = layout;
+        for p in pieces {
+            def.segments.push(Segment {
+                partition_id: next_id,
+                alu,
+                start: p.start,
+                len: p.len,
+                member: n,
+            });
+            next_id += 1;
+        }
+        def.members.push(MemberHealth::Rebuilding { checkpoint: 0 });
+        let todo: Vec<u16> = if old.layout.kind == LayoutKind::Linear {
+            def.wi_slots = vec![0; layout.members()];
+            (0..=n).collect()
+        } else if old.wi_slots.len() == old.layout.members() {
+            def.wi_slots.push(0);
+            vec![n]
+        } else {
+            Vec::new()
+        };
+        if !todo.is_empty() {
+            self.assign_wi_slots(&image.volumes, &mut def, &todo, &refused)?;
+        }
+        Ok((def, next_id))
+    }
+
+    /// `def` without mirror leg `member`: later members are renumbered down by one
+    /// (segments, health, write-intent slots), and a mirror left with one leg
+    /// becomes linear (without write-intent slots). The unfinished jobs of the
+    /// volume in `list` follow in the same commit: a rebuild of the dropped member
+    /// fails ("leg removed"), as does a move copying onto it ("target leg removed");
+    /// rebuilds and moves of later members (a move's source too) are renumbered;
+    /// on a volume that is no longer mirrored, scrubs and resyncs are done and
+    /// rebuilds failed ("volume no longer mirrored"). Finished jobs keep their
+    /// numbers: they are history. Pure.
+    fn drop_member(list: &mut BootList, def: &VolumeDef, member: u16) -> VolumeDef {
+        let mut new = def.clone();
+        new.segments.retain(|s| s.member != member);
+        for s in new.segments.iter_mut().filter(|s| s.member > member) {
+            s.member -= 1;
+        }
+        new.members.remove(usize::from(member));
+        if usize::from(member) < new.wi_slots.len() {
+            new.wi_slots.remove(usize::from(member));
+        }
+        new.layout.copies -= 1;
+        if new.layout.copies == 1 {
+            new.layout = Layout::linear();
+            new.wi_slots.clear();
+        }
+        let linear = new.layout.kind == LayoutKind::Linear;
+        let renumber = |m: &mut Option<u16>| {
+            if let Some(x) = m.as_mut().filter(|x| **x > member) {
+                *x -= 1;
+            }
+        };
+        for j in list
+            .jobs
+            .iter_mut()
+            .filter(|j| j.volume == def.id && !j.state.finished())
+        {
+            let (state, why) = match j.kind {
+                JobKind::Rebuild if j.member == Some(member) => (JobState::Failed, "leg removed"),
+                JobKind::Move if j.member == Some(member) => {
+                    (JobState::Failed, "target leg removed")
+                }
+                JobKind::Rebuild | JobKind::Move => {
+                    renumber(&mut j.member);
+                    renumber(&mut j.source);
+                    if !linear {
+                        continue;
+                    }
+                    (JobState::Failed, "volume no longer mirrored")
+                }
+                JobKind::Scrub | JobKind::Resync if linear => {
+                    (JobState::Done, "volume no longer mirrored")
+                }
+                _ => continue,
+            };
+            j.state = state;
+            j.message = why.to_string();
+        }
+        new
+    }
+
+    /// Commit `def`, the reshaped definition of `old`, with `list` (jobs, health
+    /// and next id already in it): replace_member's two phases. (1) every writable
+    /// ALU's label directory and object database hold the committed state plus the
+    /// new definition (old copies and old label entries kept); (2) the boot set
+    /// commit — the commit point; (3) cleanup to the new state, which drops the old
+    /// definition copies and frees extents only the old definition referenced (a
+    /// failed ALU is never written). `done` says what happened, for a cleanup error.
+    fn commit_reshape(
+        &mut self,
+        mut list: BootList,
+        image: &ClusterImage,
+        old: VolumeDef,
+        def: VolumeDef,
+        done: &str,
+    ) -> Result<VolumeDef, MetaError> {
+        let name = def.name.clone();
+        let volumes: Vec<VolumeDef> = image
+            .volumes
+            .iter()
+            .map(|v| {
+                if v.id == def.id {
+                    def.clone()
+                } else {
+                    v.clone()
+                }
+            })
+            .collect();
+        let mut both = volumes.clone();
+        both.push(old);
+        list.volumes = self.boot_vols(&volumes);
+        self.commit_definitions(&mut list, &both, &volumes)?
+            .map_err(|e| {
+                MetaError::Corrupt(format!("volume {name}: {done}, but cleanup failed: {e}"))
+            })?;
+        Ok(self
+            .image
+            .as_ref()
+            .and_then(|i| i.volumes.iter().find(|v| v.id == def.id).cloned())
+            .unwrap_or(def))
+    }
+
+    /// Add a leg to a linear or mirror volume online (`lvconvert -m+1`; spec [0109]:
+    /// a new tier-1 object under the volume): a linear volume becomes a 2-leg mirror,
+    /// a mirror of c legs one of c+1. The new leg is the last member, on `alu` (first
+    /// fit of the member size, possibly several extents), Rebuilding { checkpoint: 0 }
+    /// with a Running Rebuild job (total = member size) in the same commit; both are
+    /// returned. Write-intent slots: see `plan_new_leg`.
+    ///
+    /// Refused (nothing written): a stripe or raid10 volume, a snapshot, a volume
+    /// held offline or with an unavailable definition, a mirror with [`MAX_COPIES`]
+    /// legs, an unfinished move on the volume, `alu` unknown, failed, missing or
+    /// damaged or holding a leg of the volume, not enough room, no free
+    /// write-intent slot, a full job table.
+    ///
+    /// Commit order: as [`Store::replace_member`] (new definition copies next to the
+    /// old ones, boot set commit, cleanup of the old copies).
+    pub fn add_leg(&mut self, volume: &str, alu: Uuid) -> Result<(VolumeDef, Job), MetaError> {
+        let (mut list, image, old) = self.reshape_target(volume, "add leg", false)?;
+        let refused = format!("volume {volume}: add leg refused");
+        if old.snapshot.is_some() {
+            return Err(MetaError::Refused(format!(
+                "{refused}: it is a snapshot (its copy-on-write store stays linear)"
+            )));
+        }
+        match old.layout.kind {
+            LayoutKind::Linear => {}
+            LayoutKind::Mirror if old.layout.copies >= MAX_COPIES => {
+                return Err(MetaError::Refused(format!(
+                    "{refused}: mirror has {} legs (at most {MAX_COPIES})",
+                    old.layout.copies
+                )))
+            }
+            LayoutKind::Mirror => {}
+            k => {
+                return Err(MetaError::Refused(format!(
+                "{refused}: only linear and mirror volumes take a leg online (this is a {} volume)",
+                layout_word(k)
+            )))
+            }
+        }
+        Self::refuse_if_moving(&list, &old, "add leg")?;
+        let (def, mut next_id) = self.plan_new_leg(&list, &image, &old, alu, "add leg")?;
+        let member = old.layout.copies;
+        let job = Job {
+            id: next_id,
+            kind: JobKind::Rebuild,
+            volume: def.id,
+            member: Some(member),
+            source: None,
+            repair: false,
+            state: JobState::Running,
+            checkpoint: 0,
+            total: def.layout.member_size(def.size),
+            mismatches: 0,
+            repaired: 0,
+            rate: 0,
+            dirty_only: false,
+            message: String::new(),
+        };
+        next_id += 1;
+        list.jobs.push(job.clone());
+        Self::prune_jobs(&mut list.jobs)?;
+        list.next_id = next_id;
+        let def = self.commit_reshape(
+            list,
+            &image,
+            old,
+            def,
+            &format!("leg {member} added on ALU {alu}"),
+        )?;
+        Ok((def, job))
+    }
+
+    /// Remove mirror leg `member` online (`lvconvert -m-1`; spec [0114]-[0117]: the
+    /// reference goes first, the tier-1 objects only it referenced after): a mirror
+    /// of c legs keeps c-1, a 2-leg mirror becomes linear (its write-intent slots
+    /// go). Later members are renumbered down, and the volume's jobs follow (see
+    /// `drop_member`); an unfinished move copying onto the member fails ("target leg
+    /// removed"). The member's extents are freed after the commit point (never on a
+    /// failed ALU, which is never written).
+    ///
+    /// Refused (nothing written): a linear, stripe or raid10 volume, an unknown
+    /// volume or member, a volume held offline or with an unavailable definition,
+    /// when no other member would be in sync (health ok and available: the last
+    /// in-sync leg is never removed), and while an unfinished move copies *from*
+    /// the member.
+    pub fn remove_leg(&mut self, volume: &str, member: u16) -> Result<VolumeDef, MetaError> {
+        let (mut list, image, old) = self.reshape_target(volume, "remove leg", false)?;
+        let refused = format!("volume {volume}: remove leg refused");
+        if old.layout.kind != LayoutKind::Mirror {
+            return Err(MetaError::Refused(format!(
+                "{refused}: only mirror volumes drop a leg online (this is a {} volume)",
+                layout_word(old.layout.kind)
+            )));
+        }
+        let copies = old.layout.copies;
+        if member >= copies {
+            return Err(MetaError::NotFound(format!(
+                "volume {volume}: no member {member} (the layout has {copies} members)"
+            )));
+        }
+        if let Some(j) = list.jobs.iter().find(|j| {
+            j.kind == JobKind::Move
+                && j.volume == old.id
+                && j.source == Some(member)
+                && !j.state.finished()
+        }) {
+            return Err(MetaError::Refused(format!(
+                "{refused}: a move is using member {member}: cancel job {} first",
+                j.id
+            )));
+        }
+        let degraded = self.degraded_members(volume);
+        let in_sync = |x: u16| {
+            old.members.get(usize::from(x)) == Some(&MemberHealth::Ok)
+                && !degraded.iter().any(|(d, _)| *d == x)
+        };
+        if !(0..copies).any(|x| x != member && in_sync(x)) {
+            return Err(MetaError::Refused(if in_sync(member) {
+                format!(
+                    "volume {volume}: member {member}: remove leg refused: it is the last in-sync leg of mirror 0"
+                )
+            } else {
+                format!(
+                    "volume {volume}: member {member}: remove leg refused: no other leg of mirror 0 is in sync"
+                )
+            }));
+        }
+        let def = Self::drop_member(&mut list, &old, member);
+        Self::prune_jobs(&mut list.jobs)?;
+        self.commit_reshape(list, &image, old, def, &format!("leg {member} removed"))
+    }
+
+    /// Start moving member `member` of a linear or mirror volume to `alu` online
+    /// (pvmove; spec claims 14-18, [0111]-[0113]): exactly [`Store::add_leg`] — a new
+    /// last member on `alu`, Rebuilding { checkpoint: 0 } — but recorded with a
+    /// Running Move job (target `member` = the new leg, `source` = `member`, total =
+    /// member size). The copy is the daemon's; the target's health follows the job
+    /// as a rebuild's does ([`Store::update_job`]), and [`Store::finish_move`] ends
+    /// it, dropping the source in the same commit that makes the target in sync —
+    /// so the data has a committed, complete home at every point.
+    ///
+    /// Refused (nothing written): a stripe or raid10 volume, a snapshot, a volume
+    /// held offline or with an unavailable definition, member unknown (a linear
+    /// volume has only member 0), a mirror that already has [`MAX_COPIES`] legs, a
+    /// source that is not in sync (a failed leg is replaced, not moved), an
+    /// unfinished move on the volume, `alu` unknown, failed, missing or damaged or
+    /// holding a leg of the volume, not enough room, no free write-intent slot, a
+    /// full job table.
+    pub fn move_member(
+        &mut self,
+        volume: &str,
+        member: u16,
+        alu: Uuid,
+    ) -> Result<(VolumeDef, Job), MetaError> {
+        let (mut list, image, old) = self.reshape_target(volume, "move", false)?;
+        let refused = format!("volume {volume}: move refused");
+        if old.snapshot.is_some() {
+            return Err(MetaError::Refused(format!(
+                "{refused}: it is a snapshot (its copy-on-write store stays linear)"
+            )));
+        }
+        match old.layout.kind {
+            LayoutKind::Linear | LayoutKind::Mirror => {}
+            k => {
+                return Err(MetaError::Refused(format!(
+                    "{refused}: moving a member of a {} volume online is not supported",
+                    layout_word(k)
+                )))
+            }
+        }
+        let copies = old.layout.copies;
+        if member >= copies {
+            return Err(MetaError::NotFound(format!(
+                "volume {volume}: no member {member} (the layout has {copies} members)"
+            )));
+        }
+        if copies >= MAX_COPIES {
+            return Err(MetaError::Refused(format!(
+                "{refused}: mirror has {copies} legs: remove one or use alu replace"
+            )));
+        }
+        Self::refuse_if_moving(&list, &old, "move")?;
+        let degraded = self.degraded_members(volume);
+        if let Some((_, why)) = degraded.iter().find(|(d, _)| *d == member) {
+            return Err(MetaError::Refused(format!(
+                "volume {volume}: member {member}: move refused: it is not in sync ({why}): use alu replace"
+            )));
+        }
+        if old.members.get(usize::from(member)) != Some(&MemberHealth::Ok) {
+            return Err(MetaError::Refused(format!(
+                "volume {volume}: member {member}: move refused: it is not in sync: use alu replace"
+            )));
+        }
+        let (def, mut next_id) = self.plan_new_leg(&list, &image, &old, alu, "move")?;
+        let target = copies;
+        let job = Job {
+            id: next_id,
+            kind: JobKind::Move,
+            volume: def.id,
+            member: Some(target),
+            source: Some(member),
+            repair: false,
+            state: JobState::Running,
+            checkpoint: 0,
+            total: def.layout.member_size(def.size),
+            mismatches: 0,
+            repaired: 0,
+            rate: 0,
+            dirty_only: false,
+            message: String::new(),
+        };
+        next_id += 1;
+        list.jobs.push(job.clone());
+        Self::prune_jobs(&mut list.jobs)?;
+        list.next_id = next_id;
+        let def = self.commit_reshape(
+            list,
+            &image,
+            old,
+            def,
+            &format!(
+                "move of member {member} to ALU {alu} started (job {})",
+                job.id
+            ),
+        )?;
+        Ok((def, job))
+    }
+
+    /// End move job `job` once its copy is complete (checkpoint = total): in one
+    /// commit the job becomes Done, the target member Ok, and the source member is
+    /// dropped as [`Store::remove_leg`] drops a leg (renumbering; a 2-leg mirror —
+    /// a moved linear volume — is linear again, now on the target ALU). The
+    /// source's extents are freed after the commit point (spec claim 15-17: the old
+    /// tier-1 object goes once the new reference to its copy is committed).
+    ///
+    /// Refused (nothing written): an unknown job, a job that is not a move or is
+    /// finished, a copy not complete, a volume whose definition is unavailable, a
+    /// target member that failed or has a segment that is not available. A volume
+    /// held offline is not refused for that alone: a complete, available target
+    /// holds all the data (no write reached the volume while it was offline), so a
+    /// source that failed after the copy finished is dropped and the volume comes
+    /// back on the target.
+    pub fn finish_move(&mut self, job: u64) -> Result<VolumeDef, MetaError> {
+        self.check_writable()?;
+        let Some(list) = self.list.as_ref() else {
+            return Err(MetaError::NotFound(format!("job {job}: no cluster")));
+        };
+        let Some(j) = list.jobs.iter().find(|j| j.id == job).cloned() else {
+            return Err(MetaError::NotFound(format!("job {job}: not found")));
+        };
+        if j.kind != JobKind::Move {
+            return Err(MetaError::Invalid(format!(
+                "job {job}: not a move job (a {} job)",
+                kind_word(j.kind)
+            )));
+        }
+        if j.state.finished() {
+            return Err(MetaError::Refused(format!(
+                "job {job}: finish move refused: the job is {:?}",
+                j.state
+            )));
+        }
+        if j.checkpoint != j.total {
+            return Err(MetaError::Refused(format!(
+                "job {job}: copy not complete ({} of {})",
+                j.checkpoint, j.total
+            )));
+        }
+        let Some(volume) = list
+            .volumes
+            .iter()
+            .find(|v| v.id == j.volume)
+            .map(|v| v.name.clone())
+        else {
+            return Err(MetaError::NotFound(format!(
+                "job {job}: volume id {} not found",
+                j.volume
+            )));
+        };
+        let (mut list, image, old) = self.reshape_target(&volume, "finish move", true)?;
+        let (Some(target), Some(source)) = (j.member, j.source) else {
+            return Err(MetaError::Invalid(format!(
+                "job {job}: a move job needs a target member and a source member"
+            )));
+        };
+        let refused = format!("volume {volume}: member {target}: finish move refused");
+        match old.members.get(usize::from(target)) {
+            None => {
+                return Err(MetaError::Corrupt(format!(
+                    "job {job}: volume {volume} has no member {target}"
+                )))
+            }
+            Some(MemberHealth::Failed { fail_seq }) => {
+                return Err(MetaError::Refused(format!(
+                    "{refused}: the copy target failed (fail_seq {fail_seq})"
+                )))
+            }
+            Some(_) => {}
+        }
+        if usize::from(source) >= old.members.len() || source == target {
+            return Err(MetaError::Corrupt(format!(
+                "job {job}: volume {volume} has no source member {source}"
+            )));
+        }
+        // The target must hold the data: every segment present, readable and allocated.
+        for (i, seg) in old.member_segments(target).enumerate() {
+            self.check_usable(&list, seg.alu, &format!("volume {volume}"), &refused)?;
+            let allocated = self.slot_of(seg.alu).is_some_and(|si| {
+                self.slots[si].label_live().is_some_and(|l| {
+                    l.entries.iter().any(|e| {
+                        e.partition == seg.partition_id
+                            && e.owner == old.id
+                            && e.start == seg.start
+                            && e.len == seg.len
+                    })
+                })
+            });
+            if !allocated {
+                return Err(MetaError::Refused(format!(
+                    "{refused}: segment {i}: label entry for partition {} missing on ALU {}",
+                    seg.partition_id, seg.alu
+                )));
+            }
+        }
+        if let Some(x) = list.jobs.iter_mut().find(|x| x.id == job) {
+            x.state = JobState::Done;
+        }
+        let mut synced = old.clone();
+        synced.members[usize::from(target)] = MemberHealth::Ok;
+        let def = Self::drop_member(&mut list, &synced, source);
+        Self::prune_jobs(&mut list.jobs)?;
+        self.commit_reshape(
+            list,
+            &image,
+            old,
+            def,
+            &format!("move job {job} finished (member {source} dropped)"),
+        )
+    }
+
+    /// Grow a linear or stripe volume by `add` bytes online by concatenation
+    /// (`lvextend`; spec [0109]: "additional storage space" is new tier-1 objects
+    /// under the volume): member m gets new segments on `alus[m]` (first fit of
+    /// size / S of `add`, possibly several extents) after its existing ones, so
+    /// every byte keeps its address and the new bytes follow the old ones.
+    ///
+    /// Refused (nothing written): a mirror or raid10 volume (its write-intent
+    /// bitmap covers a fixed size), a snapshot or a volume that has snapshots (a
+    /// snapshot covers its origin's size when taken), a volume held offline or
+    /// with an unavailable definition, `add` not a non-zero multiple of 1 MiB per
+    /// member, a new size breaking the layout's size rules (a stripe grows by whole
+    /// chunks per member), not one ALU per member, an ALU unknown, failed, missing
+    /// or damaged, not enough room. One two-phase commit as replace_member's.
+    pub fn extend_volume(
+        &mut self,
+        volume: &str,
+        add: u64,
+        alus: &[Uuid],
+    ) -> Result<VolumeDef, MetaError> {
+        let (mut list, image, old) = self.reshape_target(volume, "extend", false)?;
+        let refused = format!("volume {volume}: extend refused");
+        if old.layout.redundant() {
+            return Err(MetaError::Refused(format!(
+                "{refused}: a mirror's write-intent bitmap covers a fixed size: extending it online is not supported"
+            )));
+        }
+        if old.snapshot.is_some() {
+            return Err(MetaError::Refused(format!(
+                "{refused}: it is a snapshot (it covers its origin's size when taken)"
+            )));
+        }
+        let snaps: Vec<&str> = image
+            .volumes
+            .iter()
+            .filter(|v| v.snapshot.is_some_and(|s| s.origin == old.id))
+            .map(|v| v.name.as_str())
+            .collect();
+        if !snaps.is_empty() {
+            return Err(MetaError::Refused(format!(
+                "{refused}: it has snapshots ({}), which cover its size when taken; remove them first",
+                snaps.join(", ")
+            )));
+        }
+        let layout = old.layout;
+        let members = layout.members();
+        if add == 0 || !add.is_multiple_of(MIB) {
+            return Err(MetaError::Invalid(format!(
+                "volume {volume}: extend: the size to add must be a non-zero multiple of 1 MiB"
+            )));
+        }
+        let Some(size) = old.size.checked_add(add) else {
+            return Err(MetaError::Invalid(format!(
+                "volume {volume}: extend: size overflows"
+            )));
+        };
+        layout
+            .check_size(size)
+            .map_err(|e| MetaError::Invalid(format!("volume {volume}: extend: {e}")))?;
+        let madd = layout.member_size(add);
+        if !madd.is_multiple_of(MIB)
+            || layout.member_size(size) != layout.member_size(old.size) + madd
+        {
+            return Err(MetaError::Invalid(format!(
+                "volume {volume}: extend: {add} bytes / {} stripes ({madd} bytes per member) must be a multiple of 1 MiB",
+                layout.stripes
+            )));
+        }
+        if alus.len() != members {
+            return Err(MetaError::Invalid(format!(
+                "volume {volume}: extend: {} ALUs given, one per member needed ({members})",
+                alus.len()
+            )));
+        }
+        for &alu in alus {
+            self.check_usable(&list, alu, &format!("volume {volume}"), &refused)?;
+        }
+        let mut next_id = list.next_id.max(1);
+        let mut segments = old.segments.clone();
+        let mut taken: Vec<(Uuid, Extent)> = Vec::new();
+        for (m, &alu) in alus.iter().enumerate() {
+            let used: Vec<Extent> = taken
+                .iter()
+                .filter(|(u, _)| *u == alu)
+                .map(|(_, e)| *e)
+                .collect();
+            let mut free = Vec::new();
+            for f in self.free_extents(alu) {
+                free.extend(subtract(f.start, f.start + f.len, &used));
+            }
+            let pieces = first_fit(&free, madd).map_err(|short| {
+                MetaError::NoSpace(format!(
+                    "volume {volume}: extend: member {m}: not enough free space on ALU {alu} ({} MiB short)",
+                    short.div_ceil(MIB)
+                ))
+            })?;
+            for p in pieces {
+                taken.push((alu, p));
+                segments.push(Segment {
+                    partition_id: next_id,
+                    alu,
+                    start: p.start,
+                    len: p.len,
+                    member: m as u16,
+                });
+                next_id += 1;
+            }
+        }
+        // Stable: each member's segments stay in concatenation order, new ones last.
+        segments.sort_by_key(|g| g.member);
+        let def = VolumeDef {
+            size,
+            segments,
+            ..old.clone()
+        };
+        list.next_id = next_id;
+        self.commit_reshape(list, &image, old, def, &format!("extended by {add} bytes"))
     }
 
     // ---------------------------------------------------------------- archive
@@ -3460,6 +4204,27 @@ impl RepairItem {
     }
 }
 
+/// A layout kind as messages name it.
+fn layout_word(k: LayoutKind) -> &'static str {
+    match k {
+        LayoutKind::Linear => "linear",
+        LayoutKind::Stripe => "stripe",
+        LayoutKind::Mirror => "mirror",
+        LayoutKind::Raid10 => "raid10",
+    }
+}
+
+/// A job kind as messages name it.
+fn kind_word(k: JobKind) -> &'static str {
+    match k {
+        JobKind::Rebuild => "rebuild",
+        JobKind::Scrub => "scrub",
+        JobKind::Rollback => "rollback",
+        JobKind::Resync => "resync",
+        JobKind::Move => "move",
+    }
+}
+
 /// Allocate `len` bytes from `free`: one extent that fits whole if there is
 /// one, else the free extents in order. `Err(short)` names how many bytes are
 /// missing.
@@ -3506,6 +4271,82 @@ fn next_copy<T>(copies: &Copy2<T>, seq: impl Fn(&T) -> u64) -> (usize, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::disk::MemDisk;
+
+    /// A store over `n` claimed 32 MiB memory disks and their ALU uuids.
+    fn mem_store(n: usize) -> (Store, Vec<Uuid>) {
+        let disks: Vec<(String, Box<dyn Disk>)> = (0..n)
+            .map(|i| {
+                (
+                    format!("/dev/m{i}"),
+                    Box::new(MemDisk::new(32 * MIB)) as Box<dyn Disk>,
+                )
+            })
+            .collect();
+        let (mut st, _) = Store::open(disks, Some("t"), true).unwrap();
+        for i in 0..n {
+            st.claim(&format!("/dev/m{i}"), "t", false).unwrap();
+        }
+        let a = st
+            .alus()
+            .iter()
+            .map(|s| match s.state {
+                AluState::Owned { uuid } => uuid,
+                ref x => panic!("{x:?}"),
+            })
+            .collect();
+        (st, a)
+    }
+
+    fn vol(st: &Store, name: &str) -> VolumeDef {
+        let img = st.image().unwrap();
+        img.volumes.iter().find(|v| v.name == name).unwrap().clone()
+    }
+
+    /// A mirror created before write-intent bitmaps (no slots) resynchronises in
+    /// full: a leg added or moved does not give it slots, and removing a leg keeps
+    /// it without.
+    #[test]
+    fn a_mirror_without_write_intent_slots_stays_without() {
+        let (mut st, a) = mem_store(4);
+        let mirror2 = Layout {
+            kind: LayoutKind::Mirror,
+            stripes: 1,
+            copies: 2,
+            chunk: 0,
+        };
+        st.create_volume_with(
+            "m",
+            2 * MIB,
+            mirror2,
+            &[(0, a[0], 2 * MIB), (1, a[1], 2 * MIB)],
+        )
+        .unwrap();
+        assert_eq!(vol(&st, "m").wi_slots.len(), 2);
+        // Make it an old mirror: the same definition without slots, committed as a
+        // reshape is.
+        let (list, image, old) = st.reshape_target("m", "test", false).unwrap();
+        let def = VolumeDef {
+            wi_slots: Vec::new(),
+            ..old.clone()
+        };
+        st.commit_reshape(list, &image, old, def, "slots dropped")
+            .unwrap();
+        assert!(vol(&st, "m").wi_slots.is_empty());
+        let (def, mut j) = st.add_leg("m", a[2]).unwrap();
+        assert_eq!(def.layout.copies, 3);
+        assert!(def.wi_slots.is_empty());
+        assert_eq!(st.wi_location("m", 2), None);
+        j.checkpoint = j.total;
+        j.state = JobState::Done;
+        st.update_job(&j).unwrap();
+        let def = st.remove_leg("m", 0).unwrap();
+        assert_eq!(def.layout.copies, 2);
+        assert!(def.wi_slots.is_empty());
+        let (def, _) = st.move_member("m", 0, a[3]).unwrap();
+        assert_eq!(def.layout.copies, 3);
+        assert!(def.wi_slots.is_empty());
+    }
 
     #[test]
     fn subtract_works() {

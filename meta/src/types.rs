@@ -428,6 +428,13 @@ pub enum JobKind {
     /// bitmap-based resync). The checkpoint runs over every mirror in turn, as
     /// a scrub's; `repaired` counts the dirty regions copied.
     Resync,
+    /// Move a member to another ALU online (pvmove; spec claims 14-18, [0111]-
+    /// [0113]): `Job::member` is the copy target, a leg added as the volume's
+    /// last member, rebuilt like a Rebuild's target; `Job::source` is the member
+    /// being moved off, dropped by `Store::finish_move` once the copy is
+    /// complete, so the old extents are freed only after the new ones hold the
+    /// data and the committed definition no longer references them.
+    Move,
 }
 
 impl JobKind {
@@ -438,6 +445,7 @@ impl JobKind {
             JobKind::Scrub => 2,
             JobKind::Rollback => 3,
             JobKind::Resync => 4,
+            JobKind::Move => 5,
         }
     }
     pub fn from_code(c: u8) -> Option<JobKind> {
@@ -446,6 +454,7 @@ impl JobKind {
             2 => JobKind::Scrub,
             3 => JobKind::Rollback,
             4 => JobKind::Resync,
+            5 => JobKind::Move,
             _ => return None,
         })
     }
@@ -562,15 +571,19 @@ pub struct Job {
     pub kind: JobKind,
     /// Volume id.
     pub volume: u64,
-    /// Rebuild: the member being rebuilt (required). Scrub: None (whole volume).
+    /// Rebuild: the member being rebuilt (required). Move: the copy target
+    /// (required). Scrub: None (whole volume).
     pub member: Option<u16>,
+    /// Move only (required there): the member being moved off, which
+    /// `Store::finish_move` drops. None for every other kind.
+    pub source: Option<u16>,
     /// Scrub: repair mismatches (else only count them). Always false for a rebuild.
     pub repair: bool,
     /// Rebuild only: the leg returned with its data (`alu readd`) and only the
     /// regions the mirror's write-intent bitmap marks are copied onto it.
     pub dirty_only: bool,
     pub state: JobState,
-    /// Member (rebuild) or volume (scrub) offset below which the job is done.
+    /// Member (rebuild, move) or volume (scrub) offset below which the job is done.
     pub checkpoint: u64,
     /// Bytes the job covers; checkpoint <= total.
     pub total: u64,
@@ -614,11 +627,23 @@ impl Job {
             JobKind::Rebuild if self.member.is_none() => {
                 Err(format!("job {}: a rebuild job needs a member", self.id))
             }
+            JobKind::Move if self.member.is_none() || self.source.is_none() => Err(format!(
+                "job {}: a move job needs a target member and a source member",
+                self.id
+            )),
+            JobKind::Move if self.member == self.source => Err(format!(
+                "job {}: a move's source and target are the same member",
+                self.id
+            )),
+            _ if self.source.is_some() && self.kind != JobKind::Move => Err(format!(
+                "job {}: only a move job has a source member",
+                self.id
+            )),
             _ if self.dirty_only && self.kind != JobKind::Rebuild => Err(format!(
                 "job {}: dirty-only applies to rebuild jobs only",
                 self.id
             )),
-            JobKind::Rebuild if self.repair => Err(format!(
+            JobKind::Rebuild | JobKind::Move if self.repair => Err(format!(
                 "job {}: repair applies to scrub jobs only",
                 self.id
             )),
@@ -746,6 +771,72 @@ mod tests {
         assert!(s.check_size(4 << 20).is_ok());
         assert!(s.check_size(3 << 20).is_err());
         assert!(l(Stripe, 3, 1, 4096).check_size(4 << 20).is_err());
+    }
+
+    #[test]
+    fn move_job_rules() {
+        let mv = Job {
+            id: 7,
+            kind: JobKind::Move,
+            volume: 3,
+            member: Some(1),
+            source: Some(0),
+            repair: false,
+            dirty_only: false,
+            state: JobState::Running,
+            checkpoint: 0,
+            total: 1 << 20,
+            mismatches: 0,
+            repaired: 0,
+            rate: 0,
+            message: String::new(),
+        };
+        assert_eq!(mv.check(), Ok(()));
+        assert_eq!(JobKind::from_code(5), Some(JobKind::Move));
+        assert_eq!(JobKind::Move.code(), 5);
+        for bad in [
+            Job {
+                source: None,
+                ..mv.clone()
+            },
+            Job {
+                member: None,
+                ..mv.clone()
+            },
+            Job {
+                source: Some(1),
+                ..mv.clone()
+            },
+            Job {
+                repair: true,
+                ..mv.clone()
+            },
+            Job {
+                dirty_only: true,
+                ..mv.clone()
+            },
+            // only a move has a source
+            Job {
+                kind: JobKind::Rebuild,
+                ..mv.clone()
+            },
+            Job {
+                kind: JobKind::Scrub,
+                member: None,
+                ..mv.clone()
+            },
+        ] {
+            assert!(bad.check().is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            Job {
+                kind: JobKind::Rebuild,
+                source: None,
+                ..mv.clone()
+            }
+            .check(),
+            Ok(())
+        );
     }
 
     #[test]

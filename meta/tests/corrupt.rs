@@ -227,6 +227,7 @@ fn layout_state() -> (Vec<u64>, Vec<Event>) {
         kind: tierblk_meta::JobKind::Scrub,
         volume: def.id,
         member: None,
+        source: None,
         repair: true,
         state: tierblk_meta::JobState::Failed,
         checkpoint: MIB,
@@ -238,6 +239,9 @@ fn layout_state() -> (Vec<u64>, Vec<Event>) {
         dirty_only: false,
     })
     .unwrap();
+    // a move in progress: a move job entry (kind 5, with its source member)
+    let (_, mv) = st.move_member("v1", 0, a[0]).unwrap();
+    assert_eq!(mv.source, Some(0));
     (vec![SIZE; 4], rec.log())
 }
 
@@ -302,6 +306,10 @@ fn layout_decoders_never_panic() {
     let list = d[off..off + ptr.list_len as usize].to_vec();
     let parsed = BootList::decode(&list).unwrap();
     assert_eq!(parsed.failed.len(), 1);
+    assert!(
+        parsed.jobs.iter().any(|j| j.source.is_some()),
+        "no move job to fuzz"
+    );
     let mut rng = XorShift::new(7);
     for i in 0..20000 {
         let base = if i % 2 == 0 {

@@ -80,6 +80,8 @@ fn enumerate_with(
                 st.create_volume("fresh", 2 * MIB, &[(a0, 2 * MIB)])
                     .unwrap_or_else(|e| panic!("{ctx}: follow-up create: {e}"));
                 check_healthy_except(&st, &skip);
+                // the follow-up rewrote every ALU: no partition leaked
+                check_no_garbage(&st, &skip);
                 let expect = image(&st);
                 drop(st);
                 let (st2, rep2) = open_shared(&disks, false);
@@ -555,6 +557,7 @@ fn scrub(volume: u64) -> Job {
         kind: JobKind::Scrub,
         volume,
         member: None,
+        source: None,
         repair: true,
         state: JobState::Running,
         checkpoint: 0,
@@ -830,6 +833,203 @@ fn crash_restore_removed_volume() {
             let p = st.restore(seq, false).unwrap();
             assert_eq!(p.restored, vec!["m"]);
             assert!(st.image().unwrap().volumes.iter().any(|v| v.name == "m"));
+        },
+    );
+}
+
+// ------------------------------------------------------------------ reshapes
+//
+// Online reshapes commit like replace_member: at every crash point the store opens
+// to exactly the old or the new image, every segment of the committed definition is
+// allocated on its ALU (`check_healthy_except`: a partition the committed image
+// references is never freed, claims 11-18), and after the follow-up commit no
+// partition leaked (`check_no_garbage`).
+
+/// A linear volume "lin" on alu 0 (two extents) next to "base".
+fn linear_setup(st: &mut Store) {
+    claim_all(st);
+    let (a0, a1) = (alu_uuid(st, 0), alu_uuid(st, 1));
+    st.create_volume("base", 3 * MIB, &[(a0, 3 * MIB)]).unwrap();
+    st.create_volume("lin", 4 * MIB, &[(a0, 2 * MIB), (a1, 2 * MIB)])
+        .unwrap();
+}
+
+#[test]
+fn crash_add_leg_linear_to_mirror() {
+    enumerate(3, linear_setup, |st| {
+        let a2 = alu_uuid(st, 2);
+        let (def, job) = st.add_leg("lin", a2).unwrap();
+        assert_eq!(def.layout, mirror2());
+        assert_eq!(def.wi_slots.len(), 2);
+        assert_eq!((job.kind, job.member), (JobKind::Rebuild, Some(1)));
+    });
+}
+
+#[test]
+fn crash_add_leg_mirror_to_three_legs() {
+    enumerate(3, mirror_setup, |st| {
+        let a2 = alu_uuid(st, 2);
+        let (def, _) = st.add_leg("m", a2).unwrap();
+        assert_eq!(def.layout.copies, 3);
+    });
+}
+
+#[test]
+fn crash_remove_leg_mirror_to_linear() {
+    // leg 0 goes: its extents on alu 0 are freed after the commit, leg 1 becomes
+    // member 0 of a linear volume
+    enumerate(2, mirror_setup, |st| {
+        let def = st.remove_leg("m", 0).unwrap();
+        assert_eq!(def.layout, Layout::linear());
+        assert!(def.segments.iter().all(|s| s.member == 0));
+    });
+}
+
+#[test]
+fn crash_remove_leg_three_to_two() {
+    enumerate(
+        3,
+        |st| {
+            mirror_setup(st);
+            let a2 = alu_uuid(st, 2);
+            let (_, j) = st.add_leg("m", a2).unwrap();
+            let mut j = j;
+            j.checkpoint = j.total;
+            j.state = JobState::Done;
+            st.update_job(&j).unwrap();
+        },
+        |st| {
+            let def = st.remove_leg("m", 1).unwrap();
+            assert_eq!(def.layout.copies, 2);
+        },
+    );
+}
+
+#[test]
+fn crash_remove_leg_on_failed_alu() {
+    // the removed leg's ALU has failed: it is never written, before or after
+    enumerate_with(
+        3,
+        Some(1),
+        |st| {
+            mirror_setup(st);
+            let a2 = alu_uuid(st, 2);
+            st.add_leg("m", a2).unwrap();
+            let mut j = st.jobs()[0].clone();
+            j.checkpoint = j.total;
+            j.state = JobState::Done;
+            st.update_job(&j).unwrap();
+            let a1 = alu_uuid(st, 1);
+            st.fail_alu(a1).unwrap();
+        },
+        |st| {
+            st.remove_leg("m", 1).unwrap();
+        },
+    );
+}
+
+#[test]
+fn crash_move_member() {
+    // a linear volume: becomes a mirror with a move job
+    enumerate(3, linear_setup, |st| {
+        let a2 = alu_uuid(st, 2);
+        let (def, job) = st.move_member("lin", 0, a2).unwrap();
+        assert_eq!(def.layout, mirror2());
+        assert_eq!((job.member, job.source), (Some(1), Some(0)));
+    });
+    // leg 0 of a mirror
+    enumerate(3, mirror_setup, |st| {
+        let a2 = alu_uuid(st, 2);
+        let (_, job) = st.move_member("m", 0, a2).unwrap();
+        assert_eq!(
+            (job.kind, job.member, job.source),
+            (JobKind::Move, Some(2), Some(0))
+        );
+    });
+}
+
+#[test]
+fn crash_finish_move() {
+    // a moved linear volume: the source extents (on alus 0 and 1) are freed only
+    // after the commit point; the volume is linear on alu 2 afterwards
+    enumerate(
+        3,
+        |st| {
+            linear_setup(st);
+            let a2 = alu_uuid(st, 2);
+            let (_, mut j) = st.move_member("lin", 0, a2).unwrap();
+            j.checkpoint = j.total;
+            st.update_job(&j).unwrap();
+        },
+        |st| {
+            let id = st.jobs()[0].id;
+            let def = st.finish_move(id).unwrap();
+            assert_eq!(def.layout, Layout::linear());
+            let a2 = alu_uuid(st, 2);
+            assert!(def.segments.iter().all(|s| s.alu == a2));
+        },
+    );
+    // leg 0 of a 2-leg mirror
+    enumerate(
+        3,
+        |st| {
+            mirror_setup(st);
+            let a2 = alu_uuid(st, 2);
+            let (_, mut j) = st.move_member("m", 0, a2).unwrap();
+            j.checkpoint = j.total;
+            st.update_job(&j).unwrap();
+        },
+        |st| {
+            let id = st.jobs()[0].id;
+            let def = st.finish_move(id).unwrap();
+            assert_eq!(def.layout, mirror2());
+        },
+    );
+}
+
+#[test]
+fn crash_extend_volume() {
+    // linear: new extents on another ALU, fragmented so it takes several
+    enumerate(
+        2,
+        |st| {
+            linear_setup(st);
+            let a1 = alu_uuid(st, 1);
+            st.create_volume("f1", 2 * MIB, &[(a1, 2 * MIB)]).unwrap();
+            st.create_volume("f2", MIB, &[(a1, MIB)]).unwrap();
+            st.remove_volume("f1").unwrap();
+            st.create_volume("f3", 17 * MIB, &[(a1, 17 * MIB)]).unwrap();
+        },
+        |st| {
+            let a1 = alu_uuid(st, 1);
+            let def = st.extend_volume("lin", 3 * MIB, &[a1]).unwrap();
+            assert_eq!(def.size, 7 * MIB);
+            assert!(def.segments.len() >= 4, "{:?}", def.segments);
+        },
+    );
+    // stripe: one piece per member, both on one ALU
+    enumerate(
+        3,
+        |st| {
+            claim_all(st);
+            let (a0, a1) = (alu_uuid(st, 0), alu_uuid(st, 1));
+            st.create_volume_with(
+                "st",
+                2 * MIB,
+                Layout {
+                    kind: LayoutKind::Stripe,
+                    stripes: 2,
+                    copies: 1,
+                    chunk: 64 * 1024,
+                },
+                &[(0, a0, MIB), (1, a1, MIB)],
+            )
+            .unwrap();
+        },
+        |st| {
+            let a2 = alu_uuid(st, 2);
+            let def = st.extend_volume("st", 4 * MIB, &[a2, a2]).unwrap();
+            assert_eq!(def.size, 6 * MIB);
         },
     );
 }

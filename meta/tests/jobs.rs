@@ -45,6 +45,7 @@ fn scrub(volume: u64) -> Job {
         kind: JobKind::Scrub,
         volume,
         member: None,
+        source: None,
         repair: false,
         state: JobState::Running,
         checkpoint: 0,
