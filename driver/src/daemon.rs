@@ -12,6 +12,7 @@ mod expose;
 mod intent;
 mod legacy;
 mod meta;
+mod reshape;
 mod snap;
 
 use crate::events::EventLog;
@@ -23,7 +24,7 @@ use crate::proto::{
 };
 use crate::size::format_size;
 use crate::stats;
-use crate::top::{Snapshots, TopDesc};
+use crate::top::{Snapshots, TopDesc, TopSlot};
 use crate::ublk::{self, Exposed, VolumeSpec};
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -93,7 +94,13 @@ pub struct Config {
 
 /// What an exposed volume's runtime holds: its device, its tree, its
 /// mirrors' health and its gate.
-type OnlineParts = (Exposed, Arc<VolumeDesc>, Vec<Arc<MirrorHealth>>, Arc<Gate>);
+type OnlineParts = (
+    Exposed,
+    Arc<VolumeDesc>,
+    Vec<Arc<MirrorHealth>>,
+    Arc<Gate>,
+    Arc<TopSlot>,
+);
 
 /// A volume's runtime state (the driver state machine's top level).
 enum Runtime {
@@ -106,8 +113,11 @@ enum Runtime {
         desc: Arc<VolumeDesc>,
         /// One per mirror, shared with every queue thread of the volume.
         health: Vec<Arc<MirrorHealth>>,
-        /// Suspends the volume's host I/O (taking a snapshot).
+        /// Suspends the volume's host I/O (taking a snapshot, reloading).
         gate: Arc<Gate>,
+        /// The tree the queues serve; reloaded under the gate to change the
+        /// volume's shape online.
+        slot: Arc<TopSlot>,
     },
 }
 
@@ -327,6 +337,18 @@ impl Daemon {
         let req = self.own_paths(req);
         match req {
             Request::SpList => Ok(Payload::Sps(self.sp_views())),
+            Request::VolAddLeg { name, alu, rate } => self.add_leg(&name, &alu, rate),
+            Request::VolRemoveLeg { name, member, alu } => {
+                self.remove_leg(&name, member, alu.as_deref())
+            }
+            Request::VolMove {
+                name,
+                to,
+                member,
+                from,
+                rate,
+            } => self.move_member(&name, &to, member, from.as_deref(), rate),
+            Request::VolExtend { name, add, alus } => self.extend(&name, add, &alus),
             Request::VolExpose { name, sp } => self.expose(&name, &sp),
             Request::VolUnexpose { name, sp } => self.unexpose(&name, &sp),
             Request::PathList => Ok(Payload::Paths(self.path_views())),
@@ -534,7 +556,7 @@ impl Daemon {
     /// Record how bringing `name` online went: online, or offline with why.
     fn record_online(&mut self, name: &str, r: Result<OnlineParts, String>) -> Result<(), String> {
         match r {
-            Ok((exposed, desc, health, gate)) => {
+            Ok((exposed, desc, health, gate, slot)) => {
                 self.log.emit("volume-online", Some(name), exposed.device());
                 self.sweep_list_set(name, Some(&health));
                 self.runtime.insert(
@@ -544,6 +566,7 @@ impl Daemon {
                         desc,
                         health,
                         gate,
+                        slot,
                     },
                 );
                 Ok(())
@@ -585,8 +608,8 @@ impl Daemon {
                 snapshots: self.snapset(v.id),
             },
         };
-        let (exposed, gate) = self.expose_top(&v.name, &v.wwn, top)?;
-        Ok((exposed, desc, health, gate))
+        let (exposed, gate, slot) = self.expose_top(&v.name, &v.wwn, top)?;
+        Ok((exposed, desc, health, gate, slot))
     }
 
     /// A mirror about to serve writes without a leg whose ALU is missing
@@ -630,7 +653,7 @@ impl Daemon {
         name: &str,
         wwn: &[u8; 16],
         top: TopDesc,
-    ) -> Result<(Exposed, Arc<Gate>), String> {
+    ) -> Result<(Exposed, Arc<Gate>, Arc<TopSlot>), String> {
         if !ublk::available() {
             return Err(format!(
                 "volume {name}: cannot expose: /dev/ublk-control missing (load the ublk_drv module)"
@@ -638,10 +661,11 @@ impl Daemon {
         }
         let gate = Gate::new();
         let stats = Arc::new(stats::VolumeStats::default());
+        let slot = TopSlot::new(top);
         let exposed = ublk::expose(VolumeSpec {
             name: name.to_string(),
             wwn: hex(wwn),
-            top,
+            top: slot.clone(),
             gate: gate.clone(),
             stats: stats.clone(),
             queues: self.cfg.queues,
@@ -652,7 +676,7 @@ impl Daemon {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(name.to_string(), stats);
-        Ok((exposed, gate))
+        Ok((exposed, gate, slot))
     }
 
     /// The volume's tree as every queue and job instantiates it, with one
@@ -843,6 +867,7 @@ impl Daemon {
                 self.ticks = self.ticks.wrapping_add(1);
                 if self.ticks.is_multiple_of(INVENTORY_TICKS) {
                     self.inventory();
+                    self.finish_pending_moves();
                 }
                 if self.ticks.is_multiple_of(SCAN_TICKS) && !self.missing.is_empty() {
                     if let Err(e) = self.rescan() {
@@ -877,6 +902,7 @@ impl Daemon {
                 desc,
                 health,
                 gate,
+                slot,
             }) => {
                 let dev = exposed.device();
                 if let Err(e) = ensure_unused(&dev) {
@@ -887,6 +913,7 @@ impl Daemon {
                             desc,
                             health,
                             gate,
+                            slot,
                         },
                     );
                     return Err(format!("volume {name}: {e}"));
@@ -1382,6 +1409,7 @@ impl Daemon {
             id: j.id,
             kind: match (j.kind, j.repair) {
                 (JobKind::Rebuild, _) => "rebuild",
+                (JobKind::Move, _) => "move",
                 (JobKind::Scrub, false) => "scrub",
                 (JobKind::Scrub, true) => "scrub-repair",
                 (JobKind::Rollback, _) => "rollback",
@@ -1440,6 +1468,7 @@ impl Daemon {
                     JobKind::Scrub
                 },
                 volume: v.id,
+                source: None,
                 member: None,
                 repair: !bitmap,
                 state: JobState::Running,
@@ -1497,7 +1526,7 @@ impl Daemon {
         };
         let copies = usize::from(v.layout.copies.max(1));
         let work = match (j.kind, j.member) {
-            (JobKind::Rebuild, Some(m)) => Work::Rebuild {
+            (JobKind::Rebuild | JobKind::Move, Some(m)) => Work::Rebuild {
                 mirror: usize::from(m) / copies,
                 leg: usize::from(m) % copies,
                 dirty_only: j.dirty_only,
@@ -1505,7 +1534,7 @@ impl Daemon {
             (JobKind::Scrub, _) => Work::Scrub { repair: j.repair },
             (JobKind::Resync, _) => Work::Resync,
             // A rollback runs on the offline origin (see `start_rollback`).
-            (JobKind::Rebuild, None) | (JobKind::Rollback, _) => return,
+            (JobKind::Rebuild | JobKind::Move, None) | (JobKind::Rollback, _) => return,
         };
         let spec = jobs::Spec {
             id: j.id,
@@ -1770,6 +1799,7 @@ impl Daemon {
                 id: 0,
                 kind: JobKind::Scrub,
                 volume: v.id,
+                source: None,
                 member: None,
                 repair,
                 state: JobState::Running,
@@ -1829,6 +1859,18 @@ impl Daemon {
     fn on_job_ended(&mut self, id: u64, outcome: jobs::Outcome) {
         let stopped_here = self.jobs.remove(&id).is_none();
         let Ok(mut j) = self.job(id) else { return };
+        if let (JobKind::Move, jobs::Outcome::Done { .. }) = (j.kind, &outcome) {
+            // The copy is complete: its checkpoint first (so a failure below
+            // finishes again later), then the source member goes in the
+            // commit that ends the job.
+            j.checkpoint = j.total;
+            if let Err(e) = self.store.update_job(&j) {
+                error!(job = id, "cannot persist the move's checkpoint: {e}");
+                return;
+            }
+            self.finish_move(id);
+            return;
+        }
         match outcome {
             jobs::Outcome::Done {
                 mismatches,

@@ -159,6 +159,43 @@ pub enum Request {
     /// The storage processors: this one and its peers.
     SpList,
     /// Expose a volume on SP too (the exposure map).
+    /// Add a mirror leg on `alu` (linear -> mirror, mirror -> one more leg;
+    /// lvconvert -m+1); the leg is rebuilt online.
+    VolAddLeg {
+        name: String,
+        alu: String,
+        #[serde(default)]
+        rate: u64,
+    },
+    /// Remove a mirror leg, named by member number or by the ALU holding it
+    /// (a 2-leg mirror becomes linear; lvconvert -m-1).
+    VolRemoveLeg {
+        name: String,
+        #[serde(default)]
+        member: Option<u16>,
+        #[serde(default)]
+        alu: Option<String>,
+    },
+    /// Move a member to another ALU (or any ALU of SP `to`) online, like
+    /// pvmove: a temporary mirror leg is copied with checkpoints, then the
+    /// old one is dropped.
+    VolMove {
+        name: String,
+        to: String,
+        #[serde(default)]
+        member: Option<u16>,
+        #[serde(default)]
+        from: Option<String>,
+        #[serde(default)]
+        rate: u64,
+    },
+    /// Grow a linear or stripe volume by `add` bytes, concatenating new
+    /// pieces on `alus` (one per member).
+    VolExtend {
+        name: String,
+        add: u64,
+        alus: Vec<String>,
+    },
     VolExpose {
         name: String,
         sp: String,

@@ -23,7 +23,7 @@
 //! some task is runnable the ring is polled without blocking.
 
 use crate::stats::{QueueStats, VolumeStats};
-use crate::top::{build_top, TopDesc};
+use crate::top::{build_once, build_top, TopSlot};
 use libublk::ctrl::{UblkCtrl, UblkCtrlBuilder};
 use libublk::helpers::IoBuf;
 use libublk::io::{UblkDev, UblkQueue};
@@ -66,8 +66,9 @@ pub enum FrontendError {
 pub struct VolumeSpec {
     pub name: String,
     pub wwn: String,
-    /// The volume's tree; every queue builds its own instance of it.
-    pub top: TopDesc,
+    /// The volume's tree; every queue builds its own instance of it and
+    /// follows its reloads.
+    pub top: Arc<TopSlot>,
     /// The volume's suspend/resume gate, shared by its queues.
     pub gate: Arc<Gate>,
     /// The volume's I/O statistics; each queue registers its own counters.
@@ -231,7 +232,8 @@ fn run_device(
     }
     // Build once here to validate the tree and learn its size before the
     // device exists.
-    let size = match build_top(&spec.top, UblkRing, &Gate::new()) {
+    let (_, first) = spec.top.current();
+    let size = match build_once(&first, UblkRing) {
         Ok(v) => v.size(),
         Err(e) => {
             let _ = tx.send(Err(FrontendError::Create(spec.name.clone(), e)));
@@ -239,7 +241,7 @@ fn run_device(
         }
     };
     let mut attrs = libublk::sys::UBLK_ATTR_VOLATILE_CACHE | libublk::sys::UBLK_ATTR_FUA;
-    if spec.top.read_only() {
+    if first.read_only() {
         attrs |= libublk::sys::UBLK_ATTR_READ_ONLY;
     }
     let json = serde_json::json!({ "tierblk": { "volume": spec.name, "wwn": spec.wwn } });
@@ -284,7 +286,7 @@ fn run_device(
     // Dropping `ctrl` deletes the device.
 }
 
-fn serve_queue(qid: u16, dev: &UblkDev, top: &TopDesc, gate: &Arc<Gate>, stats: &VolumeStats) {
+fn serve_queue(qid: u16, dev: &UblkDev, top: &Arc<TopSlot>, gate: &Arc<Gate>, stats: &VolumeStats) {
     let q = match UblkQueue::new(qid, dev) {
         Ok(q) => Rc::new(q),
         Err(e) => {
@@ -410,6 +412,23 @@ async fn serve_one<D: BlockDev>(
 }
 
 /// Whether this host can expose volumes at all.
+/// Resize live device `dev_id` to `bytes` (UBLK_CMD_UPDATE_SIZE, which the
+/// kernel's ublk driver has from Linux 6.16).
+pub fn resize(dev_id: u32, bytes: u64) -> Result<(), String> {
+    let has = UblkCtrl::get_features()
+        .is_some_and(|f| f & u64::from(libublk::sys::UBLK_F_UPDATE_SIZE) != 0);
+    if !has {
+        return Err(
+            "this kernel's ublk driver cannot resize a live device (UBLK_CMD_UPDATE_SIZE needs Linux 6.16)"
+                .into(),
+        );
+    }
+    let ctrl = UblkCtrl::new_simple(dev_id as i32).map_err(|e| format!("ublk control: {e}"))?;
+    ctrl.update_size(bytes)
+        .map(|_| ())
+        .map_err(|e| format!("cannot resize /dev/ublkb{dev_id}: {e}"))
+}
+
 pub fn available() -> bool {
     std::path::Path::new("/dev/ublk-control").exists()
 }

@@ -770,3 +770,101 @@ fn repeated_unclean_stops_queue_one_resync() {
     }
     env.stop();
 }
+
+/// Changing a volume's shape (spec VI, [0109]–[0115]) on the host, where
+/// volumes stay offline: each command commits the new definition (checked
+/// after a restart), refuses what cannot work with one line, and the moves
+/// free the ALU they leave. The data path under load is tests/vm/reshape.sh.
+#[test]
+fn reshape_commands_change_the_definition_and_refuse_what_cannot_work() {
+    let mut env = Env::new("reshape", &[96 * MIB, 96 * MIB, 96 * MIB, 96 * MIB]);
+    env.start();
+    for i in 0..4 {
+        env.ok(&["alu", "claim", &env.alu(i)]);
+    }
+    let (a0, a1, a2, a3) = (env.alu(0), env.alu(1), env.alu(2), env.alu(3));
+    env.ok(&["vol", "create", "l1", "--size", "16M", "--alu", &a0]);
+    let paths = |v: &Value| -> Vec<(u64, String)> {
+        let mut p: Vec<(u64, String)> = v["segments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["member"].as_u64().unwrap(),
+                    s["path"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        p.sort();
+        p.dedup();
+        p
+    };
+
+    // add-leg: linear -> mirror; the new leg is rebuilt by a job.
+    let j = env.json(&["vol", "add-leg", "l1", &a1]);
+    assert_eq!(j["kind"], "rebuild");
+    assert_eq!(j["member"], 1);
+    let v = env.json(&["vol", "show", "l1"]);
+    assert_eq!(v["layout"], "mirror", "{v}");
+    assert_eq!(paths(&v), vec![(0, a0.clone()), (1, a1.clone())]);
+    let e = env.refused(&["vol", "add-leg", "l1", &a0]);
+    assert!(e.contains("l1") && e.contains("leg"), "{e}");
+    let e = env.refused(&["vol", "add-leg", "l1", "/nonexistent"]);
+    assert!(e.contains("/nonexistent"), "{e}");
+
+    // remove-leg: the rebuilding leg goes; never the last in-sync one.
+    let e = env.refused(&["vol", "remove-leg", "l1", "--member", "0"]);
+    assert!(e.contains("in sync") || e.contains("in-sync"), "{e}");
+    let e = env.refused(&["vol", "remove-leg", "l1"]);
+    assert!(e.contains("--member"), "{e}");
+    env.ok(&["vol", "remove-leg", "l1", "--alu", &a1]);
+    let v = env.json(&["vol", "show", "l1"]);
+    assert_eq!(v["layout"], "linear", "{v}");
+    assert_eq!(paths(&v), vec![(0, a0.clone())]);
+    let jobs = env.json(&["job", "list"]);
+    assert!(
+        jobs.as_array()
+            .unwrap()
+            .iter()
+            .all(|j| j["state"] != "running"),
+        "the removed leg's rebuild still runs: {jobs}"
+    );
+
+    // move: a temporary leg on the target and a move job (it runs when the
+    // volume is online; here it stays queued and persists).
+    let j = env.json(&["vol", "move", "l1", "--to", &a2, "--rate", "10M"]);
+    assert_eq!(j["kind"], "move");
+    assert_eq!(j["state"], "running");
+    let id = j["id"].as_u64().unwrap();
+    let e = env.refused(&["vol", "move", "l1", "--to", &a3]);
+    assert!(e.contains("--member"), "{e}");
+    let e = env.refused(&["vol", "move", "l1", "--to", &a3, "--member", "0"]);
+    assert!(e.contains("move"), "{e}");
+    env.stop();
+    env.start();
+    let v = env.json(&["vol", "show", "l1"]);
+    assert_eq!(v["layout"], "mirror", "{v}");
+    assert_eq!(paths(&v), vec![(0, a0.clone()), (1, a2.clone())]);
+    let j = env.json(&["job", "show", &id.to_string()]);
+    assert_eq!(j["kind"], "move");
+    assert_eq!(j["state"], "running");
+
+    // extend: linear only here (a mirror's bitmap covers a fixed size).
+    let e = env.refused(&["vol", "extend", "l1", "--by", "8M", "--alu", &a3]);
+    assert!(e.contains("--alu per member"), "{e}");
+    let e = env.refused(&[
+        "vol", "extend", "l1", "--by", "8M", "--alu", &a3, "--alu", &a1,
+    ]);
+    assert!(e.contains("mirror"), "{e}");
+    env.ok(&["vol", "create", "l2", "--size", "8M", "--alu", &a3]);
+    let out = env.ok(&["vol", "extend", "l2", "--by", "8M", "--alu", &a1]);
+    assert!(out.contains("16"), "{out}");
+    let v = env.json(&["vol", "show", "l2"]);
+    assert_eq!(v["size"], 16 * MIB);
+    assert_eq!(paths(&v), vec![(0, a1.clone()), (0, a3.clone())]);
+    let e = env.refused(&["vol", "extend", "l2", "--by", "1G", "--alu", &a1]);
+    assert!(e.contains("space") || e.contains("short"), "{e}");
+    assert_eq!(env.json(&["vol", "show", "l2"])["size"], 16 * MIB);
+    env.stop();
+}

@@ -15,7 +15,7 @@ VM_MODULES="virtio_blk ublk_drv dm-mod dm-flakey dm-delay dm-log-writes md-mod r
 # Host tools copied into the initramfs (with their shared libraries). They go
 # to /usr/bin or /usr/sbin in the guest, which come before busybox's applet
 # links in PATH.
-VM_TOOLS="mkfs.ext4 mke2fs e2fsck fsck.ext4 blkid fio dd sha256sum dmsetup"
+VM_TOOLS="mkfs.ext4 mke2fs e2fsck fsck.ext4 resize2fs blkid fio dd sha256sum dmsetup"
 
 vm_log() { printf 'vm: %s\n' "$*" >&2; }
 vm_die() {

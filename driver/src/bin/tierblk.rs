@@ -277,6 +277,55 @@ enum VolCmd {
         #[arg(long = "on", value_name = "SP")]
         sp: String,
     },
+    /// Add a mirror leg on ALU (a path from `alu list`) or on any ALU of storage processor SP, online: linear becomes mirror, a mirror gets one more leg (lvconvert -m+1). The leg is rebuilt in the background.
+    AddLeg {
+        name: String,
+        #[arg(value_name = "ALU|SP")]
+        to: String,
+        /// Rebuild rate limit, e.g. 50M (per second); default unlimited.
+        #[arg(long)]
+        rate: Option<String>,
+        /// Wait until the rebuild ends, showing progress.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Remove a mirror leg online, named by --member or by the --alu holding it (never the last in-sync leg; a 2-leg mirror becomes linear). Its space is freed.
+    RemoveLeg {
+        name: String,
+        #[arg(long)]
+        member: Option<u16>,
+        #[arg(long, value_name = "PATH")]
+        alu: Option<String>,
+    },
+    /// Move a member of a linear or mirror volume to another ALU or SP online (like pvmove): a temporary mirror leg is copied with checkpoints (resumed after a crash), then the old piece is dropped and freed.
+    Move {
+        name: String,
+        /// Target: an owned ALU path, or a storage processor (one of its ALUs with room is picked).
+        #[arg(long, value_name = "ALU|SP")]
+        to: String,
+        /// The member to move (default: the only one).
+        #[arg(long)]
+        member: Option<u16>,
+        /// Or the ALU the member is on.
+        #[arg(long, value_name = "PATH")]
+        from: Option<String>,
+        /// Copy rate limit, e.g. 50M (per second); default unlimited.
+        #[arg(long)]
+        rate: Option<String>,
+        /// Wait until the move ends, showing progress.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Grow a linear or stripe volume online by concatenating new pieces (one --alu per member). The device grows at once where the kernel can (Linux 6.16+), else when the volume next comes online.
+    Extend {
+        name: String,
+        /// How much to add, e.g. 512M (whole MiB; a stripe grows by whole chunks per member).
+        #[arg(long)]
+        by: String,
+        /// ALU for each member's new piece, in member order (repeatable).
+        #[arg(long = "alu", value_name = "PATH", required = true)]
+        alus: Vec<String>,
+    },
     /// Hold a volume's I/O (like dmsetup suspend): in-flight requests complete, new ones wait, jobs pause.
     Quiesce { name: String },
     /// Let a quiesced volume's held I/O and jobs go on.
@@ -368,6 +417,35 @@ fn run(cli: &Cli) -> Result<(), String> {
             sp: sp.clone(),
         },
         Cmd::Vol(VolCmd::Offline { name }) => Request::VolOffline { name: name.clone() },
+        Cmd::Vol(VolCmd::AddLeg { name, to, rate, .. }) => Request::VolAddLeg {
+            name: name.clone(),
+            alu: to.clone(),
+            rate: parse_rate(rate)?,
+        },
+        Cmd::Vol(VolCmd::RemoveLeg { name, member, alu }) => Request::VolRemoveLeg {
+            name: name.clone(),
+            member: *member,
+            alu: alu.clone(),
+        },
+        Cmd::Vol(VolCmd::Move {
+            name,
+            to,
+            member,
+            from,
+            rate,
+            ..
+        }) => Request::VolMove {
+            name: name.clone(),
+            to: to.clone(),
+            member: *member,
+            from: from.clone(),
+            rate: parse_rate(rate)?,
+        },
+        Cmd::Vol(VolCmd::Extend { name, by, alus }) => Request::VolExtend {
+            name: name.clone(),
+            add: parse_size(by).map_err(|e| format!("--by: {e}"))?,
+            alus: alus.clone(),
+        },
         Cmd::Vol(VolCmd::Quiesce { name }) => Request::VolQuiesce { name: name.clone() },
         Cmd::Vol(VolCmd::Resume { name }) => Request::VolResume { name: name.clone() },
         Cmd::Snap(SnapCmd::Create {
@@ -431,6 +509,8 @@ fn run(cli: &Cli) -> Result<(), String> {
         Cmd::Alu(AluCmd::Replace { wait: true, .. })
             | Cmd::Alu(AluCmd::Readd { wait: true, .. })
             | Cmd::Vol(VolCmd::Scrub { wait: true, .. })
+            | Cmd::Vol(VolCmd::AddLeg { wait: true, .. })
+            | Cmd::Vol(VolCmd::Move { wait: true, .. })
             | Cmd::Job(JobCmd::Show { wait: true, .. })
             | Cmd::Job(JobCmd::Resume { wait: true, .. })
             | Cmd::Snap(SnapCmd::Rollback { wait: true, .. })

@@ -199,6 +199,18 @@ impl Daemon {
                 "volume {name}: a snapshot follows its origin's exposure"
             ));
         }
+        if let Some(j) = self.store.jobs().into_iter().find(|j| {
+            j.volume == v.id
+                && matches!(j.kind, JobKind::Rebuild | JobKind::Move)
+                && !j.state.finished()
+        }) {
+            // This SP's writes would not reach the leg being copied
+            // (module docs: no jobs on an exposing peer).
+            return Err(format!(
+                "volume {name}: job {} is copying a leg: expose it elsewhere once it is done",
+                j.id
+            ));
+        }
         if sp != me && self.cluster.as_ref().and_then(|c| c.paths_of(sp)).is_none() {
             return Err(format!("sp {sp}: not a configured peer"));
         }
@@ -264,7 +276,7 @@ impl Daemon {
     }
 
     /// Send `v`'s tree to `sp`.
-    fn assign(&mut self, v: &VolumeDef, sp: &str) -> Result<(), String> {
+    pub(super) fn assign(&mut self, v: &VolumeDef, sp: &str) -> Result<(), String> {
         let (me, generation) = self.me()?;
         let mut owners = Vec::new();
         for s in &v.segments {
@@ -364,6 +376,28 @@ impl Daemon {
                 if let Some(Runtime::Online { .. }) = self.runtime.get(&name) {
                     if self.assigned.get(&name).is_some_and(|a| a.def == def) {
                         return Ok(format!("volume {name}: already exposed"));
+                    }
+                    if self.quiesced.contains_key(&name) {
+                        // The master reshapes the volume: load the new tree
+                        // in place; held I/O runs on it at the resume.
+                        for (u, sp) in owners {
+                            self.owners.insert(u, sp);
+                        }
+                        let old = self.assigned.insert(
+                            name.clone(),
+                            Assigned {
+                                def: def.clone(),
+                                degraded: volume.degraded,
+                                generation,
+                            },
+                        );
+                        if let Err(e) = self.reload(&def) {
+                            if let Some(old) = old {
+                                self.assigned.insert(name.clone(), old);
+                            }
+                            return Err(format!("volume {name}: cannot load the new tree: {e}"));
+                        }
+                        return Ok(format!("volume {name}: new tree loaded"));
                     }
                     self.offline(&name)?;
                 }
@@ -492,7 +526,7 @@ impl Daemon {
     }
 
     /// Tell `sp` to quiesce (`true`) or resume `volume`.
-    fn hold(&self, sp: &str, volume: &str, quiesce: bool) -> Result<(), String> {
+    pub(super) fn hold(&self, sp: &str, volume: &str, quiesce: bool) -> Result<(), String> {
         let (master, generation) = self.me()?;
         let volume = volume.to_string();
         let req = if quiesce {
@@ -512,7 +546,7 @@ impl Daemon {
     }
 
     /// The other SPs exposing `v` (none without `--sp`).
-    fn exposing_peers(&self, v: &VolumeDef) -> Vec<String> {
+    pub(super) fn exposing_peers(&self, v: &VolumeDef) -> Vec<String> {
         let me = self.cluster.as_ref().map(|c| c.sp.name.clone());
         self.exposed_on(v)
             .into_iter()

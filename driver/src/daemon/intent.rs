@@ -168,6 +168,23 @@ impl Daemon {
             })
     }
 
+    /// Write every mirror's bitmap to all its legs' copies (after a reshape:
+    /// a new leg's slot holds nothing valid yet).
+    pub(super) fn persist_intents(
+        &mut self,
+        def: &VolumeDef,
+        health: &[Arc<MirrorHealth>],
+    ) -> Result<(), String> {
+        let ring = ring()?;
+        for h in health {
+            if let Some(wi) = h.write_intent() {
+                ring.block_on(wi.persist(h, &wi.copies_on(ring.clone())))
+                    .map_err(|e| format!("volume {}: cannot write its bitmap: {e}", def.name))?;
+            }
+        }
+        Ok(())
+    }
+
     /// List (or unlist) an online volume's mirrors for the sweeper.
     pub(super) fn sweep_list_set(&self, name: &str, health: Option<&[Arc<MirrorHealth>]>) {
         let mut l = self.sweep.lock().unwrap_or_else(|e| e.into_inner());

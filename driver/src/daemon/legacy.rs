@@ -109,8 +109,8 @@ impl Daemon {
             desc: desc.clone(),
             snapshots: Snapshots::new(Vec::new()),
         };
-        let (exposed, gate) = self.expose_top(name, &l.wwn, top)?;
-        Ok((exposed, desc, Vec::new(), gate))
+        let (exposed, gate, slot) = self.expose_top(name, &l.wwn, top)?;
+        Ok((exposed, desc, Vec::new(), gate, slot))
     }
 
     /// Bring every adopted legacy disk online (start-up).

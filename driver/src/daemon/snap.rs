@@ -501,6 +501,7 @@ impl Daemon {
                 id: 0,
                 kind: JobKind::Rollback,
                 volume: v.id,
+                source: None,
                 member: None,
                 repair: false,
                 state: JobState::Running,

@@ -1,0 +1,135 @@
+#!/bin/sh
+# Changing a volume's shape online (spec VI, [0109]-[0115]; claims 7-18 of
+# 001_...), all under an ext4 mount with fio write+verify running:
+# - move the linear volume's only piece to another ALU (pvmove): a temporary
+#   mirror leg copied with checkpoints; tierblkd is killed with SIGKILL in
+#   the middle of the copy and the copy resumes from its checkpoint;
+# - add a mirror leg (linear -> mirror), rebuilt online; remove the first
+#   leg (mirror -> linear);
+# - release the ALU everything was moved off; the one in use is refused;
+# - grow by concatenation (Linux 6.12 cannot resize a live ublk device:
+#   the device grows when the volume comes online again).
+# Ends with fio's verify at 0 errors, no I/O error in the kernel log, and
+# e2fsck -fn clean.
+# vm-run: --disks 4 --disk-size 384M
+set -eu
+. "$(dirname "$0")/lib.sh"
+
+require_disks 4
+alus="--alu /dev/vda --alu /dev/vdb --alu /dev/vdc --alu /dev/vdd"
+# shellcheck disable=SC2086
+start_daemon $alus
+for d in vda vdb vdc vdd; do tb alu claim /dev/$d >/dev/null; done
+tb vol create l1 --size 256M --alu /dev/vda
+wait_vol_state l1 online
+dev=$(vol_device l1)
+mkfs.ext4 -q -F "$dev"
+mkdir -p /mnt
+mount "$dev" /mnt
+engine=libaio
+if fio --enghelp 2>/dev/null | grep -qw io_uring; then engine=io_uring; fi
+fio --name=load --filename=/mnt/data --rw=randwrite --bs=4k --direct=1 --ioengine=$engine \
+	--iodepth=16 --size=96M --verify=crc32c --verify_fatal=1 --randrepeat=1 --do_verify=1 \
+	--rate=,2m --output-format=terse --terse-version=3 >/tmp/fio-load.out 2>&1 &
+fio_pid=$!
+sleep 2
+
+# members_on NAME: "member:path" of every segment of volume NAME.
+members_on() {
+	vol_json "$1" | grep -o '{"alu":"[^}]*}' | while read -r s; do
+		echo "$(json_num "$s" member):$(json_str "$s" path)"
+	done | sort -u | tr '\n' ' '
+}
+
+# --- move, killed mid-copy ---------------------------------------------------
+out=$(tbj vol move l1 --to /dev/vdb --rate 16M)
+job=$(json_num "$out" id)
+[ -n "$job" ] || fail "vol move returned no job: $out"
+json_has "$(vol_json l1)" layout '"mirror"' || fail "l1 is not a temporary mirror during the move"
+ok "move started as job $job (temporary mirror leg on /dev/vdb)"
+i=0
+while :; do
+	done_b=$(json_num "$(tbj job show "$job")" done)
+	[ "${done_b:-0}" -ge $((64 << 20)) ] && break
+	i=$((i + 1))
+	[ "$i" -le 200 ] || fail "the move never got past 64 MiB"
+	sleep 0.1
+done
+kill -KILL "$DAEMON_PID"
+wait "$DAEMON_PID" 2>/dev/null || true
+DAEMON_PID=""
+ok "tierblkd killed with SIGKILL at $done_b bytes into the copy"
+sleep 1
+kill -0 "$fio_pid" || fail "fio ended while the daemon was dead"
+# shellcheck disable=SC2086
+start_daemon $alus
+[ "$(vol_device l1)" = "$dev" ] || fail "l1 came back as $(vol_device l1), not $dev"
+from=$(grep "job started" "$DAEMON_LOG" | grep "job=$job " | sed -n 's/.*from=\([0-9]*\).*/\1/p' | head -n 1)
+[ "${from:-0}" -gt 0 ] || fail "the move did not resume from its checkpoint (from=${from:-?})"
+ok "the move resumed from byte $from, not from 0"
+out=$(tbj job show "$job" --wait)
+json_has "$out" state '"done"' || fail "move not done: $out"
+i=0
+while json_has "$(vol_json l1)" layout '"mirror"'; do
+	i=$((i + 1))
+	[ "$i" -le 100 ] || fail "the source member was never dropped: $(vol_json l1)"
+	sleep 0.2
+done
+json_has "$(vol_json l1)" layout '"linear"' || fail "l1 not linear after the move: $(vol_json l1)"
+[ "$(members_on l1)" = "0:/dev/vdb " ] || fail "l1 is not on /dev/vdb alone: $(members_on l1)"
+ok "move done: l1 is linear on /dev/vdb"
+
+# --- add a leg, remove the first ---------------------------------------------
+out=$(tbj vol add-leg l1 /dev/vdc --wait)
+json_has "$out" state '"done"' || fail "add-leg rebuild not done: $out"
+json_has "$(vol_json l1)" layout '"mirror"' || fail "l1 not a mirror after add-leg"
+[ "$(members_on l1)" = "0:/dev/vdb 1:/dev/vdc " ] || fail "legs: $(members_on l1)"
+ok "add-leg: l1 is a mirror of /dev/vdb and /dev/vdc, rebuilt online"
+expect_fail tb vol remove-leg l1 --member 7
+tb vol remove-leg l1 --alu /dev/vdb >/dev/null
+json_has "$(vol_json l1)" layout '"linear"' || fail "l1 not linear after remove-leg"
+[ "$(members_on l1)" = "0:/dev/vdc " ] || fail "after remove-leg: $(members_on l1)"
+ok "remove-leg: l1 is linear on /dev/vdc"
+
+# --- an ALU emptied by the moves can go; the one in use cannot ----------------
+tb alu release /dev/vda >/dev/null
+tb alu release /dev/vdb >/dev/null
+expect_fail tb alu release /dev/vdc
+ok "the ALUs moved off were released; /dev/vdc (in use) was refused"
+
+# --- grow by concatenation -----------------------------------------------------
+kill -0 "$fio_pid" || fail "fio's write pass ended before the last change: no load left"
+out=$(tb vol extend l1 --by 64M --alu /dev/vdd)
+echo "$out"
+json_has "$(vol_json l1)" size 335544320 || fail "l1 not 320 MiB in its definition: $(vol_json l1)"
+case "$out" in
+*"grew online"*) grew=1 ;;
+*"UBLK_CMD_UPDATE_SIZE"*) grew=0 ;;
+*) fail "extend said neither: $out" ;;
+esac
+ok "extend: l1 is 320 MiB, pieces on /dev/vdc then /dev/vdd"
+
+wait_fio "$fio_pid" /tmp/fio-load.out "across move, kill -9, add-leg, remove-leg and extend"
+ok "fio: write + verify with 0 errors across every change"
+dmesg | grep -i "I/O error, dev ublkb" && fail "the kernel saw I/O errors on $dev"
+ok "no I/O error reached the block layer"
+umount /mnt
+e2fsck -fn "$dev" >/tmp/fsck.out 2>&1 || {
+	cat /tmp/fsck.out
+	fail "e2fsck found problems"
+}
+ok "e2fsck -fn clean"
+if [ "$grew" = 0 ]; then
+	tb vol offline l1 >/dev/null
+	tb vol online l1 >/dev/null
+	wait_vol_state l1 online
+	dev=$(vol_device l1)
+fi
+[ "$(blockdev --getsize64 "$dev")" = 335544320 ] || fail "$dev is $(blockdev --getsize64 "$dev") bytes, not 320 MiB"
+resize2fs "$dev" >/dev/null 2>&1 || fail "resize2fs failed"
+e2fsck -fn "$dev" >/tmp/fsck.out 2>&1 || {
+	cat /tmp/fsck.out
+	fail "e2fsck found problems after resize2fs"
+}
+ok "$dev is 320 MiB; ext4 grown into it, e2fsck -fn clean"
+stop_daemon
