@@ -2242,20 +2242,9 @@ impl Store {
                 }
                 *h = MemberHealth::Rebuilding { checkpoint: 0 };
                 let job = Job {
-                    id: next_id,
-                    kind: JobKind::Rebuild,
-                    volume: bv.id,
-                    member: Some(m),
-                    source: None,
-                    repair: false,
-                    state: JobState::Running,
-                    checkpoint: 0,
-                    total: def.layout.member_size(def.size),
-                    mismatches: 0,
-                    repaired: 0,
-                    rate: 0,
                     dirty_only: true,
                     message: format!("re-add of {path}: dirty regions only"),
+                    ..Job::leg_copy(next_id, bv.id, m, None, def.layout.member_size(def.size))
                 };
                 next_id += 1;
                 list.jobs.push(job.clone());
@@ -2978,22 +2967,7 @@ impl Store {
                 &format!("volume {volume}: replace refused"),
             )?;
         }
-        let job = Job {
-            id: next_id,
-            kind: JobKind::Rebuild,
-            volume: def.id,
-            member: Some(member),
-            source: None,
-            repair: false,
-            state: JobState::Running,
-            checkpoint: 0,
-            total: msize,
-            mismatches: 0,
-            repaired: 0,
-            message: String::new(),
-            rate: 0,
-            dirty_only: false,
-        };
+        let job = Job::leg_copy(next_id, def.id, member, None, msize);
         next_id += 1;
         Self::fail_rebuild_jobs(
             &mut list,
@@ -3313,22 +3287,13 @@ impl Store {
         Self::refuse_if_moving(&list, &old, "add leg")?;
         let (def, mut next_id) = self.plan_new_leg(&list, &image, &old, alu, "add leg")?;
         let member = old.layout.copies;
-        let job = Job {
-            id: next_id,
-            kind: JobKind::Rebuild,
-            volume: def.id,
-            member: Some(member),
-            source: None,
-            repair: false,
-            state: JobState::Running,
-            checkpoint: 0,
-            total: def.layout.member_size(def.size),
-            mismatches: 0,
-            repaired: 0,
-            rate: 0,
-            dirty_only: false,
-            message: String::new(),
-        };
+        let job = Job::leg_copy(
+            next_id,
+            def.id,
+            member,
+            None,
+            def.layout.member_size(def.size),
+        );
         next_id += 1;
         list.jobs.push(job.clone());
         Self::prune_jobs(&mut list.jobs)?;
@@ -3466,22 +3431,13 @@ impl Store {
         }
         let (def, mut next_id) = self.plan_new_leg(&list, &image, &old, alu, "move")?;
         let target = copies;
-        let job = Job {
-            id: next_id,
-            kind: JobKind::Move,
-            volume: def.id,
-            member: Some(target),
-            source: Some(member),
-            repair: false,
-            state: JobState::Running,
-            checkpoint: 0,
-            total: def.layout.member_size(def.size),
-            mismatches: 0,
-            repaired: 0,
-            rate: 0,
-            dirty_only: false,
-            message: String::new(),
-        };
+        let job = Job::leg_copy(
+            next_id,
+            def.id,
+            target,
+            Some(member),
+            def.layout.member_size(def.size),
+        );
         next_id += 1;
         list.jobs.push(job.clone());
         Self::prune_jobs(&mut list.jobs)?;

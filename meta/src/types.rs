@@ -598,6 +598,31 @@ pub struct Job {
 }
 
 impl Job {
+    /// A running copy onto leg `member` of `volume` from its start (a
+    /// rebuild, or with `source` a move), `total` bytes.
+    pub fn leg_copy(id: u64, volume: u64, member: u16, source: Option<u16>, total: u64) -> Job {
+        Job {
+            id,
+            kind: if source.is_some() {
+                JobKind::Move
+            } else {
+                JobKind::Rebuild
+            },
+            volume,
+            member: Some(member),
+            source,
+            repair: false,
+            state: JobState::Running,
+            checkpoint: 0,
+            total,
+            mismatches: 0,
+            repaired: 0,
+            rate: 0,
+            dirty_only: false,
+            message: String::new(),
+        }
+    }
+
     /// Cut the message to at most [`MAX_JOB_MESSAGE`] bytes at a character boundary.
     pub fn truncate_message(&mut self) {
         if self.message.len() > MAX_JOB_MESSAGE {
