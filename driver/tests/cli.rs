@@ -12,6 +12,24 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// A volume's `(member, ALU path)` pairs from `vol show --json`, sorted.
+fn members_on(v: &Value) -> Vec<(u64, String)> {
+    let mut m: Vec<(u64, String)> = v["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["member"].as_u64().unwrap(),
+                s["path"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    m.sort();
+    m.dedup();
+    m
+}
+
 fn sha(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap()
 }
@@ -160,22 +178,6 @@ fn layouts_are_planned_on_distinct_alus_and_failures_persist() {
     for i in 0..4 {
         env.ok(&["alu", "claim", &env.alu(i)]);
     }
-    let members_on = |v: &Value| -> Vec<(u64, String)> {
-        let mut m: Vec<(u64, String)> = v["segments"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| {
-                (
-                    s["member"].as_u64().unwrap(),
-                    s["path"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect();
-        m.sort();
-        m.dedup();
-        m
-    };
     let r = env.json(&[
         "vol",
         "create",
@@ -784,22 +786,6 @@ fn reshape_commands_change_the_definition_and_refuse_what_cannot_work() {
     }
     let (a0, a1, a2, a3) = (env.alu(0), env.alu(1), env.alu(2), env.alu(3));
     env.ok(&["vol", "create", "l1", "--size", "16M", "--alu", &a0]);
-    let paths = |v: &Value| -> Vec<(u64, String)> {
-        let mut p: Vec<(u64, String)> = v["segments"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| {
-                (
-                    s["member"].as_u64().unwrap(),
-                    s["path"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect();
-        p.sort();
-        p.dedup();
-        p
-    };
 
     // add-leg: linear -> mirror; the new leg is rebuilt by a job.
     let j = env.json(&["vol", "add-leg", "l1", &a1]);
@@ -807,7 +793,7 @@ fn reshape_commands_change_the_definition_and_refuse_what_cannot_work() {
     assert_eq!(j["member"], 1);
     let v = env.json(&["vol", "show", "l1"]);
     assert_eq!(v["layout"], "mirror", "{v}");
-    assert_eq!(paths(&v), vec![(0, a0.clone()), (1, a1.clone())]);
+    assert_eq!(members_on(&v), vec![(0, a0.clone()), (1, a1.clone())]);
     let e = env.refused(&["vol", "add-leg", "l1", &a0]);
     assert!(e.contains("l1") && e.contains("leg"), "{e}");
     let e = env.refused(&["vol", "add-leg", "l1", "/nonexistent"]);
@@ -821,7 +807,7 @@ fn reshape_commands_change_the_definition_and_refuse_what_cannot_work() {
     env.ok(&["vol", "remove-leg", "l1", "--alu", &a1]);
     let v = env.json(&["vol", "show", "l1"]);
     assert_eq!(v["layout"], "linear", "{v}");
-    assert_eq!(paths(&v), vec![(0, a0.clone())]);
+    assert_eq!(members_on(&v), vec![(0, a0.clone())]);
     let jobs = env.json(&["job", "list"]);
     assert!(
         jobs.as_array()
@@ -845,7 +831,7 @@ fn reshape_commands_change_the_definition_and_refuse_what_cannot_work() {
     env.start();
     let v = env.json(&["vol", "show", "l1"]);
     assert_eq!(v["layout"], "mirror", "{v}");
-    assert_eq!(paths(&v), vec![(0, a0.clone()), (1, a2.clone())]);
+    assert_eq!(members_on(&v), vec![(0, a0.clone()), (1, a2.clone())]);
     let j = env.json(&["job", "show", &id.to_string()]);
     assert_eq!(j["kind"], "move");
     assert_eq!(j["state"], "running");
@@ -862,7 +848,7 @@ fn reshape_commands_change_the_definition_and_refuse_what_cannot_work() {
     assert!(out.contains("16"), "{out}");
     let v = env.json(&["vol", "show", "l2"]);
     assert_eq!(v["size"], 16 * MIB);
-    assert_eq!(paths(&v), vec![(0, a1.clone()), (0, a3.clone())]);
+    assert_eq!(members_on(&v), vec![(0, a1.clone()), (0, a3.clone())]);
     let e = env.refused(&["vol", "extend", "l2", "--by", "1G", "--alu", &a1]);
     assert!(e.contains("space") || e.contains("short"), "{e}");
     assert_eq!(env.json(&["vol", "show", "l2"])["size"], 16 * MIB);
