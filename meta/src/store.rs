@@ -2977,34 +2977,9 @@ impl Store {
         );
         list.jobs.push(job.clone());
         Self::prune_jobs(&mut list.jobs)?;
-        let volumes: Vec<VolumeDef> = image
-            .volumes
-            .iter()
-            .map(|v| {
-                if v.id == def.id {
-                    def.clone()
-                } else {
-                    v.clone()
-                }
-            })
-            .collect();
-        // Before the commit point: both definitions (old one still committed) on every
-        // writable ALU; old label entries kept, new ones added.
-        let mut both = volumes.clone();
-        both.push(old);
-        list.volumes = self.boot_vols(&volumes);
         list.next_id = next_id;
-        self.commit_definitions(&mut list, &both, &volumes)?
-            .map_err(|e| {
-                MetaError::Corrupt(format!(
-                    "volume {volume}: member {member} replaced, but cleanup failed: {e}"
-                ))
-            })?;
-        let def = self
-            .image
-            .as_ref()
-            .and_then(|i| i.volumes.iter().find(|v| v.id == def.id).cloned())
-            .unwrap_or(def);
+        let def =
+            self.commit_reshape(list, &image, old, def, &format!("member {member} replaced"))?;
         Ok((def, job))
     }
 

@@ -187,11 +187,9 @@ fn add_leg_grows_a_mirror_to_three_legs() {
     reopen_same(&disks, &st);
 }
 
-#[test]
-fn add_leg_refusals_write_nothing() {
-    let (disks, mut st, a) = cluster(5);
-    st.create_volume("lin", 4 * MIB, &[(a[0], 4 * MIB)])
-        .unwrap();
+/// The volumes every refusal test works on besides its linear one: a
+/// stripe "st", a raid10 "r10", a 4-leg mirror "m4" and a 2-leg mirror "m".
+fn refusal_volumes(st: &mut Store, a: &[Uuid]) {
     st.create_volume_with("st", 2 * MIB, stripe2(), &[(0, a[0], MIB), (1, a[1], MIB)])
         .unwrap();
     st.create_volume_with(
@@ -220,6 +218,14 @@ fn add_leg_refusals_write_nothing() {
     .unwrap();
     st.create_volume_with("m", MIB, mirror(2), &[(0, a[0], MIB), (1, a[1], MIB)])
         .unwrap();
+}
+
+#[test]
+fn add_leg_refusals_write_nothing() {
+    let (disks, mut st, a) = cluster(5);
+    st.create_volume("lin", 4 * MIB, &[(a[0], 4 * MIB)])
+        .unwrap();
+    refusal_volumes(&mut st, &a);
     st.create_snapshot("snap", "lin", 2 * MIB, 64 << 10, &[(a[1], 2 * MIB)])
         .unwrap();
     let e = refused(&disks, &mut st, "only linear and mirror volumes", |st| {
@@ -615,34 +621,7 @@ fn move_leg_0_of_a_two_leg_mirror() {
 fn move_refusals_write_nothing() {
     let (disks, mut st, a) = cluster(5);
     st.create_volume("lin", MIB, &[(a[0], MIB)]).unwrap();
-    st.create_volume_with("st", 2 * MIB, stripe2(), &[(0, a[0], MIB), (1, a[1], MIB)])
-        .unwrap();
-    st.create_volume_with(
-        "r10",
-        4 * MIB,
-        raid10_2x2(),
-        &[
-            (0, a[0], 2 * MIB),
-            (1, a[1], 2 * MIB),
-            (2, a[2], 2 * MIB),
-            (3, a[3], 2 * MIB),
-        ],
-    )
-    .unwrap();
-    st.create_volume_with(
-        "m4",
-        MIB,
-        mirror(4),
-        &[
-            (0, a[0], MIB),
-            (1, a[1], MIB),
-            (2, a[2], MIB),
-            (3, a[3], MIB),
-        ],
-    )
-    .unwrap();
-    st.create_volume_with("m", MIB, mirror(2), &[(0, a[0], MIB), (1, a[1], MIB)])
-        .unwrap();
+    refusal_volumes(&mut st, &a);
     refused(
         &disks,
         &mut st,
