@@ -91,12 +91,9 @@ ok "r10 online as $dev with remote references to sp2 and sp3"
 
 mkfs.ext4 -q -F "$dev"
 mount "$dev" /mnt
-engine=libaio
-if fio --enghelp 2>/dev/null | grep -qw io_uring; then engine=io_uring; fi
-fio --name=load --filename=/mnt/data --rw=randwrite --bs=4k --direct=1 --ioengine=$engine \
-	--iodepth=16 --size=96M --verify=crc32c --verify_fatal=1 --randrepeat=1 --do_verify=1 \
-	--output-format=terse --terse-version=3 >/tmp/fio-load.out 2>&1 &
-fio_pid=$!
+engine=$(fio_engine)
+fio_load /mnt/data 96M
+fio_pid=$FIO_PID
 sleep 5
 # shellcheck disable=SC2154
 kill -9 "$PROXY_sp2" "$PROXY_sp3"

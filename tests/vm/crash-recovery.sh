@@ -21,12 +21,8 @@ dev=$(vol_device m1)
 mkfs.ext4 -q -F "$dev"
 mkdir -p /mnt
 mount "$dev" /mnt
-engine=libaio
-if fio --enghelp 2>/dev/null | grep -qw io_uring; then engine=io_uring; fi
-fio --name=load --filename=/mnt/data --rw=randwrite --bs=4k --direct=1 --ioengine=$engine \
-	--iodepth=16 --size=96M --verify=crc32c --verify_fatal=1 --randrepeat=1 --do_verify=1 \
-	--output-format=terse --terse-version=3 >/tmp/fio-load.out 2>&1 &
-fio_pid=$!
+fio_load /mnt/data 96M
+fio_pid=$FIO_PID
 sleep 4
 kill -0 "$fio_pid" || fail "fio ended before the crash"
 kill -KILL "$DAEMON_PID"

@@ -247,6 +247,24 @@ wait_fio() {
 # vol_device NAME: the volume's device path (or "null").
 vol_device() { json_str "$(vol_json "$1")" device; }
 
+# fio_engine: io_uring when this fio has it, else libaio.
+fio_engine() {
+	if fio --enghelp 2>/dev/null | grep -qw io_uring; then echo io_uring; else echo libaio; fi
+}
+
+# fio_load FILE SIZE [EXTRA FIO ARGS...]: random 4k direct writes with
+# crc32c verify headers, then their verify, in the background: the pid in
+# FIO_PID, the terse output in /tmp/fio-load.out (check with wait_fio).
+fio_load() {
+	_f="$1"
+	_s="$2"
+	shift 2
+	fio --name=load --filename="$_f" --rw=randwrite --bs=4k --direct=1 --ioengine="$(fio_engine)" \
+		--iodepth=16 --size="$_s" --verify=crc32c --verify_fatal=1 --randrepeat=1 --do_verify=1 \
+		--output-format=terse --terse-version=3 "$@" >/tmp/fio-load.out 2>&1 &
+	FIO_PID=$!
+}
+
 # fio_write_verify DEV SIZE [EXTRA FIO ARGS...]: random 4k direct writes with
 # crc32c verify headers, then a separate verify-only pass that re-reads and
 # checks every block. Fails unless both passes report error 0 and the verify
@@ -255,8 +273,7 @@ fio_write_verify() {
 	_dev="$1"
 	_size="$2"
 	shift 2
-	_engine=libaio
-	if fio --enghelp 2>/dev/null | grep -qw io_uring; then _engine=io_uring; fi
+	_engine=$(fio_engine)
 	set -- --filename="$_dev" --rw=randwrite --bs=4k --direct=1 --ioengine="$_engine" \
 		--iodepth=16 --size="$_size" --verify=crc32c --verify_fatal=1 --randrepeat=1 \
 		--output-format=terse --terse-version=3 "$@"

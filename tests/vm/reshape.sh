@@ -26,12 +26,8 @@ dev=$(vol_device l1)
 mkfs.ext4 -q -F "$dev"
 mkdir -p /mnt
 mount "$dev" /mnt
-engine=libaio
-if fio --enghelp 2>/dev/null | grep -qw io_uring; then engine=io_uring; fi
-fio --name=load --filename=/mnt/data --rw=randwrite --bs=4k --direct=1 --ioengine=$engine \
-	--iodepth=16 --size=96M --verify=crc32c --verify_fatal=1 --randrepeat=1 --do_verify=1 \
-	--rate=,2m --output-format=terse --terse-version=3 >/tmp/fio-load.out 2>&1 &
-fio_pid=$!
+fio_load /mnt/data 96M --rate=,2m
+fio_pid=$FIO_PID
 sleep 2
 
 # members_on NAME: "member:path" of every segment of volume NAME.
