@@ -189,7 +189,7 @@ pub enum Request {
         #[serde(default)]
         rate: u64,
     },
-    /// Grow a linear or stripe volume by `add` bytes, concatenating new
+    /// Grow a volume by `add` bytes, concatenating new
     /// pieces on `alus` (one per member).
     VolExtend {
         name: String,

@@ -836,13 +836,13 @@ fn reshape_commands_change_the_definition_and_refuse_what_cannot_work() {
     assert_eq!(j["kind"], "move");
     assert_eq!(j["state"], "running");
 
-    // extend: linear only here (a mirror's bitmap covers a fixed size).
+    // extend: one --alu per member; a mirror waits for its copy jobs.
     let e = env.refused(&["vol", "extend", "l1", "--by", "8M", "--alu", &a3]);
     assert!(e.contains("--alu per member"), "{e}");
     let e = env.refused(&[
         "vol", "extend", "l1", "--by", "8M", "--alu", &a3, "--alu", &a1,
     ]);
-    assert!(e.contains("mirror"), "{e}");
+    assert!(e.contains(&format!("move job {id} is unfinished")), "{e}");
     env.ok(&["vol", "create", "l2", "--size", "8M", "--alu", &a3]);
     let out = env.ok(&["vol", "extend", "l2", "--by", "8M", "--alu", &a1]);
     assert!(out.contains("16"), "{out}");
@@ -852,5 +852,37 @@ fn reshape_commands_change_the_definition_and_refuse_what_cannot_work() {
     let e = env.refused(&["vol", "extend", "l2", "--by", "1G", "--alu", &a1]);
     assert!(e.contains("space") || e.contains("short"), "{e}");
     assert_eq!(env.json(&["vol", "show", "l2"])["size"], 16 * MIB);
+
+    // A mirror grows every leg; the second copies its new part from the
+    // first, from the old member size on (a rebuild job, queued here).
+    env.ok(&[
+        "vol", "create", "m1", "--size", "8M", "--layout", "mirror", "--alu", &a1, "--alu", &a3,
+    ]);
+    let e = env.refused(&[
+        "vol", "extend", "m1", "--by", "8M", "--alu", &a1, "--alu", &a1,
+    ]);
+    assert!(e.contains("another leg of mirror 0"), "{e}");
+    let out = env.ok(&[
+        "vol", "extend", "m1", "--by", "8M", "--alu", &a1, "--alu", &a3,
+    ]);
+    assert!(out.contains("copies the new part"), "{out}");
+    env.stop();
+    env.start();
+    let v = env.json(&["vol", "show", "m1"]);
+    assert_eq!(v["size"], 16 * MIB, "{v}");
+    let copy: Vec<_> = env
+        .json(&["job", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["volume"] == "m1")
+        .cloned()
+        .collect();
+    assert_eq!(copy.len(), 1, "{copy:?}");
+    assert_eq!(copy[0]["kind"], "rebuild");
+    assert_eq!(copy[0]["member"], 1);
+    assert_eq!(copy[0]["state"], "running");
+    assert_eq!(copy[0]["done"], 8 * MIB, "{copy:?}");
+    assert_eq!(copy[0]["total"], 16 * MIB, "{copy:?}");
     env.stop();
 }

@@ -320,6 +320,12 @@ fn three_sps_elect_share_alus_fail_over_and_fence() {
     assert!(e.contains("only exposure"), "{e}");
     let e = c.sps[1].refused(&["vol", "expose", "r10", "--on", "sp2"]);
     assert!(e.contains("not the master"), "{e}");
+    // A snapshot is kept by copy-on-write in the origin's tree on this SP:
+    // writes through another SP would change its image.
+    c.sps[0].ok(&["snap", "create", "r10", "s1", "--size", "8M"]);
+    let e = c.sps[0].refused(&["vol", "expose", "r10", "--on", "sp2"]);
+    assert!(e.contains("has snapshots (s1)"), "{e}");
+    c.sps[0].ok(&["snap", "remove", "s1"]);
 
     // A session the master of generation 1 holds open on sp3's ALU (as the
     // metadata store keeps one), to see it cut once a newer master appears.

@@ -3542,19 +3542,29 @@ impl Store {
         )
     }
 
-    /// Grow a linear or stripe volume by `add` bytes online by concatenation
-    /// (`lvextend`; spec [0109]: "additional storage space" is new tier-1 objects
-    /// under the volume): member m gets new segments on `alus[m]` (first fit of
-    /// size / S of `add`, possibly several extents) after its existing ones, so
-    /// every byte keeps its address and the new bytes follow the old ones.
+    /// Grow a volume by `add` bytes online by concatenation (`lvextend`; spec
+    /// [0109]: "additional storage space" is new tier-1 objects under the volume):
+    /// member m gets new segments on `alus[m]` (first fit of size / S of `add`,
+    /// possibly several extents) after its existing ones, so every byte keeps its
+    /// address and the new bytes follow the old ones.
     ///
-    /// Refused (nothing written): a mirror or raid10 volume (its write-intent
-    /// bitmap covers a fixed size), a snapshot or a volume that has snapshots (a
+    /// A mirror or raid10 volume grows every leg. The new part of the legs holds
+    /// whatever the ALUs held, different on each leg, so it is synchronised as a
+    /// rebuild is (as lvextend syncs the new part of a raid1 LV): the first leg of
+    /// each mirror stays Ok, every other leg becomes Rebuilding { checkpoint: the
+    /// old member size } with a Running Rebuild job from there to the new member
+    /// size, all in the same commit. Reads of the new part go to the first leg
+    /// until its copy is done; the write-intent bitmaps keep their slots (the
+    /// daemon rewrites them for the new leg size, see `WriteIntent::load`).
+    ///
+    /// Refused (nothing written): a snapshot or a volume that has snapshots (a
     /// snapshot covers its origin's size when taken), a volume held offline or
     /// with an unavailable definition, `add` not a non-zero multiple of 1 MiB per
     /// member, a new size breaking the layout's size rules (a stripe grows by whole
     /// chunks per member), not one ALU per member, an ALU unknown, failed, missing
-    /// or damaged, not enough room. One two-phase commit as replace_member's.
+    /// or damaged, not enough room; for a mirror or raid10 also an unfinished job
+    /// on the volume, a member not in sync, and two legs of one mirror on one ALU.
+    /// One two-phase commit as replace_member's.
     pub fn extend_volume(
         &mut self,
         volume: &str,
@@ -3563,11 +3573,6 @@ impl Store {
     ) -> Result<VolumeDef, MetaError> {
         let (mut list, image, old) = self.reshape_target(volume, "extend", false)?;
         let refused = format!("volume {volume}: extend refused");
-        if old.layout.redundant() {
-            return Err(MetaError::Refused(format!(
-                "{refused}: a mirror's write-intent bitmap covers a fixed size: extending it online is not supported"
-            )));
-        }
         if old.snapshot.is_some() {
             return Err(MetaError::Refused(format!(
                 "{refused}: it is a snapshot (it covers its origin's size when taken)"
@@ -3618,6 +3623,9 @@ impl Store {
         for &alu in alus {
             self.check_usable(&list, alu, &format!("volume {volume}"), &refused)?;
         }
+        if layout.redundant() {
+            self.check_mirror_extend(&list, &old, alus, &refused)?;
+        }
         let mut next_id = list.next_id.max(1);
         let mut segments = old.segments.clone();
         let mut taken: Vec<(Uuid, Extent)> = Vec::new();
@@ -3651,13 +3659,75 @@ impl Store {
         }
         // Stable: each member's segments stay in concatenation order, new ones last.
         segments.sort_by_key(|g| g.member);
-        let def = VolumeDef {
+        let mut def = VolumeDef {
             size,
             segments,
             ..old.clone()
         };
+        if layout.redundant() {
+            // Every leg but each mirror's first is copied from the old end on.
+            let (from, to) = (layout.member_size(old.size), layout.member_size(size));
+            for m in (0..members as u16).filter(|m| m % layout.copies != 0) {
+                def.members[usize::from(m)] = MemberHealth::Rebuilding { checkpoint: from };
+                let mut job = Job::leg_copy(next_id, def.id, m, None, to);
+                job.checkpoint = from;
+                list.jobs.push(job);
+                next_id += 1;
+            }
+            Self::prune_jobs(&mut list.jobs)?;
+        }
         list.next_id = next_id;
         self.commit_reshape(list, &image, old, def, &format!("extended by {add} bytes"))
+    }
+
+    /// The mirror-only refusals of [`Store::extend_volume`]: an unfinished job on
+    /// the volume (its checkpoints are member offsets of the old size), a member
+    /// not in sync (its new part would have nothing to be copied from, or its old
+    /// part is still being copied), a new piece on an ALU that holds another leg
+    /// of its mirror (or gets one in the same extend).
+    fn check_mirror_extend(
+        &self,
+        list: &BootList,
+        old: &VolumeDef,
+        alus: &[Uuid],
+        refused: &str,
+    ) -> Result<(), MetaError> {
+        if let Some(j) = list
+            .jobs
+            .iter()
+            .find(|j| j.volume == old.id && !j.state.finished())
+        {
+            return Err(MetaError::Refused(format!(
+                "{refused}: {} job {} is unfinished (wait for it or cancel it)",
+                kind_word(j.kind),
+                j.id
+            )));
+        }
+        let degraded = self.degraded_members(&old.name);
+        for (m, h) in old.members.iter().enumerate() {
+            let m = m as u16;
+            if *h != MemberHealth::Ok || degraded.iter().any(|(d, _)| *d == m) {
+                return Err(MetaError::Refused(format!(
+                    "{refused}: member {m} is not in sync (let its rebuild finish or replace it first)"
+                )));
+            }
+        }
+        let copies = old.layout.copies;
+        for (m, &alu) in alus.iter().enumerate() {
+            let m = m as u16;
+            let g = old.layout.group_of(m);
+            let other = (g * copies..(g + 1) * copies)
+                .filter(|&x| x != m)
+                .find(|&x| {
+                    alus[usize::from(x)] == alu || old.member_segments(x).any(|s| s.alu == alu)
+                });
+            if let Some(x) = other {
+                return Err(MetaError::Refused(format!(
+                    "{refused}: ALU {alu} holds member {x}, another leg of mirror {g}: give each leg its own ALU"
+                )));
+            }
+        }
+        Ok(())
     }
 
     // ---------------------------------------------------------------- archive

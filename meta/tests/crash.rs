@@ -1032,4 +1032,36 @@ fn crash_extend_volume() {
             assert_eq!(def.size, 6 * MIB);
         },
     );
+    // mirror: every leg grows; the second copies its new part (a rebuild job
+    // from the old member size) in the same commit
+    enumerate(
+        3,
+        |st| {
+            claim_all(st);
+            let (a0, a1) = (alu_uuid(st, 0), alu_uuid(st, 1));
+            st.create_volume_with(
+                "m",
+                2 * MIB,
+                mirror2(),
+                &[(0, a0, 2 * MIB), (1, a1, 2 * MIB)],
+            )
+            .unwrap();
+        },
+        |st| {
+            let (a1, a2) = (alu_uuid(st, 1), alu_uuid(st, 2));
+            let def = st.extend_volume("m", 3 * MIB, &[a2, a1]).unwrap();
+            assert_eq!(def.size, 5 * MIB);
+            assert_eq!(
+                def.members[1],
+                MemberHealth::Rebuilding {
+                    checkpoint: 2 * MIB
+                }
+            );
+            let j = st.jobs().into_iter().find(|j| j.volume == def.id).unwrap();
+            assert_eq!(
+                (j.member, j.checkpoint, j.total),
+                (Some(1), 2 * MIB, 5 * MIB)
+            );
+        },
+    );
 }

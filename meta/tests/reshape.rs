@@ -794,6 +794,164 @@ fn extend_a_stripe_volume() {
 }
 
 #[test]
+fn extend_a_mirror_copies_the_new_part_of_every_other_leg() {
+    let (disks, mut st, a) = cluster(4);
+    let m = st
+        .create_volume_with(
+            "m",
+            2 * MIB,
+            mirror(3),
+            &[(0, a[0], 2 * MIB), (1, a[1], 2 * MIB), (2, a[2], 2 * MIB)],
+        )
+        .unwrap();
+    let def = st.extend_volume("m", 3 * MIB, &[a[3], a[1], a[2]]).unwrap();
+    assert_eq!(def.size, 5 * MIB);
+    assert_eq!(def.layout, mirror(3));
+    assert_eq!(pieces(&def, 0), vec![(a[0], 2 * MIB), (a[3], 3 * MIB)]);
+    assert_eq!(pieces(&def, 1), vec![(a[1], 2 * MIB), (a[1], 3 * MIB)]);
+    assert_eq!(pieces(&def, 2), vec![(a[2], 2 * MIB), (a[2], 3 * MIB)]);
+    // the first leg keeps serving; the others copy from the old end on
+    assert_eq!(
+        def.members,
+        vec![
+            MemberHealth::Ok,
+            MemberHealth::Rebuilding {
+                checkpoint: 2 * MIB
+            },
+            MemberHealth::Rebuilding {
+                checkpoint: 2 * MIB
+            },
+        ]
+    );
+    assert_eq!(def.wi_slots, m.wi_slots, "the bitmaps keep their slots");
+    let jobs: Vec<Job> = st
+        .jobs()
+        .into_iter()
+        .filter(|j| j.volume == def.id)
+        .collect();
+    assert_eq!(jobs.len(), 2, "{jobs:?}");
+    for (j, member) in jobs.iter().zip([1, 2]) {
+        assert_eq!(j.kind, JobKind::Rebuild);
+        assert_eq!(j.member, Some(member));
+        assert_eq!((j.checkpoint, j.total), (2 * MIB, 5 * MIB));
+        assert_eq!(j.state, JobState::Running);
+        assert!(!j.dirty_only);
+    }
+    check_healthy(&st);
+    check_no_garbage(&st, &[]);
+    reopen_same(&disks, &st);
+    // a second extend waits for the copies
+    refused(
+        &disks,
+        &mut st,
+        &format!("rebuild job {} is unfinished", jobs[0].id),
+        |st| st.extend_volume("m", MIB, &[a[3], a[1], a[2]]),
+    );
+    for j in &jobs {
+        complete(&mut st, j.id, JobState::Done);
+    }
+    assert_eq!(vol(&st, "m").members, vec![MemberHealth::Ok; 3]);
+    let def = st.extend_volume("m", MIB, &[a[3], a[1], a[2]]).unwrap();
+    assert_eq!(def.size, 6 * MIB);
+    check_healthy(&st);
+    reopen_same(&disks, &st);
+}
+
+#[test]
+fn extend_a_raid10_volume() {
+    let (disks, mut st, a) = cluster(4);
+    st.create_volume_with(
+        "r",
+        2 * MIB,
+        raid10_2x2(),
+        &[
+            (0, a[0], MIB),
+            (1, a[1], MIB),
+            (2, a[2], MIB),
+            (3, a[3], MIB),
+        ],
+    )
+    .unwrap();
+    let def = st
+        .extend_volume("r", 4 * MIB, &[a[2], a[3], a[0], a[1]])
+        .unwrap();
+    assert_eq!(def.size, 6 * MIB);
+    for (m, alu) in [a[2], a[3], a[0], a[1]].into_iter().enumerate() {
+        assert_eq!(pieces(&def, m as u16)[1..], [(alu, 2 * MIB)]);
+    }
+    let rebuilding = MemberHealth::Rebuilding { checkpoint: MIB };
+    assert_eq!(
+        def.members,
+        vec![MemberHealth::Ok, rebuilding, MemberHealth::Ok, rebuilding]
+    );
+    let jobs: Vec<(Option<u16>, u64, u64)> = st
+        .jobs()
+        .into_iter()
+        .filter(|j| j.volume == def.id)
+        .map(|j| (j.member, j.checkpoint, j.total))
+        .collect();
+    assert_eq!(jobs, vec![(Some(1), MIB, 3 * MIB), (Some(3), MIB, 3 * MIB)]);
+    check_healthy(&st);
+    check_no_garbage(&st, &[]);
+    reopen_same(&disks, &st);
+}
+
+#[test]
+fn extend_refusals_of_a_mirror_write_nothing() {
+    let (disks, mut st, a) = cluster(4);
+    st.create_volume_with("m", MIB, mirror(2), &[(0, a[0], MIB), (1, a[1], MIB)])
+        .unwrap();
+    st.create_volume_with(
+        "r",
+        2 * MIB,
+        raid10_2x2(),
+        &[
+            (0, a[0], MIB),
+            (1, a[1], MIB),
+            (2, a[2], MIB),
+            (3, a[3], MIB),
+        ],
+    )
+    .unwrap();
+    refused(&disks, &mut st, "volume m: extend refused: ALU", |st| {
+        st.extend_volume("m", MIB, &[a[2], a[2]])
+    });
+    let e = refused(
+        &disks,
+        &mut st,
+        "holds member 0, another leg of mirror 0",
+        |st| st.extend_volume("m", MIB, &[a[2], a[0]]),
+    );
+    assert!(e.to_string().contains(&a[0].to_string()), "{e}");
+    refused(
+        &disks,
+        &mut st,
+        "holds member 2, another leg of mirror 1",
+        |st| st.extend_volume("r", 2 * MIB, &[a[2], a[3], a[0], a[2]]),
+    );
+    refused(
+        &disks,
+        &mut st,
+        "4 ALUs given, one per member needed (2)",
+        |st| st.extend_volume("m", MIB, &[a[2], a[3], a[2], a[3]]),
+    );
+    // a leg being rebuilt: its old part is not copied yet
+    let (_, j) = st.add_leg("m", a[2]).unwrap();
+    refused(
+        &disks,
+        &mut st,
+        &format!("rebuild job {} is unfinished", j.id),
+        |st| st.extend_volume("m", MIB, &[a[3], a[1], a[0]]),
+    );
+    let mut failed = job(&st, j.id);
+    failed.state = JobState::Failed;
+    st.update_job(&failed).unwrap();
+    refused(&disks, &mut st, "member 2 is not in sync", |st| {
+        st.extend_volume("m", MIB, &[a[3], a[1], a[0]])
+    });
+}
+
+#[test]
 fn extend_refusals_write_nothing() {
     let (disks, mut st, a) = cluster(3);
     st.create_volume("lin", 2 * MIB, &[(a[0], 2 * MIB)])
@@ -806,12 +964,6 @@ fn extend_refusals_write_nothing() {
         .unwrap();
     st.create_snapshot("snap", "lin", 2 * MIB, 64 << 10, &[(a[1], 2 * MIB)])
         .unwrap();
-    refused(
-        &disks,
-        &mut st,
-        "volume m: extend refused: a mirror's write-intent bitmap covers a fixed size: extending it online is not supported",
-        |st| st.extend_volume("m", MIB, &[a[2], a[2]]),
-    );
     refused(&disks, &mut st, "it has snapshots (snap)", |st| {
         st.extend_volume("lin", MIB, &[a[2]])
     });

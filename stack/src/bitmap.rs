@@ -912,7 +912,7 @@ impl WriteIntent {
                 Ok(()) => IntentBlock::decode(&buf).and_then(|b| {
                     if b.id != self.id {
                         Err(BlockError::Foreign(b.id))
-                    } else if b.leg_size != self.leg_size {
+                    } else if b.leg_size > self.leg_size {
                         Err(BlockError::LegSize {
                             found: b.leg_size,
                             expected: self.leg_size,
@@ -925,9 +925,7 @@ impl WriteIntent {
             report.push(match got {
                 Ok(b) => {
                     valid += 1;
-                    for (w, v) in b.bits.iter().enumerate() {
-                        self.bits[w].fetch_or(*v, SeqCst);
-                    }
+                    self.merge(&b);
                     self.sequence.fetch_max(b.sequence, SeqCst);
                     Ok(b.sequence)
                 }
@@ -953,6 +951,27 @@ impl WriteIntent {
             copies: report,
             dirty,
             full,
+        }
+    }
+
+    /// Add the bits of `b`, a copy of this mirror's bitmap for legs of at most
+    /// this size. Smaller legs are the bitmap from before the mirror was
+    /// extended (the commit of the new size precedes the first rewrite of the
+    /// copies): its regions keep their offsets, so each set bit marks the
+    /// region(s) of this geometry covering the same bytes. The grown part has
+    /// no bit to carry; it is being copied by a rebuild (`Store::extend_volume`).
+    fn merge(&self, b: &IntentBlock) {
+        if b.region_size == self.region_size() {
+            for (w, v) in b.bits.iter().enumerate() {
+                self.bits[w].fetch_or(*v, SeqCst);
+            }
+            return;
+        }
+        // Region sizes are powers of two and grow with the leg size: one region
+        // here covers several of the old ones.
+        for r in (0..b.regions as usize).filter(|&r| b.is_set(r)) {
+            let n = self.region_of((r as u64) * b.region_size);
+            self.bits[n / 64].fetch_or(1 << (n % 64), SeqCst);
         }
     }
 
@@ -1572,5 +1591,64 @@ mod tests {
         // The race was exercised: regions were cleared and set again.
         assert!(cleared.load(SeqCst) > 5, "cleared {}", cleared.load(SeqCst));
         assert!(wi.persists() > 5, "persists {}", wi.persists());
+    }
+
+    /// A copy of `id`'s bitmap for legs of `leg_size` bytes with `set` dirty.
+    fn block_for(id: IntentId, leg_size: u64, set: &[usize]) -> Vec<u8> {
+        let region_size = region_size_for(leg_size);
+        let regions = leg_size.div_ceil(region_size) as u32;
+        let mut bits = vec![0u64; (regions as usize).div_ceil(64)];
+        for &r in set {
+            bits[r / 64] |= 1 << (r % 64);
+        }
+        IntentBlock {
+            id,
+            leg_size,
+            region_size,
+            regions,
+            sequence: 5,
+            bits,
+        }
+        .encode()
+    }
+
+    /// Load `block` into a fresh bitmap for legs of `leg_size`: its dirty regions.
+    fn load_into(id: IntentId, leg_size: u64, block: Vec<u8>) -> (Vec<usize>, bool) {
+        let disks = Arc::new(Mutex::new(Disks {
+            copies: [block, vec![0; BLOCK_SIZE]],
+            ..Default::default()
+        }));
+        let wi = WriteIntent::new(id, 2, leg_size).unwrap();
+        let copy = Dev {
+            disks,
+            copy: Some(0),
+        };
+        let report = block_on(wi.load(&[copy]));
+        let dirty = (0..wi.regions()).filter(|&r| wi.is_dirty(r)).collect();
+        (dirty, report.full)
+    }
+
+    #[test]
+    fn a_bitmap_written_before_the_legs_grew_keeps_its_bits() {
+        let id = IntentId {
+            volume: 3,
+            mirror: 0,
+        };
+        // Same region size: the bits carry over; the grown part is clean.
+        let (dirty, full) = load_into(id, 16 << 20, block_for(id, 8 << 20, &[2, 5, 7]));
+        assert!(!full);
+        assert_eq!(dirty, vec![2, 5, 7]);
+        // Crossing MAX_REGIONS doubles the region size: old regions 0 and 1
+        // are new region 0, old 3 is new 1.
+        let old = MAX_REGIONS << 20;
+        let last = MAX_REGIONS as usize - 1;
+        let (dirty, full) = load_into(id, 2 * old, block_for(id, old, &[0, 1, 3, last]));
+        assert!(!full);
+        assert_eq!(dirty, vec![0, 1, last / 2]);
+        // A copy for larger legs than these is not this bitmap: every region
+        // is dirty.
+        let (dirty, full) = load_into(id, 8 << 20, block_for(id, 16 << 20, &[1]));
+        assert!(full);
+        assert_eq!(dirty.len(), 8);
     }
 }

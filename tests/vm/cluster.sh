@@ -181,6 +181,10 @@ wait "$dd_pid" || fail "the held write failed"
 a=$(dd if="$dev" bs=1M skip=180 count=4 iflag=direct 2>/dev/null | sha256sum)
 [ "$a" = "$b" ] || fail "the held write is not there after resume"
 ok "quiesced on both SPs: a write through sp2 was held, then completed on resume"
+# A snapshot is kept by copy-on-write on one SP: not while sp2 also writes.
+e=$(tb snap create r10 s1 2>&1) && fail "a snapshot of r10 was taken while sp2 exposes it"
+case "$e" in *"also exposed on sp2"*) ;; *) fail "unexpected: $e" ;; esac
+ok "no snapshot while another SP exposes the volume"
 tb vol unexpose r10 --on sp2
 [ -e "$dev2" ] && fail "$dev2 still exists after unexpose"
 e=$(tb vol unexpose r10 --on sp1 2>&1) && fail "unexposing the last exposure worked"

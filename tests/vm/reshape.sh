@@ -7,8 +7,10 @@
 # - add a mirror leg (linear -> mirror), rebuilt online; remove the first
 #   leg (mirror -> linear);
 # - release the ALU everything was moved off; the one in use is refused;
-# - grow by concatenation (Linux 6.12 cannot resize a live ublk device:
-#   the device grows when the volume comes online again).
+# - grow the volume, a mirror again, by concatenation: the second leg copies
+#   its new part from the first (a rebuild job from the old end), which a
+#   scrub proves (Linux 6.12 cannot resize a live ublk device: the device
+#   grows when the volume comes online again).
 # Ends with fio's verify at 0 errors, no I/O error in the kernel log, and
 # e2fsck -fn clean.
 # vm-run: --disks 4 --disk-size 384M
@@ -93,9 +95,25 @@ tb alu release /dev/vdb >/dev/null
 expect_fail tb alu release /dev/vdc
 ok "the ALUs moved off were released; /dev/vdc (in use) was refused"
 
-# --- grow by concatenation -----------------------------------------------------
-kill -0 "$fio_pid" || fail "fio's write pass ended before the last change: no load left"
-out=$(tb vol extend l1 --by 64M --alu /dev/vdd)
+# --- grow a mirror by concatenation --------------------------------------------
+# l1 becomes a mirror of /dev/vdc and /dev/vdd again. The extend takes new
+# pieces where a scratch volume left random bytes on /dev/vdd (and zeros on
+# /dev/vdc): unless the second leg copies its new part from the first, the
+# legs differ there and the scrub at the end finds it.
+wait_fio "$fio_pid" /tmp/fio-load.out "across move, kill -9, add-leg and remove-leg"
+ok "fio: write + verify with 0 errors across move, kill -9, add-leg and remove-leg"
+out=$(tbj vol add-leg l1 /dev/vdd --wait)
+json_has "$out" state '"done"' || fail "add-leg rebuild not done: $out"
+tb vol create junk --size 64M --alu /dev/vdd >/dev/null
+wait_vol_state junk online
+dd if=/dev/urandom of="$(vol_device junk)" bs=1M count=64 oflag=direct 2>/dev/null
+tb vol offline junk >/dev/null
+tb vol remove junk >/dev/null
+fio_load /mnt/data 96M --rate=,2m
+fio_pid=$FIO_PID
+sleep 2
+expect_fail tb vol extend l1 --by 64M --alu /dev/vdd --alu /dev/vdd
+out=$(tb vol extend l1 --by 64M --alu /dev/vdc --alu /dev/vdd)
 echo "$out"
 json_has "$(vol_json l1)" size 335544320 || fail "l1 not 320 MiB in its definition: $(vol_json l1)"
 case "$out" in
@@ -103,10 +121,18 @@ case "$out" in
 *"UBLK_CMD_UPDATE_SIZE"*) grew=0 ;;
 *) fail "extend said neither: $out" ;;
 esac
-ok "extend: l1 is 320 MiB, pieces on /dev/vdc then /dev/vdd"
+job=$(echo "$out" | sed -n 's/.*copies the new part of its other legs: job \([0-9]*\).*/\1/p')
+[ -n "$job" ] || fail "extend of a mirror started no copy: $out"
+out=$(tbj job show "$job" --wait)
+json_has "$out" state '"done"' || fail "the copy of the new part is not done: $out"
+from=$(grep "job started" "$DAEMON_LOG" | grep "job=$job " | sed -n 's/.*from=\([0-9]*\).*/\1/p' | head -n 1)
+[ "$from" = 268435456 ] || fail "the copy started at ${from:-?}, not at the old end (256 MiB)"
+[ "$(members_on l1)" = "0:/dev/vdc 1:/dev/vdd " ] || fail "legs: $(members_on l1)"
+ok "extend: l1 is a 320 MiB mirror; leg 1 copied its new part from byte 256 MiB (job $job)"
+kill -0 "$fio_pid" || fail "fio's write pass ended before the extend's copy: no load across it"
 
-wait_fio "$fio_pid" /tmp/fio-load.out "across move, kill -9, add-leg, remove-leg and extend"
-ok "fio: write + verify with 0 errors across every change"
+wait_fio "$fio_pid" /tmp/fio-load.out "across the extend of a mirror and its copy"
+ok "fio: write + verify with 0 errors across the extend and its copy"
 dmesg | grep -i "I/O error, dev ublkb" && fail "the kernel saw I/O errors on $dev"
 ok "no I/O error reached the block layer"
 umount /mnt
@@ -128,4 +154,8 @@ e2fsck -fn "$dev" >/tmp/fsck.out 2>&1 || {
 	fail "e2fsck found problems after resize2fs"
 }
 ok "$dev is 320 MiB; ext4 grown into it, e2fsck -fn clean"
+out=$(tbj vol scrub l1 --wait)
+json_has "$out" state '"done"' || fail "scrub not done: $out"
+[ "$(json_num "$out" mismatches)" = 0 ] || fail "the legs differ after the extend: $out"
+ok "scrub: the two legs are identical, the new part included"
 stop_daemon

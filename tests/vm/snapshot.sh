@@ -4,18 +4,22 @@
 # the origin is overwritten (checksums); it is a read-only /dev/ublkbN that
 # e2fsck finds clean; a second snapshot is removed; a rollback of the offline
 # origin survives a kill -9 of the daemon (it resumes from its checkpoint),
-# restores the old data, and e2fsck finds the origin clean.
-# vm-run: --disks 2 --disk-size 384M
+# restores the old data, and e2fsck finds the origin clean. A leg of the
+# origin moves to another ALU online, under load, while s1 is exposed (spec
+# VI with VIII: the snapshot reads through its origin's tree, so it is held
+# and loads the new tree with the origin): s1 keeps its old data.
+# vm-run: --disks 3 --disk-size 384M
 set -eu
 . "$(dirname "$0")/lib.sh"
 
-require_disks 2
-alus="--alu /dev/vda --alu /dev/vdb"
+require_disks 3
+alus="--alu /dev/vda --alu /dev/vdb --alu /dev/vdc"
 # shellcheck disable=SC2086
 start_daemon $alus
 tb alu claim /dev/vda >/dev/null
 tb alu claim /dev/vdb >/dev/null
-tb vol create v1 --size 128M --layout mirror
+tb alu claim /dev/vdc >/dev/null
+tb vol create v1 --size 128M --layout mirror --alu /dev/vda --alu /dev/vdb
 wait_vol_state v1 online
 dev=$(vol_device v1)
 mkfs.ext4 -q -F "$dev"
@@ -81,6 +85,38 @@ mount -t ext4 -o ro "$sdev" /mnt/s
 (cd /mnt/s && sha256sum -c /tmp/old.sums) || fail "the snapshot lost the old data"
 umount /mnt/s
 ok "s1 shows the old files (checksums); e2fsck clean"
+
+# Move the origin's leg on /dev/vda to /dev/vdc under load, s1 online.
+fio_load /mnt/o/load2 32M --rate=,1m
+fio_pid=$FIO_PID
+sleep 1
+out=$(tbj vol move v1 --to /dev/vdc --from /dev/vda --rate 16M --wait)
+json_has "$out" state '"done"' || fail "the move of v1's leg is not done: $out"
+i=0
+while vol_json v1 | grep -q '"path":"/dev/vda"'; do
+	i=$((i + 1))
+	[ "$i" -le 100 ] || fail "the moved leg was never dropped: $(vol_json v1)"
+	sleep 0.2
+done
+vol_json v1 | grep -q '"path":"/dev/vdc"' || fail "v1 has no leg on /dev/vdc: $(vol_json v1)"
+wait_fio "$fio_pid" /tmp/fio-load.out "while v1's leg moved with s1 online"
+json_has "$(tbj snap list v1)" state '"valid"' || fail "s1 not valid after the move: $(tbj snap list v1)"
+# Random bytes where the old leg was: a snapshot still reading through the
+# origin's old tree would read them.
+tb vol create junk --size 128M --alu /dev/vda >/dev/null
+wait_vol_state junk online
+dd if=/dev/urandom of="$(vol_device junk)" bs=1M count=128 oflag=direct 2>/dev/null
+e2fsck -fn "$sdev" >/tmp/e2fsck-s1.out 2>&1 || {
+	cat /tmp/e2fsck-s1.out
+	fail "e2fsck found errors on the snapshot after the move"
+}
+mount -t ext4 -o ro "$sdev" /mnt/s
+(cd /mnt/s && sha256sum -c /tmp/old.sums) || fail "the snapshot lost the old data in the move"
+umount /mnt/s
+(cd /mnt/o && sha256sum -c /tmp/new.sums) || fail "the origin lost data in the move"
+tb vol offline junk >/dev/null
+tb vol remove junk >/dev/null
+ok "v1's leg moved from /dev/vda to /dev/vdc under fio load (0 errors); s1 still shows the old files"
 
 # A second snapshot, then removed: its store is freed, s1 is unaffected.
 tb snap create v1 s2 --size 32M --chunk 16K

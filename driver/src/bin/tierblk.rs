@@ -316,7 +316,7 @@ enum VolCmd {
         #[arg(long)]
         wait: bool,
     },
-    /// Grow a linear or stripe volume online by concatenating new pieces (one --alu per member). The device grows at once where the kernel can (Linux 6.16+), else when the volume next comes online.
+    /// Grow a volume online by concatenating new pieces (one --alu per member; a mirror's other legs then copy their new part). The device grows at once where the kernel can (Linux 6.16+), else when the volume next comes online.
     Extend {
         name: String,
         /// How much to add, e.g. 512M (whole MiB; a stripe grows by whole chunks per member).

@@ -199,6 +199,19 @@ impl Daemon {
                 "volume {name}: a snapshot follows its origin's exposure"
             ));
         }
+        let snaps: Vec<String> = self
+            .snapshots_of(v.id)
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        if sp != me && !snaps.is_empty() {
+            // Copy-on-write runs in the origin's tree here only: the other
+            // SP's writes would change the snapshots' images.
+            return Err(format!(
+                "volume {name}: has snapshots ({}), kept only on this SP: remove them before exposing it on sp {sp}",
+                snaps.join(", ")
+            ));
+        }
         if let Some(j) = self.store.jobs().into_iter().find(|j| {
             j.volume == v.id
                 && matches!(j.kind, JobKind::Rebuild | JobKind::Move)

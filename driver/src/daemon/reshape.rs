@@ -1,7 +1,7 @@
 //! Changing a volume's shape while it is online (spec VI, [0109]–[0115];
 //! claims 7–18 of 001_…): a mirror leg added or removed (lvconvert -m±1), a
 //! member moved to another ALU or SP (pvmove), the volume grown by
-//! concatenation (lvextend).
+//! concatenation (lvextend; a mirror's other legs then copy their new part).
 //!
 //! Every change runs the same sequence, Fig. 15 of section IX ([0171]):
 //! 1. quiesce every SP exposing the volume (in-flight requests complete, new
@@ -15,6 +15,11 @@
 //!    a peer that cannot take it stays quiesced, never resumed on the old
 //!    tree, whose extents may now be free;
 //! 4. resume: held requests run on the new tree; jobs restart.
+//!
+//! A snapshot online here reads its origin's data through the origin's tree
+//! (spec VIII): it is quiesced with the origin in step 1 and loads the
+//! origin's new tree in step 3, so no snapshot read reaches an extent the new
+//! definition freed.
 //!
 //! A move is a temporary mirror leg on the target (a `move` job copies it
 //! with checkpoints persisted in the boot list, so it resumes after a crash
@@ -44,16 +49,6 @@ impl Daemon {
         if v.snapshot.is_some() {
             return Err(format!("volume {name}: {what}: refused: it is a snapshot"));
         }
-        if let Some(s) = self
-            .image_volumes()
-            .into_iter()
-            .find(|s| s.snapshot.is_some_and(|o| o.origin == v.id))
-        {
-            return Err(format!(
-                "volume {name}: {what}: refused: snapshot {} reads through its tree (remove its snapshots first)",
-                s.name
-            ));
-        }
         if self.quiesced.contains_key(name) {
             return Err(format!(
                 "volume {name}: {what}: refused: quiesced by an administrator (`tierblk vol resume {name}` first)"
@@ -61,6 +56,15 @@ impl Daemon {
         }
         let here = matches!(self.runtime.get(name), Some(Runtime::Online { .. }));
         let peers = self.exposing_peers(&v);
+        // A snapshot online here reads its origin's data through the origin's
+        // tree: it is held with the origin and loads the new tree too, or it
+        // would read extents the new definition may have freed.
+        let views: Vec<String> = self
+            .snapshots_of(v.id)
+            .into_iter()
+            .filter(|s| matches!(self.runtime.get(&s.name), Some(Runtime::Online { .. })))
+            .map(|s| s.name)
+            .collect();
         if copies && !peers.is_empty() {
             // An exposing peer has no jobs and starts a leg being copied as
             // failed: its writes would never reach the new leg.
@@ -74,6 +78,17 @@ impl Daemon {
             self.quiesce(name)
                 .map_err(|e| format!("volume {name}: {what}: {e}"))?;
         }
+        let held_views = match self.hold_views(&views) {
+            Ok(h) => h,
+            Err(e) => {
+                if hold {
+                    if let Err(r) = self.resume(name) {
+                        error!(volume = %name, "cannot resume after a refused {what}: {r}");
+                    }
+                }
+                return Err(format!("volume {name}: {what}: {e}"));
+            }
+        };
         let (def, job) = match op(&mut self.store) {
             Ok(r) => r,
             Err(e) => {
@@ -82,6 +97,7 @@ impl Daemon {
                         error!(volume = %name, "cannot resume after a refused {what}: {r}");
                     }
                 }
+                self.release_views(&held_views);
                 return Err(e.to_string());
             }
         };
@@ -106,11 +122,17 @@ impl Daemon {
                 stale.push(sp.clone());
             }
         }
+        let stale_views = self.reload_views(&views);
         if here {
             if let Err(e) = self.resume_here(name) {
                 error!(volume = %name, "cannot resume after the {what}: {e}");
             }
         }
+        let resumable: Vec<String> = held_views
+            .into_iter()
+            .filter(|s| !stale_views.contains(s))
+            .collect();
+        self.release_views(&resumable);
         for sp in peers.iter().filter(|sp| !stale.contains(sp)) {
             if let Err(e) = self.hold(sp, name, false) {
                 warn!(volume = %name, %sp, "cannot resume there: {e}");
@@ -120,6 +142,59 @@ impl Daemon {
         self.log
             .emit("volume-reshaped", Some(name), what.to_string());
         Ok((def, job))
+    }
+
+    /// Quiesce the snapshots `views` (online here) that are not already held
+    /// by an administrator; returns those it quiesced. All or none.
+    fn hold_views(&mut self, views: &[String]) -> Result<Vec<String>, String> {
+        let free: Vec<String> = views
+            .iter()
+            .filter(|s| !self.quiesced.contains_key(*s))
+            .cloned()
+            .collect();
+        let mut held = Vec::new();
+        for s in &free {
+            if let Err(e) = self.quiesce_here(s) {
+                self.release_views(&held);
+                return Err(format!("snapshot {s}: {e}"));
+            }
+            held.push(s.clone());
+        }
+        Ok(held)
+    }
+
+    fn release_views(&mut self, views: &[String]) {
+        for s in views {
+            if let Err(e) = self.resume_here(s) {
+                error!(snapshot = %s, "cannot resume: {e}");
+            }
+        }
+    }
+
+    /// Point every snapshot in `views` (held) at its origin's new tree;
+    /// returns those that could not be (they stay held: their old view may
+    /// read freed extents).
+    fn reload_views(&mut self, views: &[String]) -> Vec<String> {
+        let mut stale = Vec::new();
+        for s in views {
+            let top = self.volume(s).and_then(|def| {
+                let Some(Runtime::Online { desc, .. }) = self.runtime.get(s) else {
+                    return Err(format!("snapshot {s}: not online"));
+                };
+                let cow = desc.clone();
+                self.view_top(&def, cow)
+            });
+            match (top, self.runtime.get(s)) {
+                (Ok(top), Some(Runtime::Online { slot, .. })) => slot.reload(top),
+                (r, _) => {
+                    let e = r.err().unwrap_or_else(|| "not online".into());
+                    error!(snapshot = %s, "cannot load its origin's new tree: {e}; its I/O stays held");
+                    self.log.emit("reshape-failed", Some(s), e);
+                    stale.push(s.clone());
+                }
+            }
+        }
+        stale
     }
 
     /// Load `def`'s tree into the running volume in place (it is quiesced):
@@ -372,10 +447,27 @@ impl Daemon {
                 v.layout.members()
             ));
         }
-        let (def, _) = self.reshape(name, "extend", false, |st| {
+        // A mirror's other legs copy their new part: not while a peer exposes
+        // the volume (its writes would miss the legs being copied).
+        let (def, _) = self.reshape(name, "extend", v.layout.redundant(), |st| {
             Ok((st.extend_volume(name, add, &uuids)?, None))
         })?;
-        let size = format_size(def.size);
+        let copying: Vec<String> = self
+            .store
+            .jobs()
+            .into_iter()
+            .filter(|j| j.volume == def.id && !j.state.finished())
+            .map(|j| j.id.to_string())
+            .collect();
+        let size = if copying.is_empty() {
+            format_size(def.size)
+        } else {
+            format!(
+                "{} (the mirror copies the new part of its other legs: job {})",
+                format_size(def.size),
+                copying.join(", ")
+            )
+        };
         let Some(Runtime::Online { exposed, .. }) = self.runtime.get(name) else {
             return Ok(Payload::Done(format!("volume {name}: grown to {size}")));
         };

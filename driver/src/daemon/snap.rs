@@ -83,7 +83,7 @@ impl Daemon {
     }
 
     /// The snapshot volumes of origin `id`.
-    fn snapshots_of(&self, origin: u64) -> Vec<VolumeDef> {
+    pub(super) fn snapshots_of(&self, origin: u64) -> Vec<VolumeDef> {
         self.image_volumes()
             .into_iter()
             .filter(|v| v.snapshot.is_some_and(|s| s.origin == origin))
@@ -278,6 +278,15 @@ impl Daemon {
             return Err(format!(
                 "snapshot {name}: volume {volume} is being rolled back to {s} (job {})",
                 j.id
+            ));
+        }
+        let peers = self.exposing_peers(&o);
+        if !peers.is_empty() {
+            // Copy-on-write runs in the origin's tree on this SP only: a
+            // peer's writes would change the snapshot's image.
+            return Err(format!(
+                "snapshot {name}: volume {volume} is also exposed on {}: a snapshot is kept only where it lives (`tierblk vol unexpose {volume} --on SP` first)",
+                peers.join(", ")
             ));
         }
         let chunk = chunk.unwrap_or(DEFAULT_CHUNK);
