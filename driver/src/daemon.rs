@@ -1439,8 +1439,10 @@ impl Daemon {
     /// After an unclean stop, legs of a mirror may differ where writes were
     /// in flight: queue a resync of every mirror volume, as MD resyncs an
     /// array that was not cleanly stopped: of the regions its write-intent
-    /// bitmaps mark (a `resync` job), or, for a volume made before bitmaps,
-    /// of everything (a repairing scrub).
+    /// bitmaps mark (a `resync` job), or, for a volume made before bitmaps
+    /// or one that ran without them (a leg on a peer's ALU, or another SP
+    /// its master: [`Daemon::bitmaps_cover`]), of everything (a repairing
+    /// scrub).
     fn resync_after_unclean_stop(&mut self) {
         for v in self.image_volumes() {
             if !matches!(v.layout.kind, LayoutKind::Mirror | LayoutKind::Raid10) {
@@ -1459,7 +1461,9 @@ impl Daemon {
             }
             // Queued for offline volumes too: it runs when they come online.
             let total = v.layout.member_size(v.size) * u64::from(v.layout.stripes.max(1));
-            let bitmap = !v.wi_slots.is_empty();
+            // A mirror that ran without a bitmap (a leg on a peer's ALU, or
+            // another SP its master) has no record of its dirty regions.
+            let bitmap = self.bitmaps_cover(&v);
             let job = Job {
                 id: 0,
                 kind: if bitmap {

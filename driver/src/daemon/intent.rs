@@ -69,13 +69,8 @@ impl Daemon {
         // A copy on a peer's ALU would need a remote reference into its
         // metadata region, which `part:` exports never reach: a mirror with
         // a leg in another SP runs without a bitmap (a crash resyncs it
-        // whole).
-        let remote = (0..copies).any(|leg| {
-            v.wi_location(j * copies + leg)
-                .and_then(|(alu, _)| self.store.path_of(alu))
-                .is_some_and(|p| self.peer_of(p).is_some())
-        });
-        if remote {
+        // whole, see `bitmaps_cover`).
+        if self.remote_leg(v, j) {
             return Ok(None);
         }
         let wi = WriteIntent::new(
@@ -99,6 +94,49 @@ impl Daemon {
             wi.set_copy(usize::from(leg), file, off);
         }
         Ok(Some(wi))
+    }
+
+    /// Whether a leg of mirror `j` of `v` is on a peer's ALU.
+    fn remote_leg(&self, v: &VolumeDef, j: u16) -> bool {
+        let copies = v.layout.copies.max(1);
+        (0..copies).any(|leg| {
+            v.wi_location(j * copies + leg)
+                .and_then(|(alu, _)| self.store.path_of(alu))
+                .is_some_and(|p| self.peer_of(p).is_some())
+        })
+    }
+
+    /// Whether `v`'s bitmaps mark every region an unclean stop may have left
+    /// different between its legs, so that a resync of the dirty regions is
+    /// enough: every mirror of `v` ran with a bitmap, and the master that ran
+    /// it was this SP. Not so for a mirror with a leg on a peer's ALU (it runs
+    /// without one: `place_intent`), nor, among peers, when this SP cannot
+    /// tell that it was the master before (a takeover: the old master ran
+    /// mirrors on this SP's ALUs as remote, without bitmaps; a peer that does
+    /// not answer may have been the master), nor for a leg whose ALU is not
+    /// present (it may have been a peer's). Otherwise the whole volume is
+    /// resynced.
+    pub(super) fn bitmaps_cover(&self, v: &VolumeDef) -> bool {
+        if v.wi_slots.is_empty() {
+            return false;
+        }
+        let Some(c) = self.cluster.as_ref() else {
+            return true;
+        };
+        let master_elsewhere = c.peers.values().any(|p| {
+            p.misses >= super::cluster::MISSES || p.view.as_ref().is_none_or(|s| s.master)
+        });
+        if master_elsewhere {
+            return false;
+        }
+        let copies = v.layout.copies.max(1);
+        (0..mirrors_of(v)).all(|j| {
+            (0..copies).all(|leg| {
+                v.wi_location(j * copies + leg)
+                    .and_then(|(alu, _)| self.store.path_of(alu))
+                    .is_some_and(|p| self.peer_of(p).is_none())
+            })
+        })
     }
 
     /// Write every leg's bitmap copy of a new volume, all clear (its legs
