@@ -849,7 +849,14 @@ impl Daemon {
                     })
                     .unwrap_or_default();
                 for alu in alus {
-                    match self.fail_alu_uuid(alu) {
+                    // A store poisoned by an earlier failed write (the same
+                    // dead ALU, in the middle of a commit) is read again
+                    // first: the failure must be persisted now.
+                    let r = match self.fail_alu_uuid(alu) {
+                        Err(_) if self.recover_store() => self.fail_alu_uuid(alu),
+                        r => r,
+                    };
+                    match r {
                         Ok(_) => {
                             warn!(volume = %volume, member, errno, %alu, "leg failure persisted; ALU failed")
                         }
@@ -882,6 +889,28 @@ impl Daemon {
                 let _ = reply.send(self.on_control(req));
             }
         }
+        self.recover_store();
+    }
+
+    /// A failed metadata write poisons the store (what is in memory may not
+    /// be on disk: an ALU, a peer's above all, went away in the middle of a
+    /// commit) and every change is refused: read the ALUs again at once, as a
+    /// restart would, rather than leaving a leg failure unrecorded until one.
+    /// Returns whether it did.
+    fn recover_store(&mut self) -> bool {
+        let Some(why) = self.store.poisoned().map(str::to_string) else {
+            return false;
+        };
+        warn!("metadata store poisoned ({why}): reading the ALUs again");
+        let report = self.store.reopen();
+        for r in &report.repairs {
+            warn!("repaired: {r}");
+        }
+        for p in &report.problems {
+            error!("{p}");
+        }
+        self.log.emit("store-reopened", None, why);
+        true
     }
 
     fn offline(&mut self, name: &str) -> Result<(), String> {
@@ -1521,11 +1550,7 @@ impl Daemon {
         {
             return;
         }
-        let Some(j) = all
-            .into_iter()
-            .filter(|j| j.volume == v.id && j.state == JobState::Running)
-            .min_by_key(|j| j.id)
-        else {
+        let Some(j) = jobs::next_job(&all, v.id).cloned() else {
             return;
         };
         let copies = usize::from(v.layout.copies.max(1));

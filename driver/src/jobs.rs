@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use tierblk_meta::{Job, JobKind, JobState};
 use tierblk_stack::resync::{rebuild_leg, resync_dirty, scrub, JobControl, JobError};
 use tierblk_stack::uring::LocalRing;
 use tierblk_stack::volume::{build_volume, VolumeDesc};
@@ -27,6 +28,19 @@ pub const CHECKPOINT_EVERY: u64 = 32 << 20;
 /// A rollback merges 64 KiB chunks scattered over the origin, typically far
 /// fewer bytes than a rebuild copies: it checkpoints more often.
 pub const ROLLBACK_CHECKPOINT_EVERY: u64 = 4 << 20;
+
+/// The job of `volume` to run next among `jobs` (one runs at a time per
+/// volume): a crash resync first, then the oldest. After an unclean stop the
+/// legs may differ where writes were in flight, below a rebuild's or move's
+/// checkpoint too; the resync writes every leg that takes writes (a leg
+/// being copied included), so the copy then resumes over legs that agree
+/// below its checkpoint. Run after it, the copy would end (a move dropping
+/// its source) with the target still holding what it had there.
+pub fn next_job(jobs: &[Job], volume: u64) -> Option<&Job> {
+    jobs.iter()
+        .filter(|j| j.volume == volume && j.state == JobState::Running)
+        .min_by_key(|j| (j.kind != JobKind::Resync, j.id))
+}
 
 /// What a job does.
 #[derive(Clone)]
@@ -243,8 +257,21 @@ fn run(spec: &Spec, ctl: &JobControl, base: &AtomicU64) -> Outcome {
             let leg = spec.leg_size.max(1);
             let first = (spec.start / leg) as usize;
             for (i, m) in mirrors.iter().enumerate().skip(first) {
-                // Mirrors without a bitmap (or already in sync) have nothing to do.
-                if !m.health().write_intent().is_some_and(|w| w.unsynced()) {
+                let Some(wi) = m.health().write_intent() else {
+                    // No record of where writes were in flight (a mirror that
+                    // ran without a bitmap: a leg on a peer's ALU): a
+                    // repairing scrub of all of it, as for a volume made
+                    // before bitmaps.
+                    let from = if i == first { spec.start % leg } else { 0 };
+                    base.store(i as u64 * leg, Ordering::SeqCst);
+                    match ring.block_on(scrub(m, from, STEP, true, ctl)) {
+                        Ok(r) => regions += r.repaired,
+                        Err(e) => return ended(spec, ctl, base, e, 0, regions),
+                    }
+                    continue;
+                };
+                // Already in sync: nothing to do.
+                if !wi.unsynced() {
                     continue;
                 }
                 base.store(i as u64 * leg, Ordering::SeqCst);
@@ -326,4 +353,34 @@ fn ended(
 /// The size of one leg of the volume's mirrors (0 when it has none).
 pub fn leg_size(desc: &VolumeDesc) -> u64 {
     desc.members.first().map(|m| m.size()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: u64, kind: JobKind, volume: u64, state: JobState) -> Job {
+        Job {
+            kind,
+            state,
+            ..Job::leg_copy(id, volume, 1, None, 64 << 20)
+        }
+    }
+
+    #[test]
+    fn a_crash_resync_runs_before_the_copy_it_found_running() {
+        let jobs = [
+            job(3, JobKind::Move, 7, JobState::Running),
+            job(4, JobKind::Resync, 9, JobState::Running),
+            job(5, JobKind::Rebuild, 7, JobState::Running),
+            job(6, JobKind::Resync, 7, JobState::Paused),
+        ];
+        // No running resync of volume 7: the oldest.
+        assert_eq!(next_job(&jobs, 7).map(|j| j.id), Some(3));
+        let mut jobs = jobs.to_vec();
+        jobs[3].state = JobState::Running;
+        assert_eq!(next_job(&jobs, 7).map(|j| j.id), Some(6));
+        assert_eq!(next_job(&jobs, 9).map(|j| j.id), Some(4));
+        assert_eq!(next_job(&jobs, 8), None);
+    }
 }

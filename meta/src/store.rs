@@ -505,6 +505,39 @@ impl Store {
         report
     }
 
+    /// Why the store refuses changes until [`Store::reopen`]: a write failed
+    /// in the middle of a change, so what is in memory may not be on disk.
+    pub fn poisoned(&self) -> Option<&str> {
+        self.poisoned.as_deref()
+    }
+
+    /// Read every disk again and rebuild the committed image from what they
+    /// hold, exactly as [`Store::open`] does at a restart (repairing if the
+    /// store was opened to): the way back after a failed write poisoned the
+    /// store, e.g. a peer's ALU that went away in the middle of a commit.
+    /// Every change keeps the disks in its old or its new committed state at
+    /// each of its writes (tests/crash.rs), so the disks are the truth; a disk
+    /// that still fails reads is reported as a problem like at a start.
+    pub fn reopen(&mut self) -> OpenReport {
+        let slots = std::mem::take(&mut self.slots);
+        self.slots = slots
+            .into_iter()
+            .map(|s| Slot::new(s.path, s.disk))
+            .collect();
+        for s in &mut self.slots {
+            s.load();
+        }
+        self.list = None;
+        self.image = None;
+        self.boot_unreadable = false;
+        self.max_seq = 0;
+        self.vol_problems.clear();
+        self.vol_degraded.clear();
+        self.problems.clear();
+        self.poisoned = None;
+        self.rescan_and_repair()
+    }
+
     /// The committed image; None until the first claim commits.
     pub fn image(&self) -> Option<&ClusterImage> {
         self.image.as_ref()

@@ -7,7 +7,7 @@ use common::*;
 use tierblk_meta::store::{AluState, Store};
 use tierblk_meta::testing::{replay, Event, Recorder};
 use tierblk_meta::{Job, JobKind, JobState};
-use tierblk_meta::{Layout, LayoutKind, MemberHealth};
+use tierblk_meta::{Layout, LayoutKind, MemberHealth, MetaError};
 
 fn enumerate(n: usize, setup: impl Fn(&mut Store), op: impl Fn(&mut Store)) {
     enumerate_with(n, None, setup, op)
@@ -1064,4 +1064,80 @@ fn crash_extend_volume() {
             );
         },
     );
+}
+
+/// A write that fails in the middle of a change (a peer's ALU gone for a
+/// moment) poisons the store: every change is refused until `reopen`, which
+/// reads the disks again as a restart would and finds the old or the new
+/// state, healthy; the next change works.
+#[test]
+fn a_failed_write_poisons_the_store_until_it_is_reopened() {
+    let setup = |st: &mut Store| {
+        claim_all(st);
+        let (a0, a1) = (alu_uuid(st, 0), alu_uuid(st, 1));
+        st.create_volume_with(
+            "m",
+            2 * MIB,
+            mirror2(),
+            &[(0, a0, 2 * MIB), (1, a1, 2 * MIB)],
+        )
+        .unwrap();
+    };
+    let op = |st: &mut Store| {
+        let a2 = alu_uuid(st, 2);
+        st.add_leg("m", a2).map(drop)
+    };
+    let copies = |st: &Store| {
+        let img = st.image().unwrap();
+        img.volumes
+            .iter()
+            .find(|v| v.name == "m")
+            .unwrap()
+            .layout
+            .copies
+    };
+    // How many writes the change takes.
+    let rec = Recorder::new();
+    let mut st = open_rec(&rec, 3, SIZE);
+    setup(&mut st);
+    let n0 = rec.write_count();
+    op(&mut st).unwrap();
+    let n1 = rec.write_count();
+    assert!(n1 > n0);
+    let (mut olds, mut news) = (0, 0);
+    for k in 0..n1 - n0 {
+        let rec = Recorder::new();
+        let mut st = open_rec(&rec, 3, SIZE);
+        setup(&mut st);
+        let old = image(&st);
+        let from = rec.state().writes + k;
+        rec.state().fail_from = Some(from);
+        let e = op(&mut st).expect_err("a write failed");
+        // Before the commit point the write error itself; after it, the
+        // committed change with its cleanup not done.
+        assert!(
+            matches!(e, MetaError::Io { .. }) || e.to_string().contains("cleanup failed"),
+            "k={k}: {e}"
+        );
+        assert!(st.poisoned().is_some(), "k={k}: {e}");
+        let e = st.remove_volume("m").expect_err("poisoned");
+        assert!(e.to_string().contains("must be reopened"), "k={k}: {e}");
+        rec.state().fail_from = None;
+        let report = st.reopen();
+        assert!(st.poisoned().is_none(), "k={k}");
+        assert!(report.problems.is_empty(), "k={k}: {:?}", report.problems);
+        check_healthy(&st);
+        if image(&st) == old {
+            olds += 1;
+            op(&mut st).unwrap_or_else(|e| panic!("k={k}: the change again: {e}"));
+        } else {
+            news += 1;
+        }
+        assert_eq!(copies(&st), 3, "k={k}: the leg is not there");
+        st.remove_volume("m")
+            .unwrap_or_else(|e| panic!("k={k}: a change after reopen: {e}"));
+        check_healthy(&st);
+    }
+    // Both sides of the commit point were hit.
+    assert!(olds > 0 && news > 0, "old {olds}, new {news}");
 }

@@ -91,6 +91,20 @@ impl Daemon {
         };
         let (def, job) = match op(&mut self.store) {
             Ok(r) => r,
+            // A write failed past the commit point (a peer's ALU gone in the
+            // middle): the new definition is the committed one and the old
+            // tree must not run again; load the new one as if it had worked.
+            Err(e) if self.recover_store() && self.committed_elsewise(&v) => {
+                warn!(volume = %name, "{what}: {e}; the disks hold the new definition");
+                let def = self.volume(name)?;
+                let job = self
+                    .store
+                    .jobs()
+                    .into_iter()
+                    .filter(|j| j.volume == def.id && !j.state.finished())
+                    .max_by_key(|j| j.id);
+                (def, job)
+            }
             Err(e) => {
                 if hold {
                     if let Err(r) = self.resume(name) {
@@ -142,6 +156,12 @@ impl Daemon {
         self.log
             .emit("volume-reshaped", Some(name), what.to_string());
         Ok((def, job))
+    }
+
+    /// Whether the committed definition of `old`'s volume is no longer `old`.
+    fn committed_elsewise(&self, old: &VolumeDef) -> bool {
+        self.volume(&old.name)
+            .is_ok_and(|now| now.definition() != old.definition())
     }
 
     /// Quiesce the snapshots `views` (online here) that are not already held
