@@ -467,6 +467,19 @@ fn crash_fail_alu() {
     });
 }
 
+/// A 2 MiB 2-leg mirror "m" on the first two ALUs.
+fn small_mirror(st: &mut Store) {
+    claim_all(st);
+    let (a0, a1) = (alu_uuid(st, 0), alu_uuid(st, 1));
+    st.create_volume_with(
+        "m",
+        2 * MIB,
+        mirror2(),
+        &[(0, a0, 2 * MIB), (1, a1, 2 * MIB)],
+    )
+    .unwrap();
+}
+
 fn mirror_setup(st: &mut Store) {
     claim_all(st);
     let (a0, a1) = (alu_uuid(st, 0), alu_uuid(st, 1));
@@ -1034,36 +1047,22 @@ fn crash_extend_volume() {
     );
     // mirror: every leg grows; the second copies its new part (a rebuild job
     // from the old member size) in the same commit
-    enumerate(
-        3,
-        |st| {
-            claim_all(st);
-            let (a0, a1) = (alu_uuid(st, 0), alu_uuid(st, 1));
-            st.create_volume_with(
-                "m",
-                2 * MIB,
-                mirror2(),
-                &[(0, a0, 2 * MIB), (1, a1, 2 * MIB)],
-            )
-            .unwrap();
-        },
-        |st| {
-            let (a1, a2) = (alu_uuid(st, 1), alu_uuid(st, 2));
-            let def = st.extend_volume("m", 3 * MIB, &[a2, a1]).unwrap();
-            assert_eq!(def.size, 5 * MIB);
-            assert_eq!(
-                def.members[1],
-                MemberHealth::Rebuilding {
-                    checkpoint: 2 * MIB
-                }
-            );
-            let j = st.jobs().into_iter().find(|j| j.volume == def.id).unwrap();
-            assert_eq!(
-                (j.member, j.checkpoint, j.total),
-                (Some(1), 2 * MIB, 5 * MIB)
-            );
-        },
-    );
+    enumerate(3, small_mirror, |st| {
+        let (a1, a2) = (alu_uuid(st, 1), alu_uuid(st, 2));
+        let def = st.extend_volume("m", 3 * MIB, &[a2, a1]).unwrap();
+        assert_eq!(def.size, 5 * MIB);
+        assert_eq!(
+            def.members[1],
+            MemberHealth::Rebuilding {
+                checkpoint: 2 * MIB
+            }
+        );
+        let j = st.jobs().into_iter().find(|j| j.volume == def.id).unwrap();
+        assert_eq!(
+            (j.member, j.checkpoint, j.total),
+            (Some(1), 2 * MIB, 5 * MIB)
+        );
+    });
 }
 
 /// A write that fails in the middle of a change (a peer's ALU gone for a
@@ -1072,17 +1071,7 @@ fn crash_extend_volume() {
 /// state, healthy; the next change works.
 #[test]
 fn a_failed_write_poisons_the_store_until_it_is_reopened() {
-    let setup = |st: &mut Store| {
-        claim_all(st);
-        let (a0, a1) = (alu_uuid(st, 0), alu_uuid(st, 1));
-        st.create_volume_with(
-            "m",
-            2 * MIB,
-            mirror2(),
-            &[(0, a0, 2 * MIB), (1, a1, 2 * MIB)],
-        )
-        .unwrap();
-    };
+    let setup = small_mirror;
     let op = |st: &mut Store| {
         let a2 = alu_uuid(st, 2);
         st.add_leg("m", a2).map(drop)

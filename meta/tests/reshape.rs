@@ -39,6 +39,13 @@ fn raid10_2x2() -> Layout {
     }
 }
 
+/// A 2 x 2 raid10 `name` of `size` bytes, member m on ALU a[m].
+fn raid10_on(st: &mut Store, name: &str, size: u64, a: &[Uuid]) {
+    let plan: Vec<(u16, Uuid, u64)> = (0..4).map(|m| (m as u16, a[m], size / 2)).collect();
+    st.create_volume_with(name, size, raid10_2x2(), &plan)
+        .unwrap();
+}
+
 fn cluster(n: usize) -> (Vec<SharedDisk>, Store, Vec<Uuid>) {
     let disks = share((0..n).map(|_| MemDisk::new(SIZE)).collect());
     let (mut st, _) = open_shared(&disks, true);
@@ -192,18 +199,7 @@ fn add_leg_grows_a_mirror_to_three_legs() {
 fn refusal_volumes(st: &mut Store, a: &[Uuid]) {
     st.create_volume_with("st", 2 * MIB, stripe2(), &[(0, a[0], MIB), (1, a[1], MIB)])
         .unwrap();
-    st.create_volume_with(
-        "r10",
-        4 * MIB,
-        raid10_2x2(),
-        &[
-            (0, a[0], 2 * MIB),
-            (1, a[1], 2 * MIB),
-            (2, a[2], 2 * MIB),
-            (3, a[3], 2 * MIB),
-        ],
-    )
-    .unwrap();
+    raid10_on(st, "r10", 4 * MIB, a);
     st.create_volume_with(
         "m4",
         MIB,
@@ -411,18 +407,7 @@ fn remove_leg_never_removes_the_last_in_sync_leg() {
     st.create_volume("lin", MIB, &[(a[0], MIB)]).unwrap();
     st.create_volume_with("st", 2 * MIB, stripe2(), &[(0, a[0], MIB), (1, a[1], MIB)])
         .unwrap();
-    st.create_volume_with(
-        "r10",
-        4 * MIB,
-        raid10_2x2(),
-        &[
-            (0, a[0], 2 * MIB),
-            (1, a[1], 2 * MIB),
-            (2, a[2], 2 * MIB),
-            (3, a[3], 2 * MIB),
-        ],
-    )
-    .unwrap();
+    raid10_on(&mut st, "r10", 4 * MIB, &a);
     refused(&disks, &mut st, "only mirror volumes drop a leg", |st| {
         st.remove_leg("lin", 0)
     });
@@ -860,18 +845,7 @@ fn extend_a_mirror_copies_the_new_part_of_every_other_leg() {
 #[test]
 fn extend_a_raid10_volume() {
     let (disks, mut st, a) = cluster(4);
-    st.create_volume_with(
-        "r",
-        2 * MIB,
-        raid10_2x2(),
-        &[
-            (0, a[0], MIB),
-            (1, a[1], MIB),
-            (2, a[2], MIB),
-            (3, a[3], MIB),
-        ],
-    )
-    .unwrap();
+    raid10_on(&mut st, "r", 2 * MIB, &a);
     let def = st
         .extend_volume("r", 4 * MIB, &[a[2], a[3], a[0], a[1]])
         .unwrap();
@@ -901,18 +875,7 @@ fn extend_refusals_of_a_mirror_write_nothing() {
     let (disks, mut st, a) = cluster(4);
     st.create_volume_with("m", MIB, mirror(2), &[(0, a[0], MIB), (1, a[1], MIB)])
         .unwrap();
-    st.create_volume_with(
-        "r",
-        2 * MIB,
-        raid10_2x2(),
-        &[
-            (0, a[0], MIB),
-            (1, a[1], MIB),
-            (2, a[2], MIB),
-            (3, a[3], MIB),
-        ],
-    )
-    .unwrap();
+    raid10_on(&mut st, "r", 2 * MIB, &a);
     refused(&disks, &mut st, "volume m: extend refused: ALU", |st| {
         st.extend_volume("m", MIB, &[a[2], a[2]])
     });

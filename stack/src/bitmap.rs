@@ -1215,25 +1215,30 @@ mod tests {
         }
     }
 
-    fn sample(regions_set: &[usize]) -> IntentBlock {
-        let leg_size = 40 << 30;
+    /// A block of `id`'s bitmap for legs of `leg_size` bytes with `set` dirty.
+    fn block(id: IntentId, leg_size: u64, set: &[usize], sequence: u64) -> IntentBlock {
         let region_size = region_size_for(leg_size);
         let regions = leg_size.div_ceil(region_size) as u32;
         let mut bits = vec![0u64; (regions as usize).div_ceil(64)];
-        for &r in regions_set {
+        for &r in set {
             bits[r / 64] |= 1 << (r % 64);
         }
         IntentBlock {
-            id: IntentId {
-                volume: 7,
-                mirror: 2,
-            },
+            id,
             leg_size,
             region_size,
             regions,
-            sequence: 99,
+            sequence,
             bits,
         }
+    }
+
+    fn sample(regions_set: &[usize]) -> IntentBlock {
+        let id = IntentId {
+            volume: 7,
+            mirror: 2,
+        };
+        block(id, 40 << 30, regions_set, 99)
     }
 
     #[test]
@@ -1593,23 +1598,9 @@ mod tests {
         assert!(wi.persists() > 5, "persists {}", wi.persists());
     }
 
-    /// A copy of `id`'s bitmap for legs of `leg_size` bytes with `set` dirty.
+    /// An encoded copy of `id`'s bitmap for legs of `leg_size` bytes.
     fn block_for(id: IntentId, leg_size: u64, set: &[usize]) -> Vec<u8> {
-        let region_size = region_size_for(leg_size);
-        let regions = leg_size.div_ceil(region_size) as u32;
-        let mut bits = vec![0u64; (regions as usize).div_ceil(64)];
-        for &r in set {
-            bits[r / 64] |= 1 << (r % 64);
-        }
-        IntentBlock {
-            id,
-            leg_size,
-            region_size,
-            regions,
-            sequence: 5,
-            bits,
-        }
-        .encode()
+        block(id, leg_size, set, 5).encode()
     }
 
     /// Load `block` into a fresh bitmap for legs of `leg_size`: its dirty regions.

@@ -274,10 +274,7 @@ for f in data:64M data2:48M; do
 done
 ok "final verify pass of both files: 0 errors"
 umount /mnt
-e2fsck -fn "$dev" >/tmp/fsck.out 2>&1 || {
-	cat /tmp/fsck.out
-	fail "e2fsck found problems"
-}
+fsck_clean "$dev" "e2fsck found problems"
 ok "e2fsck -fn clean"
 out=$(tbj vol scrub m1 --wait)
 json_has "$out" state '"done"' || fail "scrub not done: $out"

@@ -135,10 +135,7 @@ json_has "$p" state '"up"' && [ "$(json_num "$p" active)" -ge 1 ] ||
 ok "failed back to the returned path; data verified"
 
 umount /mnt
-e2fsck -fn "$dev" >/tmp/fsck.out 2>&1 || {
-	cat /tmp/fsck.out
-	fail "e2fsck found problems"
-}
+fsck_clean "$dev" "e2fsck found problems"
 ok "e2fsck -fn clean"
 
 # The exposure map: r10 exposed on sp2 as well, a tier-2 tree of its own
@@ -152,10 +149,7 @@ ok "r10 exposed by sp2 as $dev2"
 a=$(dd if="$dev" bs=1M count=64 iflag=direct 2>/dev/null | sha256sum)
 b=$(dd if="$dev2" bs=1M count=64 iflag=direct 2>/dev/null | sha256sum)
 [ "$a" = "$b" ] || fail "the two exposures read differently"
-e2fsck -fn "$dev2" >/tmp/fsck2.out 2>&1 || {
-	cat /tmp/fsck2.out
-	fail "e2fsck through sp2 found problems"
-}
+fsck_clean "$dev2" "e2fsck through sp2 found problems"
 ok "both exposures read the same 64 MiB; e2fsck through sp2 clean"
 # A write through sp2 is read back through sp1.
 dd if=/dev/urandom of=/tmp/pat bs=1M count=4 2>/dev/null

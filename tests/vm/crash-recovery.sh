@@ -46,10 +46,7 @@ dmesg | grep -i "I/O error, dev ublkb" && fail "the kernel saw I/O errors on $de
 ok "no I/O error reached the block layer"
 grep -q "/mnt" /proc/mounts || fail "the mount went away"
 umount /mnt
-e2fsck -fn "$dev" >/tmp/fsck.out 2>&1 || {
-	cat /tmp/fsck.out
-	fail "e2fsck found problems"
-}
+fsck_clean "$dev" "e2fsck found problems"
 ok "mount survived; e2fsck -fn clean"
 stop_daemon
 [ -e "$dev" ] && fail "$dev left behind by a clean stop"

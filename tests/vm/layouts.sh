@@ -79,10 +79,7 @@ done
 # ext4 on the raid10.
 dev=$(vol_device r1)
 mkfs.ext4 -q -F "$dev"
-e2fsck -fn "$dev" >/tmp/fsck.out 2>&1 || {
-	cat /tmp/fsck.out
-	fail "e2fsck on raid10"
-}
+fsck_clean "$dev" "e2fsck on raid10"
 ok "ext4 on raid10: e2fsck -fn clean"
 stop_daemon
 say "layouts passed"

@@ -46,10 +46,7 @@ umount /mnt/l
 tb vol remove old1
 stop_daemon
 [ "$(sha256sum /dev/vdb | cut -d' ' -f1)" != "$before" ] || fail "the write did not reach /dev/vdb"
-e2fsck -fn /dev/vdb >/tmp/e2fsck.out 2>&1 || {
-	cat /tmp/e2fsck.out
-	fail "e2fsck found errors on /dev/vdb"
-}
+fsck_clean /dev/vdb "e2fsck found errors on /dev/vdb"
 mount -t ext4 -o ro /dev/vdb /mnt/l
 grep -q written-through-tierblk /mnt/l/b || fail "the file written through tierblk is not on /dev/vdb"
 (cd /mnt/l && sha256sum -c /tmp/a.sum) || fail "the old file changed"

@@ -244,6 +244,15 @@ wait_fio() {
 	}
 }
 
+# fsck_clean DEV WHAT: e2fsck -fn DEV must find nothing; else its output and
+# fail "WHAT".
+fsck_clean() {
+	e2fsck -fn "$1" >/tmp/fsck.out 2>&1 || {
+		cat /tmp/fsck.out
+		fail "$2"
+	}
+}
+
 # vol_device NAME: the volume's device path (or "null").
 vol_device() { json_str "$(vol_json "$1")" device; }
 

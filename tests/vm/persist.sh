@@ -61,10 +61,7 @@ mount -t ext4 /dev/ublkb0 /mnt/v1
 }
 ok "all $(wc -l </tmp/sums) checksums match after restart"
 umount /mnt/v1
-e2fsck -fn /dev/ublkb0 >/tmp/fsck.out 2>&1 || {
-	cat /tmp/fsck.out
-	fail "e2fsck -fn found problems"
-}
+fsck_clean /dev/ublkb0 "e2fsck -fn found problems"
 ok "e2fsck -fn clean"
 stop_daemon
 say "persist passed"

@@ -136,10 +136,7 @@ ok "fio: write + verify with 0 errors across the extend and its copy"
 dmesg | grep -i "I/O error, dev ublkb" && fail "the kernel saw I/O errors on $dev"
 ok "no I/O error reached the block layer"
 umount /mnt
-e2fsck -fn "$dev" >/tmp/fsck.out 2>&1 || {
-	cat /tmp/fsck.out
-	fail "e2fsck found problems"
-}
+fsck_clean "$dev" "e2fsck found problems"
 ok "e2fsck -fn clean"
 if [ "$grew" = 0 ]; then
 	tb vol offline l1 >/dev/null
@@ -149,10 +146,7 @@ if [ "$grew" = 0 ]; then
 fi
 [ "$(blockdev --getsize64 "$dev")" = 335544320 ] || fail "$dev is $(blockdev --getsize64 "$dev") bytes, not 320 MiB"
 resize2fs "$dev" >/dev/null 2>&1 || fail "resize2fs failed"
-e2fsck -fn "$dev" >/tmp/fsck.out 2>&1 || {
-	cat /tmp/fsck.out
-	fail "e2fsck found problems after resize2fs"
-}
+fsck_clean "$dev" "e2fsck found problems after resize2fs"
 ok "$dev is 320 MiB; ext4 grown into it, e2fsck -fn clean"
 out=$(tbj vol scrub l1 --wait)
 json_has "$out" state '"done"' || fail "scrub not done: $out"

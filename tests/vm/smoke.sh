@@ -21,7 +21,7 @@ ok "vda serial tierblk0, size $(($(cat /sys/block/vda/size) / 2048)) MiB"
 ok "/dev/mapper/control exists"
 
 mkfs.ext4 -q -F /dev/vda
-e2fsck -fn /dev/vda >/tmp/fsck.out 2>&1 || { cat /tmp/fsck.out; fail "e2fsck after mkfs"; }
+fsck_clean /dev/vda "e2fsck after mkfs"
 ok "mkfs.ext4 + e2fsck -fn clean"
 mkdir -p /mnt/a
 mount -t ext4 /dev/vda /mnt/a
@@ -31,7 +31,7 @@ umount /mnt/a
 mount -t ext4 /dev/vda /mnt/a
 (cd /mnt/a && sha256sum -c /tmp/sums >/dev/null) || fail "checksum after remount"
 umount /mnt/a
-e2fsck -fn /dev/vda >/tmp/fsck.out 2>&1 || { cat /tmp/fsck.out; fail "e2fsck after writes"; }
+fsck_clean /dev/vda "e2fsck after writes"
 ok "ext4 mount/write/remount/verify + e2fsck clean"
 
 fio_write_verify /dev/vdb 16M

@@ -77,10 +77,7 @@ used=$(json_num "$(tbj snap list v1)" used)
 [ "$used" -ge $((16 * 1048576)) ] || fail "s1 copied only $used bytes for 16 MiB overwritten"
 ok "origin overwritten; s1 holds $used bytes of old chunks"
 
-e2fsck -fn "$sdev" >/tmp/e2fsck-s1.out 2>&1 || {
-	cat /tmp/e2fsck-s1.out
-	fail "e2fsck found errors on the snapshot"
-}
+fsck_clean "$sdev" "e2fsck found errors on the snapshot"
 mount -t ext4 -o ro "$sdev" /mnt/s
 (cd /mnt/s && sha256sum -c /tmp/old.sums) || fail "the snapshot lost the old data"
 umount /mnt/s
@@ -106,10 +103,7 @@ json_has "$(tbj snap list v1)" state '"valid"' || fail "s1 not valid after the m
 tb vol create junk --size 128M --alu /dev/vda >/dev/null
 wait_vol_state junk online
 dd if=/dev/urandom of="$(vol_device junk)" bs=1M count=128 oflag=direct 2>/dev/null
-e2fsck -fn "$sdev" >/tmp/e2fsck-s1.out 2>&1 || {
-	cat /tmp/e2fsck-s1.out
-	fail "e2fsck found errors on the snapshot after the move"
-}
+fsck_clean "$sdev" "e2fsck found errors on the snapshot after the move"
 mount -t ext4 -o ro "$sdev" /mnt/s
 (cd /mnt/s && sha256sum -c /tmp/old.sums) || fail "the snapshot lost the old data in the move"
 umount /mnt/s
@@ -169,10 +163,7 @@ ok "rollback resumed from its checkpoint and finished; s1 is empty"
 tb vol online v1
 wait_vol_state v1 online
 dev=$(vol_device v1)
-e2fsck -fn "$dev" >/tmp/e2fsck-v1.out 2>&1 || {
-	cat /tmp/e2fsck-v1.out
-	fail "e2fsck found errors on the rolled-back origin"
-}
+fsck_clean "$dev" "e2fsck found errors on the rolled-back origin"
 mount -t ext4 "$dev" /mnt/o
 (cd /mnt/o && sha256sum -c /tmp/old.sums) || fail "the rollback did not restore the old data"
 [ ! -e /mnt/o/d ] || fail "a file written after the snapshot survived the rollback"
