@@ -30,16 +30,18 @@ pub const CHECKPOINT_EVERY: u64 = 32 << 20;
 pub const ROLLBACK_CHECKPOINT_EVERY: u64 = 4 << 20;
 
 /// The job of `volume` to run next among `jobs` (one runs at a time per
-/// volume): a crash resync first, then the oldest. After an unclean stop the
-/// legs may differ where writes were in flight, below a rebuild's or move's
-/// checkpoint too; the resync writes every leg that takes writes (a leg
-/// being copied included), so the copy then resumes over legs that agree
-/// below its checkpoint. Run after it, the copy would end (a move dropping
-/// its source) with the target still holding what it had there.
+/// volume): a crash resync or a repairing scrub (what an unclean stop queues
+/// for a mirror without bitmaps) first, then the oldest. After an unclean
+/// stop the legs may differ where writes were in flight, below a rebuild's
+/// or move's checkpoint too; both write the leg being copied below its
+/// checkpoint as well, so the copy then resumes over legs that agree there.
+/// Run after it, the copy would end (a move dropping its source) with the
+/// target still holding what it had there.
 pub fn next_job(jobs: &[Job], volume: u64) -> Option<&Job> {
+    let repairs = |j: &Job| j.kind == JobKind::Resync || (j.kind == JobKind::Scrub && j.repair);
     jobs.iter()
         .filter(|j| j.volume == volume && j.state == JobState::Running)
-        .min_by_key(|j| (j.kind != JobKind::Resync, j.id))
+        .min_by_key(|j| (!repairs(j), j.id))
 }
 
 /// What a job does.
@@ -368,7 +370,7 @@ mod tests {
     }
 
     #[test]
-    fn a_crash_resync_runs_before_the_copy_it_found_running() {
+    fn a_crash_resync_or_repair_runs_before_the_copy_it_found_running() {
         let jobs = [
             job(3, JobKind::Move, 7, JobState::Running),
             job(4, JobKind::Resync, 9, JobState::Running),
@@ -382,5 +384,11 @@ mod tests {
         assert_eq!(next_job(&jobs, 7).map(|j| j.id), Some(6));
         assert_eq!(next_job(&jobs, 9).map(|j| j.id), Some(4));
         assert_eq!(next_job(&jobs, 8), None);
+        // A repairing scrub (a mirror without bitmaps) goes first too; a
+        // checking one waits its turn.
+        jobs[3].kind = JobKind::Scrub;
+        assert_eq!(next_job(&jobs, 7).map(|j| j.id), Some(3));
+        jobs[3].repair = true;
+        assert_eq!(next_job(&jobs, 7).map(|j| j.id), Some(6));
     }
 }

@@ -403,7 +403,8 @@ pub async fn rebuild_leg<D: BlockDev, C: BlockDev>(
 /// sync window: every healthy leg is compared with the first healthy one, and
 /// mismatching [`MISMATCH_BLOCK`]s are counted (per leg); with `repair` they
 /// are rewritten from the first healthy leg (MD's `repair`, which likewise
-/// trusts the first readable copy). Rebuilding and failed legs are skipped.
+/// trusts the first readable copy). Failed legs are skipped, and a rebuilding
+/// leg above its checkpoint (below it, it is in sync and compared).
 ///
 /// A leg failing a read or a repair write is failed (last-leg rule applies);
 /// the scrub goes on with the others. [`JobError::Io`] when no healthy leg
@@ -441,7 +442,11 @@ pub async fn scrub<D: BlockDev, C: BlockDev>(
             }
         };
         for leg in first + 1..h.legs() {
-            if !h.is_healthy(leg) {
+            // A leg being rebuilt is in sync below its checkpoint: compared
+            // there too, so that a repair after an unclean stop also reaches
+            // the part of it that the copy will not go over again.
+            let copied = h.rebuild_checkpoint(leg).is_some_and(|c| c >= pos + n);
+            if !h.is_healthy(leg) && !copied {
                 continue;
             }
             let dev = &mirror.legs()[leg];

@@ -296,6 +296,36 @@ fn scrub_counts_mismatches_in_4k_blocks_and_repair_fixes_them() {
     assert!(calls.lock().unwrap().is_empty());
 }
 
+/// A leg being rebuilt is compared (and repaired) below its checkpoint,
+/// where it is in sync and the rebuild will not copy again; never above it.
+#[test]
+fn scrub_covers_a_rebuilding_leg_below_its_checkpoint() {
+    const SIZE: u64 = 2 * MIB;
+    const STEP: u64 = 256 * KIB;
+    let mut rng = Rng::new(11);
+    let model = random_bytes(&mut rng, SIZE as usize);
+    // Leg 1 is copied up to 1 MiB; beyond, it holds garbage (0xee).
+    let devs = legs_with(&model, 2, &[1]);
+    devs[1].0.data.borrow_mut()[..MIB as usize].copy_from_slice(&model[..MIB as usize]);
+    let (h, calls) = health(2, 0, &[(1, MIB)], SIZE);
+    let m = Mirror::new(devs.clone(), h.clone()).unwrap();
+    let ring = LocalRing::new(8).unwrap();
+    let ctl = JobControl::new();
+    // A write in flight at an unclean stop reached leg 0 only.
+    devs[1].0.data.borrow_mut()[3 * 4096] ^= 0x5a;
+    let report = ring.block_on(scrub(&m, 0, STEP, true, &ctl)).unwrap();
+    assert_eq!((report.mismatches, report.repaired), (1, 1), "{report:?}");
+    assert!(devs[1].contents()[..MIB as usize] == model[..MIB as usize]);
+    assert!(
+        devs[1].contents()[MIB as usize..]
+            .iter()
+            .all(|&b| b == 0xee),
+        "the scrub wrote above the checkpoint"
+    );
+    assert_eq!(h.rebuild_checkpoint(1), Some(MIB));
+    assert!(calls.lock().unwrap().is_empty());
+}
+
 /// Log of leg operations: (who, leg, kind, offset, len) where kind is 'q'
 /// (host request issued to the mirror), 'R'/'W' (leg read/write-like start)
 /// or 'r'/'w' (completion).
