@@ -862,6 +862,10 @@ fn reshape_commands_change_the_definition_and_refuse_what_cannot_work() {
         "vol", "extend", "m1", "--by", "8M", "--alu", &a1, "--alu", &a1,
     ]);
     assert!(e.contains("another leg of mirror 0"), "{e}");
+    assert!(
+        e.contains(&format!("({a1})")),
+        "the ALU is named by its path: {e}"
+    );
     let out = env.ok(&[
         "vol", "extend", "m1", "--by", "8M", "--alu", &a1, "--alu", &a3,
     ]);

@@ -112,7 +112,7 @@ impl Daemon {
                     }
                 }
                 self.release_views(&held_views);
-                return Err(e.to_string());
+                return Err(self.alu_paths_in(e.to_string()));
             }
         };
         if here {
@@ -156,6 +156,18 @@ impl Daemon {
         self.log
             .emit("volume-reshaped", Some(name), what.to_string());
         Ok((def, job))
+    }
+
+    /// `msg` (a store's refusal, which names ALUs by uuid) with each ALU's
+    /// uuid followed by its path, as the administrator named it.
+    fn alu_paths_in(&self, msg: String) -> String {
+        self.store.alus().iter().fold(msg, |m, a| {
+            let uuid = match &a.state {
+                AluState::Owned { uuid } => uuid.to_string(),
+                _ => return m,
+            };
+            m.replace(&uuid, &format!("{uuid} ({})", a.path))
+        })
     }
 
     /// Whether the committed definition of `old`'s volume is no longer `old`.
