@@ -11,7 +11,7 @@
 VM_CACHE="${TIERBLK_VM_CACHE:-$REPO/.cache/vm}"
 # Kernel modules loaded at boot, in this order (dependencies are added and
 # loaded first automatically). Modules that are missing or built in are skipped.
-VM_MODULES="virtio_blk ublk_drv dm-mod dm-flakey dm-delay dm-log-writes md-mod raid1 raid10 loop ext4"
+VM_MODULES="virtio_blk ublk_drv dm-mod dm-flakey dm-delay dm-log-writes dm-snapshot md-mod raid1 raid10 loop ext4"
 # Host tools copied into the initramfs (with their shared libraries). They go
 # to /usr/bin or /usr/sbin in the guest, which come before busybox's applet
 # links in PATH.
