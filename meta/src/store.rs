@@ -1978,35 +1978,13 @@ impl Store {
         let vol_id = next_id;
         next_id += 1;
         let mut segments = Vec::new();
-        let mut taken: Vec<(Uuid, Extent)> = Vec::new();
-        for &(member, alu, len) in plan {
-            let used: Vec<Extent> = taken
-                .iter()
-                .filter(|(u, _)| *u == alu)
-                .map(|(_, e)| *e)
-                .collect();
-            let mut free = Vec::new();
-            for f in self.free_extents(alu) {
-                free.extend(subtract(f.start, f.start + f.len, &used));
-            }
-            let pieces = first_fit(&free, len).map_err(|short| {
+        self.place_pieces(plan.iter().copied(), &mut next_id, &mut segments)
+            .map_err(|(_, alu, short)| {
                 MetaError::NoSpace(format!(
                     "volume {name}: not enough free space on ALU {alu} ({} MiB short)",
                     short / MIB
                 ))
             })?;
-            for p in pieces {
-                taken.push((alu, p));
-                segments.push(Segment {
-                    partition_id: next_id,
-                    alu,
-                    start: p.start,
-                    len: p.len,
-                    member,
-                });
-                next_id += 1;
-            }
-        }
         // Canonical order: by member, each member's pieces in plan order.
         segments.sort_by_key(|g| g.member);
         let mut def = VolumeDef {
@@ -3661,35 +3639,17 @@ impl Store {
         }
         let mut next_id = list.next_id.max(1);
         let mut segments = old.segments.clone();
-        let mut taken: Vec<(Uuid, Extent)> = Vec::new();
-        for (m, &alu) in alus.iter().enumerate() {
-            let used: Vec<Extent> = taken
-                .iter()
-                .filter(|(u, _)| *u == alu)
-                .map(|(_, e)| *e)
-                .collect();
-            let mut free = Vec::new();
-            for f in self.free_extents(alu) {
-                free.extend(subtract(f.start, f.start + f.len, &used));
-            }
-            let pieces = first_fit(&free, madd).map_err(|short| {
+        let plan = alus
+            .iter()
+            .enumerate()
+            .map(|(m, &alu)| (m as u16, alu, madd));
+        self.place_pieces(plan, &mut next_id, &mut segments)
+            .map_err(|(m, alu, short)| {
                 MetaError::NoSpace(format!(
                     "volume {volume}: extend: member {m}: not enough free space on ALU {alu} ({} MiB short)",
                     short.div_ceil(MIB)
                 ))
             })?;
-            for p in pieces {
-                taken.push((alu, p));
-                segments.push(Segment {
-                    partition_id: next_id,
-                    alu,
-                    start: p.start,
-                    len: p.len,
-                    member: m as u16,
-                });
-                next_id += 1;
-            }
-        }
         // Stable: each member's segments stay in concatenation order, new ones last.
         segments.sort_by_key(|g| g.member);
         let mut def = VolumeDef {
@@ -3711,6 +3671,45 @@ impl Store {
         }
         list.next_id = next_id;
         self.commit_reshape(list, &image, old, def, &format!("extended by {add} bytes"))
+    }
+
+    /// Place the `(member, alu, len)` pieces of `plan` in order, each by first
+    /// fit of the ALU's free extents less those this plan already took (so
+    /// pieces sharing an ALU never overlap): one new segment per extent, its
+    /// partition id taken from `next_id`, appended to `segments`. Pure. On
+    /// failure, the piece that did not fit (member, ALU) and how many bytes
+    /// it was short.
+    fn place_pieces(
+        &self,
+        plan: impl IntoIterator<Item = (u16, Uuid, u64)>,
+        next_id: &mut u64,
+        segments: &mut Vec<Segment>,
+    ) -> Result<(), (u16, Uuid, u64)> {
+        let mut taken: Vec<(Uuid, Extent)> = Vec::new();
+        for (member, alu, len) in plan {
+            let used: Vec<Extent> = taken
+                .iter()
+                .filter(|(u, _)| *u == alu)
+                .map(|(_, e)| *e)
+                .collect();
+            let mut free = Vec::new();
+            for f in self.free_extents(alu) {
+                free.extend(subtract(f.start, f.start + f.len, &used));
+            }
+            let pieces = first_fit(&free, len).map_err(|short| (member, alu, short))?;
+            for p in pieces {
+                taken.push((alu, p));
+                segments.push(Segment {
+                    partition_id: *next_id,
+                    alu,
+                    start: p.start,
+                    len: p.len,
+                    member,
+                });
+                *next_id += 1;
+            }
+        }
+        Ok(())
     }
 
     /// The mirror-only refusals of [`Store::extend_volume`]: an unfinished job on
