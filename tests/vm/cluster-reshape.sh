@@ -14,11 +14,13 @@
 #    through a remote reference; sp1's tierblkd is killed with SIGKILL in the
 #    middle of the copy and started again with the same arguments before its
 #    peers give it up: it is master again, recovers the same /dev/ublkbN
-#    (ublk user recovery: the mount stays, fio sees a pause), the copy
-#    resumes from its checkpoint (not 0), completes, and the source piece on
-#    vda is dropped and freed (claim 13: "deletes all references to the
-#    existing first tier object"). The leg on sp2 keeps no write-intent
-#    bitmap, so the unclean stop resyncs m1 whole (a repairing scrub).
+#    (ublk user recovery: the mount stays, fio sees a pause). The leg on
+#    sp2 keeps no write-intent bitmap, so the unclean stop resyncs m1 whole
+#    (a repairing scrub, which also covers the new leg below the copy's
+#    checkpoint) before the copy goes on; the copy resumes from its
+#    checkpoint (not 0), completes, and the source piece on vda is dropped
+#    and freed (claim 13: "deletes all references to the existing first
+#    tier object").
 # 2. A second tier-2 tree on another SP ([0109]-[0110], claims 7-8: "add a
 #    new second tier object to a target storage processor maintaining a
 #    first tier object ... a Local Reference Node (LRN) that references the
@@ -135,7 +137,7 @@ mount "$dev" /mnt
 ok "m1 is a mirror of sp1's /dev/vda and /dev/vdb, ext4 mounted from $dev"
 
 # --- 1. move the leg on vda to sp2, sp1 killed -9 mid-copy ------------------
-fio_load /mnt/data 64M --rate=,1m
+fio_load /mnt/data 96M --rate=,1m
 fio1=$FIO_PID
 sleep 2
 out=$(tbj vol move m1 --from /dev/vda --to sp2 --rate 16M)
@@ -175,9 +177,6 @@ for n in sp2 sp3; do
 done
 tb sp list
 ok "sp1 master again (no takeover), $dev recovered by the new daemon"
-from=$(grep "job started" /tmp/sp1.log | grep "job=$job " | sed -n 's/.*from=\([0-9]*\).*/\1/p' | head -n 1)
-[ "${from:-0}" -gt 0 ] || fail "the move did not resume from its checkpoint (from=${from:-?})"
-ok "the move resumed from byte $from, not from 0"
 # m1's leg on sp2 kept no write-intent bitmap (its copy would live in sp2's
 # metadata region): the unclean stop must resync m1 whole, not by a bitmap
 # that no write marked.
@@ -185,6 +184,19 @@ m1_jobs() { tbj job list | grep -o '{[^}]*}' | grep '"volume":"m1"'; }
 m1_jobs | grep -q '"kind":"scrub-repair"' ||
 	fail "the unclean stop did not queue a whole resync of m1: $(tb job list)"
 ok "the unclean stop queued a whole repairing resync of m1 (a mirror with a leg on a peer has no bitmap)"
+# The repair runs first (it also makes the new leg agree below the copy's
+# checkpoint); then the move resumes from that checkpoint.
+i=0
+until grep "job started" /tmp/sp1.log | grep -q "job=$job "; do
+	i=$((i + 1))
+	[ "$i" -le 900 ] || fail "the move never resumed: $(tb job list)"
+	sleep 0.2
+done
+rep=$(m1_jobs | grep '"kind":"scrub-repair"')
+json_has "$rep" state '"done"' || fail "the move resumed before the repair of m1 ended: $rep"
+from=$(grep "job started" /tmp/sp1.log | grep "job=$job " | sed -n 's/.*from=\([0-9]*\).*/\1/p' | head -n 1)
+[ "${from:-0}" -gt 0 ] || fail "the move did not resume from its checkpoint (from=${from:-?})"
+ok "after the repair, the move resumed from byte $from, not from 0"
 out=$(tbj job show "$job" --wait)
 json_has "$out" state '"done"' || fail "move not done: $out"
 i=0
@@ -262,7 +274,7 @@ no_io_error "expose, unexpose"
 
 # --- the end: verify everything, e2fsck, scrub the two legs -------------------
 engine=$(fio_engine)
-for f in data:64M data2:48M; do
+for f in data:96M data2:48M; do
 	fio --name=load --filename="/mnt/${f%%:*}" --rw=randwrite --bs=4k --direct=1 --ioengine="$engine" \
 		--iodepth=16 --size="${f##*:}" --verify=crc32c --verify_fatal=1 --randrepeat=1 --verify_only \
 		--output-format=terse --terse-version=3 >/tmp/fio-end.out 2>&1 || {

@@ -85,11 +85,21 @@ wait "$DAEMON_PID" 2>/dev/null || true
 DAEMON_PID=""
 # shellcheck disable=SC2086
 start_daemon $alus
-grep -q "job started.*from=[1-9]" "$DAEMON_LOG" || {
-	grep job "$DAEMON_LOG" || true
-	fail "the rebuild did not resume from a checkpoint"
-}
-ok "rebuild resumed from its checkpoint: $(grep -o 'from=[0-9]*' "$DAEMON_LOG" | head -n 1)"
+# The crash resync the kill -9 queued runs first (it also copies the dirty
+# regions onto the leg being rebuilt, below its checkpoint); then the
+# rebuild resumes from its checkpoint.
+i=0
+until grep -q "job started job=$job .*from=[1-9]" "$DAEMON_LOG"; do
+	i=$((i + 1))
+	[ "$i" -le 600 ] || {
+		grep job "$DAEMON_LOG" || true
+		fail "the rebuild did not resume from a checkpoint"
+	}
+	sleep 0.2
+done
+rs=$(tbj job list | grep -o '{[^}]*"kind":"resync"[^}]*}')
+json_has "$rs" state '"done"' || fail "the rebuild resumed before the crash resync ended: $rs"
+ok "after the crash resync, the rebuild resumed from its checkpoint: $(grep "job started job=$job " "$DAEMON_LOG" | grep -o 'from=[0-9]*' | head -n 1)"
 dev=$(vol_device r1)
 
 
@@ -108,8 +118,8 @@ wait_vol_state r1 online
 ok "rebuild done under load; r1 optimal again"
 
 # The kill -9 left the cluster dirty: a resync of the regions the mirrors'
-# write-intent bitmaps mark was queued behind the rebuild (MD resyncs an array
-# that was not cleanly stopped, and with a bitmap only its dirty regions).
+# write-intent bitmaps mark ran before the rebuild went on (MD resyncs an
+# array that was not cleanly stopped, and with a bitmap only its dirty regions).
 grep -q "unclean stop: resyncing" "$DAEMON_LOG" || fail "no resync after the unclean stop"
 tbj job list | grep -q '"kind":"resync"' || fail "no resync job: $(tbj job list)"
 i=0

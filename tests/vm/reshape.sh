@@ -62,9 +62,19 @@ kill -0 "$fio_pid" || fail "fio ended while the daemon was dead"
 # shellcheck disable=SC2086
 start_daemon $alus
 [ "$(vol_device l1)" = "$dev" ] || fail "l1 came back as $(vol_device l1), not $dev"
+# The crash resync runs first (it also copies the dirty regions onto the new
+# leg below the copy's checkpoint); then the move resumes from that checkpoint.
+i=0
+until grep "job started" "$DAEMON_LOG" | grep -q "job=$job "; do
+	i=$((i + 1))
+	[ "$i" -le 600 ] || fail "the move never resumed: $(tb job list)"
+	sleep 0.2
+done
+rs=$(tbj job list | grep -o '{[^}]*}' | grep '"volume":"l1"' | grep '"kind":"resync"')
+json_has "$rs" state '"done"' || fail "the move resumed before the crash resync of l1 ended: $rs"
 from=$(grep "job started" "$DAEMON_LOG" | grep "job=$job " | sed -n 's/.*from=\([0-9]*\).*/\1/p' | head -n 1)
 [ "${from:-0}" -gt 0 ] || fail "the move did not resume from its checkpoint (from=${from:-?})"
-ok "the move resumed from byte $from, not from 0"
+ok "after the crash resync, the move resumed from byte $from, not from 0"
 out=$(tbj job show "$job" --wait)
 json_has "$out" state '"done"' || fail "move not done: $out"
 i=0
