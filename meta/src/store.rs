@@ -3247,7 +3247,7 @@ impl Store {
     /// Commit order: as [`Store::replace_member`] (new definition copies next to the
     /// old ones, boot set commit, cleanup of the old copies).
     pub fn add_leg(&mut self, volume: &str, alu: Uuid) -> Result<(VolumeDef, Job), MetaError> {
-        let (mut list, image, old) = self.reshape_target(volume, "add leg", false)?;
+        let (list, image, old) = self.reshape_target(volume, "add leg", false)?;
         let refused = format!("volume {volume}: add leg refused");
         if old.snapshot.is_some() {
             return Err(MetaError::Refused(format!(
@@ -3271,26 +3271,40 @@ impl Store {
             }
         }
         Self::refuse_if_moving(&list, &old, "add leg")?;
-        let (def, mut next_id) = self.plan_new_leg(&list, &image, &old, alu, "add leg")?;
+        let (def, next_id) = self.plan_new_leg(&list, &image, &old, alu, "add leg")?;
         let member = old.layout.copies;
+        self.commit_new_leg(list, &image, old, def, next_id, None, |_| {
+            format!("leg {member} added on ALU {alu}")
+        })
+    }
+
+    /// Commit `def`, `old` with a new last leg (from [`Store::plan_new_leg`]),
+    /// together with the job that copies it (a rebuild, or with `source` a
+    /// move of that member), its id taken from `next_id`. `done` says what
+    /// happened, for a cleanup error.
+    #[allow(clippy::too_many_arguments)]
+    fn commit_new_leg(
+        &mut self,
+        mut list: BootList,
+        image: &ClusterImage,
+        old: VolumeDef,
+        def: VolumeDef,
+        next_id: u64,
+        source: Option<u16>,
+        done: impl FnOnce(&Job) -> String,
+    ) -> Result<(VolumeDef, Job), MetaError> {
         let job = Job::leg_copy(
             next_id,
             def.id,
-            member,
-            None,
+            old.layout.copies,
+            source,
             def.layout.member_size(def.size),
         );
-        next_id += 1;
         list.jobs.push(job.clone());
         Self::prune_jobs(&mut list.jobs)?;
-        list.next_id = next_id;
-        let def = self.commit_reshape(
-            list,
-            &image,
-            old,
-            def,
-            &format!("leg {member} added on ALU {alu}"),
-        )?;
+        list.next_id = next_id + 1;
+        let what = done(&job);
+        let def = self.commit_reshape(list, image, old, def, &what)?;
         Ok((def, job))
     }
 
@@ -3376,7 +3390,7 @@ impl Store {
         member: u16,
         alu: Uuid,
     ) -> Result<(VolumeDef, Job), MetaError> {
-        let (mut list, image, old) = self.reshape_target(volume, "move", false)?;
+        let (list, image, old) = self.reshape_target(volume, "move", false)?;
         let refused = format!("volume {volume}: move refused");
         if old.snapshot.is_some() {
             return Err(MetaError::Refused(format!(
@@ -3415,30 +3429,13 @@ impl Store {
                 "volume {volume}: member {member}: move refused: it is not in sync: use alu replace"
             )));
         }
-        let (def, mut next_id) = self.plan_new_leg(&list, &image, &old, alu, "move")?;
-        let target = copies;
-        let job = Job::leg_copy(
-            next_id,
-            def.id,
-            target,
-            Some(member),
-            def.layout.member_size(def.size),
-        );
-        next_id += 1;
-        list.jobs.push(job.clone());
-        Self::prune_jobs(&mut list.jobs)?;
-        list.next_id = next_id;
-        let def = self.commit_reshape(
-            list,
-            &image,
-            old,
-            def,
-            &format!(
+        let (def, next_id) = self.plan_new_leg(&list, &image, &old, alu, "move")?;
+        self.commit_new_leg(list, &image, old, def, next_id, Some(member), |job| {
+            format!(
                 "move of member {member} to ALU {alu} started (job {})",
                 job.id
-            ),
-        )?;
-        Ok((def, job))
+            )
+        })
     }
 
     /// End move job `job` once its copy is complete (checkpoint = total): in one
