@@ -48,6 +48,20 @@ const CHUNK: u32 = 64 << 10;
 /// Where volume pieces start on an image (past a metadata area, as on an ALU).
 const PIECE_START: u64 = 1 << 20;
 
+/// A read or write CQE result `n` for `len` bytes: done only if it moved all
+/// of them (a short transfer is an EIO, a negative result its errno).
+fn whole(n: i32, what: &'static str, offset: u64, len: usize) -> IoResult<()> {
+    if n >= 0 && n as usize == len {
+        return Ok(());
+    }
+    Err(IoError::new(
+        if n < 0 { n } else { libc::EIO },
+        what,
+        offset,
+        len as u64,
+    ))
+}
+
 /// An image file driven straight through the ring: one read or write SQE per
 /// request, no stack in between (the limit).
 struct RawFile {
@@ -70,15 +84,7 @@ impl BlockDev for RawFile {
         let sqe = opcode::Read::new(fd, buf.as_mut_ptr(), buf.len() as u32)
             .offset(offset)
             .build();
-        match self.ring.submit(sqe).await {
-            n if n as usize == buf.len() => Ok(()),
-            n => Err(IoError::new(
-                if n < 0 { n } else { libc::EIO },
-                "read",
-                offset,
-                buf.len() as u64,
-            )),
-        }
+        whole(self.ring.submit(sqe).await, "read", offset, buf.len())
     }
 
     async fn write(&self, offset: u64, buf: &[u8], _fua: bool) -> IoResult<()> {
@@ -86,15 +92,7 @@ impl BlockDev for RawFile {
         let sqe = opcode::Write::new(fd, buf.as_ptr(), buf.len() as u32)
             .offset(offset)
             .build();
-        match self.ring.submit(sqe).await {
-            n if n as usize == buf.len() => Ok(()),
-            n => Err(IoError::new(
-                if n < 0 { n } else { libc::EIO },
-                "write",
-                offset,
-                buf.len() as u64,
-            )),
-        }
+        whole(self.ring.submit(sqe).await, "write", offset, buf.len())
     }
 
     async fn flush(&self) -> IoResult<()> {
