@@ -16,7 +16,9 @@
 //! connected and the request is issued again. Re-issuing is safe for block
 //! I/O: a write carries its data and its offset, so writing it twice leaves
 //! the same bytes, and the host does not overlap in-flight writes. When no
-//! path works, requests wait (with a growing back-off on the queue's ring, not
+//! path works (none connects, or each shuts the session down again, as a peer
+//! does for a fenced master generation until [`RemoteDesc::rename`] names the
+//! new one), requests wait (with a growing back-off on the queue's ring, not
 //! blocking it) for up to [`RemoteDesc::no_path_timeout`] — the bounded queue
 //! of SPDK's `fast_io_fail_timeout_sec` — and then fail with `EIO`, which a
 //! mirror above turns into a failed leg. Failback is immediate once the
@@ -127,8 +129,9 @@ impl PathState {
 /// volume expects of it. Shared by the volume's queue threads.
 #[derive(Debug)]
 pub struct RemoteDesc {
-    /// The export's name at the peer.
-    pub export: String,
+    /// The export's name at the peer; read at each connection, changed by
+    /// [`RemoteDesc::rename`].
+    export: Mutex<String>,
     /// Size the volume needs; a shorter export is refused.
     pub size: u64,
     /// Limits every queue reports before its first connection (probe the
@@ -194,7 +197,7 @@ impl RemoteDesc {
             return Err(RemoteError::NoPath(export));
         }
         Ok(RemoteDesc {
-            export,
+            export: Mutex::new(export),
             size,
             limits: Limits {
                 logical_block: 512,
@@ -215,15 +218,16 @@ impl RemoteDesc {
     /// offline" step of start-up ([090]–[093]): a volume whose remote piece
     /// fails here stays offline with this error.
     pub fn probe(mut self) -> Result<RemoteDesc, RemoteError> {
+        let export = self.export();
         let ring = crate::uring::LocalRing::new(4).map_err(|e| RemoteError::Unreachable {
-            export: self.export.clone(),
+            export: export.clone(),
             why: format!("cannot create a ring: {e}"),
         })?;
         let mut why = Vec::new();
         for (i, p) in self.paths.iter().enumerate() {
             match NbdDev::connect_timeout(
                 &p.addr,
-                &self.export,
+                &export,
                 &ring,
                 self.secret.as_deref(),
                 self.connect_timeout,
@@ -232,13 +236,13 @@ impl RemoteDesc {
                     let info = dev.info();
                     if dev.read_only() {
                         return Err(RemoteError::ReadOnly {
-                            export: self.export.clone(),
+                            export: export.clone(),
                             addr: p.addr.clone(),
                         });
                     }
                     if info.size < self.size {
                         return Err(RemoteError::TooSmall {
-                            export: self.export.clone(),
+                            export: export.clone(),
                             addr: p.addr.clone(),
                             have: info.size,
                             need: self.size,
@@ -258,7 +262,7 @@ impl RemoteDesc {
             }
         }
         Err(RemoteError::Unreachable {
-            export: self.export.clone(),
+            export: export.clone(),
             why: why.join("; "),
         })
     }
@@ -266,6 +270,25 @@ impl RemoteDesc {
     /// Every path's state, preferred first.
     pub fn paths(&self) -> Vec<PathReport> {
         self.paths.iter().map(PathState::report).collect()
+    }
+
+    /// The export's name at the peer now.
+    pub fn export(&self) -> String {
+        self.export
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Name the same tier-1 object by `export` from now on: every queue's
+    /// next connection asks for it. A new master re-admits the trees that
+    /// still match its object database this way (their references carried
+    /// the old master's generation, which the peers now refuse): requests
+    /// waiting on a cut connection reconnect under the new name and go on,
+    /// with nothing failed to the host. Connections open under the old name
+    /// run until the peer cuts them.
+    pub fn rename(&self, export: impl Into<String>) {
+        *self.export.lock().unwrap_or_else(|e| e.into_inner()) = export.into();
     }
 }
 
@@ -301,9 +324,10 @@ impl<R: Ring + Clone> RemoteRef<R> {
 
     fn try_path(&self, i: usize) -> Option<Rc<NbdDev<R>>> {
         let p = &self.desc.paths[i];
+        let export = self.desc.export();
         let r = NbdDev::connect_timeout(
             &p.addr,
-            &self.desc.export,
+            &export,
             self.ring.clone(),
             self.desc.secret.as_deref(),
             self.desc.connect_timeout,
@@ -313,7 +337,7 @@ impl<R: Ring + Clone> RemoteRef<R> {
                 p.up.store(true, Ordering::Relaxed);
                 p.connects.fetch_add(1, Ordering::Relaxed);
                 p.active.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(export = %self.desc.export, path = %p.addr, "remote reference connected");
+                tracing::info!(%export, path = %p.addr, "remote reference connected");
                 Some(Rc::new(dev))
             }
             Ok(dev) => {
@@ -344,7 +368,13 @@ impl<R: Ring + Clone> RemoteRef<R> {
     /// The connection to use: the current one, the preferred path when it is
     /// time to fail back, else the first path that connects; waits with a
     /// back-off while none does, up to the no-path timeout.
-    async fn conn(&self, op: &'static str, offset: u64, len: u64) -> IoResult<Rc<NbdDev<R>>> {
+    async fn conn(
+        &self,
+        op: &'static str,
+        offset: u64,
+        len: u64,
+        retry: &Retry,
+    ) -> IoResult<Rc<NbdDev<R>>> {
         let current = self.conn.borrow().clone();
         if let Some((_, dev)) = current {
             let due = self.failback_at.get().is_some_and(|t| Instant::now() >= t);
@@ -353,7 +383,7 @@ impl<R: Ring + Clone> RemoteRef<R> {
             }
             match self.try_path(0) {
                 Some(d) => {
-                    tracing::info!(export = %self.desc.export, "failed back to the preferred path");
+                    tracing::info!(export = %self.desc.export(), "failed back to the preferred path");
                     self.install(0, d.clone());
                     return Ok(d);
                 }
@@ -364,7 +394,7 @@ impl<R: Ring + Clone> RemoteRef<R> {
                 }
             }
         }
-        let deadline = Instant::now() + self.desc.no_path_timeout;
+        let deadline = retry.since.unwrap_or_else(Instant::now) + self.desc.no_path_timeout;
         let mut wait = BACKOFF_MIN;
         loop {
             for i in 0..self.desc.paths.len() {
@@ -375,12 +405,40 @@ impl<R: Ring + Clone> RemoteRef<R> {
             }
             let now = Instant::now();
             if now >= deadline {
-                tracing::error!(export = %self.desc.export, "no path to the export: failing I/O");
+                tracing::error!(export = %self.desc.export(), "no path to the export: failing I/O");
                 return Err(IoError::new(libc::EIO, op, offset, len));
             }
             self.sleep(wait.min(deadline - now)).await;
             wait = (wait * 2).min(BACKOFF_MAX);
         }
+    }
+
+    /// After a request's connection failed: the first time, fail over at
+    /// once; again within the same request (a peer that accepts the
+    /// session and then shuts it down, e.g. a fenced generation), wait with
+    /// a growing back-off, and fail with `EIO` once the no-path timeout has
+    /// passed since the first failure.
+    async fn backoff(
+        &self,
+        retry: &mut Retry,
+        op: &'static str,
+        offset: u64,
+        len: u64,
+    ) -> IoResult<()> {
+        let now = Instant::now();
+        let since = *retry.since.get_or_insert(now);
+        retry.losses += 1;
+        if retry.losses == 1 {
+            return Ok(());
+        }
+        let deadline = since + self.desc.no_path_timeout;
+        if now >= deadline {
+            tracing::error!(export = %self.desc.export(), "no working path to the export: failing I/O");
+            return Err(IoError::new(libc::EIO, op, offset, len));
+        }
+        self.sleep(retry.wait.min(deadline - now)).await;
+        retry.wait = (retry.wait * 2).min(BACKOFF_MAX);
+        Ok(())
     }
 
     /// Forget `dev` if it is still the current connection (another task may
@@ -390,7 +448,7 @@ impl<R: Ring + Clone> RemoteRef<R> {
         if let Some((i, cur)) = conn.as_ref() {
             if Rc::ptr_eq(cur, dev) {
                 let p = &self.desc.paths[*i];
-                tracing::warn!(export = %self.desc.export, path = %p.addr, error = %e, "fabric path failed: failing over");
+                tracing::warn!(export = %self.desc.export(), path = %p.addr, error = %e, "fabric path failed: failing over");
                 p.failed(e.to_string());
                 p.active.fetch_sub(1, Ordering::Relaxed);
                 *conn = None;
@@ -410,6 +468,26 @@ impl<R: Ring + Clone> RemoteRef<R> {
     }
 }
 
+/// One request's way through failures (kept in the request's future).
+struct Retry {
+    /// When its first connection failed.
+    since: Option<Instant>,
+    /// Connections it lost.
+    losses: u32,
+    /// The next back-off.
+    wait: Duration,
+}
+
+impl Retry {
+    fn new() -> Self {
+        Retry {
+            since: None,
+            losses: 0,
+            wait: BACKOFF_MIN,
+        }
+    }
+}
+
 /// Whether `e` from `dev` means "try another path" rather than "the object
 /// failed": a broken connection, or the peer shutting the session down.
 fn retryable<R: Ring>(dev: &NbdDev<R>, e: &IoError) -> bool {
@@ -420,11 +498,15 @@ fn retryable<R: Ring>(dev: &NbdDev<R>, e: &IoError) -> bool {
 /// reason of the object's own, or no path is left.
 macro_rules! with_failover {
     ($self:ident, $op:expr, $off:expr, $len:expr, |$dev:ident| $call:expr) => {{
+        let mut retry = Retry::new();
         loop {
-            let $dev = $self.conn($op, $off, $len).await?;
+            let $dev = $self.conn($op, $off, $len, &retry).await?;
             match $call.await {
                 Ok(v) => break Ok(v),
-                Err(e) if retryable(&$dev, &e) => $self.lost(&$dev, &e),
+                Err(e) if retryable(&$dev, &e) => {
+                    $self.lost(&$dev, &e);
+                    $self.backoff(&mut retry, $op, $off, $len).await?;
+                }
                 Err(e) => break Err(e),
             }
         }
