@@ -26,7 +26,7 @@ use crate::size::format_size;
 use crate::stats;
 use crate::top::{Snapshots, TopDesc, TopSlot};
 use crate::ublk::{self, Exposed, VolumeSpec};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -41,7 +41,7 @@ use tierblk_stack::gate::Gate;
 use tierblk_stack::mirror::MirrorHealth;
 use tierblk_stack::volume::{Layout as StackLayout, MemberDesc, VolumeDesc};
 use tierblk_stack::Piece;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// Something a volume's data path tells the daemon, off the hot path.
 pub enum Event {
@@ -1436,15 +1436,7 @@ impl Daemon {
         let live = self.jobs.get(&j.id);
         JobView {
             id: j.id,
-            kind: match (j.kind, j.repair) {
-                (JobKind::Rebuild, _) => "rebuild",
-                (JobKind::Move, _) => "move",
-                (JobKind::Scrub, false) => "scrub",
-                (JobKind::Scrub, true) => "scrub-repair",
-                (JobKind::Rollback, _) => "rollback",
-                (JobKind::Resync, _) => "resync",
-            }
-            .into(),
+            kind: jobs::kind_name(j).into(),
             volume: self
                 .volume_by_id(j.volume)
                 .map(|v| v.name)
@@ -1553,6 +1545,17 @@ impl Daemon {
         let Some(j) = jobs::next_job(&all, v.id).cloned() else {
             return;
         };
+        let peers = self.writing_peers(v);
+        if jobs::writes_legs(&j) && !peers.is_empty() {
+            warn!(
+                job = j.id,
+                volume = %v.name,
+                "job waits: the volume is also exposed on {} (`tierblk vol unexpose {} --on SP` lets it run)",
+                peers.join(", "),
+                v.name
+            );
+            return;
+        }
         let copies = usize::from(v.layout.copies.max(1));
         let work = match (j.kind, j.member) {
             (JobKind::Rebuild | JobKind::Move, Some(m)) => Work::Rebuild {

@@ -44,6 +44,32 @@ pub fn next_job(jobs: &[Job], volume: u64) -> Option<&Job> {
         .min_by_key(|j| (!repairs(j), j.id))
 }
 
+/// Whether `job` writes mirror legs (a copy, a resync or a repair): it runs
+/// only while the volume is exposed on the SP running it alone. A mirror's
+/// sync window holds back the writes of this SP's tree only; a peer's write
+/// landing between the job's read of a region and its write of the same
+/// region to another leg would be lost on that leg (md-cluster suspends
+/// every node's writes to the range a resync works on instead).
+pub fn writes_legs(job: &Job) -> bool {
+    match job.kind {
+        JobKind::Rebuild | JobKind::Move | JobKind::Resync => true,
+        JobKind::Scrub => job.repair,
+        JobKind::Rollback => false,
+    }
+}
+
+/// The job's kind as `job list` names it.
+pub fn kind_name(job: &Job) -> &'static str {
+    match (job.kind, job.repair) {
+        (JobKind::Rebuild, _) => "rebuild",
+        (JobKind::Move, _) => "move",
+        (JobKind::Scrub, false) => "scrub",
+        (JobKind::Scrub, true) => "scrub-repair",
+        (JobKind::Rollback, _) => "rollback",
+        (JobKind::Resync, _) => "resync",
+    }
+}
+
 /// What a job does.
 #[derive(Clone)]
 pub enum Work {
@@ -367,6 +393,26 @@ mod tests {
             state,
             ..Job::leg_copy(id, volume, 1, None, 64 << 20)
         }
+    }
+
+    #[test]
+    fn jobs_that_write_legs_are_the_copies_resyncs_and_repairs() {
+        let mut j = job(1, JobKind::Scrub, 1, JobState::Running);
+        assert!(!writes_legs(&j), "a checking scrub only reads");
+        assert_eq!(kind_name(&j), "scrub");
+        j.repair = true;
+        assert!(writes_legs(&j));
+        assert_eq!(kind_name(&j), "scrub-repair");
+        for k in [JobKind::Rebuild, JobKind::Move, JobKind::Resync] {
+            assert!(writes_legs(&job(1, k, 1, JobState::Running)), "{k:?}");
+        }
+        // A rollback writes the offline origin, not a mirror's legs apart.
+        assert!(!writes_legs(&job(
+            1,
+            JobKind::Rollback,
+            1,
+            JobState::Running
+        )));
     }
 
     #[test]

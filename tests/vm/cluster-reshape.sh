@@ -47,58 +47,20 @@ set -eu
 . "$(dirname "$0")/lib.sh"
 
 require_disks 4
-R=/run/tierblk
-mkdir -p "$R"
-printf 'a cluster secret for the vm test\n' >"$R/secret"
-chmod 600 "$R/secret"
+sp_secret
 TIERBLK_SOCKET="$R/sp1.ctl"
 TB2="tierblk --socket $R/sp2.ctl"
 TB3="tierblk --socket $R/sp3.ctl"
 
-PIDS=""
 SP1_PID=""
-# start_sp NAME ARGS...: one tierblkd --sp in the background, its log in
-# /tmp/NAME.log (a previous one kept as /tmp/NAME.N.log).
-start_sp() {
-	_n=$1
-	shift
-	_k=0
-	while [ -f "/tmp/$_n.$_k.log" ]; do _k=$((_k + 1)); done
-	[ -f "/tmp/$_n.log" ] && mv "/tmp/$_n.log" "/tmp/$_n.$_k.log"
-	tierblkd --sp "$_n" --listen "unix:$R/$_n.sock" --secret-file "$R/secret" \
-		--socket "$R/$_n.ctl" --cluster lab "$@" >"/tmp/$_n.log" 2>&1 &
-	LAST_PID=$!
-	PIDS="$PIDS $LAST_PID"
-}
 start_sp1() {
 	start_sp sp1 --alu /dev/vda --alu /dev/vdb \
 		--peer "sp2=unix:$R/sp2.sock" --peer "sp3=unix:$R/sp3.sock"
 	SP1_PID=$LAST_PID
 }
-cleanup() {
-	_rc=$?
-	if [ "$_rc" -ne 0 ]; then
-		for f in /tmp/sp1.0.log /tmp/sp1.log /tmp/sp2.log /tmp/sp3.log; do
-			echo "---- $f ----"
-			tail -n 40 "$f" 2>/dev/null || true
-		done
-	fi
-	umount /mnt 2>/dev/null || true
-	# shellcheck disable=SC2086
-	kill $PIDS 2>/dev/null || true
-	exit "$_rc"
-}
-trap cleanup EXIT
+trap 'sp_cleanup $?' EXIT
 
-# wait_master: until sp1 says it is the master (30 s).
-wait_master() {
-	_i=0
-	until tbj sp list 2>/dev/null | grep -q '"name":"sp1","role":"master"'; do
-		_i=$((_i + 1))
-		[ "$_i" -lt 150 ] || fail "sp1 is not master: $(tbj sp list 2>&1)"
-		sleep 0.2
-	done
-}
+wait_master() { wait_role "$TIERBLK_SOCKET" sp1 master; }
 # members_on NAME: "member:path" of every segment of volume NAME.
 members_on() {
 	vol_json "$1" | grep -o '{"alu":"[^}]*}' | while read -r s; do
@@ -107,14 +69,8 @@ members_on() {
 }
 # alu_of PATH: the `alu list` JSON object of that ALU (up to its partitions).
 alu_of() { tbj alu list | sed 's/},{"boot_member"/}\n{"boot_member"/g' | grep "\"path\":\"$1\""; }
-# dev_on CTL NAME: the device of volume NAME on the SP with control socket CTL.
-dev_on() { tierblk --socket "$1" --json vol show "$2" | sed -n 's/.*"device":"\([^"]*\)".*/\1/p'; }
 # tail_sha DEV: sha256 of the 16 MiB after the filesystem (MiB 240-255).
 tail_sha() { dd if="$1" bs=1M skip=240 count=16 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1; }
-no_io_error() {
-	dmesg | grep -i "I/O error, dev ublkb" && fail "the kernel saw I/O errors ($1)"
-	ok "no I/O error reached the block layer ($1)"
-}
 
 start_sp1
 start_sp sp2 --alu /dev/vdc --peer "sp1=unix:$R/sp1.sock" --peer "sp3=unix:$R/sp3.sock"

@@ -13,10 +13,7 @@ set -eu
 
 require_disks 4
 command -v faultproxy >/dev/null || fail "faultproxy missing (built by scripts/lib/vm.sh)"
-R=/run/tierblk
-mkdir -p "$R"
-printf 'a cluster secret for the vm test\n' >"$R/secret"
-chmod 600 "$R/secret"
+sp_secret
 TIERBLK_SOCKET="$R/sp1.ctl"
 
 # sp2 and sp3 are each reached over two paths: through a proxy (preferred,
@@ -28,28 +25,7 @@ proxy() {
 proxy sp2
 proxy sp3
 
-PIDS=""
-start_sp() {
-	_n=$1
-	shift
-	tierblkd --sp "$_n" --listen "unix:$R/$_n.sock" --secret-file "$R/secret" \
-		--socket "$R/$_n.ctl" --cluster lab "$@" >"/tmp/$_n.log" 2>&1 &
-	PIDS="$PIDS $!"
-}
-cleanup() {
-	_rc=$?
-	if [ "$_rc" -ne 0 ]; then
-		for n in sp1 sp2 sp3; do
-			echo "---- /tmp/$n.log ----"
-			tail -n 40 "/tmp/$n.log" 2>/dev/null || true
-		done
-	fi
-	umount /mnt 2>/dev/null || true
-	# shellcheck disable=SC2086
-	kill $PIDS 2>/dev/null || true
-	exit "$_rc"
-}
-trap cleanup EXIT
+trap 'sp_cleanup $?' EXIT
 
 start_sp sp1 --alu /dev/vda --alu /dev/vdb \
 	--peer "sp2=unix:$R/sp2-p.sock,unix:$R/sp2.sock" \

@@ -311,3 +311,61 @@ fio_write_verify() {
 	[ "$_rkb" -ge "$_wkb" ] || fail "fio verify pass read ${_rkb} KiB < written ${_wkb} KiB"
 	ok "fio verified ${_rkb} KiB on $_dev (crc32c, 0 errors)"
 }
+
+# --- storage processors in one VM (cluster*.sh) -------------------------------
+# sp_secret: the run directory $R (default /run/tierblk) with a cluster secret.
+sp_secret() {
+	R=${R:-/run/tierblk}
+	mkdir -p "$R"
+	printf 'a cluster secret for the vm test\n' >"$R/secret"
+	chmod 600 "$R/secret"
+}
+PIDS=""
+# start_sp NAME ARGS...: one `tierblkd --sp NAME` in the background (fabric
+# socket $R/NAME.sock, control socket $R/NAME.ctl, cluster "lab"), its log in
+# /tmp/NAME.log (a previous one kept as /tmp/NAME.N.log); its pid in LAST_PID
+# and PIDS.
+start_sp() {
+	_n=$1
+	shift
+	_k=0
+	while [ -f "/tmp/$_n.$_k.log" ]; do _k=$((_k + 1)); done
+	[ -f "/tmp/$_n.log" ] && mv "/tmp/$_n.log" "/tmp/$_n.$_k.log"
+	tierblkd --sp "$_n" --listen "unix:$R/$_n.sock" --secret-file "$R/secret" \
+		--socket "$R/$_n.ctl" --cluster lab "$@" >"/tmp/$_n.log" 2>&1 &
+	LAST_PID=$!
+	PIDS="$PIDS $LAST_PID"
+}
+# sp_cleanup RC: on failure, the tail of every SP's logs; then unmount /mnt
+# and stop the SPs. For `trap 'sp_cleanup $?' EXIT`.
+sp_cleanup() {
+	if [ "$1" -ne 0 ]; then
+		for f in /tmp/sp*.log; do
+			[ -f "$f" ] || continue
+			echo "---- $f ----"
+			tail -n 40 "$f"
+		done
+		echo "---- last kernel messages ----"
+		dmesg | tail -n 30
+	fi
+	umount /mnt 2>/dev/null || true
+	# shellcheck disable=SC2086
+	kill $PIDS 2>/dev/null || true
+	exit "$1"
+}
+# wait_role CTL SP ROLE: until the SP at control socket CTL lists SP in ROLE (30 s).
+wait_role() {
+	_i=0
+	until tierblk --socket "$1" --json sp list 2>/dev/null | grep -q "\"name\":\"$2\",\"role\":\"$3\""; do
+		_i=$((_i + 1))
+		[ "$_i" -lt 150 ] || fail "$2 is not $3: $(tierblk --socket "$1" --json sp list 2>&1)"
+		sleep 0.2
+	done
+}
+# dev_on CTL NAME: the device of volume NAME on the SP with control socket CTL.
+dev_on() { tierblk --socket "$1" --json vol show "$2" | sed -n 's/.*"device":"\([^"]*\)".*/\1/p'; }
+# no_io_error WHEN: the kernel logged no I/O error on a ublk device.
+no_io_error() {
+	dmesg | grep -i "I/O error, dev ublkb" && fail "the kernel saw I/O errors ($1)"
+	ok "no I/O error reached the block layer ($1)"
+}

@@ -21,6 +21,7 @@
 //! should it come back, finds itself fenced (its ALU sessions are refused)
 //! and steps down when it sees the newer master.
 
+use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -75,6 +76,9 @@ pub struct Cluster {
     /// With etcd: the generation etcd elected this SP for, until it takes
     /// office (once every peer answered or was given up on).
     won: Option<u64>,
+    /// Peers whose assignments this master could not deliver: tried again
+    /// at every heartbeat.
+    pub unassigned: BTreeSet<String>,
 }
 
 impl Cluster {
@@ -153,6 +157,7 @@ impl Cluster {
             peers,
             remotes: HashMap::new(),
             won: None,
+            unassigned: BTreeSet::new(),
         })
     }
 
@@ -223,6 +228,45 @@ impl Cluster {
         let d = Arc::new(d);
         self.remotes.insert((alu, start, len), d.clone());
         Ok(d)
+    }
+
+    /// Re-admit the remote references to `pieces` (alu, start, len) under
+    /// master generation `generation`: each names its tier-1 object at that
+    /// generation from now on (a peer cuts and refuses older ones), and the
+    /// trees holding it, which the new master confirmed, go on: requests
+    /// waiting on a cut connection reconnect under the new name. With
+    /// `forget_others`, references to any other piece still at an older
+    /// generation are forgotten (a tree built later gets a new one; one
+    /// still holding it stays fenced).
+    pub fn readmit(
+        &mut self,
+        generation: u64,
+        pieces: &HashSet<(Uuid, u64, u64)>,
+        forget_others: bool,
+    ) {
+        self.remotes.retain(|key, d| {
+            let Ok(ExportName::Part { generation: g, .. }) = d.export().parse::<ExportName>()
+            else {
+                return true;
+            };
+            if g >= generation {
+                return true;
+            }
+            if !pieces.contains(key) {
+                return !forget_others;
+            }
+            let (alu, start, len) = *key;
+            d.rename(
+                ExportName::Part {
+                    generation,
+                    alu,
+                    start,
+                    len,
+                }
+                .to_string(),
+            );
+            true
+        });
     }
 
     /// `peer`'s ALU at `alu` (its own path) as a metadata disk of the master
@@ -336,6 +380,21 @@ impl Daemon {
             }
             for name in back {
                 self.add_peer_alus(&name, generation);
+                self.push_assignments(Some(&name));
+            }
+            let retry: Vec<String> = self
+                .cluster
+                .as_ref()
+                .map(|c| {
+                    let up = c.reachable();
+                    c.unassigned
+                        .iter()
+                        .filter(|n| up.iter().any(|v| &v.name == *n))
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default();
+            for name in retry {
                 self.push_assignments(Some(&name));
             }
         }
@@ -474,8 +533,6 @@ impl Daemon {
         info!(sp = %c.sp.name, generation, "taking the master role");
         c.catalog.set_role(true, generation);
         c.role = Role::Master { generation };
-        // References of an earlier term carry its generation: fenced now.
-        c.remotes.clear();
         let (mut disks, mut missing) = open_disks(&self.cfg.alus);
         // A peer known but gone: its ALUs are listed missing until it
         // answers again (add_peer_alus).
@@ -509,17 +566,83 @@ impl Daemon {
         }
         self.log
             .emit("sp-role", None, format!("master (generation {generation})"));
-        // What this SP exposed for the old master is rebuilt from the
-        // object database now.
-        for name in std::mem::take(&mut self.assigned).into_keys() {
+        // References of an earlier term carry its generation, which the
+        // peers refuse from now on: those to a piece of a committed volume
+        // go on under this generation, the rest are forgotten.
+        let pieces: HashSet<(Uuid, u64, u64)> = self
+            .store
+            .image()
+            .iter()
+            .flat_map(|i| i.volumes.iter())
+            .flat_map(|v| v.segments.iter().map(|s| (s.alu, s.start, s.len)))
+            .collect();
+        if let Some(c) = self.cluster.as_mut() {
+            c.readmit(generation, &pieces, true);
+        }
+        let kept = self.adopt_assigned();
+        self.activate();
+        // Jobs the takeover queued for them (activate starts those of the
+        // volumes it brings online).
+        for v in kept {
+            self.start_jobs_of(&v);
+        }
+        self.push_assignments(None);
+    }
+
+    /// The volumes this SP exposed for the old master become its own: one
+    /// the object database still places here keeps its device and runs on
+    /// (a mounted filesystem sees a pause at most), loading the committed
+    /// tree in place if the old master's assignment differs from it;
+    /// anything else goes offline.
+    fn adopt_assigned(&mut self) -> Vec<VolumeDef> {
+        let assigned = std::mem::take(&mut self.assigned);
+        let mut kept = Vec::new();
+        for (name, a) in assigned {
+            let now = self
+                .store
+                .image()
+                .and_then(|i| i.volumes.iter().find(|v| v.name == name).cloned());
+            let online = matches!(self.runtime.get(&name), Some(Runtime::Online { .. }));
+            match now {
+                Some(v) if online && self.exposed_here(&v) => {
+                    match self.keep_assigned(&v, &a.def) {
+                        Ok(()) => {
+                            info!(volume = %name, "kept online across the takeover");
+                            self.log
+                                .emit("volume-adopted", Some(&name), "kept online".into());
+                            kept.push(v);
+                            continue;
+                        }
+                        Err(e) => error!(volume = %name, "cannot keep it online: {e}"),
+                    }
+                }
+                _ => {}
+            }
             if let Err(e) = self.offline(&name) {
                 warn!("{e}");
             }
             self.runtime.remove(&name);
         }
         self.owners.clear();
-        self.activate();
-        self.push_assignments(None);
+        kept
+    }
+
+    /// Make `v`, online here under the old master's definition `old`, run
+    /// the committed definition: as it is when they agree, else loaded in
+    /// place under quiescence. A hold the old master left (it died between
+    /// its quiesce and its resume) ends here: this master confirmed the tree.
+    fn keep_assigned(&mut self, v: &VolumeDef, old: &VolumeDef) -> Result<(), String> {
+        if v.definition() != old.definition() {
+            warn!(volume = %v.name, "the old master's tree differs from the committed one: loading it in place");
+            if !self.quiesced.contains_key(&v.name) {
+                self.quiesce_here(&v.name)?;
+            }
+            self.reload(v)?;
+        }
+        if self.quiesced.contains_key(&v.name) {
+            self.resume_here(&v.name)?;
+        }
+        Ok(())
     }
 
     /// What etcd says: follow its leader, take office when it is this SP's
@@ -727,7 +850,7 @@ impl Daemon {
             for (i, p) in d.paths().into_iter().enumerate() {
                 out.push(crate::proto::PathView {
                     sp: sp.clone(),
-                    export: d.export.clone(),
+                    export: d.export(),
                     endpoint: p.addr.to_string(),
                     priority: i + 1,
                     state: if p.up { "up" } else { "down" }.into(),

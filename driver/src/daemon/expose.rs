@@ -212,16 +212,19 @@ impl Daemon {
                 snaps.join(", ")
             ));
         }
-        if let Some(j) = self.store.jobs().into_iter().find(|j| {
-            j.volume == v.id
-                && matches!(j.kind, JobKind::Rebuild | JobKind::Move)
-                && !j.state.finished()
-        }) {
-            // This SP's writes would not reach the leg being copied
-            // (module docs: no jobs on an exposing peer).
+        if let Some(j) = self
+            .store
+            .jobs()
+            .into_iter()
+            .find(|j| j.volume == v.id && jobs::writes_legs(j) && !j.state.finished())
+        {
+            // Another SP's writes would not reach the leg being copied
+            // (module docs: no jobs on an exposing peer), and would race a
+            // resync's or repair's copy between legs.
             return Err(format!(
-                "volume {name}: job {} is copying a leg: expose it elsewhere once it is done",
-                j.id
+                "volume {name}: job {} ({}) writes its legs: expose it elsewhere once it is done",
+                j.id,
+                jobs::kind_name(&j)
             ));
         }
         if sp != me && self.cluster.as_ref().and_then(|c| c.paths_of(sp)).is_none() {
@@ -285,6 +288,8 @@ impl Daemon {
             .map_err(|e| e.to_string())?;
         self.log
             .emit("volume-unexposed", Some(name), sp.to_string());
+        // A job that waited for the volume to be exposed here alone.
+        self.start_jobs_of(&v);
         Ok(Payload::Volume(self.volume_view(&self.volume(name)?)))
     }
 
@@ -361,16 +366,38 @@ impl Daemon {
         let Ok((me, _)) = self.me() else {
             return;
         };
+        let mut failed = BTreeSet::new();
         for v in self.image_volumes() {
             for sp in self.exposed_on(&v) {
                 if sp == me || only.is_some_and(|o| o != sp) {
                     continue;
                 }
+                if let Some(j) = self.leg_writer(&v) {
+                    // Its writes would race the job's copy between legs:
+                    // it gets the volume once the job is done.
+                    debug!(volume = %v.name, %sp, job = j.id, "assignment waits for the job");
+                    failed.insert(sp);
+                    continue;
+                }
                 match self.assign(&v, &sp) {
                     Ok(()) => info!(volume = %v.name, %sp, "assigned"),
-                    Err(e) => warn!(volume = %v.name, %sp, "cannot assign: {e}"),
+                    Err(e) => {
+                        warn!(volume = %v.name, %sp, "cannot assign: {e}");
+                        failed.insert(sp);
+                    }
                 }
             }
+        }
+        // Tried again at the next heartbeat (e.g. a peer that does not
+        // follow this master yet: it refuses until it does).
+        if let Some(c) = self.cluster.as_mut() {
+            match only {
+                Some(o) => {
+                    c.unassigned.remove(o);
+                }
+                None => c.unassigned.clear(),
+            }
+            c.unassigned.extend(failed);
         }
     }
 
@@ -387,32 +414,7 @@ impl Daemon {
                 let (def, owners) = volume.to_def()?;
                 let name = def.name.clone();
                 if let Some(Runtime::Online { .. }) = self.runtime.get(&name) {
-                    if self.assigned.get(&name).is_some_and(|a| a.def == def) {
-                        return Ok(format!("volume {name}: already exposed"));
-                    }
-                    if self.quiesced.contains_key(&name) {
-                        // The master reshapes the volume: load the new tree
-                        // in place; held I/O runs on it at the resume.
-                        for (u, sp) in owners {
-                            self.owners.insert(u, sp);
-                        }
-                        let old = self.assigned.insert(
-                            name.clone(),
-                            Assigned {
-                                def: def.clone(),
-                                degraded: volume.degraded,
-                                generation,
-                            },
-                        );
-                        if let Err(e) = self.reload(&def) {
-                            if let Some(old) = old {
-                                self.assigned.insert(name.clone(), old);
-                            }
-                            return Err(format!("volume {name}: cannot load the new tree: {e}"));
-                        }
-                        return Ok(format!("volume {name}: new tree loaded"));
-                    }
-                    self.offline(&name)?;
+                    return self.reassign(def, owners, volume.degraded, generation);
                 }
                 for (u, sp) in owners {
                     self.owners.insert(u, sp);
@@ -489,6 +491,66 @@ impl Daemon {
         }
     }
 
+    /// A new assignment of a volume online here: the same tree under a new
+    /// master's generation (a takeover), or a new tree (a reshape, which
+    /// the master quiesced first; or a takeover whose definition differs
+    /// from the old master's). Either way the device stays: the remote
+    /// references to the tree's pieces are re-admitted under the new
+    /// generation (requests waiting on a fenced connection go on), and a
+    /// new tree is loaded in place, under quiescence.
+    fn reassign(
+        &mut self,
+        def: VolumeDef,
+        owners: Vec<(Uuid, String)>,
+        degraded: Vec<u16>,
+        generation: u64,
+    ) -> Result<String, String> {
+        let name = def.name.clone();
+        let pieces = def
+            .segments
+            .iter()
+            .map(|s| (s.alu, s.start, s.len))
+            .collect();
+        if let Some(c) = self.cluster.as_mut() {
+            c.readmit(generation, &pieces, false);
+        }
+        for (u, sp) in owners {
+            self.owners.insert(u, sp);
+        }
+        let same = self.assigned.get(&name).is_some_and(|a| a.def == def);
+        let new = Assigned {
+            def: def.clone(),
+            degraded,
+            generation,
+        };
+        if same {
+            self.assigned.insert(name.clone(), new);
+            return Ok(format!("volume {name}: already exposed"));
+        }
+        let held = self.quiesced.contains_key(&name);
+        if !held {
+            self.quiesce_here(&name)?;
+        }
+        let old = self.assigned.insert(name.clone(), new);
+        if let Err(e) = self.reload(&def) {
+            if let Some(old) = old {
+                self.assigned.insert(name.clone(), old);
+            }
+            // Not a reshape (the master did not hold it): the tree that ran
+            // goes on. A reshape's stays held: its extents may be free now.
+            if !held {
+                if let Err(r) = self.resume_here(&name) {
+                    error!(volume = %name, "cannot resume: {r}");
+                }
+            }
+            return Err(format!("volume {name}: cannot load the new tree: {e}"));
+        }
+        if !held {
+            self.resume_here(&name)?;
+        }
+        Ok(format!("volume {name}: new tree loaded"))
+    }
+
     /// `vol quiesce`: every SP exposing the volume holds its host I/O and
     /// says so before this returns (spec IX, Fig. 15: quiesce, acknowledge
     /// to the master); if one cannot, those already held are let go and
@@ -556,6 +618,27 @@ impl Daemon {
             }
         };
         self.send(sp, &req)
+    }
+
+    /// The other SPs exposing `v` that answer now: a peer given up on holds
+    /// no session under this master's generation, so it writes nothing.
+    pub(super) fn writing_peers(&self, v: &VolumeDef) -> Vec<String> {
+        let Some(c) = self.cluster.as_ref() else {
+            return Vec::new();
+        };
+        let up = c.reachable();
+        self.exposing_peers(v)
+            .into_iter()
+            .filter(|sp| up.iter().any(|p| &p.name == sp))
+            .collect()
+    }
+
+    /// A job of `v` running here that writes its legs, if any.
+    pub(super) fn leg_writer(&self, v: &VolumeDef) -> Option<Job> {
+        self.store
+            .jobs()
+            .into_iter()
+            .find(|j| j.volume == v.id && self.jobs.contains_key(&j.id) && jobs::writes_legs(j))
     }
 
     /// The other SPs exposing `v` (none without `--sp`).
