@@ -15,7 +15,8 @@
 //! * [`server`]: [`NbdServer`] exports named [`BlockDev`](tierblk_stack::BlockDev)s
 //!   over Unix sockets and/or TCP; one thread, one
 //!   [`LocalRing`](tierblk_stack::uring::LocalRing) and one export instance per
-//!   connection, so nothing is shared per I/O.
+//!   connection, so nothing is shared per I/O. Each connection is pipelined:
+//!   several requests in flight on its ring, each answered as it completes.
 //! * [`client`] (re-exported from `tierblk_stack::nbd`, since a volume tree
 //!   holds it as a leaf): [`NbdDev`] is the remote reference: a `BlockDev` that is one
 //!   NBD connection whose socket I/O goes through the owning thread's

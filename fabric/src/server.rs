@@ -16,10 +16,11 @@
 //!
 //! Negotiation is fixed newstyle (`GO`, `INFO`, `LIST`, `ABORT`,
 //! `EXPORT_NAME`; anything else gets `NBD_REP_ERR_UNSUP`), transmission uses
-//! simple replies. Requests of one connection are executed in order: the
-//! next request header is read once the previous reply is written (the client
-//! may pipeline; the socket buffers them). See the NBD protocol:
-//! <https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md>.
+//! simple replies. Transmission is pipelined (module `transmission`): the
+//! connection keeps reading requests while earlier ones are in flight, runs
+//! up to [`ServerConfig::max_in_flight`] of them at once on its ring and
+//! replies to each as it completes, in any order, as NBD allows. See the NBD
+//! protocol: <https://github.com/NetworkBlockDevice/nbd/blob/master/doc/proto.md>.
 //!
 //! A malformed frame or protocol violation ends that connection only (logged
 //! with `tracing`); the server keeps serving the others. A request that is
@@ -41,6 +42,8 @@
 //! always have to authenticate. Without a secret the server behaves as a
 //! plain NBD server and answers our options `NBD_REP_ERR_UNSUP`.
 
+mod transmission;
+
 use std::collections::HashMap;
 use std::io::{self, BufReader, IoSlice, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -55,9 +58,9 @@ use std::time::Duration;
 use thiserror::Error;
 use tierblk_stack::nbd::auth::{self, AuthError, Secret};
 use tierblk_stack::uring::LocalRing;
-use tierblk_stack::{AlignedBuf, BlockDev};
+use tierblk_stack::BlockDev;
 
-use crate::proto::{self, ClientOption, Command, Info, ProtoError, Reject, Request, SimpleReply};
+use crate::proto::{self, ClientOption, Info, ProtoError};
 use crate::NbdAddr;
 
 /// Builds the per-connection instance of an export on the connection's thread
@@ -249,7 +252,8 @@ enum ConnError {
 /// Tunables.
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
-    /// SQ entries of each connection's ring.
+    /// SQ entries of each connection's ring (raised to hold
+    /// `max_in_flight` requests plus the socket's receive and send).
     pub ring_entries: u32,
     /// How long a client may take between handshake frames.
     pub handshake_timeout: Duration,
@@ -263,6 +267,19 @@ pub struct ServerConfig {
     /// as authenticated, so that standard tools run as root keep working on
     /// Unix sockets. TCP peers always authenticate. Default: on.
     pub trust_unix_root: bool,
+    /// Most requests of one connection in flight at once (read ahead,
+    /// executed concurrently, answered as each completes); the next ones
+    /// wait in the socket until a reply is sent. Clamped to 1..=256.
+    /// Default: 32 (qemu-nbd runs 16 per client).
+    pub max_in_flight: usize,
+    /// Payload buffer of each of a connection's `max_in_flight` slots, in
+    /// bytes (rounded up to 4 KiB). The slots' buffers are one anonymous
+    /// mapping made when transmission starts and kept for the connection's
+    /// life; a page takes memory only once a request used it.
+    /// `READ`/`WRITE` requests larger than this (up to the 32 MiB the server
+    /// accepts) share one connection buffer and take turns. Default: 1 MiB,
+    /// the partition's and the ublk queues' largest request.
+    pub slot_buffer: usize,
 }
 
 impl Default for ServerConfig {
@@ -273,6 +290,8 @@ impl Default for ServerConfig {
             max_options: 256,
             secret: None,
             trust_unix_root: true,
+            max_in_flight: 32,
+            slot_buffer: 1 << 20,
         }
     }
 }
@@ -523,8 +542,9 @@ impl NbdServer {
         self.shared.served.load(Ordering::Acquire)
     }
 
-    /// Stop accepting, close every connection (their in-progress request
-    /// completes first) and join all threads. Unix socket paths are removed.
+    /// Stop accepting, close every connection (the requests they have in
+    /// flight complete first) and join all threads. Unix socket paths are
+    /// removed.
     pub fn shutdown(mut self) {
         self.stop();
     }
@@ -781,7 +801,11 @@ fn serve_connection<D: BlockDev + 'static>(
     catalog: &dyn Catalog<D>,
     config: &ServerConfig,
 ) -> Result<(), ConnError> {
-    let ring = LocalRing::new(config.ring_entries)?;
+    // Room for every slot's SQE plus the socket's receive and send.
+    let entries = (config.max_in_flight.clamp(1, transmission::MAX_IN_FLIGHT) as u32 + 2)
+        .next_power_of_two()
+        .max(config.ring_entries);
+    let ring = LocalRing::new(entries)?;
     stream.set_read_timeout(Some(config.handshake_timeout))?;
     let trusted = config.secret.is_none() || (config.trust_unix_root && stream.peer_is_root());
     if config.secret.is_some() && trusted {
@@ -799,10 +823,13 @@ fn serve_connection<D: BlockDev + 'static>(
     let result = match negotiate(&mut r, &mut w, catalog, auth, &ring, config) {
         Ok(Some(sel)) => {
             tracing::debug!(export = %sel.export.name, "NBD transmission");
+            // Requests the client sent right after selecting the export may
+            // already sit in the negotiation's buffer: they come first.
+            let early = r.buffer();
             r.get_ref()
                 .set_read_timeout(None)
                 .map_err(ConnError::from)
-                .and_then(|()| transmission(&mut r, &mut w, sel, &ring))
+                .and_then(|()| transmission::run(r.get_ref().raw(), early, sel, &ring, config))
         }
         Ok(None) => Ok(()),
         Err(e) => Err(e),
@@ -1068,131 +1095,5 @@ fn block_size_info<D: BlockDev>(dev: Option<&D>) -> Info {
         min,
         preferred: pref,
         max: proto::MAX_REQUEST_LEN,
-    }
-}
-
-fn reply(w: &mut impl Write, cookie: u64, error: u32, data: &[u8]) -> io::Result<()> {
-    let hdr = SimpleReply { error, cookie }.encode();
-    let mut parts: [&[u8]; 2] = [&hdr, data];
-    let mut first = 0;
-    while first < 2 {
-        let slices = [IoSlice::new(parts[0]), IoSlice::new(parts[1])];
-        let n = match w.write_vectored(&slices[first..]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        let mut n = n;
-        while first < 2 && n >= parts[first].len() {
-            n -= parts[first].len();
-            parts[first] = &[];
-            first += 1;
-        }
-        if first < 2 {
-            parts[first] = &parts[first][n..];
-        }
-    }
-    Ok(())
-}
-
-/// Discard `len` payload bytes of a rejected write.
-fn skip(r: &mut impl Read, len: u64) -> io::Result<()> {
-    let n = io::copy(&mut r.take(len), &mut io::sink())?;
-    if n < len {
-        return Err(io::ErrorKind::UnexpectedEof.into());
-    }
-    Ok(())
-}
-
-fn transmission<D: BlockDev>(
-    r: &mut impl Read,
-    w: &mut impl Write,
-    sel: Selected<D>,
-    ring: &LocalRing,
-) -> Result<(), ConnError> {
-    let Selected { export, dev } = sel;
-    let mut buf = AlignedBuf::new(128 * 1024);
-    let mut hb = [0u8; proto::REQUEST_LEN];
-    loop {
-        if !read_frame(r, &mut hb)? {
-            return Ok(());
-        }
-        let req = Request::decode(&hb)?;
-        if export.valid.as_ref().is_some_and(|v| !v()) {
-            tracing::warn!(export = %export.name, "session revoked: answering ESHUTDOWN and closing");
-            if req.command == proto::CMD_WRITE {
-                skip(r, req.len as u64)?;
-            }
-            reply(w, req.cookie, proto::NBD_ESHUTDOWN, &[])?;
-            return Ok(());
-        }
-        let cmd = match proto::check_request(&req, export.size, export.read_only) {
-            Ok(c) => c,
-            Err(Reject::Close) => {
-                return Err(ConnError::Violation(format!(
-                    "write payload of {} bytes exceeds the limit",
-                    req.len
-                )))
-            }
-            Err(Reject::Error(e)) => {
-                tracing::debug!(?req, error = e, "NBD: request rejected");
-                if req.command == proto::CMD_WRITE {
-                    skip(r, req.len as u64)?;
-                }
-                reply(w, req.cookie, e, &[])?;
-                continue;
-            }
-        };
-        let ensure = |buf: &mut AlignedBuf, len: usize| {
-            if buf.len() < len {
-                *buf = AlignedBuf::new(len.next_power_of_two());
-            }
-        };
-        let result = match cmd {
-            Command::Disconnect => return Ok(()),
-            Command::Read { offset, len } => {
-                let len = len as usize;
-                ensure(&mut buf, len);
-                match ring.block_on(dev.read(offset, &mut buf[..len])) {
-                    Ok(()) => {
-                        reply(w, req.cookie, 0, &buf[..len])?;
-                        continue;
-                    }
-                    Err(e) => Err(e),
-                }
-            }
-            Command::Write { offset, len, fua } => {
-                let len = len as usize;
-                ensure(&mut buf, len);
-                if !read_frame(r, &mut buf[..len])? && len > 0 {
-                    return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
-                }
-                ring.block_on(dev.write(offset, &buf[..len], fua))
-            }
-            Command::Flush => ring.block_on(dev.flush()),
-            Command::Trim { offset, len, fua } => ring.block_on(async {
-                dev.discard(offset, len as u64).await?;
-                if fua {
-                    dev.flush().await?;
-                }
-                Ok(())
-            }),
-            Command::WriteZeroes { offset, len, fua } => ring.block_on(async {
-                dev.write_zeroes(offset, len as u64).await?;
-                if fua {
-                    dev.flush().await?;
-                }
-                Ok(())
-            }),
-        };
-        let error = match result {
-            Ok(()) => 0,
-            Err(e) => {
-                tracing::debug!(export = %export.name, error = %e, "NBD: request failed");
-                proto::errno_to_nbd(e.errno())
-            }
-        };
-        reply(w, req.cookie, error, &[])?;
     }
 }
