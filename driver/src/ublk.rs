@@ -3,8 +3,17 @@
 //!
 //! Each ublk queue gets its own thread (libublk), its own io_uring, and its
 //! own instance of the volume's driver stack built over that ring, so the hot
-//! path shares nothing between queues: one task per tag, one buffer per tag
-//! allocated once, no lock and no allocation per I/O.
+//! path shares nothing between queues: one buffer per tag allocated once, no
+//! lock and no allocation per I/O.
+//!
+//! Each tag has a small task that only fetches requests and commits their
+//! results (ublk's commands); it hands each request to the queue's pool of
+//! servers (the `pool` module), tasks that each hold one request's future
+//! (tens of KiB: the volume's write future, sized for its largest layout).
+//! The pool starts with `INITIAL_SERVERS` and gains a server when a request
+//! finds none idle, up to one per tag, so a queue's memory follows the
+//! concurrency it has seen rather than its depth, and a request held for long
+//! (a suspended gate) never keeps another tag's request from being served.
 //!
 //! Devices are created with `UBLK_F_USER_RECOVERY` and `_REISSUE`: when the
 //! daemon dies (kill -9, a crash) the kernel keeps `/dev/ublkbN` and holds
@@ -32,7 +41,7 @@ use libublk::uring_async::{
     uring_poll_io_fn,
 };
 use libublk::{BufDesc, UblkError, UblkFlags, UblkUringData};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -40,13 +49,20 @@ use std::thread::JoinHandle;
 use thiserror::Error;
 use tierblk_stack::gate::Gate;
 use tierblk_stack::{BlockDev, Ring};
-use tracing::{error, info, info_span};
+use tracing::{debug, error, info, info_span};
+
+mod pool;
+use pool::{Pool, Serve};
 
 /// Largest single I/O the kernel will send us (per-tag buffer size).
 const IO_BUF_BYTES: u32 = 512 << 10;
 
 /// Executor ticks between two polls of the queue's ring.
 const TICKS_PER_POLL: usize = 64;
+
+/// Servers a queue starts with (see `pool`); it gains more, up to one per tag,
+/// as its requests' concurrency needs them.
+const INITIAL_SERVERS: usize = 2;
 
 /// How long an idle queue waits in the ring before libublk's idle handling.
 const IDLE_SECS: u64 = 20;
@@ -303,19 +319,67 @@ fn serve_queue(qid: u16, dev: &UblkDev, top: &Arc<TopSlot>, gate: &Arc<Gate>, st
         }
     };
     let counters = stats.register();
+    // One buffer per tag, registered with the tag for ublk; the tag's task
+    // borrows it for its ublk commands, the server serving the tag's request
+    // borrows it (mutably) meanwhile.
+    let depth = dev.dev_info.queue_depth;
+    let buf_bytes = dev.dev_info.max_io_buf_bytes as usize;
+    let bufs: Rc<[RefCell<IoBuf<u8>>]> = (0..depth)
+        .map(|_| {
+            let buf = IoBuf::<u8>::new(buf_bytes);
+            // Resident only where requests touch it: with transparent huge
+            // pages, a 4 KiB request would make 2 MiB around it resident.
+            // SAFETY: the range is this allocation's (page-aligned); the
+            // advice changes no content.
+            unsafe { libc::madvise(buf.as_mut_ptr().cast(), buf_bytes, libc::MADV_NOHUGEPAGE) };
+            RefCell::new(buf)
+        })
+        .collect();
+    let pool = Rc::new(Pool::new(depth));
     let exe = Rc::new(smol::LocalExecutor::new());
+    // Start server `id` of the pool. Holds the executor weakly: the executor
+    // owns the tasks that hold this.
+    let spawn_server: Rc<dyn Fn(usize)> = {
+        let (exe, pool, vol, bufs) = (Rc::downgrade(&exe), pool.clone(), vol.clone(), bufs.clone());
+        Rc::new(move |id| {
+            let Some(exe) = exe.upgrade() else { return };
+            let serve = UblkServe {
+                vol: vol.clone(),
+                bufs: bufs.clone(),
+            };
+            exe.spawn(pool::server(pool.clone(), id, serve)).detach();
+            debug!(queue = qid, servers = id + 1, "request server started");
+        })
+    };
+    for _ in 0..INITIAL_SERVERS {
+        if let Some(id) = pool.add_server() {
+            spawn_server(id);
+        }
+    }
     let mut tasks = Vec::new();
     for tag in q.tags() {
         let q = q.clone();
-        let vol = vol.clone();
+        let bufs = bufs.clone();
+        let pool = pool.clone();
+        let spawn_server = spawn_server.clone();
         let counters = counters.clone();
         tasks.push(exe.spawn(async move {
-            match io_task(&q, tag, &*vol, &counters).await {
+            match tag_task(
+                &q,
+                tag,
+                &bufs[usize::from(tag)],
+                &pool,
+                &*spawn_server,
+                &counters,
+            )
+            .await
+            {
                 Err(UblkError::QueueIsDown) | Ok(()) => {}
                 Err(e) => error!(queue = qid, tag, "io task failed: {e}"),
             }
         }));
     }
+    drop(spawn_server);
     let exe2 = exe.clone();
     smol::block_on(exe.run(async move {
         // Whether the last round left runnable tasks: then poll without
@@ -348,25 +412,56 @@ fn serve_queue(qid: u16, dev: &UblkDev, top: &Arc<TopSlot>, gate: &Arc<Gate>, st
     }));
 }
 
-async fn io_task<D: BlockDev>(
+/// One tag's task: fetch a request, hand it to the queue's servers, commit
+/// its result and fetch the next. Small (no request future in it), so a queue
+/// holds `depth` of them at little cost.
+// The buffer's borrow across the ublk commands is the point: the kernel
+// owns the buffer meanwhile, and no server borrows it until the tag hands a
+// request over.
+#[allow(clippy::await_holding_refcell_ref)]
+async fn tag_task(
     q: &UblkQueue<'_>,
     tag: u16,
-    vol: &D,
+    buf: &RefCell<IoBuf<u8>>,
+    pool: &Pool<libublk::sys::ublksrv_io_desc>,
+    spawn_server: &dyn Fn(usize),
     stats: &QueueStats,
 ) -> Result<(), UblkError> {
-    let mut buf = IoBuf::<u8>::new(q.dev.dev_info.max_io_buf_bytes as usize);
-    q.submit_io_prep_cmd(tag, BufDesc::Slice(buf.as_slice()), 0, Some(&buf))
-        .await?;
+    {
+        let b = buf.borrow();
+        q.submit_io_prep_cmd(tag, BufDesc::Slice(b.as_slice()), 0, Some(&b))
+            .await?;
+    }
     loop {
         let iod = *q.get_iod(tag);
         let started = std::time::Instant::now();
-        let res = serve_one(vol, &iod, buf.as_mut_slice()).await;
+        let res = pool.call(tag, iod, spawn_server).await;
         if let Some(op) = stats_op(iod.op_flags & 0xff) {
             let bytes = u64::from(iod.nr_sectors) << 9;
             stats.record(op, bytes, res >= 0, started.elapsed());
         }
-        q.submit_io_commit_cmd(tag, BufDesc::Slice(buf.as_slice()), res)
+        let b = buf.borrow();
+        q.submit_io_commit_cmd(tag, BufDesc::Slice(b.as_slice()), res)
             .await?;
+    }
+}
+
+/// What a server of a queue's pool serves requests with: the queue's
+/// instance of the volume, and the tags' buffers.
+struct UblkServe<D> {
+    vol: Rc<D>,
+    bufs: Rc<[RefCell<IoBuf<u8>>]>,
+}
+
+impl<D: BlockDev> Serve<libublk::sys::ublksrv_io_desc> for UblkServe<D> {
+    // The server has the tag's buffer to itself while it serves the request.
+    #[allow(clippy::await_holding_refcell_ref)]
+    async fn serve(&self, tag: u16, iod: libublk::sys::ublksrv_io_desc) -> i32 {
+        let Ok(mut buf) = self.bufs[usize::from(tag)].try_borrow_mut() else {
+            error!(tag, "the tag's buffer is in use: request failed");
+            return -libc::EIO;
+        };
+        serve_one(&*self.vol, &iod, buf.as_mut_slice()).await
     }
 }
 

@@ -643,18 +643,28 @@ impl<D: BlockDev, C: BlockDev> Mirror<D, C> {
     {
         let mask = self.health.failed_mask();
         let rebuilding = self.health.rebuilding_mask();
-        let live = (0..self.legs.len()).filter(|i| mask & (1 << i) == 0);
-        let legs = live.map(|i| {
-            let f = op(&self.legs[i]);
-            async move { (i, f.await) }
-        });
+        // The legs tried, in order; `join_bounded` reports each by its
+        // position here. (Tagging each leg's future with its leg through an
+        // `async` block would hold that future twice in the request's future,
+        // captured and awaited: twice the size, times every mirror of a
+        // raid10 stripe, times every request in flight.)
+        let mut live = [0usize; MAX_LEGS];
+        let mut n = 0;
+        for i in (0..self.legs.len()).filter(|i| mask & (1 << i) == 0) {
+            live[n] = i;
+            n += 1;
+        }
+        let live = &live[..n];
         let mut ok = 0;
         let mut err = None;
-        join_bounded::<MAX_LEGS, _, _, _>(legs, |_, (leg, r)| match r {
-            Ok(()) => ok += usize::from(rebuilding & (1 << leg) == 0),
-            Err(e) => {
-                self.health.fail(leg, e.errno());
-                err.get_or_insert(e);
+        join_bounded::<MAX_LEGS, _, _, _>(live.iter().map(|&i| op(&self.legs[i])), |k, r| {
+            let leg = live[k];
+            match r {
+                Ok(()) => ok += usize::from(rebuilding & (1 << leg) == 0),
+                Err(e) => {
+                    self.health.fail(leg, e.errno());
+                    err.get_or_insert(e);
+                }
             }
         })
         .await;

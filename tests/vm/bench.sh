@@ -16,6 +16,8 @@
 # these 1G disks), TIERBLK_BENCH_GROUPS (space-separated subset of
 # "linear mirror stripe raid10 snapshot memory", default all),
 # TIERBLK_BENCH_JOBS (comma-separated subset of the job names, default all).
+# With TIERBLK_LOG=info,tierblk::ublk=debug the memory phases also count the
+# request servers the ublk queues started (BENCH-MEM-SERVERS).
 # vm-run: --disks 8 --disk-size 1G --mem 2048
 set -eu
 # shellcheck source=tests/vm/lib.sh
@@ -320,6 +322,12 @@ mem_line() {
 		"anon_kib=$(_kv RssAnon "$_st") file_kib=$(_kv RssFile "$_st") vsz_kib=$(_kv VmSize "$_st")" \
 		"thp_kib=$(_kv AnonHugePages "/proc/$DAEMON_PID/smaps_rollup") thp=${_thp:-unknown}" \
 		"threads=$(sed -n 's/^Threads:[[:space:]]*//p' "$_st") queues=$QUEUES depth=$DEPTH"
+	# Request servers the queues started (each holds one request future),
+	# when tierblkd logs them: TIERBLK_LOG=info,tierblk::ublk=debug.
+	_srv=$(grep -c 'request server started' "$DAEMON_LOG" 2>/dev/null || true)
+	if [ "${_srv:-0}" -gt 0 ]; then
+		echo "BENCH-MEM-SERVERS phase=$1 servers=$_srv queues=$QUEUES"
+	fi
 }
 # mem_maps PHASE: the largest mappings by resident size, and a summary of
 # the anonymous mappings by size (how many of each size, resident total).
