@@ -52,6 +52,9 @@ pub enum Event {
         volume: String,
         member: u16,
         errno: i32,
+        /// The peer that found it (it waits for this SP's answer), if not
+        /// this SP.
+        from: Option<String>,
         done: mpsc::Sender<()>,
     },
     /// A job reached a checkpoint worth persisting.
@@ -636,7 +639,7 @@ impl Daemon {
         }
         for alu in absent {
             warn!(volume = %v.name, %alu, "a mirror leg's ALU is missing: recording the leg failed before serving writes");
-            self.fail_alu_uuid(alu).map_err(|e| {
+            self.fail_alu_uuid(alu, None).map_err(|e| {
                 format!(
                     "volume {}: cannot record the missing ALU {alu} failed: {e}",
                     v.name
@@ -766,6 +769,7 @@ impl Daemon {
                         volume: volume.clone(),
                         member,
                         errno,
+                        from: None,
                         done,
                     });
                     if sent.is_err() || wait.recv_timeout(PERSIST_WAIT).is_err() {
@@ -825,6 +829,7 @@ impl Daemon {
                 member,
                 errno,
                 done,
+                ..
             } if self.assigned.contains_key(&volume) => {
                 self.forward_leg_failure(&volume, member, errno);
                 let _ = done.send(());
@@ -833,6 +838,7 @@ impl Daemon {
                 volume,
                 member,
                 errno,
+                from,
                 done,
             } => {
                 let alus: Vec<Uuid> = self
@@ -852,8 +858,9 @@ impl Daemon {
                     // A store poisoned by an earlier failed write (the same
                     // dead ALU, in the middle of a commit) is read again
                     // first: the failure must be persisted now.
-                    let r = match self.fail_alu_uuid(alu) {
-                        Err(_) if self.recover_store() => self.fail_alu_uuid(alu),
+                    let from = from.as_deref();
+                    let r = match self.fail_alu_uuid(alu, from) {
+                        Err(_) if self.recover_store() => self.fail_alu_uuid(alu, from),
                         r => r,
                     };
                     match r {
@@ -1093,7 +1100,7 @@ impl Daemon {
             error!(alu = %path, "inventory: the ALU does not answer ({e}): failing it");
             self.log
                 .emit("alu-failed", None, format!("{path}: inventory read: {e}"));
-            if let Err(e) = self.fail_alu_uuid(uuid) {
+            if let Err(e) = self.fail_alu_uuid(uuid, None) {
                 error!(alu = %path, "cannot persist the failure: {e}");
             }
         }
@@ -1383,7 +1390,7 @@ impl Daemon {
 
     fn fail_alu(&mut self, path: &str) -> Result<Payload, String> {
         let uuid = self.owned_uuid(path)?;
-        let affected = self.fail_alu_uuid(uuid)?;
+        let affected = self.fail_alu_uuid(uuid, None)?;
         let list = affected
             .iter()
             .map(|(v, m)| format!("{v} member {m}"))
@@ -1397,18 +1404,22 @@ impl Daemon {
     }
 
     /// Fail an ALU: persist it, then stop every running mirror from using it.
-    fn fail_alu_uuid(&mut self, uuid: Uuid) -> Result<Vec<(String, u16)>, String> {
+    /// Fail ALU `uuid` in the object database and every member on it in the
+    /// trees running here; then tell every other SP that exposes one of the
+    /// volumes and answers (except `reporter`, the peer that found it: it
+    /// failed the leg already and waits for this SP's answer). They stop
+    /// using the leg before the write that found the failure completes
+    /// ([0168]-[0171]: the system goes on without the failed part): else
+    /// one of them could read a leg that misses a write acknowledged through
+    /// another.
+    fn fail_alu_uuid(
+        &mut self,
+        uuid: Uuid,
+        reporter: Option<&str>,
+    ) -> Result<Vec<(String, u16)>, String> {
         let affected = self.store.fail_alu(uuid).map_err(|e| e.to_string())?;
         for (volume, member) in &affected {
-            let copies = self
-                .volume(volume)
-                .map(|v| v.layout.copies.max(1))
-                .unwrap_or(1);
-            if let Some(Runtime::Online { health, .. }) = self.runtime.get(volume) {
-                if let Some(h) = health.get(usize::from(member / copies)) {
-                    h.mark_failed(usize::from(member % copies));
-                }
-            }
+            self.fail_members_here(volume, &[*member]);
             warn!(alu = %uuid, volume = %volume, member, "member failed with its ALU");
             self.log.emit(
                 "member-failed",
@@ -1417,7 +1428,43 @@ impl Daemon {
             );
         }
         self.files.remove(&uuid);
+        let mut volumes: Vec<&String> = affected.iter().map(|(v, _)| v).collect();
+        volumes.sort();
+        volumes.dedup();
+        for name in volumes {
+            let Ok(v) = self.volume(name) else { continue };
+            for sp in self.writing_peers(&v) {
+                if Some(sp.as_str()) == reporter {
+                    continue;
+                }
+                match self.assign(&v, &sp) {
+                    Ok(()) => info!(volume = %name, %sp, "leg failure sent"),
+                    Err(e) => {
+                        error!(volume = %name, %sp, "cannot send the leg failure: {e}");
+                        if let Some(c) = self.cluster.as_mut() {
+                            c.unassigned.insert(sp);
+                        }
+                    }
+                }
+            }
+        }
         Ok(affected)
+    }
+
+    /// Mark `members` of `volume` failed in the tree running here (already
+    /// persisted: no report back).
+    pub(super) fn fail_members_here(&self, volume: &str, members: &[u16]) {
+        let copies = self
+            .volume(volume)
+            .map(|v| v.layout.copies.max(1))
+            .unwrap_or(1);
+        if let Some(Runtime::Online { health, .. }) = self.runtime.get(volume) {
+            for m in members {
+                if let Some(h) = health.get(usize::from(m / copies)) {
+                    h.mark_failed(usize::from(m % copies));
+                }
+            }
+        }
     }
 
     fn job(&self, id: u64) -> Result<Job, String> {
@@ -1658,7 +1705,7 @@ impl Daemon {
             return Err(format!("alu {old}: no volume uses it: nothing to replace"));
         }
         // The old leg stops being used first (mdadm --fail, then --add).
-        self.fail_alu_uuid(old_uuid)?;
+        self.fail_alu_uuid(old_uuid, None)?;
         let mut out = Vec::new();
         for (name, member) in todo {
             let (def, job) = self

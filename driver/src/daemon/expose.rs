@@ -484,6 +484,7 @@ impl Daemon {
                     volume,
                     member,
                     errno,
+                    from: Some(sp),
                     done,
                 });
                 Ok("persisted".into())
@@ -524,8 +525,27 @@ impl Daemon {
             generation,
         };
         if same {
+            // Legs the master failed since (another SP found the failure):
+            // out of this tree at once, no quiescence needed.
+            let before = self.assigned.get(&name).map(|a| a.degraded.clone());
+            let newly: Vec<u16> = new
+                .degraded
+                .iter()
+                .filter(|m| !before.as_ref().is_some_and(|b| b.contains(m)))
+                .copied()
+                .collect();
             self.assigned.insert(name.clone(), new);
-            return Ok(format!("volume {name}: already exposed"));
+            if newly.is_empty() {
+                return Ok(format!("volume {name}: already exposed"));
+            }
+            self.fail_members_here(&name, &newly);
+            warn!(volume = %name, members = ?newly, "the master failed legs: no longer used here");
+            self.log.emit(
+                "member-failed",
+                Some(&name),
+                format!("members {newly:?}: failed by the master"),
+            );
+            return Ok(format!("volume {name}: members {newly:?} failed"));
         }
         let held = self.quiesced.contains_key(&name);
         if !held {
