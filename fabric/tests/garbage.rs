@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use tierblk_fabric::proto::{self, Request};
+use tierblk_fabric::proto;
 use tierblk_fabric::{NbdAddr, NbdDev, NbdServer};
 use tierblk_stack::uring::LocalRing;
 use tierblk_stack::BlockDev;
@@ -37,18 +37,6 @@ fn in_transmission() -> Vec<u8> {
         &proto::encode_info_request("disk", &[proto::INFO_BLOCK_SIZE]),
     ));
     v
-}
-
-fn req(command: u16, flags: u16, cookie: u64, offset: u64, len: u32) -> Vec<u8> {
-    Request {
-        flags,
-        command,
-        cookie,
-        offset,
-        len,
-    }
-    .encode()
-    .to_vec()
 }
 
 fn cat(parts: &[&[u8]]) -> Vec<u8> {

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use common::*;
 use io_uring::{opcode, types};
-use tierblk_fabric::proto::{self, Request, SimpleReply};
+use tierblk_fabric::proto::{self, SimpleReply};
 use tierblk_fabric::{Export, NbdAddr, NbdDev, NbdServer, ServerConfig};
 use tierblk_stack::uring::LocalRing;
 use tierblk_stack::{open_alu, AlignedBuf, BlockDev, IoResult, Limits, Partition, Ring};
@@ -204,18 +204,6 @@ fn raw_session(sock: &Path) -> UnixStream {
         }
         assert_eq!(h.reply, proto::REP_INFO, "GO refused");
     }
-}
-
-fn req(command: u16, flags: u16, cookie: u64, offset: u64, len: u32) -> Vec<u8> {
-    Request {
-        flags,
-        command,
-        cookie,
-        offset,
-        len,
-    }
-    .encode()
-    .to_vec()
 }
 
 /// Read one reply; `read_len` gives the payload length of a read's cookie.

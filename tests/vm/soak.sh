@@ -344,15 +344,7 @@ if [ -f /tmp/soak.fio-failed ]; then
 	cat /tmp/soak.fio-failed
 	fail "fio failed"
 fi
-wait "$SNAP_FIO_PID" || {
-	cat /tmp/fio-snap.out
-	fail "fio reading the snapshot sorg-s0 failed"
-}
-_e=$(grep '^3;' /tmp/fio-snap.out | tail -n 1 | cut -d';' -f5)
-[ "$_e" = 0 ] || {
-	cat /tmp/fio-snap.out
-	fail "fio reading the snapshot sorg-s0: error=$_e"
-}
+wait_fio "$SNAP_FIO_PID" /tmp/fio-snap.out "reading the snapshot sorg-s0"
 passes=0
 rkib=$(grep '^3;' /tmp/fio-snap.out | tail -n 1 | cut -d';' -f6)
 wkib=0

@@ -285,3 +285,16 @@ pub fn two_paths(a: &Path, b: &Path) -> Vec<NbdAddr> {
         NbdAddr::Unix(b.to_path_buf()),
     ]
 }
+
+/// One NBD request on the wire (header only; a write's payload follows).
+pub fn req(command: u16, flags: u16, cookie: u64, offset: u64, len: u32) -> Vec<u8> {
+    tierblk_fabric::proto::Request {
+        flags,
+        command,
+        cookie,
+        offset,
+        len,
+    }
+    .encode()
+    .to_vec()
+}
