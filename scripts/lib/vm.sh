@@ -132,6 +132,10 @@ vm_build_bins() {
 	else
 		local target="${CARGO_TARGET_DIR:-$REPO/target}"
 		case "$target" in /*) ;; *) target="$REPO/$target" ;; esac
+		# libublk's bindings are generated with libclang at build time.
+		if ! ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/*/libclang*.so* >/dev/null 2>&1; then
+			vm_apt_install libclang-dev
+		fi
 		vm_log "cargo build --release -p tierblk (+ the faultproxy example)"
 		(cd "$REPO" && cargo build --release -p tierblk >&2 &&
 			cargo build --release -p tierblk-fabric --example faultproxy >&2) || return 1

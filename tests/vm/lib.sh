@@ -30,6 +30,13 @@ _lib_on_exit() {
 		fi
 		echo "---- last kernel messages ----"
 		dmesg | tail -n 30
+		# Unmount while the daemon still serves: a filesystem left mounted on
+		# a device whose daemon is gone holds the poweroff until the VM's
+		# wall-clock limit.
+		killall -9 fio 2>/dev/null || true
+		for _m in $(awk '$1 ~ /ublkb/ {print $2}' /proc/mounts); do
+			timeout 30 umount "$_m" 2>/dev/null || true
+		done
 	fi
 	if [ -n "$DAEMON_PID" ] && kill -0 "$DAEMON_PID" 2>/dev/null; then
 		kill "$DAEMON_PID" 2>/dev/null || true
