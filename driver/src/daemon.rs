@@ -60,7 +60,11 @@ pub enum Event {
     /// A job reached a checkpoint worth persisting.
     JobProgress { id: u64, checkpoint: u64 },
     /// A job's thread ended.
-    JobEnded { id: u64, outcome: jobs::Outcome },
+    JobEnded {
+        id: u64,
+        run: u64,
+        outcome: jobs::Outcome,
+    },
     /// An inventory round: (path, ALU, error) of the ALUs that answered
     /// with an I/O error.
     Inventory(Vec<(String, Uuid, String)>),
@@ -875,7 +879,7 @@ impl Daemon {
                 let _ = done.send(());
             }
             Event::JobProgress { id, checkpoint } => self.on_job_progress(id, checkpoint),
-            Event::JobEnded { id, outcome } => self.on_job_ended(id, outcome),
+            Event::JobEnded { id, run, outcome } => self.on_job_ended(id, run, outcome),
             Event::Tick => {
                 self.run_schedules(crate::clock::now());
                 self.ticks = self.ticks.wrapping_add(1);
@@ -1935,8 +1939,16 @@ impl Daemon {
         }
     }
 
-    fn on_job_ended(&mut self, id: u64, outcome: jobs::Outcome) {
-        let stopped_here = self.jobs.remove(&id).is_none();
+    fn on_job_ended(&mut self, id: u64, run: u64, outcome: jobs::Outcome) {
+        // Not the running run (`stop_jobs_of` took it out, or a quiesce and
+        // resume replaced it before this event came): stopped by us.
+        let stopped_here = match self.jobs.get(&id) {
+            Some(r) if r.run == run => {
+                self.jobs.remove(&id);
+                false
+            }
+            _ => true,
+        };
         let Ok(mut j) = self.job(id) else { return };
         if let (JobKind::Move, jobs::Outcome::Done { .. }) = (j.kind, &outcome) {
             // The copy is complete: its checkpoint first (so a failure below

@@ -121,6 +121,10 @@ pub enum Outcome {
 /// A running job, as the daemon holds it.
 pub struct Runner {
     pub control: Arc<JobControl>,
+    /// This run of the job (a job stopped and started again is a new run):
+    /// its end event names it, so that the end of a run stopped by the
+    /// daemon is never taken for the end of the run that replaced it.
+    pub run: u64,
     /// Where the job started.
     start: u64,
     /// Offset of the mirror being worked on within the job's range (a scrub
@@ -167,7 +171,9 @@ pub struct Spec {
 }
 
 pub fn spawn(spec: Spec, events: mpsc::Sender<Event>) -> std::io::Result<Runner> {
+    static RUNS: AtomicU64 = AtomicU64::new(1);
     let id = spec.id;
+    let run_id = RUNS.fetch_add(1, Ordering::Relaxed);
     let progress_events = events.clone();
     let base = Arc::new(AtomicU64::new(0));
     let b = base.clone();
@@ -196,10 +202,15 @@ pub fn spawn(spec: Spec, events: mpsc::Sender<Event>) -> std::io::Result<Runner>
             let _enter = span.enter();
             let outcome = run(&spec, &ctl, &job_base);
             info!(?outcome, "job ended");
-            let _ = events.send(Event::JobEnded { id, outcome });
+            let _ = events.send(Event::JobEnded {
+                id,
+                run: run_id,
+                outcome,
+            });
         })?;
     Ok(Runner {
         control,
+        run: run_id,
         start: spec_start,
         base,
         thread: Some(thread),
