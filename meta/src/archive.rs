@@ -195,6 +195,7 @@ mod tests {
             members: vec![MemberHealth::Ok],
             snapshot: None,
             wi_slots: vec![],
+            moving: None,
         };
         let list = BootList {
             sig: ClusterSig {

@@ -495,7 +495,10 @@ impl BootList {
             layout
                 .validate()
                 .map_err(|e| FormatError::Invalid(format!("volume {name}: {e}")))?;
-            if nm != layout.members() {
+            // One more during a move of a stripe or raid10 member (VolumeDef::moving).
+            let moving_ok = matches!(kind, LayoutKind::Stripe | LayoutKind::Raid10)
+                && nm == layout.members() + 1;
+            if nm != layout.members() && !moving_ok {
                 return Err(FormatError::Invalid(format!("volume {name}: member count")));
             }
             let mut health = Vec::with_capacity(nm.min(r.remaining() / LIST_MEMBER_LEN));

@@ -405,6 +405,7 @@ mod tests {
             members: vec![crate::types::MemberHealth::Ok],
             snapshot: None,
             wi_slots: vec![],
+            moving: None,
         };
         assert_eq!(crate::objdb::encode_volume(&v).len(), 112);
         assert!(doc.contains(&format!(

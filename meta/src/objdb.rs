@@ -85,7 +85,8 @@ pub fn encode_volume(v: &VolumeDef) -> Vec<u8> {
     w.u8(v.name.len().min(63) as u8);
     w.u16(v.layout.stripes);
     w.u16(v.layout.copies);
-    w.u16(0);
+    // A move in progress: the source member + 1 (0: none).
+    w.u16(v.moving.map_or(0, |m| m.saturating_add(1)));
     w.name(&v.name, 64);
     w.u32(v.segments.len() as u32);
     w.u32(v.layout.chunk);
@@ -166,7 +167,7 @@ pub fn decode_volume(b: &[u8]) -> Result<VolumeDef, FormatError> {
     let name_len = r.u8()? as usize;
     let stripes = r.u16()?;
     let copies = r.u16()?;
-    r.u16()?;
+    let moving = r.u16()?.checked_sub(1);
     let name = r.name(64, "volume name")?;
     if name.len() != name_len || !valid_volume_name(&name) {
         return Err(FormatError::Invalid("volume name".into()));
@@ -186,7 +187,15 @@ pub fn decode_volume(b: &[u8]) -> Result<VolumeDef, FormatError> {
     if n > r.remaining() / SEGMENT_LEN {
         return Err(FormatError::Truncated);
     }
-    let members = layout.members();
+    // A move's target is one member more (stripe and raid10 only; see VolumeDef::moving).
+    if let Some(src) = moving {
+        if !matches!(layout.kind, LayoutKind::Stripe | LayoutKind::Raid10)
+            || usize::from(src) >= layout.members()
+        {
+            return Err(FormatError::Invalid(format!("volume move source {src}")));
+        }
+    }
+    let members = layout.members() + usize::from(moving.is_some());
     let mut totals = vec![0u64; members];
     let mut segments = Vec::with_capacity(n);
     for _ in 0..n {
@@ -243,6 +252,7 @@ pub fn decode_volume(b: &[u8]) -> Result<VolumeDef, FormatError> {
         members: vec![MemberHealth::Ok; members],
         snapshot,
         wi_slots,
+        moving,
     })
 }
 
@@ -461,6 +471,7 @@ mod tests {
                     members: vec![MemberHealth::Ok],
                     snapshot: None,
                     wi_slots: vec![],
+                    moving: None,
                 }),
                 Record::Volume(raid10_sample()),
                 Record::Unknown {
@@ -500,6 +511,7 @@ mod tests {
             members: vec![MemberHealth::Ok; 4],
             snapshot: None,
             wi_slots: vec![],
+            moving: None,
         }
     }
 
@@ -526,6 +538,7 @@ mod tests {
                 chunk: 64 << 10,
             }),
             wi_slots: vec![],
+            moving: None,
         };
         let b = encode_volume(&v);
         assert_eq!(b.len(), VOLUME_HEADER_LEN + SEGMENT_LEN + SNAPSHOT_EXT_LEN);
@@ -564,10 +577,63 @@ mod tests {
     }
 
     #[test]
+    fn a_move_in_progress_round_trips_and_is_checked() {
+        let plain = raid10_sample();
+        let mut v = plain.clone();
+        v.moving = Some(3);
+        v.members.push(MemberHealth::Ok);
+        v.segments.extend((0..2u64).map(|j| Segment {
+            partition_id: 30 + j,
+            alu: Uuid([40; 16]),
+            start: (8 + j) << 20,
+            len: 1 << 20,
+            member: 4,
+        }));
+        let b = encode_volume(&v);
+        assert_eq!(
+            u16::from_le_bytes([b[38], b[39]]),
+            4,
+            "source + 1 at offset 38"
+        );
+        assert_eq!(decode_volume(&b).unwrap(), v);
+        assert_ne!(def_crc(&plain), def_crc(&v));
+        // with write-intent slots: one for the target too
+        let w = VolumeDef {
+            wi_slots: vec![0, 1, 2, 3, 4],
+            ..v.clone()
+        };
+        assert_eq!(decode_volume(&encode_volume(&w)).unwrap(), w);
+        let short = VolumeDef {
+            wi_slots: vec![0, 1, 2, 3],
+            ..v.clone()
+        };
+        assert!(decode_volume(&encode_volume(&short)).is_err());
+        // the target must be whole; no target at all is not a move
+        let mut half = v.clone();
+        half.segments.pop();
+        assert!(decode_volume(&encode_volume(&half)).is_err());
+        let mut none = b[..b.len() - 2 * SEGMENT_LEN].to_vec();
+        none[104..108].copy_from_slice(&8u32.to_le_bytes());
+        assert!(decode_volume(&none).is_err());
+        // a source beyond the layout, or a move on a mirror or linear record
+        let mut r = b.clone();
+        r[38..40].copy_from_slice(&5u16.to_le_bytes());
+        assert!(decode_volume(&r).is_err());
+        let mut lin = sample();
+        let Record::Volume(l) = &mut lin.records[2] else {
+            panic!("sample layout")
+        };
+        let mut l = l.clone();
+        l.moving = Some(0);
+        assert!(decode_volume(&encode_volume(&l)).is_err());
+    }
+
+    #[test]
     fn write_intent_extension_round_trips_and_is_checked() {
         let plain = raid10_sample();
         let v = VolumeDef {
             wi_slots: vec![0, 3, 511, 7],
+            moving: None,
             ..plain.clone()
         };
         let b = encode_volume(&v);
@@ -588,6 +654,7 @@ mod tests {
         assert_eq!(v.wi_location(4), None);
         let bad = |slots: Vec<u16>| VolumeDef {
             wi_slots: slots,
+            moving: None,
             ..plain.clone()
         };
         // wrong count, slot out of the area

@@ -844,6 +844,7 @@ impl Store {
                 members: bv.health.clone(),
                 snapshot: None,
                 wi_slots: Vec::new(),
+                moving: None,
             };
             // Name the damage that hid the definition, so the administrator
             // knows which ALU to look at.
@@ -866,7 +867,7 @@ impl Store {
             || def.size != bv.size
             || def.wwn != bv.wwn
             || def.layout != bv.layout
-            || def.members.len() != def.layout.members()
+            || def.members.len() != def.member_count()
         {
             return (
                 def,
@@ -874,7 +875,7 @@ impl Store {
                 Vec::new(),
             );
         }
-        let n = def.layout.members();
+        let n = def.member_count();
         let mut why: Vec<Option<String>> = def
             .members
             .iter()
@@ -931,14 +932,13 @@ impl Store {
             .enumerate()
             .filter_map(|(m, w)| w.clone().map(|w| (m as u16, w)))
             .collect();
-        let copies = usize::from(def.layout.copies.max(1));
         let mut problem = None;
         for g in 0..usize::from(def.layout.stripes.max(1)) {
-            let legs = g * copies..(g + 1) * copies;
-            if why[legs.clone()].iter().any(|w| w.is_none()) {
+            let legs: Vec<usize> = def.group_members(g).into_iter().map(usize::from).collect();
+            if legs.iter().any(|&m| why[m].is_none()) {
                 continue;
             }
-            problem = Some(if copies == 1 {
+            problem = Some(if legs.len() == 1 {
                 let w = why[g].clone().unwrap_or_default();
                 if n == 1 && !w.starts_with("failed") && !w.starts_with("rebuilding") {
                     w
@@ -947,11 +947,12 @@ impl Store {
                 }
             } else {
                 let detail: Vec<String> = legs
-                    .clone()
-                    .map(|m| format!("member {m}: {}", why[m].clone().unwrap_or_default()))
+                    .iter()
+                    .map(|&m| format!("member {m}: {}", why[m].clone().unwrap_or_default()))
                     .collect();
                 let newest = legs
-                    .filter_map(|m| match def.members[m] {
+                    .iter()
+                    .filter_map(|&m| match def.members[m] {
                         MemberHealth::Failed { fail_seq } => Some((fail_seq, m)),
                         _ => None,
                     })
@@ -1997,6 +1998,7 @@ impl Store {
             members: vec![MemberHealth::Ok; members],
             snapshot,
             wi_slots: Vec::new(),
+            moving: None,
         };
         // Every leg gets a write-intent slot on the ALU of its first segment.
         if layout.redundant() {
@@ -2062,7 +2064,8 @@ impl Store {
                     )));
                 }
                 if let MemberHealth::Rebuilding { checkpoint } = health {
-                    if !layout.redundant() {
+                    let moving = def.and_then(|d| d.moving);
+                    if !layout.redundant() && moving.is_none() {
                         return Err(MetaError::Invalid(format!(
                             "volume {volume}: a {:?} volume has no redundancy to rebuild from",
                             layout.kind
@@ -2074,12 +2077,7 @@ impl Store {
                             layout.member_size(bv.size)
                         )));
                     }
-                    let g = layout.group_of(member);
-                    let copies = usize::from(layout.copies);
-                    let lo = usize::from(g) * copies;
-                    let source = (lo..lo + copies)
-                        .any(|x| x != m && bv.health.get(x) == Some(&MemberHealth::Ok));
-                    if !source {
+                    if let Err(g) = Self::other_leg_in_sync(bv, member, moving) {
                         return Err(MetaError::Refused(format!(
                             "volume {volume}: member {member}: no other leg of mirror {g} is in sync to rebuild from"
                         )));
@@ -2244,6 +2242,11 @@ impl Store {
                 };
                 if !matches!(h, MemberHealth::Failed { .. }) {
                     out.push((bv.name.clone(), m, None));
+                    continue;
+                }
+                // A failed move's target stays failed: abandon the move (remove
+                // the target leg) and start it again.
+                if def.moving.is_some() && usize::from(m) == def.layout.members() {
                     continue;
                 }
                 if !def.layout.redundant() {
@@ -2624,7 +2627,9 @@ impl Store {
             )));
         };
         let layout = bv.layout;
-        if !layout.redundant() {
+        // A move's target (one member beyond the layout) copies from its source.
+        let moving = job.source.filter(|_| m >= layout.members());
+        if !layout.redundant() && moving.is_none() {
             return Err(MetaError::Invalid(format!(
                 "volume {name}: a {:?} volume has no redundancy to rebuild from",
                 layout.kind
@@ -2655,12 +2660,7 @@ impl Store {
             return Ok(Some(MemberHealth::Ok));
         }
         if cur == MemberHealth::Ok {
-            let g = layout.group_of(member);
-            let copies = usize::from(layout.copies);
-            let lo = usize::from(g) * copies;
-            let source =
-                (lo..lo + copies).any(|x| x != m && bv.health.get(x) == Some(&MemberHealth::Ok));
-            if !source {
+            if let Err(g) = Self::other_leg_in_sync(bv, member, moving) {
                 return Err(MetaError::Refused(format!(
                     "volume {name}: member {member}: no other leg of mirror {g} is in sync to rebuild from"
                 )));
@@ -2669,6 +2669,30 @@ impl Store {
         Ok(Some(MemberHealth::Rebuilding {
             checkpoint: job.checkpoint,
         }))
+    }
+
+    /// Whether a leg of `member`'s mirror other than `member` is Ok in the boot list;
+    /// `Err(group)` if none. `moving`: the source of a move in progress, whose
+    /// group the extra member (one beyond the layout) belongs to.
+    fn other_leg_in_sync(bv: &BootVol, member: u16, moving: Option<u16>) -> Result<(), u16> {
+        let copies = bv.layout.copies.max(1);
+        let n = bv.layout.members();
+        let group = |x: u16| {
+            if usize::from(x) >= n {
+                moving.map(|s| s / copies)
+            } else {
+                Some(x / copies)
+            }
+        };
+        let g = group(member);
+        let ok = (0..bv.health.len()).any(|x| {
+            x != usize::from(member) && group(x as u16) == g && bv.health[x] == MemberHealth::Ok
+        });
+        if ok {
+            Ok(())
+        } else {
+            Err(g.unwrap_or(member))
+        }
     }
 
     /// Drop finished (Done/Failed) jobs beyond the newest [`KEEP_FINISHED_JOBS`], then
@@ -3131,6 +3155,104 @@ impl Store {
         Ok((def, next_id))
     }
 
+    /// `old` (stripe or raid10) with a move's target: member `layout.members()` on
+    /// `alu` (first fit of the member size, possibly several extents), Rebuilding
+    /// { checkpoint: 0 }, an extra leg of `source`'s group (`VolumeDef::moving`);
+    /// the layout is unchanged. A raid10 volume with write-intent slots gets one
+    /// for the target. `alu` must not hold `source` nor (raid10) another leg of
+    /// its mirror; a stripe's target may share an ALU with other columns (the
+    /// usual reason to move: emptying an ALU). Pure, as [`Store::plan_new_leg`].
+    fn plan_move_target(
+        &self,
+        list: &BootList,
+        image: &ClusterImage,
+        old: &VolumeDef,
+        source: u16,
+        alu: Uuid,
+    ) -> Result<(VolumeDef, u64), MetaError> {
+        let volume = &old.name;
+        let refused = format!("volume {volume}: move refused");
+        self.check_usable(list, alu, &format!("volume {volume}"), &refused)?;
+        let group = old.layout.group_of(source);
+        let copies = old.layout.copies.max(1);
+        if let Some(x) = old
+            .segments
+            .iter()
+            .filter(|s| s.alu == alu)
+            .map(|s| s.member)
+            .find(|&m| old.layout.group_of(m) == group)
+        {
+            return Err(MetaError::Refused(if x == source {
+                format!("{refused}: member {source} is on ALU {alu} already")
+            } else {
+                format!("{refused}: ALU {alu} holds member {x}, another leg of mirror {group}")
+            }));
+        }
+        let target = old.layout.members() as u16;
+        let msize = old.layout.member_size(old.size);
+        let pieces = first_fit(&self.free_extents(alu), msize).map_err(|short| {
+            MetaError::NoSpace(format!(
+                "volume {volume}: move: not enough free space on ALU {alu} ({} MiB short)",
+                short.div_ceil(MIB)
+            ))
+        })?;
+        let mut next_id = list.next_id.max(1);
+        let mut def = old.clone();
+        for p in pieces {
+            def.segments.push(Segment {
+                partition_id: next_id,
+                alu,
+                start: p.start,
+                len: p.len,
+                member: target,
+            });
+            next_id += 1;
+        }
+        def.members.push(MemberHealth::Rebuilding { checkpoint: 0 });
+        def.moving = Some(source);
+        if copies > 1 && old.wi_slots.len() == old.layout.members() {
+            def.wi_slots.push(0);
+            self.assign_wi_slots(&image.volumes, &mut def, &[target], &refused)?;
+        }
+        Ok((def, next_id))
+    }
+
+    /// `def` (a stripe or raid10 volume during a move) with its move done: the
+    /// source's segments gone, the target's renumbered to the source's number
+    /// (health, write-intent slot), `moving` cleared. Pure.
+    fn settle_move(def: &VolumeDef, source: u16) -> VolumeDef {
+        let target = def.layout.members() as u16;
+        let mut new = def.clone();
+        new.segments.retain(|s| s.member != source);
+        for s in new.segments.iter_mut().filter(|s| s.member == target) {
+            s.member = source;
+        }
+        new.segments.sort_by_key(|s| s.member);
+        new.members[usize::from(source)] = MemberHealth::Ok;
+        new.members.truncate(usize::from(target));
+        if new.wi_slots.len() > usize::from(target) {
+            new.wi_slots[usize::from(source)] = new.wi_slots[usize::from(target)];
+            new.wi_slots.truncate(usize::from(target));
+        }
+        new.moving = None;
+        new
+    }
+
+    /// `def` (a stripe or raid10 volume during a move) without the move's target:
+    /// the move is abandoned (`pvmove --abort`); its unfinished move job fails
+    /// ("target leg removed") in `list`. Pure.
+    fn drop_move_target(list: &mut BootList, def: &VolumeDef) -> VolumeDef {
+        let target = def.layout.members() as u16;
+        let mut new = def.clone();
+        new.segments.retain(|s| s.member != target);
+        new.members.truncate(usize::from(target));
+        new.wi_slots
+            .truncate(usize::from(target).min(new.wi_slots.len()));
+        new.moving = None;
+        Self::fail_rebuild_jobs(list, def.id, target, "target leg removed");
+        new
+    }
+
     /// `def` without mirror leg `member`: later members are renumbered down by one
     /// (segments, health, write-intent slots), and a mirror left with one leg
     /// becomes linear (without write-intent slots). The unfinished jobs of the
@@ -3293,10 +3415,12 @@ impl Store {
         source: Option<u16>,
         done: impl FnOnce(&Job) -> String,
     ) -> Result<(VolumeDef, Job), MetaError> {
+        // The new leg is the last member: a mirror's new last leg, or a move's
+        // target beyond a stripe or raid10 layout.
         let job = Job::leg_copy(
             next_id,
             def.id,
-            old.layout.copies,
+            (def.member_count() - 1) as u16,
             source,
             def.layout.member_size(def.size),
         );
@@ -3324,6 +3448,17 @@ impl Store {
     pub fn remove_leg(&mut self, volume: &str, member: u16) -> Result<VolumeDef, MetaError> {
         let (mut list, image, old) = self.reshape_target(volume, "remove leg", false)?;
         let refused = format!("volume {volume}: remove leg refused");
+        if old.moving.is_some() && usize::from(member) == old.layout.members() {
+            let def = Self::drop_move_target(&mut list, &old);
+            Self::prune_jobs(&mut list.jobs)?;
+            return self.commit_reshape(
+                list,
+                &image,
+                old,
+                def,
+                &format!("move target {member} removed (move abandoned)"),
+            );
+        }
         if old.layout.kind != LayoutKind::Mirror {
             return Err(MetaError::Refused(format!(
                 "{refused}: only mirror volumes drop a leg online (this is a {} volume)",
@@ -3397,22 +3532,21 @@ impl Store {
                 "{refused}: it is a snapshot (its copy-on-write store stays linear)"
             )));
         }
-        match old.layout.kind {
-            LayoutKind::Linear | LayoutKind::Mirror => {}
-            k => {
-                return Err(MetaError::Refused(format!(
-                    "{refused}: moving a member of a {} volume online is not supported",
-                    layout_word(k)
-                )))
-            }
-        }
+        let striped = matches!(old.layout.kind, LayoutKind::Stripe | LayoutKind::Raid10);
         let copies = old.layout.copies;
-        if member >= copies {
+        let n = old.layout.members();
+        if usize::from(member) >= n {
             return Err(MetaError::NotFound(format!(
-                "volume {volume}: no member {member} (the layout has {copies} members)"
+                "volume {volume}: no member {member} (the layout has {n} members)"
             )));
         }
-        if copies >= MAX_COPIES {
+        if striped && copies >= MAX_COPIES {
+            return Err(MetaError::Refused(format!(
+                "{refused}: mirror {} has {copies} legs: use alu replace",
+                old.layout.group_of(member)
+            )));
+        }
+        if !striped && copies >= MAX_COPIES {
             return Err(MetaError::Refused(format!(
                 "{refused}: mirror has {copies} legs: remove one or use alu replace"
             )));
@@ -3429,7 +3563,11 @@ impl Store {
                 "volume {volume}: member {member}: move refused: it is not in sync: use alu replace"
             )));
         }
-        let (def, next_id) = self.plan_new_leg(&list, &image, &old, alu, "move")?;
+        let (def, next_id) = if striped {
+            self.plan_move_target(&list, &image, &old, member, alu)?
+        } else {
+            self.plan_new_leg(&list, &image, &old, alu, "move")?
+        };
         self.commit_new_leg(list, &image, old, def, next_id, Some(member), |job| {
             format!(
                 "move of member {member} to ALU {alu} started (job {})",
@@ -3537,9 +3675,13 @@ impl Store {
         if let Some(x) = list.jobs.iter_mut().find(|x| x.id == job) {
             x.state = JobState::Done;
         }
-        let mut synced = old.clone();
-        synced.members[usize::from(target)] = MemberHealth::Ok;
-        let def = Self::drop_member(&mut list, &synced, source);
+        let def = if old.moving.is_some() {
+            Self::settle_move(&old, source)
+        } else {
+            let mut synced = old.clone();
+            synced.members[usize::from(target)] = MemberHealth::Ok;
+            Self::drop_member(&mut list, &synced, source)
+        };
         Self::prune_jobs(&mut list.jobs)?;
         self.commit_reshape(
             list,
@@ -3581,6 +3723,7 @@ impl Store {
     ) -> Result<VolumeDef, MetaError> {
         let (mut list, image, old) = self.reshape_target(volume, "extend", false)?;
         let refused = format!("volume {volume}: extend refused");
+        Self::refuse_if_moving(&list, &old, "extend")?;
         if old.snapshot.is_some() {
             return Err(MetaError::Refused(format!(
                 "{refused}: it is a snapshot (it covers its origin's size when taken)"
@@ -4358,6 +4501,7 @@ mod tests {
         let (list, image, old) = st.reshape_target("m", "test", false).unwrap();
         let def = VolumeDef {
             wi_slots: Vec::new(),
+            moving: None,
             ..old.clone()
         };
         st.commit_reshape(list, &image, old, def, "slots dropped")

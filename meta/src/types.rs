@@ -316,7 +316,17 @@ pub struct VolumeDef {
     /// first segment (see [`VolumeDef::wi_location`]). Empty for linear, stripe and
     /// snapshot volumes and for mirrors created before write-intent bitmaps existed
     /// (they resynchronise in full). Part of the definition (and of its CRC).
+    /// During a move ([`VolumeDef::moving`]) one more entry, the target's, when
+    /// the source has one.
     pub wi_slots: Vec<u16>,
+    /// A move of one member of a stripe or raid10 volume in progress (spec claims
+    /// 14-18): `Some(source)` when the volume has one member more than its layout,
+    /// member `layout.members()` (the *target*), an extra leg of the source's group
+    /// (stripe column or raid10 mirror) that a move job copies onto; the move ends by
+    /// dropping the source and giving the target its number. `None` otherwise (a
+    /// linear or mirror volume's move is a plain extra mirror leg). Part of the
+    /// definition (and of its CRC).
+    pub moving: Option<u16>,
 }
 
 /// What a snapshot volume is a snapshot of.
@@ -385,9 +395,72 @@ impl VolumeDef {
     /// The definition alone (members all `Ok`), as stored in the object database.
     pub fn definition(&self) -> VolumeDef {
         VolumeDef {
-            members: vec![MemberHealth::Ok; self.layout.members()],
+            members: vec![MemberHealth::Ok; self.member_count()],
             ..self.clone()
         }
+    }
+
+    /// Members of the volume: the layout's, plus a move's target.
+    pub fn member_count(&self) -> usize {
+        self.layout.members() + usize::from(self.moving.is_some())
+    }
+
+    /// Whether some member has another leg to copy from or onto: a mirror or
+    /// raid10 layout, or a stripe during a move.
+    pub fn mirrored(&self) -> bool {
+        self.layout.redundant() || self.moving.is_some()
+    }
+
+    /// Mirrors of the volume's tree (`stack::volume`): one for a mirror, one per
+    /// stripe for a raid10 volume or a stripe during a move (its other columns
+    /// one-leg mirrors), none otherwise.
+    pub fn mirror_count(&self) -> usize {
+        if self.mirrored() {
+            usize::from(self.layout.stripes.max(1))
+        } else {
+            0
+        }
+    }
+
+    /// Which mirror (stripe) and which leg of it member `member` is: `(m / K, m % K)`
+    /// for the layout's members, `(group of the source, K)` for a move's target.
+    pub fn leg_of(&self, member: u16) -> (usize, usize) {
+        let copies = self.layout.copies.max(1);
+        match self.moving {
+            Some(src) if usize::from(member) >= self.layout.members() => {
+                (usize::from(src / copies), usize::from(copies))
+            }
+            _ => (usize::from(member / copies), usize::from(member % copies)),
+        }
+    }
+
+    /// Legs of mirror (stripe) `group`: K, one more for the group a move copies in.
+    pub fn legs_of(&self, group: usize) -> usize {
+        let copies = usize::from(self.layout.copies.max(1));
+        copies + usize::from(self.moving_group() == Some(group))
+    }
+
+    /// The member that is leg `leg` of mirror (stripe) `group` (inverse of
+    /// [`VolumeDef::leg_of`]).
+    pub fn member_at(&self, group: usize, leg: usize) -> u16 {
+        let copies = usize::from(self.layout.copies.max(1));
+        if leg >= copies && self.moving_group() == Some(group) {
+            return self.layout.members() as u16;
+        }
+        (group * copies + leg) as u16
+    }
+
+    /// The members of mirror (stripe) `group`, leg 0 first.
+    pub fn group_members(&self, group: usize) -> Vec<u16> {
+        (0..self.legs_of(group))
+            .map(|leg| self.member_at(group, leg))
+            .collect()
+    }
+
+    /// The group a move copies in (see [`VolumeDef::moving`]).
+    pub fn moving_group(&self) -> Option<usize> {
+        self.moving
+            .map(|src| usize::from(src / self.layout.copies.max(1)))
     }
 }
 

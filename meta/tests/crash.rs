@@ -961,6 +961,63 @@ fn crash_move_member() {
     });
 }
 
+fn stripe_setup(st: &mut Store) {
+    claim_all(st);
+    let (a0, a1) = (alu_uuid(st, 0), alu_uuid(st, 1));
+    let stripe = Layout {
+        kind: LayoutKind::Stripe,
+        stripes: 2,
+        copies: 1,
+        chunk: 64 * 1024,
+    };
+    st.create_volume_with("st", 4 * MIB, stripe, &[(0, a0, 2 * MIB), (1, a1, 2 * MIB)])
+        .unwrap();
+}
+
+#[test]
+fn crash_move_stripe_member() {
+    // start: the target appears beyond the layout; finish: it takes the source's
+    // number and the source's extents are freed after the commit point; abandon:
+    // the target goes. At every crash point one of the two definitions is whole.
+    enumerate(3, stripe_setup, |st| {
+        let a2 = alu_uuid(st, 2);
+        let (def, job) = st.move_member("st", 1, a2).unwrap();
+        assert_eq!(
+            (def.moving, job.member, job.source),
+            (Some(1), Some(2), Some(1))
+        );
+    });
+    enumerate(
+        3,
+        |st| {
+            stripe_setup(st);
+            let a2 = alu_uuid(st, 2);
+            let (_, mut j) = st.move_member("st", 1, a2).unwrap();
+            j.checkpoint = j.total;
+            st.update_job(&j).unwrap();
+        },
+        |st| {
+            let id = st.jobs()[0].id;
+            let def = st.finish_move(id).unwrap();
+            let a2 = alu_uuid(st, 2);
+            assert_eq!(def.moving, None);
+            assert!(def.member_segments(1).all(|s| s.alu == a2));
+        },
+    );
+    enumerate(
+        3,
+        |st| {
+            stripe_setup(st);
+            let a2 = alu_uuid(st, 2);
+            st.move_member("st", 0, a2).unwrap();
+        },
+        |st| {
+            let def = st.remove_leg("st", 2).unwrap();
+            assert_eq!((def.moving, def.member_count()), (None, 2));
+        },
+    );
+}
+
 #[test]
 fn crash_finish_move() {
     // a moved linear volume: the source extents (on alus 0 and 1) are freed only

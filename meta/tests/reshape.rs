@@ -607,17 +607,22 @@ fn move_refusals_write_nothing() {
     let (disks, mut st, a) = cluster(5);
     st.create_volume("lin", MIB, &[(a[0], MIB)]).unwrap();
     refusal_volumes(&mut st, &a);
+    // a stripe or raid10 move's target: not onto the source's ALU nor another
+    // leg of its mirror
     refused(
         &disks,
         &mut st,
-        "volume r10: move refused: moving a member of a raid10 volume online is not supported",
-        |st| st.move_member("r10", 0, a[4]),
+        "volume st: move refused: member 0 is on ALU",
+        |st| st.move_member("st", 0, a[0]),
     );
+    refused(&disks, &mut st, "volume r10: move refused: ALU", |st| {
+        st.move_member("r10", 0, a[1])
+    });
     refused(
         &disks,
         &mut st,
-        "moving a member of a stripe volume online is not supported",
-        |st| st.move_member("st", 0, a[4]),
+        "holds member 1, another leg of mirror 0",
+        |st| st.move_member("r10", 0, a[1]),
     );
     refused(
         &disks,
@@ -977,8 +982,8 @@ fn invariants(st: &Store, ctx: &str) {
     check_healthy(st);
     check_no_garbage(st, &[]);
     for v in &st.image().unwrap().volumes {
-        assert_eq!(v.members.len(), v.layout.members(), "{ctx}: {}", v.name);
-        for m in 0..v.layout.members() as u16 {
+        assert_eq!(v.members.len(), v.member_count(), "{ctx}: {}", v.name);
+        for m in 0..v.member_count() as u16 {
             let total: u64 = v.member_segments(m).map(|s| s.len).sum();
             assert_eq!(
                 total,
@@ -988,7 +993,7 @@ fn invariants(st: &Store, ctx: &str) {
             );
         }
         assert!(
-            v.wi_slots.is_empty() || v.wi_slots.len() == v.layout.members(),
+            v.wi_slots.is_empty() || v.wi_slots.len() == v.member_count(),
             "{ctx}: {}",
             v.name
         );
@@ -1003,7 +1008,7 @@ fn invariants(st: &Store, ctx: &str) {
             .cloned()
             .unwrap();
         if let Some(m) = j.member {
-            assert!(usize::from(m) < v.layout.members(), "{ctx}: {j:?}");
+            assert!(usize::from(m) < v.member_count(), "{ctx}: {j:?}");
             assert!(
                 matches!(v.members[usize::from(m)], MemberHealth::Rebuilding { .. }),
                 "{ctx}: {j:?} {:?}",
@@ -1046,7 +1051,7 @@ fn random_reshapes_keep_every_extent_allocated_once() {
             let alu = a[rng.below(N as u64) as usize];
             // now and then a member that does not exist
             let extra = u64::from(rng.below(8) == 0);
-            let member = rng.below(u64::from(v.layout.copies) + extra) as u16;
+            let member = rng.below(v.member_count() as u64 + extra) as u16;
             let unfinished: Vec<Job> = st
                 .jobs()
                 .into_iter()
@@ -1206,4 +1211,154 @@ fn finish_move_after_the_source_failed_brings_the_volume_back() {
     refused(&disks, &mut st, "copy not complete (0 of 1048576)", |st| {
         st.finish_move(mv2.id)
     });
+}
+
+// ------------------------------------------------------- move (stripe, raid10)
+
+#[test]
+fn move_a_stripe_member_keeps_the_layout_and_renumbers_the_target() {
+    let (disks, mut st, a) = cluster(3);
+    let before = st
+        .create_volume_with(
+            "st",
+            4 * MIB,
+            stripe2(),
+            &[(0, a[0], 2 * MIB), (1, a[1], 2 * MIB)],
+        )
+        .unwrap();
+    assert_eq!(before.moving, None);
+    let free0 = free_total(&st, a[0]);
+    // onto an ALU that holds the other column: allowed (emptying an ALU)
+    let (def, mv) = st.move_member("st", 0, a[1]).unwrap();
+    assert_eq!(def.layout, stripe2());
+    assert_eq!(def.moving, Some(0));
+    assert_eq!(def.member_count(), 3);
+    assert_eq!(
+        def.members,
+        vec![
+            MemberHealth::Ok,
+            MemberHealth::Ok,
+            MemberHealth::Rebuilding { checkpoint: 0 }
+        ]
+    );
+    assert_eq!(pieces(&def, 2), vec![(a[1], 2 * MIB)]);
+    assert!(def.wi_slots.is_empty());
+    assert_eq!(
+        (def.leg_of(0), def.leg_of(1), def.leg_of(2)),
+        ((0, 0), (1, 0), (0, 1))
+    );
+    assert_eq!(def.group_members(0), vec![0, 2]);
+    assert_eq!(def.group_members(1), vec![1]);
+    assert_eq!(
+        (mv.kind, mv.member, mv.source, mv.total),
+        (JobKind::Move, Some(2), Some(0), 2 * MIB)
+    );
+    check_healthy(&st);
+    check_no_garbage(&st, &[]);
+    // the move survives a reopen (object database and boot list carry the target)
+    reopen_same(&disks, &st);
+    let (st2, _) = open_shared(&disks, false);
+    assert_eq!(vol(&st2, "st").moving, Some(0));
+    assert!(st2.volume_problems().is_empty());
+    // one move at a time, and no extend under it
+    refused(
+        &disks,
+        &mut st,
+        &format!("move job {} is unfinished", mv.id),
+        |st| st.move_member("st", 1, a[2]),
+    );
+    refused(&disks, &mut st, "extend refused: move job", |st| {
+        st.extend_volume("st", 2 * MIB, &[a[2], a[2]])
+    });
+    let mut p = mv.clone();
+    p.checkpoint = MIB;
+    st.update_job(&p).unwrap();
+    assert_eq!(
+        vol(&st, "st").members[2],
+        MemberHealth::Rebuilding { checkpoint: MIB }
+    );
+    complete(&mut st, mv.id, JobState::Running);
+    let def = st.finish_move(mv.id).unwrap();
+    assert_eq!(def.layout, stripe2());
+    assert_eq!(def.moving, None);
+    assert_eq!(def.members, vec![MemberHealth::Ok; 2]);
+    assert_eq!(pieces(&def, 0), vec![(a[1], 2 * MIB)]);
+    assert_eq!(pieces(&def, 1), pieces(&before, 1));
+    assert_eq!(free_total(&st, a[0]), free0 + 2 * MIB);
+    assert_eq!(job(&st, mv.id).state, JobState::Done);
+    assert!(st.degraded_members("st").is_empty());
+    check_healthy(&st);
+    check_no_garbage(&st, &[]);
+    reopen_same(&disks, &st);
+}
+
+#[test]
+fn move_a_raid10_leg_gives_the_target_a_write_intent_slot() {
+    let (disks, mut st, a) = cluster(5);
+    raid10_on(&mut st, "r10", 4 * MIB, &a);
+    let before = vol(&st, "r10");
+    let (def, mv) = st.move_member("r10", 3, a[4]).unwrap();
+    assert_eq!(def.layout, raid10_2x2());
+    assert_eq!((def.moving, def.member_count()), (Some(3), 5));
+    assert_eq!(def.leg_of(4), (1, 2));
+    assert_eq!(def.group_members(1), vec![2, 3, 4]);
+    assert_eq!(def.wi_slots.len(), 5);
+    assert_eq!(st.wi_location("r10", 4).unwrap().0, a[4]);
+    assert_eq!((mv.member, mv.source), (Some(4), Some(3)));
+    reopen_same(&disks, &st);
+    complete(&mut st, mv.id, JobState::Running);
+    let def = st.finish_move(mv.id).unwrap();
+    assert_eq!((def.moving, def.member_count()), (None, 4));
+    assert_eq!(pieces(&def, 3), vec![(a[4], 2 * MIB)]);
+    assert_eq!(pieces(&def, 2), pieces(&before, 2));
+    assert_eq!(def.wi_slots.len(), 4);
+    assert_eq!(st.wi_location("r10", 3).unwrap().0, a[4]);
+    check_healthy(&st);
+    check_no_garbage(&st, &[]);
+    reopen_same(&disks, &st);
+}
+
+#[test]
+fn abandoning_a_stripe_move_drops_the_target_and_fails_the_job() {
+    let (disks, mut st, a) = cluster(3);
+    let before = st
+        .create_volume_with("st", 2 * MIB, stripe2(), &[(0, a[0], MIB), (1, a[1], MIB)])
+        .unwrap();
+    let free2 = free_total(&st, a[2]);
+    let (_, mv) = st.move_member("st", 1, a[2]).unwrap();
+    assert_eq!(free_total(&st, a[2]), free2 - MIB);
+    // only the target goes: a stripe has no other leg to drop
+    refused(&disks, &mut st, "only mirror volumes drop a leg", |st| {
+        st.remove_leg("st", 1)
+    });
+    let def = st.remove_leg("st", 2).unwrap();
+    assert_eq!(def.moving, None);
+    assert_eq!(def.segments, before.segments);
+    assert_eq!(def.members, vec![MemberHealth::Ok; 2]);
+    assert_eq!(free_total(&st, a[2]), free2);
+    let j = job(&st, mv.id);
+    assert_eq!(
+        (j.state, j.message.as_str()),
+        (JobState::Failed, "target leg removed")
+    );
+    check_healthy(&st);
+    check_no_garbage(&st, &[]);
+    reopen_same(&disks, &st);
+}
+
+#[test]
+fn a_stripe_whose_move_source_fails_goes_offline_and_its_target_cannot_rescue_it() {
+    let (_disks, mut st, a) = cluster(3);
+    st.create_volume_with("st", 2 * MIB, stripe2(), &[(0, a[0], MIB), (1, a[1], MIB)])
+        .unwrap();
+    st.move_member("st", 0, a[2]).unwrap();
+    st.set_member_health("st", 0, MemberHealth::Failed { fail_seq: 0 })
+        .unwrap();
+    // the target is incomplete: mirror 0 has no leg left
+    let p = st.volume_problems();
+    assert!(
+        p.iter()
+            .any(|(v, w)| v == "st" && w.contains("mirror 0: no leg available")),
+        "{p:?}"
+    );
 }

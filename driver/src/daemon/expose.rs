@@ -86,6 +86,10 @@ pub struct Assignment {
     pub degraded: Vec<u16>,
     /// (ALU uuid, owning SP) for every ALU under the volume.
     pub owners: Vec<(String, String)>,
+    /// A stripe or raid10 member move in progress: its source (the target is
+    /// member `stripes * copies`; see `VolumeDef::moving`).
+    #[serde(default)]
+    pub moving: Option<u16>,
 }
 
 /// A volume this SP exposes for the master.
@@ -122,6 +126,15 @@ impl Assignment {
         if members == 0 || members > 64 {
             return Err(bad("member count"));
         }
+        if let Some(src) = self.moving {
+            if !matches!(kind, LayoutKind::Stripe | LayoutKind::Raid10)
+                || usize::from(src) >= members
+                || usize::from(self.copies) >= usize::from(tierblk_meta::types::MAX_COPIES)
+            {
+                return Err(bad("move source"));
+            }
+        }
+        let members = members + usize::from(self.moving.is_some());
         let mut segments = Vec::new();
         for (member, alu, start, len) in &self.segments {
             if usize::from(*member) >= members || *len == 0 {
@@ -158,6 +171,7 @@ impl Assignment {
             snapshot: None,
             // No bitmap on an exposing peer (module docs).
             wi_slots: Vec::new(),
+            moving: self.moving,
         };
         Ok((def, owners))
     }
@@ -329,6 +343,7 @@ impl Daemon {
                 .collect(),
             degraded,
             owners,
+            moving: v.moving,
         };
         self.send(
             sp,
@@ -743,6 +758,7 @@ mod tests {
             ],
             degraded: vec![],
             owners: vec![("00112233-4455-6677-8899-aabbccddeeff".into(), "sp2".into())],
+            moving: None,
         }
     }
 
@@ -765,6 +781,8 @@ mod tests {
             |a: &mut Assignment| a.owners[0].0 = "nope".into(),
             |a: &mut Assignment| (a.stripes, a.copies) = (u16::MAX, u16::MAX),
             |a: &mut Assignment| (a.stripes, a.copies) = (0, 2),
+            // a move's extra leg is for stripes and raid10 only
+            |a: &mut Assignment| a.moving = Some(0),
         ] {
             let mut a = sample();
             f(&mut a);

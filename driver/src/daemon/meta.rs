@@ -98,6 +98,7 @@ impl Daemon {
                     members: bv.health.clone(),
                     snapshot: def.and_then(|d| d.snapshot),
                     wi_slots: def.map(|d| d.wi_slots.clone()).unwrap_or_default(),
+                    moving: def.and_then(|d| d.moving),
                 };
                 let mut view = self.volume_view(&v);
                 view.state = "archived".into();
