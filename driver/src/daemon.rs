@@ -626,7 +626,7 @@ impl Daemon {
     /// through `alu readd`, which copies only what its bitmap marks
     /// ([0172]–[0174]).
     fn fail_absent_legs(&mut self, v: &VolumeDef) -> Result<(), String> {
-        if self.assigned.contains_key(&v.name) || intent::mirrors_of(v) == 0 {
+        if self.assigned.contains_key(&v.name) || v.mirror_count() == 0 {
             return Ok(());
         }
         let present: Vec<Uuid> = self.owned_alus().into_iter().map(|(_, u)| u).collect();
@@ -699,7 +699,7 @@ impl Daemon {
                 .collect(),
         };
         let mut members = Vec::with_capacity(v.members.len());
-        for m in 0..v.layout.members() as u16 {
+        for m in 0..v.member_count() as u16 {
             let mut pieces = Vec::new();
             for s in v.segments.iter().filter(|s| s.member == m) {
                 let piece = match self.piece(s.alu, s.start, s.len) {
@@ -731,6 +731,7 @@ impl Daemon {
             copies,
             members,
             health: health.clone(),
+            moving: v.moving_group(),
         };
         Ok((desc, health))
     }
@@ -744,20 +745,19 @@ impl Daemon {
         v: &VolumeDef,
         degraded: &[u16],
     ) -> Result<Vec<Arc<MirrorHealth>>, String> {
-        let copies = v.layout.copies.max(1);
         let leg_size = v.layout.member_size(v.size);
-        (0..intent::mirrors_of(v))
+        (0..v.mirror_count())
             .map(|j| {
                 // A leg being rebuilt (with its ALU present) resumes from its
                 // checkpoint; any other unavailable leg starts failed.
                 let mut mask = 0u32;
                 let mut rebuilding = Vec::new();
-                for leg in 0..copies {
-                    let m = j * copies + leg;
+                let legs = v.group_members(j);
+                for (leg, &m) in legs.iter().enumerate() {
                     let available = !self.member_alus_missing(v, m);
                     match v.members.get(usize::from(m)) {
                         Some(MemberHealth::Rebuilding { checkpoint }) if available => {
-                            rebuilding.push((usize::from(leg), *checkpoint));
+                            rebuilding.push((leg, *checkpoint));
                         }
                         _ if degraded.contains(&m) => mask |= 1 << leg,
                         _ => {}
@@ -765,9 +765,10 @@ impl Daemon {
                 }
                 let events = self.events.clone();
                 let volume = v.name.clone();
+                let n = legs.len();
                 let on_fail = move |leg: usize, errno: i32| {
                     let (done, wait) = mpsc::channel();
-                    let member = j * copies + leg as u16;
+                    let member = legs.get(leg).copied().unwrap_or(u16::MAX);
                     error!(volume = %volume, member, errno, "mirror leg failed: degrading");
                     let sent = events.send(Event::LegFailed {
                         volume: volume.clone(),
@@ -781,13 +782,13 @@ impl Daemon {
                     }
                 };
                 let health = MirrorHealth::new_with_rebuild(
-                    usize::from(copies),
+                    n,
                     mask,
                     &rebuilding,
                     leg_size,
                     Box::new(on_fail),
                 );
-                let health = match self.load_intent(v, j)? {
+                let health = match self.load_intent(v, j as u16)? {
                     Some(wi) => health
                         .with_write_intent(wi)
                         .map_err(|e| format!("volume {}: {e}", v.name))?,
@@ -1125,14 +1126,13 @@ impl Daemon {
             })
             .collect();
         for v in volumes {
-            let copies = v.layout.copies.max(1);
             for m in v.members_on(alu) {
-                if intent::mirrors_of(&v) == 0 {
+                if v.mirror_count() == 0 {
                     return Some(format!("volume {} has no other copy", v.name));
                 }
-                let mirror = m / copies;
-                let others_ok = (0..copies)
-                    .map(|leg| mirror * copies + leg)
+                let others_ok = v
+                    .group_members(v.leg_of(m).0)
+                    .into_iter()
                     .filter(|&o| o != m)
                     .any(|o| {
                         !failed.contains(&(v.name.clone(), o))
@@ -1458,14 +1458,12 @@ impl Daemon {
     /// Mark `members` of `volume` failed in the tree running here (already
     /// persisted: no report back).
     pub(super) fn fail_members_here(&self, volume: &str, members: &[u16]) {
-        let copies = self
-            .volume(volume)
-            .map(|v| v.layout.copies.max(1))
-            .unwrap_or(1);
+        let Ok(v) = self.volume(volume) else { return };
         if let Some(Runtime::Online { health, .. }) = self.runtime.get(volume) {
-            for m in members {
-                if let Some(h) = health.get(usize::from(m / copies)) {
-                    h.mark_failed(usize::from(m % copies));
+            for &m in members {
+                let (mirror, leg) = v.leg_of(m);
+                if let Some(h) = health.get(mirror) {
+                    h.mark_failed(leg);
                 }
             }
         }
@@ -1508,6 +1506,32 @@ impl Daemon {
         }
     }
 
+    /// A stripe member's move keeps no write-intent bitmap (a stripe has no
+    /// slots): after an unclean stop the copied part of its target may miss
+    /// writes that were in flight, so the copy starts again from 0 (the
+    /// source is whole; writes reach both legs meanwhile). A raid10 move has
+    /// the mirror's bitmap and its resync.
+    fn restart_unlogged_move(&mut self, v: &VolumeDef) {
+        if v.moving.is_none() || !v.wi_slots.is_empty() {
+            return;
+        }
+        for mut j in self.store.jobs().into_iter().filter(|j| {
+            j.volume == v.id && j.kind == JobKind::Move && !j.state.finished() && j.checkpoint > 0
+        }) {
+            let was = j.checkpoint;
+            j.checkpoint = 0;
+            j.message = "copy restarted after an unclean stop (no write-intent bitmap)".into();
+            match self.store.update_job(&j) {
+                Ok(()) => {
+                    warn!(volume = %v.name, job = j.id, was, "unclean stop: the move copies again from 0")
+                }
+                Err(e) => {
+                    error!(volume = %v.name, job = j.id, "cannot restart the move's copy: {e}")
+                }
+            }
+        }
+    }
+
     /// After an unclean stop, legs of a mirror may differ where writes were
     /// in flight: queue a resync of every mirror volume, as MD resyncs an
     /// array that was not cleanly stopped: of the regions its write-intent
@@ -1517,6 +1541,7 @@ impl Daemon {
     /// scrub).
     fn resync_after_unclean_stop(&mut self) {
         for v in self.image_volumes() {
+            self.restart_unlogged_move(&v);
             if !matches!(v.layout.kind, LayoutKind::Mirror | LayoutKind::Raid10) {
                 continue;
             }
@@ -1607,11 +1632,10 @@ impl Daemon {
             );
             return;
         }
-        let copies = usize::from(v.layout.copies.max(1));
         let work = match (j.kind, j.member) {
             (JobKind::Rebuild | JobKind::Move, Some(m)) => Work::Rebuild {
-                mirror: usize::from(m) / copies,
-                leg: usize::from(m) % copies,
+                mirror: v.leg_of(m).0,
+                leg: v.leg_of(m).1,
                 dirty_only: j.dirty_only,
             },
             (JobKind::Scrub, _) => Work::Scrub { repair: j.repair },
@@ -1827,14 +1851,13 @@ impl Daemon {
     /// Hand the running volume its new leg: every queue switches at its next
     /// I/O, and the leg takes writes (never reads) while it is rebuilt.
     fn swap_leg(&mut self, def: &VolumeDef, member: u16) -> Result<(), String> {
-        let copies = def.layout.copies.max(1);
         let mut pieces = Vec::new();
         for s in def.segments.iter().filter(|s| s.member == member) {
             pieces.push(self.piece(s.alu, s.start, s.len)?);
         }
         // Only the leg slots change: every instance of the tree (queues and
         // jobs) takes its legs from the slots, whatever `desc` first said.
-        let (mirror, leg) = (usize::from(member / copies), usize::from(member % copies));
+        let (mirror, leg) = def.leg_of(member);
         let health = match self.runtime.get(&def.name) {
             Some(Runtime::Online { health, .. }) => health[mirror].clone(),
             _ => return Ok(()),
@@ -2023,9 +2046,11 @@ impl Daemon {
         }
         if j.state == JobState::Done && j.kind == JobKind::Rebuild {
             if let (Some(v), Some(m)) = (self.volume_by_id(j.volume), j.member) {
-                let copies = v.layout.copies.max(1);
                 if let Some(Runtime::Online { health, .. }) = self.runtime.get(&v.name) {
-                    health[usize::from(m / copies)].finish_rebuild(usize::from(m % copies));
+                    let (mirror, leg) = v.leg_of(m);
+                    if let Some(h) = health.get(mirror) {
+                        h.finish_rebuild(leg);
+                    }
                 }
                 info!(volume = %v.name, member = m, "rebuild complete: leg in sync");
             }

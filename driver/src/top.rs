@@ -290,6 +290,7 @@ mod tests {
                 copies: 1,
                 members: vec![MemberDesc::local(vec![(file.clone(), 0, len)])],
                 health: Vec::new(),
+                moving: None,
             }),
             snapshots: SnapshotSet::new(Vec::new()),
         }
@@ -344,6 +345,7 @@ mod tests {
                     MemberDesc::local(vec![(a.clone(), 0, LEN)]),
                 ],
                 health: Vec::new(),
+                moving: None,
             }),
             snapshots: SnapshotSet::new(Vec::new()),
         });

@@ -315,18 +315,21 @@ fn main() {
                 copies: 1,
                 members: vec![on(&fa, region)],
                 health: vec![],
+                moving: None,
             },
             "stripe" => VolumeDesc {
                 layout: Layout::Stripe { chunk: CHUNK },
                 copies: 1,
                 members: vec![on(&fa, region / 2), on(&fb, region / 2)],
                 health: vec![],
+                moving: None,
             },
             "mirror" => VolumeDesc {
                 layout: Layout::Mirror,
                 copies: 2,
                 members: vec![on(&fa, region), on(&fb, region)],
                 health: vec![health(2, region)],
+                moving: None,
             },
             "raid10" => {
                 // 2 stripes x 2 copies over the two images: column c's legs
@@ -340,6 +343,7 @@ fn main() {
                     copies: 2,
                     members: vec![at(&fa, 0), at(&fb, 0), at(&fa, 1), at(&fb, 1)],
                     health: vec![health(2, q), health(2, q)],
+                    moving: None,
                 }
             }
             other => usage(&format!("unknown layout {other}")),

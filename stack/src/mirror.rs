@@ -1,5 +1,10 @@
-//! The mirroring object (spec [061], [074]–[076]): 2 to 4 legs of equal size
+//! The mirroring object (spec [061], [074]–[076]): 1 to 4 legs of equal size
 //! holding the same data (RAID1).
+//!
+//! A mirror volume has 2 legs or more; a one-leg mirror is a stripe column
+//! while another column of the stripe moves (see [`crate::volume::VolumeDesc::moving`]),
+//! so that every column has the same type. Its leg is the last healthy leg:
+//! an error goes to the host for that request, as on a plain stripe column.
 //!
 //! * Reads go to one healthy leg, chosen round-robin per request with a
 //!   per-instance counter (each ublk queue has its own `Mirror`, so no shared
@@ -519,7 +524,7 @@ pub struct Mirror<D: BlockDev, C: BlockDev = D> {
 }
 
 impl<D: BlockDev> Mirror<D> {
-    /// Mirror over `legs` (2 to [`MAX_LEGS`], all of the same size) with
+    /// Mirror over `legs` (1 to [`MAX_LEGS`], all of the same size) with
     /// `health` describing the same number of legs. Refused if the health
     /// carries a write-intent bitmap: use [`Mirror::with_copies`].
     pub fn new(legs: Vec<D>, health: Arc<MirrorHealth>) -> Result<Self, BuildError> {
@@ -528,7 +533,7 @@ impl<D: BlockDev> Mirror<D> {
 }
 
 impl<D: BlockDev, C: BlockDev> Mirror<D, C> {
-    /// Mirror over `legs` (2 to [`MAX_LEGS`], all of the same size) with
+    /// Mirror over `legs` (1 to [`MAX_LEGS`], all of the same size) with
     /// `health` describing the same number of legs and, when the health
     /// carries a write-intent bitmap, `copies`: this instance's devices for
     /// the legs' bitmap copies, one per leg in leg order (copy `i` lives on leg
@@ -539,10 +544,10 @@ impl<D: BlockDev, C: BlockDev> Mirror<D, C> {
         copies: Vec<C>,
         health: Arc<MirrorHealth>,
     ) -> Result<Self, BuildError> {
-        if !(2..=MAX_LEGS).contains(&legs.len()) {
+        if !(1..=MAX_LEGS).contains(&legs.len()) {
             return Err(BuildError::MemberCount {
                 layout: "mirror",
-                expected: format!("2 to {MAX_LEGS} legs"),
+                expected: format!("1 to {MAX_LEGS} legs"),
                 got: legs.len(),
             });
         }
@@ -565,7 +570,7 @@ impl<D: BlockDev, C: BlockDev> Mirror<D, C> {
             .iter()
             .map(|l| l.limits())
             .reduce(Limits::restrict)
-            .expect("at least 2 legs");
+            .expect("at least 1 leg");
         let scratch = match health.write_intent() {
             None => None,
             Some(_) if copies.len() != legs.len() => {

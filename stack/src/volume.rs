@@ -12,6 +12,7 @@
 //! | stripe  | `Stripe<Linear<Partition>>`             |
 //! | mirror  | `Mirror<Linear<Partition>>`             |
 //! | raid10  | `Stripe<Mirror<Linear<Partition>>>` (Fig. 6: one striping object over mirroring objects over partitions) |
+//! | stripe/raid10 during a move | `Stripe<Mirror<Linear<Partition>>>`: every column a mirror (of 1 leg for a stripe), the moving column's with the copy target as an extra leg ([`VolumeDesc::moving`]) |
 //!
 //! Each member (stripe column or mirror leg) is itself a concatenation of
 //! partitions, so members can be assembled from free extents of several ALUs.
@@ -82,11 +83,17 @@ pub struct VolumeDesc {
     /// Legs per mirror (1 for linear and stripe).
     pub copies: usize,
     /// Members. Linear: 1; stripe: N; mirror: `copies`; raid10: `N * copies`,
-    /// member `m` being leg `m % copies` of stripe column `m / copies`.
+    /// member `m` being leg `m % copies` of stripe column `m / copies`. During
+    /// a move one more: the target, last.
     pub members: Vec<MemberDesc>,
-    /// One per mirror: 1 for mirror, N for raid10, none otherwise. Created
-    /// once per volume and shared by every queue.
+    /// One per mirror: 1 for mirror, N for raid10 and for a stripe during a
+    /// move, none otherwise. Created once per volume and shared by every queue.
     pub health: Vec<Arc<MirrorHealth>>,
+    /// A move in progress (stripe and raid10 only): `Some(g)` when `members`
+    /// holds one member more than the layout, the last one, an extra leg of
+    /// group `g` (stripe column `g`, or mirror `g` of a raid10) that a move
+    /// copies onto. `None` otherwise.
+    pub moving: Option<usize>,
 }
 
 /// Why a volume description was refused.
@@ -167,6 +174,20 @@ pub enum BuildError {
     /// the wrong geometry).
     #[error("write-intent bitmap: {0}")]
     WriteIntent(String),
+    /// A move's extra leg on a layout without stripe columns.
+    #[error("{layout}: a move's extra leg needs a stripe or raid10 layout")]
+    Moving {
+        /// Layout name.
+        layout: &'static str,
+    },
+    /// A move's extra leg for a column the volume does not have.
+    #[error("move onto column {group}, the volume has {groups} columns")]
+    MovingGroup {
+        /// The column given.
+        group: usize,
+        /// Columns of the volume.
+        groups: usize,
+    },
 }
 
 /// A volume tree for one queue thread.
@@ -177,7 +198,8 @@ pub enum Volume<R: Ring + Clone> {
     Stripe(Stripe<Linear<Leaf<R>>>),
     /// RAID1; its legs can be replaced online ([`SwapLeg`]).
     Mirror(Mirror<SwapLeg<R>, IntentCopy<R>>),
-    /// RAID10: striping over mirroring.
+    /// RAID10: striping over mirroring. Also a stripe or raid10 during a
+    /// move ([`VolumeDesc::moving`]).
     Raid10(Stripe<Mirror<SwapLeg<R>, IntentCopy<R>>>),
 }
 
@@ -200,7 +222,8 @@ impl<R: Ring + Clone> Volume<R> {
     }
 
     /// Every mirror of the volume, in stripe order: one for a mirror, one per
-    /// stripe column for RAID10, none for linear and stripe. Mirror `i` uses
+    /// stripe column for RAID10 and for a stripe during a move, none for
+    /// linear and stripe otherwise. Mirror `i` uses
     /// `VolumeDesc::health[i]`; the resync jobs ([`crate::resync`]) run per
     /// mirror.
     pub fn mirrors(&self) -> &[Mirror<SwapLeg<R>, IntentCopy<R>>] {
@@ -241,11 +264,13 @@ fn check_copies(layout: &'static str, copies: usize, mirrored: bool) -> Result<(
     }
 }
 
+/// Mirror `i` has `copies` legs, one more if it is `moving`.
 fn check_health(
     layout: &'static str,
     health: &[Arc<MirrorHealth>],
     mirrors: usize,
     copies: usize,
+    moving: Option<usize>,
 ) -> Result<(), BuildError> {
     if health.len() != mirrors {
         return Err(BuildError::HealthCount {
@@ -254,11 +279,16 @@ fn check_health(
             got: health.len(),
         });
     }
-    if let Some((i, h)) = health.iter().enumerate().find(|(_, h)| h.legs() != copies) {
+    let legs = |i| copies + usize::from(moving == Some(i));
+    if let Some((i, h)) = health
+        .iter()
+        .enumerate()
+        .find(|&(i, h)| h.legs() != legs(i))
+    {
         return Err(BuildError::HealthLegs {
             mirror: i,
             health_legs: h.legs(),
-            legs: copies,
+            legs: legs(i),
         });
     }
     Ok(())
@@ -297,6 +327,9 @@ fn member_count(layout: &'static str, expected: String, got: usize) -> BuildErro
 /// submitting on `ring`. Validates the description first (counts, copies,
 /// health objects, equal member sizes, chunk size); nothing is opened here.
 pub fn build_volume<R: Ring + Clone>(desc: &VolumeDesc, ring: R) -> Result<Volume<R>, BuildError> {
+    if let Some(g) = desc.moving {
+        return build_moving(desc, g, ring);
+    }
     let n = desc.members.len();
     let member = |m: &MemberDesc| build_linear(&m.pieces, ring.clone());
     match desc.layout {
@@ -305,7 +338,7 @@ pub fn build_volume<R: Ring + Clone>(desc: &VolumeDesc, ring: R) -> Result<Volum
             if n != 1 {
                 return Err(member_count("linear", "exactly 1".into(), n));
             }
-            check_health("linear", &desc.health, 0, 1)?;
+            check_health("linear", &desc.health, 0, 1, None)?;
             Ok(Volume::Linear(member(&desc.members[0])))
         }
         Layout::Stripe { chunk } => {
@@ -313,7 +346,7 @@ pub fn build_volume<R: Ring + Clone>(desc: &VolumeDesc, ring: R) -> Result<Volum
             if n < 2 {
                 return Err(member_count("stripe", "at least 2".into(), n));
             }
-            check_health("stripe", &desc.health, 0, 1)?;
+            check_health("stripe", &desc.health, 0, 1, None)?;
             check_chunk(chunk)?;
             check_equal(&desc.members)?;
             let members = desc.members.iter().map(member).collect();
@@ -328,7 +361,7 @@ pub fn build_volume<R: Ring + Clone>(desc: &VolumeDesc, ring: R) -> Result<Volum
                     n,
                 ));
             }
-            check_health("mirror", &desc.health, 1, desc.copies)?;
+            check_health("mirror", &desc.health, 1, desc.copies, None)?;
             check_equal(&desc.members)?;
             let legs = swap_legs(&desc.members, &desc.health[0], &ring);
             let copies = intent_copies(0, &desc.health[0], &ring)?;
@@ -349,7 +382,7 @@ pub fn build_volume<R: Ring + Clone>(desc: &VolumeDesc, ring: R) -> Result<Volum
                 ));
             }
             let stripes = n / copies;
-            check_health("raid10", &desc.health, stripes, copies)?;
+            check_health("raid10", &desc.health, stripes, copies, None)?;
             check_chunk(chunk)?;
             check_equal(&desc.members)?;
             let mirrors = desc
@@ -357,17 +390,82 @@ pub fn build_volume<R: Ring + Clone>(desc: &VolumeDesc, ring: R) -> Result<Volum
                 .chunks(copies)
                 .zip(&desc.health)
                 .enumerate()
-                .map(|(i, (legs, h))| {
-                    Mirror::with_copies(
-                        swap_legs(legs, h, &ring),
-                        intent_copies(i, h, &ring)?,
-                        h.clone(),
-                    )
-                })
+                .map(|(i, (legs, h))| column(i, legs, h, &ring))
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(Volume::Raid10(Stripe::new(mirrors, chunk)?))
         }
     }
+}
+
+/// A stripe or raid10 whose column `g` has the move's target (the last
+/// member) as an extra leg: every column is a mirror, so the tree has one
+/// type whichever column moves.
+fn build_moving<R: Ring + Clone>(
+    desc: &VolumeDesc,
+    g: usize,
+    ring: R,
+) -> Result<Volume<R>, BuildError> {
+    let (layout, chunk, mirrored) = match desc.layout {
+        Layout::Linear => return Err(BuildError::Moving { layout: "linear" }),
+        Layout::Mirror => return Err(BuildError::Moving { layout: "mirror" }),
+        Layout::Stripe { chunk } => ("stripe", chunk, false),
+        Layout::Raid10 { chunk } => ("raid10", chunk, true),
+    };
+    let copies = desc.copies;
+    check_copies(layout, copies, mirrored)?;
+    if copies + 1 > MAX_LEGS {
+        return Err(BuildError::Copies {
+            layout,
+            copies,
+            expected: format!("2 to {} during a move", MAX_LEGS - 1),
+        });
+    }
+    let n = desc.members.len();
+    let stripes = n.saturating_sub(1) / copies;
+    if n == 0 || !(n - 1).is_multiple_of(copies) || stripes < 2 {
+        return Err(member_count(
+            layout,
+            format!("{copies} per column, at least 2 columns, plus the move's target"),
+            n,
+        ));
+    }
+    if g >= stripes {
+        return Err(BuildError::MovingGroup {
+            group: g,
+            groups: stripes,
+        });
+    }
+    check_health(layout, &desc.health, stripes, copies, Some(g))?;
+    check_chunk(chunk)?;
+    check_equal(&desc.members)?;
+    let (columns, target) = desc.members.split_at(stripes * copies);
+    let mirrors = columns
+        .chunks(copies)
+        .zip(&desc.health)
+        .enumerate()
+        .map(|(i, (legs, h))| {
+            if i == g {
+                column(i, &[legs, target].concat(), h, &ring)
+            } else {
+                column(i, legs, h, &ring)
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Volume::Raid10(Stripe::new(mirrors, chunk)?))
+}
+
+/// Mirror `i` of a striped tree, over `legs`.
+fn column<R: Ring + Clone>(
+    i: usize,
+    legs: &[MemberDesc],
+    health: &Arc<MirrorHealth>,
+    ring: &R,
+) -> Result<Mirror<SwapLeg<R>, IntentCopy<R>>, BuildError> {
+    Mirror::with_copies(
+        swap_legs(legs, health, ring),
+        intent_copies(i, health, ring)?,
+        health.clone(),
+    )
 }
 
 /// This tree's devices for mirror `mirror`'s write-intent copies (none without

@@ -722,6 +722,7 @@ fn build_volume_writes_the_copies_where_set_copy_placed_them() {
             })
             .collect(),
         health: vec![h.clone()],
+        moving: None,
     };
     let ring = LocalRing::new(16).unwrap();
     // Without locations the tree is refused.

@@ -222,6 +222,55 @@ fn construction_validates_legs() {
     let (h5, _) = health(MAX_LEGS, 0);
     assert!(Mirror::new((0..MAX_LEGS + 1).map(|_| MemDev::new(4096)).collect(), h5).is_err());
     assert!(Mirror::new(vec![MemDev::new(4096), MemDev::new(4096)], h).is_ok());
+    let (h1, _) = health(1, 0);
+    assert!(Mirror::new(Vec::<MemDev>::new(), h1.clone()).is_err());
+    assert!(Mirror::new(vec![MemDev::new(4096)], h1).is_ok());
+}
+
+/// A one-leg mirror (a stripe column while another column moves) behaves as
+/// a plain stripe column: its leg's errors go to the host, request by request.
+#[test]
+fn one_leg_mirror_serves_io_and_errors_with_its_leg() {
+    let ring = LocalRing::new(8).unwrap();
+    let (m, calls) = mem_mirror(1, MIB);
+    let mut model = vec![0u8; MIB as usize];
+    let mut rng = Rng::new(0x1e6);
+    for _ in 0..100 {
+        random_op(&m, &ring, &mut model, &mut rng, CHUNK).unwrap();
+    }
+    check_all(&m, &ring, &model, &mut rng).unwrap();
+    assert!(m.legs()[0].contents() == model);
+    assert_eq!(m.state(), MirrorState::Optimal);
+
+    let leg = &m.legs()[0];
+    leg.set_errno(libc::ENOSPC);
+    leg.set_fail(FailMode::Always);
+    let mut buf = AlignedBuf::new(4096);
+    let e = ring.block_on(m.read(0, &mut buf)).unwrap_err();
+    assert_eq!((e.errno(), e.op()), (libc::ENOSPC, "read"));
+    let e = ring.block_on(m.write(0, &buf, false)).unwrap_err();
+    assert_eq!((e.errno(), e.op()), (libc::ENOSPC, "write"));
+    assert!(ring.block_on(m.flush()).is_err());
+    assert!(ring.block_on(m.write_zeroes(0, 4096)).is_err());
+    // The last leg is never failed: once the error clears it serves again.
+    assert_eq!(m.state(), MirrorState::Optimal);
+    assert!(calls.lock().unwrap().is_empty());
+    leg.set_fail(FailMode::Never);
+    check_read(&m, &ring, &model, 0, 64 * KIB).unwrap();
+
+    // Its leg persisted as failed: the mirror is Failed and never touches it.
+    let (h, _) = health(1, 0b1);
+    let dev = MemDev::new(MIB as usize);
+    let m = Mirror::new(vec![dev.clone()], h).unwrap();
+    assert_eq!(m.state(), MirrorState::Failed);
+    let e = ring.block_on(m.read(0, &mut buf)).unwrap_err();
+    assert_eq!(e.errno(), libc::EIO);
+    assert_eq!(
+        ring.block_on(m.write(0, &buf, false)).unwrap_err().errno(),
+        libc::EIO
+    );
+    assert!(ring.block_on(m.flush()).is_err());
+    assert_eq!((dev.reads(), dev.writes(), dev.flushes()), (0, 0, 0));
 }
 
 fn image_mirror_desc(
@@ -242,6 +291,7 @@ fn image_mirror_desc(
             },
         ],
         health: vec![h],
+        moving: None,
     }
 }
 

@@ -138,6 +138,7 @@ fn raid10_over_image_partitions_through_build_volume() {
         copies: 2,
         members,
         health,
+        moving: None,
     };
     let ring = LocalRing::new(64).unwrap();
     let vol = build_volume(&desc, ring.clone()).unwrap();

@@ -671,6 +671,7 @@ fn rebuild_on_a_job_thread_while_a_queue_thread_writes() {
             },
         ],
         health: vec![h.clone()],
+        moving: None,
     };
     let done = Arc::new(AtomicBool::new(false));
     let ctl = Arc::new(JobControl::new());
@@ -733,6 +734,7 @@ fn raid10_rebuilds_one_mirror_through_volume_mirrors() {
             })
             .collect(),
         health: vec![h0, h1.clone()],
+        moving: None,
     };
     let ring = LocalRing::new(32).unwrap();
     let host = build_volume(&desc, ring.clone()).unwrap();

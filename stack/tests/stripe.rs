@@ -165,6 +165,7 @@ fn stripe_over_image_partitions_through_build_volume() {
         copies: 1,
         members,
         health: vec![],
+        moving: None,
     };
     let ring = LocalRing::new(64).unwrap();
     let vol = build_volume(&desc, ring.clone()).unwrap();

@@ -41,6 +41,7 @@ fn a_replaced_leg_takes_writes_then_rebuilds_and_the_old_one_is_left_alone() {
         copies: 2,
         members: legs.iter().map(member).collect(),
         health: vec![health.clone()],
+        moving: None,
     };
     let ring = LocalRing::new(32).unwrap();
     // Two queues' instances of the same volume.

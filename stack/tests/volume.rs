@@ -54,6 +54,7 @@ impl Env {
             copies,
             members: self.members(sizes),
             health,
+            moving: None,
         };
         build_volume(&desc, self.ring.clone())
     }

@@ -289,7 +289,7 @@ enum VolCmd {
         #[arg(long)]
         wait: bool,
     },
-    /// Remove a mirror leg online, named by --member or by the --alu holding it (never the last in-sync leg; a 2-leg mirror becomes linear). Its space is freed.
+    /// Remove a mirror leg online, named by --member or by the --alu holding it (never the last in-sync leg; a 2-leg mirror becomes linear). Its space is freed. On a stripe or raid10 move's target (the extra member) it abandons the move.
     RemoveLeg {
         name: String,
         #[arg(long)]
@@ -297,7 +297,7 @@ enum VolCmd {
         #[arg(long, value_name = "PATH")]
         alu: Option<String>,
     },
-    /// Move a member of a linear or mirror volume to another ALU or SP online (like pvmove): a temporary mirror leg is copied with checkpoints (resumed after a crash), then the old piece is dropped and freed.
+    /// Move a member of a volume (any layout) to another ALU or SP online (like pvmove): a temporary mirror leg is copied with checkpoints (resumed after a crash), then the old piece is dropped and freed.
     Move {
         name: String,
         /// Target: an owned ALU path, or a storage processor (one of its ALUs with room is picked).

@@ -65,7 +65,6 @@ impl Daemon {
         if v.wi_slots.is_empty() {
             return Ok(None);
         }
-        let copies = v.layout.copies.max(1);
         // A copy on a peer's ALU would need a remote reference into its
         // metadata region, which `part:` exports never reach: a mirror with
         // a leg in another SP runs without a bitmap (a crash resyncs it
@@ -78,12 +77,11 @@ impl Daemon {
                 volume: v.id,
                 mirror: u32::from(j),
             },
-            usize::from(copies),
+            v.legs_of(usize::from(j)),
             v.layout.member_size(v.size),
         )
         .map_err(|e| format!("volume {}: write-intent bitmap: {e}", v.name))?;
-        for leg in 0..copies {
-            let m = j * copies + leg;
+        for (leg, m) in v.group_members(usize::from(j)).into_iter().enumerate() {
             let (alu, off) = v
                 .wi_location(m)
                 .ok_or_else(|| format!("volume {}: member {m}: no write-intent slot", v.name))?;
@@ -91,16 +89,15 @@ impl Daemon {
                 Ok(f) => f,
                 Err(_) => absent_alu()?,
             };
-            wi.set_copy(usize::from(leg), file, off);
+            wi.set_copy(leg, file, off);
         }
         Ok(Some(wi))
     }
 
     /// Whether a leg of mirror `j` of `v` is on a peer's ALU.
     fn remote_leg(&self, v: &VolumeDef, j: u16) -> bool {
-        let copies = v.layout.copies.max(1);
-        (0..copies).any(|leg| {
-            v.wi_location(j * copies + leg)
+        v.group_members(usize::from(j)).into_iter().any(|m| {
+            v.wi_location(m)
                 .and_then(|(alu, _)| self.store.path_of(alu))
                 .is_some_and(|p| self.peer_of(p).is_some())
         })
@@ -129,10 +126,9 @@ impl Daemon {
         if master_elsewhere {
             return false;
         }
-        let copies = v.layout.copies.max(1);
-        (0..mirrors_of(v)).all(|j| {
-            (0..copies).all(|leg| {
-                v.wi_location(j * copies + leg)
+        (0..v.mirror_count()).all(|j| {
+            v.group_members(j).into_iter().all(|m| {
+                v.wi_location(m)
                     .and_then(|(alu, _)| self.store.path_of(alu))
                     .is_some_and(|p| self.peer_of(p).is_none())
             })
@@ -143,7 +139,7 @@ impl Daemon {
     /// hold nothing yet, as `mdadm --assume-clean`).
     pub(super) fn format_intents(&mut self, v: &VolumeDef) -> Result<(), String> {
         let ring = ring()?;
-        for j in 0..mirrors_of(v) {
+        for j in 0..v.mirror_count() as u16 {
             if let Some(wi) = self.place_intent(v, j)? {
                 let wi = Arc::new(wi);
                 ring.block_on(wi.format(&wi.copies_on(ring.clone())))
@@ -191,11 +187,10 @@ impl Daemon {
         let Some(wi) = health.write_intent() else {
             return Ok(());
         };
-        let copies = def.layout.copies.max(1);
         let (alu, off) = def
             .wi_location(member)
             .ok_or_else(|| format!("volume {}: member {member}: no write-intent slot", def.name))?;
-        wi.set_copy(usize::from(member % copies), self.data_file(alu)?, off);
+        wi.set_copy(def.leg_of(member).1, self.data_file(alu)?, off);
         let ring = ring()?;
         ring.block_on(wi.persist(health, &wi.copies_on(ring.clone())))
             .map_err(|e| {
@@ -247,13 +242,4 @@ pub(super) fn bitmap_view(health: &[Arc<MirrorHealth>]) -> Option<BitmapView> {
         dirty: wis.iter().map(|w| w.dirty_regions() as u64).sum(),
         resync_pending: wis.iter().any(|w| w.unsynced()),
     })
-}
-
-/// Number of mirrors of a volume (0 for linear and stripe).
-pub(super) fn mirrors_of(v: &VolumeDef) -> u16 {
-    match v.layout.kind {
-        LayoutKind::Mirror => 1,
-        LayoutKind::Raid10 => v.layout.stripes,
-        _ => 0,
-    }
 }

@@ -104,6 +104,7 @@ impl Daemon {
                 pieces: vec![Piece::local(file, 0, l.size)],
             }],
             health: Vec::new(),
+            moving: None,
         });
         let top = TopDesc::Origin {
             desc: desc.clone(),

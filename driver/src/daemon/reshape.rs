@@ -303,7 +303,7 @@ impl Daemon {
         member: Option<u16>,
         from: Option<&str>,
     ) -> Result<u16, String> {
-        let n = v.layout.members();
+        let n = v.member_count();
         if let Some(m) = member {
             if usize::from(m) >= n {
                 return Err(format!(
