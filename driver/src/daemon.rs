@@ -1633,11 +1633,14 @@ impl Daemon {
             return;
         }
         let work = match (j.kind, j.member) {
-            (JobKind::Rebuild | JobKind::Move, Some(m)) => Work::Rebuild {
-                mirror: v.leg_of(m).0,
-                leg: v.leg_of(m).1,
-                dirty_only: j.dirty_only,
-            },
+            (JobKind::Rebuild | JobKind::Move, Some(m)) => {
+                let (mirror, leg) = v.leg_of(m);
+                Work::Rebuild {
+                    mirror,
+                    leg,
+                    dirty_only: j.dirty_only,
+                }
+            }
             (JobKind::Scrub, _) => Work::Scrub { repair: j.repair },
             (JobKind::Resync, _) => Work::Resync,
             // A rollback runs on the offline origin (see `start_rollback`).

@@ -3119,27 +3119,9 @@ impl Store {
             .validate()
             .map_err(|e| MetaError::Invalid(format!("volume {volume}: {e}")))?;
         let n = old.layout.copies;
-        let msize = old.layout.member_size(old.size);
-        let pieces = first_fit(&self.free_extents(alu), msize).map_err(|short| {
-            MetaError::NoSpace(format!(
-                "volume {volume}: {what}: not enough free space on ALU {alu} ({} MiB short)",
-                short.div_ceil(MIB)
-            ))
-        })?;
-        let mut next_id = list.next_id.max(1);
         let mut def = old.clone();
         def.layout = layout;
-        for p in pieces {
-            def.segments.push(Segment {
-                partition_id: next_id,
-                alu,
-                start: p.start,
-                len: p.len,
-                member: n,
-            });
-            next_id += 1;
-        }
-        def.members.push(MemberHealth::Rebuilding { checkpoint: 0 });
+        let next_id = self.push_rebuilding_member(list, &mut def, alu, n, what)?;
         let todo: Vec<u16> = if old.layout.kind == LayoutKind::Linear {
             def.wi_slots = vec![0; layout.members()];
             (0..=n).collect()
@@ -3189,32 +3171,48 @@ impl Store {
             }));
         }
         let target = old.layout.members() as u16;
-        let msize = old.layout.member_size(old.size);
-        let pieces = first_fit(&self.free_extents(alu), msize).map_err(|short| {
-            MetaError::NoSpace(format!(
-                "volume {volume}: move: not enough free space on ALU {alu} ({} MiB short)",
-                short.div_ceil(MIB)
-            ))
-        })?;
-        let mut next_id = list.next_id.max(1);
         let mut def = old.clone();
-        for p in pieces {
-            def.segments.push(Segment {
-                partition_id: next_id,
-                alu,
-                start: p.start,
-                len: p.len,
-                member: target,
-            });
-            next_id += 1;
-        }
-        def.members.push(MemberHealth::Rebuilding { checkpoint: 0 });
+        let next_id = self.push_rebuilding_member(list, &mut def, alu, target, "move")?;
         def.moving = Some(source);
         if copies > 1 && old.wi_slots.len() == old.layout.members() {
             def.wi_slots.push(0);
             self.assign_wi_slots(&image.volumes, &mut def, &[target], &refused)?;
         }
         Ok((def, next_id))
+    }
+
+    /// Append member `member` to `def`: the member size in first-fit extents of
+    /// `alu` (new partition ids from the list's next id), Rebuilding
+    /// { checkpoint: 0 }. Returns the next object id after them. Pure.
+    fn push_rebuilding_member(
+        &self,
+        list: &BootList,
+        def: &mut VolumeDef,
+        alu: Uuid,
+        member: u16,
+        what: &str,
+    ) -> Result<u64, MetaError> {
+        let msize = def.layout.member_size(def.size);
+        let pieces = first_fit(&self.free_extents(alu), msize).map_err(|short| {
+            MetaError::NoSpace(format!(
+                "volume {}: {what}: not enough free space on ALU {alu} ({} MiB short)",
+                def.name,
+                short.div_ceil(MIB)
+            ))
+        })?;
+        let mut next_id = list.next_id.max(1);
+        for p in pieces {
+            def.segments.push(Segment {
+                partition_id: next_id,
+                alu,
+                start: p.start,
+                len: p.len,
+                member,
+            });
+            next_id += 1;
+        }
+        def.members.push(MemberHealth::Rebuilding { checkpoint: 0 });
+        Ok(next_id)
     }
 
     /// `def` (a stripe or raid10 volume during a move) with its move done: the
