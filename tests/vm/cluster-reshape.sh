@@ -104,14 +104,7 @@ case "$(members_on m1)" in
 *) fail "no temporary leg on sp2's ALU: $(members_on m1)" ;;
 esac
 ok "move started as job $job: a temporary leg on sp2:/dev/vdc, copied through a remote reference"
-i=0
-while :; do
-	done_b=$(json_num "$(tbj job show "$job")" "done")
-	[ "${done_b:-0}" -ge $((64 << 20)) ] && break
-	i=$((i + 1))
-	[ "$i" -le 600 ] || fail "the move never got past 64 MiB: $(tbj job show "$job")"
-	sleep 0.1
-done
+wait_job_past "$job" $((64 << 20))
 kill -KILL "$SP1_PID"
 wait "$SP1_PID" 2>/dev/null || true
 ok "sp1's tierblkd killed with SIGKILL at $done_b bytes into the copy"

@@ -237,6 +237,19 @@ wait_bitmap_clean() {
 	done
 }
 
+# wait_job_past JOB BYTES: wait (up to 60 s) until job JOB has done at least
+# BYTES; its progress then in done_b.
+wait_job_past() {
+	_i=0
+	while :; do
+		done_b=$(json_num "$(tbj job show "$1")" done)
+		[ "${done_b:-0}" -ge "$2" ] && return 0
+		_i=$((_i + 1))
+		[ "$_i" -le 600 ] || fail "job $1 never got past $2 bytes: $(tbj job show "$1")"
+		sleep 0.1
+	done
+}
+
 # wait_fio PID OUT WHAT: the fio run PID (terse v3 output in OUT) must exit
 # 0 and report error 0; WHAT says across what, for the failure message.
 wait_fio() {

@@ -48,14 +48,7 @@ job=$(json_num "$out" id)
 [ -n "$job" ] || fail "vol move returned no job: $out"
 # Killed past the first persisted checkpoint (32 MiB) and well before the
 # end (64 s at 2M/s); the checks follow the restart.
-i=0
-while :; do
-	done_b=$(json_num "$(tbj job show "$job")" done)
-	[ "${done_b:-0}" -ge $((36 << 20)) ] && break
-	i=$((i + 1))
-	[ "$i" -le 400 ] || fail "the move never got past 36 MiB"
-	sleep 0.1
-done
+wait_job_past "$job" $((36 << 20))
 kill -KILL "$DAEMON_PID"
 wait "$DAEMON_PID" 2>/dev/null || true
 DAEMON_PID=""

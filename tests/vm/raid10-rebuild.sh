@@ -71,14 +71,7 @@ sleep 1
 [ "$(json_num "$(tbj job show "$job")" done)" = "$paused_at" ] || fail "a paused job moved"
 tb job resume "$job" >/dev/null
 ok "paused at $paused_at bytes and resumed"
-i=0
-while :; do
-	done_b=$(json_num "$(tbj job show "$job")" done)
-	[ "$done_b" -ge $((40 * 1048576)) ] && break
-	i=$((i + 1))
-	[ "$i" -le 200 ] || fail "rebuild made no progress: $(tbj job show "$job")"
-	sleep 0.2
-done
+wait_job_past "$job" $((40 << 20))
 ok "rebuild at $done_b bytes; kill -9 the daemon"
 kill -KILL "$DAEMON_PID"
 wait "$DAEMON_PID" 2>/dev/null || true

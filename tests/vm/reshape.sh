@@ -45,14 +45,7 @@ job=$(json_num "$out" id)
 [ -n "$job" ] || fail "vol move returned no job: $out"
 json_has "$(vol_json l1)" layout '"mirror"' || fail "l1 is not a temporary mirror during the move"
 ok "move started as job $job (temporary mirror leg on /dev/vdb)"
-i=0
-while :; do
-	done_b=$(json_num "$(tbj job show "$job")" done)
-	[ "${done_b:-0}" -ge $((64 << 20)) ] && break
-	i=$((i + 1))
-	[ "$i" -le 200 ] || fail "the move never got past 64 MiB"
-	sleep 0.1
-done
+wait_job_past "$job" $((64 << 20))
 kill -KILL "$DAEMON_PID"
 wait "$DAEMON_PID" 2>/dev/null || true
 DAEMON_PID=""
