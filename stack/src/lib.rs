@@ -63,11 +63,11 @@ pub use aligned::AlignedBuf;
 pub use bitmap::{IntentCopy, IntentId, WriteIntent};
 pub use leaf::{Leaf, Piece};
 pub use linear::Linear;
-pub use mirror::{Mirror, MirrorHealth, MirrorState};
+pub use mirror::{HeldWindow, Mirror, MirrorHealth, MirrorState};
 pub use partition::{open_alu, Partition};
 pub use remote::{PathReport, RemoteDesc, RemoteRef};
 pub use resync::{
-    rebuild_leg, resync_dirty, scrub, DirtyReport, JobControl, JobError, ScrubReport,
+    rebuild_leg, resync_dirty, scrub, DirtyReport, JobControl, JobError, PeerFence, ScrubReport,
 };
 pub use snapshot::{
     rollback, ExceptionStore, MakeCow, RollbackError, SetEntry, Snapshot, SnapshotOrigin,

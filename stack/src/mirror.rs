@@ -187,9 +187,7 @@ impl JobGuard<'_> {
     /// of them sees the other.
     pub(crate) async fn open(&self, start: u64, len: u64) {
         let h = self.health;
-        h.window_start.store(NO_WINDOW, Ordering::SeqCst);
-        h.window_len.store(len, Ordering::SeqCst);
-        h.window_start.store(start, Ordering::SeqCst);
+        h.set_window(start, len);
         let mut spins = 0;
         for r in h.regions(start, len) {
             while h.inflight[r].load(Ordering::SeqCst) != 0 {
@@ -201,6 +199,60 @@ impl JobGuard<'_> {
     /// Release the window (host writes anywhere proceed).
     pub(crate) fn close(&self) {
         self.health.window_start.store(NO_WINDOW, Ordering::SeqCst);
+    }
+}
+
+/// The sync window held here for a job that runs on another storage
+/// processor and copies onto (or repairs) the legs of the same mirror:
+/// md-cluster's suspend range. The SP running the job tells every other SP
+/// exposing the volume which range it works on; each holds its own host
+/// writes there, as for a local job, and answers once none is in flight
+/// ([`HeldWindow::drained`]). Dropping it releases the window and the job
+/// slot.
+pub struct HeldWindow {
+    health: Arc<MirrorHealth>,
+}
+
+impl fmt::Debug for HeldWindow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HeldWindow")
+            .field("start", &self.health.window_start.load(Ordering::SeqCst))
+            .field("len", &self.health.window_len.load(Ordering::SeqCst))
+            .finish()
+    }
+}
+
+impl HeldWindow {
+    /// Move the window to `[start, start + len)`: host writes overlapping it
+    /// wait from now on (those waiting on the previous window go on unless
+    /// they overlap this one). Returns at once: poll
+    /// [`HeldWindow::drained`] for the writes already in flight there.
+    pub fn set(&self, start: u64, len: u64) {
+        self.health.set_window(start, len);
+    }
+
+    /// Whether no host write is in flight in the regions of
+    /// `[start, start + len)` (the window set last).
+    pub fn drained(&self, start: u64, len: u64) -> bool {
+        !self.health.busy(start, len)
+    }
+
+    /// Release the window (host writes anywhere proceed); the slot stays
+    /// held.
+    pub fn clear(&self) {
+        self.health.window_start.store(NO_WINDOW, Ordering::SeqCst);
+    }
+
+    /// The health this window is held on.
+    pub fn health(&self) -> &Arc<MirrorHealth> {
+        &self.health
+    }
+}
+
+impl Drop for HeldWindow {
+    fn drop(&mut self) {
+        self.health.window_start.store(NO_WINDOW, Ordering::SeqCst);
+        self.health.job.store(false, Ordering::SeqCst);
     }
 }
 
@@ -292,8 +344,10 @@ impl MirrorHealth {
     }
 
     /// Whether any host write/write-zeroes/discard is in flight in the
-    /// sync-window regions overlapping `[off, off + len)`.
-    pub(crate) fn busy(&self, off: u64, len: u64) -> bool {
+    /// sync-window regions overlapping `[off, off + len)` (for a
+    /// [`HeldWindow`]: whether the writes that entered before the window was
+    /// set are done).
+    pub fn busy(&self, off: u64, len: u64) -> bool {
         self.regions(off, len)
             .any(|r| self.inflight[r].load(Ordering::SeqCst) != 0)
     }
@@ -495,6 +549,29 @@ impl MirrorHealth {
                 backoff(&mut spins).await;
             }
         }
+    }
+
+    /// Store the window: its length first, with no window in between, so a
+    /// host write never pairs the new start with the old length.
+    fn set_window(&self, start: u64, len: u64) {
+        self.window_start.store(NO_WINDOW, Ordering::SeqCst);
+        self.window_len.store(len, Ordering::SeqCst);
+        self.window_start.store(start, Ordering::SeqCst);
+    }
+
+    /// Claim the sync window for a job running on another SP (see
+    /// [`HeldWindow`]); `None` if a job holds it here, or if this health has
+    /// no sync window (built with [`MirrorHealth::new`]).
+    pub fn hold_window(self: &Arc<Self>) -> Option<HeldWindow> {
+        if self.inflight.is_empty() {
+            return None;
+        }
+        self.job
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .ok()
+            .map(|_| HeldWindow {
+                health: self.clone(),
+            })
     }
 
     /// Claim the sync window for one job; `None` if another job holds it.
@@ -858,5 +935,52 @@ mod tests {
             .sum();
         assert_eq!(wins, 1);
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    /// A window held for another SP's job (md-cluster's suspend range) holds
+    /// this SP's host writes as a local job's does: exclusive with local
+    /// jobs, writes already in flight visible until they complete, new
+    /// writes in it waiting until it moves, others never.
+    #[test]
+    fn a_held_window_holds_host_writes_like_a_local_job() {
+        use std::future::Future;
+        use std::task::{Context, Waker};
+        let cx = &mut Context::from_waker(Waker::noop());
+        let without = Arc::new(MirrorHealth::new(2, 0, Box::new(|_, _| {})));
+        assert!(without.hold_window().is_none(), "no sync window to hold");
+        let h = Arc::new(MirrorHealth::new_with_rebuild(
+            2,
+            0,
+            &[],
+            8 << 20,
+            Box::new(|_, _| {}),
+        ));
+        let mut early = std::pin::pin!(h.enter_write(0, 4096));
+        let Poll::Ready(in_flight) = early.as_mut().poll(cx) else {
+            panic!("no window yet: the write goes");
+        };
+        let w = h.hold_window().expect("the window is free");
+        assert!(h.hold_window().is_none(), "one holder at a time");
+        assert!(h.claim_job().is_none(), "a local job waits for the hold");
+        w.set(0, 2 << 20);
+        assert!(!w.drained(0, 2 << 20), "the early write is still in flight");
+        assert!(w.drained(4 << 20, 1 << 20));
+        drop(in_flight);
+        assert!(w.drained(0, 2 << 20));
+        let mut inside = std::pin::pin!(h.enter_write(1 << 20, 4096));
+        assert!(
+            inside.as_mut().poll(cx).is_pending(),
+            "a write in the window waits"
+        );
+        assert!(inside.as_mut().poll(cx).is_pending());
+        let mut outside = std::pin::pin!(h.enter_write(4 << 20, 4096));
+        assert!(
+            outside.as_mut().poll(cx).is_ready(),
+            "a write elsewhere goes"
+        );
+        w.set(2 << 20, 1 << 20);
+        assert!(inside.as_mut().poll(cx).is_ready(), "the window moved on");
+        drop(w);
+        assert!(h.claim_job().is_some(), "released with the hold");
     }
 }

@@ -26,6 +26,13 @@
 //! next step boundary), progress, a rate limit and a checkpoint callback so
 //! the daemon persists progress (a rebuild resumes from its checkpoint after
 //! a restart, as pvmove and MD's `recovery_offset` do).
+//!
+//! When other storage processors expose the same volume (spec [0109]–[0110])
+//! their host writes reach the legs too, past this health's window. The
+//! control then carries a [`PeerFence`] (md-cluster's resync messages): before
+//! a step the job has every other writer hold its writes off a span of the
+//! legs around it, for a lease; a step whose write ended after the lease
+//! could have run out is done again under a new hold.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -46,6 +53,88 @@ pub const DEFAULT_CHECKPOINT_EVERY: u64 = 64 << 20;
 /// Callback receiving a checkpoint position (bytes of the leg/mirror done).
 pub type OnCheckpoint = Box<dyn Fn(u64) + Send + Sync>;
 
+/// Span of the legs a job asks other writers to hold at a time (a few steps:
+/// one round trip per span, and their writes elsewhere never wait).
+pub const FENCE_SPAN: u64 = 4 << 20;
+
+/// A hold is renewed when less than this is left of its lease before a step.
+const FENCE_MARGIN: Duration = Duration::from_secs(1);
+
+/// The other writers of a mirror, on other storage processors, that a job
+/// copying onto or repairing its legs must hold off the range it works on
+/// (md-cluster's `RESYNCING` message: each node suspends its writes in the
+/// range until the next message).
+pub trait PeerFence: Send + Sync {
+    /// Have every other writer hold its writes to `[start, start + len)` of
+    /// the legs, and return once none of theirs is in flight there.
+    /// `Ok(until)`: the hold lasts at least until `until` (a lease: past it a
+    /// writer may write there again). Blocks the job's thread, between steps.
+    fn hold(&self, start: u64, len: u64) -> Result<Instant, String>;
+
+    /// The job no longer works on the legs: every writer may write anywhere.
+    fn release(&self);
+}
+
+/// A job's hold on the other writers of its mirror, through the control's
+/// [`PeerFence`] (nothing to do without one); released on drop.
+struct Fencing<'a> {
+    fence: Option<&'a dyn PeerFence>,
+    held: std::ops::Range<u64>,
+    until: Option<Instant>,
+}
+
+impl<'a> Fencing<'a> {
+    fn new(ctl: &'a JobControl) -> Self {
+        Fencing {
+            fence: ctl.fence.as_deref(),
+            held: 0..0,
+            until: None,
+        }
+    }
+
+    /// Make sure `[pos, pos + n)` is held for at least [`FENCE_MARGIN`]
+    /// more, asking for up to [`FENCE_SPAN`] (within `size`) when it is not.
+    fn cover(&mut self, pos: u64, n: u64, size: u64) -> Result<(), JobError> {
+        let Some(f) = self.fence else { return Ok(()) };
+        let fresh = self
+            .until
+            .is_some_and(|t| Instant::now() + FENCE_MARGIN < t);
+        if fresh && self.held.start <= pos && pos + n <= self.held.end {
+            return Ok(());
+        }
+        let end = pos.saturating_add(FENCE_SPAN.max(n)).min(size).max(pos + n);
+        self.until = None;
+        let until = f.hold(pos, end - pos).map_err(JobError::Fence)?;
+        self.held = pos..end;
+        self.until = Some(until);
+        Ok(())
+    }
+
+    /// Whether the hold lasted until now (the step just written needs no
+    /// redo). If not, the next [`Fencing::cover`] asks again.
+    fn lasted(&mut self) -> bool {
+        if self.fence.is_none() || self.until.is_some_and(|t| Instant::now() < t) {
+            return true;
+        }
+        tracing::warn!(
+            start = self.held.start,
+            "the other writers' hold may have run out during the step: doing it again"
+        );
+        self.until = None;
+        false
+    }
+}
+
+impl Drop for Fencing<'_> {
+    fn drop(&mut self) {
+        if let Some(f) = self.fence {
+            if self.held.end > self.held.start {
+                f.release();
+            }
+        }
+    }
+}
+
 /// Control of a running job, shared (e.g. in an `Arc`) between the job thread
 /// and the daemon.
 pub struct JobControl {
@@ -54,6 +143,7 @@ pub struct JobControl {
     rate: AtomicU64,
     checkpoint_every: u64,
     on_checkpoint: Option<OnCheckpoint>,
+    fence: Option<std::sync::Arc<dyn PeerFence>>,
 }
 
 impl Default for JobControl {
@@ -81,7 +171,15 @@ impl JobControl {
             rate: AtomicU64::new(0),
             checkpoint_every: DEFAULT_CHECKPOINT_EVERY,
             on_checkpoint: None,
+            fence: None,
         }
+    }
+
+    /// Hold the mirror's other writers (other SPs exposing the volume) off
+    /// each span the job works on: see [`PeerFence`].
+    pub fn with_fence(mut self, fence: std::sync::Arc<dyn PeerFence>) -> Self {
+        self.fence = Some(fence);
+        self
     }
 
     /// Call `on_checkpoint(position)` each time the job advanced by at least
@@ -161,6 +259,10 @@ pub enum JobError {
     /// [`MirrorHealth::new`], or for another size).
     #[error("mirror health has no sync window of {0} bytes")]
     NoWindow(u64),
+    /// The other writers of the mirror could not be held off the span the
+    /// job works on (another SP did not answer): the job stops where it is.
+    #[error("cannot hold the other writers of the mirror: {0}")]
+    Fence(String),
     /// [`resync_dirty`] on a mirror without a write-intent bitmap.
     #[error("the mirror has no write-intent bitmap")]
     NoBitmap,
@@ -349,19 +451,27 @@ pub async fn rebuild_leg<D: BlockDev, C: BlockDev>(
     let size = mirror.size();
     let mut buf = AlignedBuf::new(step.min(size.max(1)) as usize);
     let mut pacer = Pacer::new(ctl, pos);
+    let mut fencing = Fencing::new(ctl);
     let start = pos;
     tracing::info!(leg, from = pos, size, step, "mirror rebuild started");
     while pos < size {
-        if ctl.is_cancelled() {
+        let n = step.min(size - pos);
+        // Cancelled, or the other writers cannot be held: stop here, with the
+        // copy so far durable.
+        let stop = if ctl.is_cancelled() {
+            Some(JobError::Cancelled { checkpoint: pos })
+        } else {
+            fencing.cover(pos, n, size).err()
+        };
+        if let Some(why) = stop {
             flush_leg(mirror, leg, pos).await?;
             pacer.finish(pos);
-            tracing::info!(leg, checkpoint = pos, "mirror rebuild cancelled");
-            return Err(JobError::Cancelled { checkpoint: pos });
+            tracing::info!(leg, checkpoint = pos, %why, "mirror rebuild stopped");
+            return Err(why);
         }
         if !h.is_rebuilding(leg) {
             return Err(leg_failed(h, leg, libc::EIO, pos));
         }
-        let n = step.min(size - pos);
         let chunk = &mut buf[..n as usize];
         job.open(pos, n).await;
         let copied = match read_healthy(mirror, pos, chunk).await {
@@ -374,6 +484,10 @@ pub async fn rebuild_leg<D: BlockDev, C: BlockDev>(
                 }),
             Err(e) => Err(e),
         };
+        if copied.is_ok() && !fencing.lasted() {
+            job.close();
+            continue;
+        }
         if copied.is_ok() {
             h.set_checkpoint(leg, pos + n);
         }
@@ -424,13 +538,19 @@ pub async fn scrub<D: BlockDev, C: BlockDev>(
     let (mut reference, mut other) = (AlignedBuf::new(cap), AlignedBuf::new(cap));
     let mut report = ScrubReport::default();
     let mut pacer = Pacer::new(ctl, from);
+    let mut fencing = Fencing::new(ctl);
     let mut pos = from;
     while pos < size {
-        if ctl.is_cancelled() {
-            pacer.finish(pos);
-            return Err(JobError::Cancelled { checkpoint: pos });
-        }
         let n = step.min(size - pos);
+        let stop = if ctl.is_cancelled() {
+            Some(JobError::Cancelled { checkpoint: pos })
+        } else {
+            fencing.cover(pos, n, size).err()
+        };
+        if let Some(why) = stop {
+            pacer.finish(pos);
+            return Err(why);
+        }
         let want = &mut reference[..n as usize];
         let cmp = &mut other[..n as usize];
         job.open(pos, n).await;
@@ -492,6 +612,11 @@ pub async fn scrub<D: BlockDev, C: BlockDev>(
             }
         }
         job.close();
+        // Done again if the other writers' hold may have run out (what was
+        // found and repaired stays counted).
+        if !fencing.lasted() {
+            continue;
+        }
         pos += n;
         report.checked += n;
         pacer.advance(pos);
@@ -620,6 +745,7 @@ pub async fn resync_dirty<D: BlockDev, C: BlockDev>(
     let mut buf = AlignedBuf::new(step.min(size.max(1)) as usize);
     let mut pacer = Pacer::new(ctl, pos);
     let mut report = DirtyReport::default();
+    let mut fencing = Fencing::new(ctl);
     // Region being copied (counted once).
     let mut current = None;
     tracing::info!(
@@ -654,10 +780,22 @@ pub async fn resync_dirty<D: BlockDev, C: BlockDev>(
             }
             let n = step.min(end - pos);
             let chunk = &mut buf[..n as usize];
+            if let Err(why) = fencing.cover(pos, n, size) {
+                flush_targets(mirror, target, pos).await?;
+                if target.is_none() {
+                    clear_done(mirror, &wi, 0..wi.region_of(pos)).await?;
+                }
+                pacer.finish(pos);
+                tracing::info!(?target, checkpoint = pos, %why, "dirty-region resync stopped");
+                return Err(why);
+            }
             job.open(pos, n).await;
             let copied = copy_piece(mirror, target, pos, chunk).await;
             job.close();
             copied?;
+            if !fencing.lasted() {
+                continue;
+            }
             report.bytes += n;
             pos + n
         } else {
@@ -698,6 +836,7 @@ pub async fn resync_dirty<D: BlockDev, C: BlockDev>(
         None => wi.mark_synced(),
     }
     drop(job);
+    drop(fencing);
     // In sync wherever every leg is healthy: clear what is idle.
     report.cleared += clear_done(mirror, &wi, 0..wi.regions()).await?;
     pacer.finish(size);
