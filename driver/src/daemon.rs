@@ -9,6 +9,7 @@
 
 mod cluster;
 mod expose;
+mod fence;
 mod intent;
 mod legacy;
 mod meta;
@@ -152,6 +153,9 @@ pub struct Daemon {
     /// Volumes an administrator quiesced (`vol quiesce`): their host I/O is
     /// held at the gate until `vol resume` drops the guard.
     quiesced: HashMap<String, tierblk_stack::gate::Suspended>,
+    /// Spans of mirrors this SP holds its writes off for the master's jobs,
+    /// by (volume, mirror) (see `fence`).
+    fences: BTreeMap<(String, u16), fence::Held>,
     /// What happened, for `tierblk events`.
     log: Arc<EventLog>,
     /// The SP side when peers are configured (`--sp`).
@@ -253,6 +257,7 @@ impl Daemon {
             sweep: Default::default(),
             stats: Default::default(),
             quiesced: HashMap::new(),
+            fences: BTreeMap::new(),
             log: Arc::new(EventLog::default()),
             cluster,
             assigned: BTreeMap::new(),
@@ -883,10 +888,12 @@ impl Daemon {
             Event::JobEnded { id, run, outcome } => self.on_job_ended(id, run, outcome),
             Event::Tick => {
                 self.run_schedules(crate::clock::now());
+                self.expire_fences();
                 self.ticks = self.ticks.wrapping_add(1);
                 if self.ticks.is_multiple_of(INVENTORY_TICKS) {
                     self.inventory();
                     self.finish_pending_moves();
+                    self.retry_jobs();
                 }
                 if self.ticks.is_multiple_of(SCAN_TICKS) && !self.missing.is_empty() {
                     if let Err(e) = self.rescan() {
@@ -897,6 +904,9 @@ impl Daemon {
             Event::Peers(views) => self.on_peers(views),
             Event::Inventory(dead) => self.on_inventory(dead),
             Event::Leadership(l) => self.on_leadership(l),
+            Event::Control(req @ expose::ControlRequest::Fence { .. }, reply) => {
+                self.fence_here(req, reply)
+            }
             Event::Control(req, reply) => {
                 let _ = reply.send(self.on_control(req));
             }
@@ -1621,24 +1631,28 @@ impl Daemon {
         let Some(j) = jobs::next_job(&all, v.id).cloned() else {
             return;
         };
-        let peers = self.writing_peers(v);
-        if jobs::writes_legs(&j) && !peers.is_empty() {
-            warn!(
-                job = j.id,
-                volume = %v.name,
-                "job waits: the volume is also exposed on {} (`tierblk vol unexpose {} --on SP` lets it run)",
-                peers.join(", "),
-                v.name
-            );
-            return;
-        }
+        // Other SPs writing the legs: each must run the tree with the leg
+        // being copied rebuilding, and hold its writes off each span the job
+        // works on (`fence`).
+        let peers = if jobs::writes_legs(&j) {
+            self.writing_peers(v)
+        } else {
+            Vec::new()
+        };
+        let fence = match self.fence_peers(v, &peers) {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(job = j.id, volume = %v.name, "job waits: {e}");
+                return;
+            }
+        };
         let work = match (j.kind, j.member) {
             (JobKind::Rebuild | JobKind::Move, Some(m)) => {
                 let (mirror, leg) = v.leg_of(m);
                 Work::Rebuild {
                     mirror,
                     leg,
-                    dirty_only: j.dirty_only,
+                    dirty_only: j.dirty_only && !self.whole_copy(&j, v),
                 }
             }
             (JobKind::Scrub, _) => Work::Scrub { repair: j.repair },
@@ -1656,6 +1670,7 @@ impl Daemon {
             repaired: j.repaired,
             rate: j.rate,
             leg_size: jobs::leg_size(&desc),
+            fence: fence.map(|f| f as Arc<dyn jobs::MirrorFence>),
         };
         match jobs::spawn(spec, self.events.clone()) {
             Ok(r) => {
@@ -1669,6 +1684,24 @@ impl Daemon {
             }
             Err(e) => error!(job = j.id, "cannot start the job thread: {e}"),
         }
+    }
+
+    /// Whether the re-add `j` of a leg of `v` must copy the whole leg: the
+    /// writes of other SPs exposing `v` while the leg was away are in no
+    /// bitmap of this SP's. Says so in the job, once.
+    fn whole_copy(&mut self, j: &Job, v: &VolumeDef) -> bool {
+        let peers = self.exposing_peers(v);
+        if peers.is_empty() {
+            return false;
+        }
+        let mut whole = j.clone();
+        whole.dirty_only = false;
+        whole.message = format!("whole leg: also exposed on {}", peers.join(", "));
+        info!(job = j.id, volume = %v.name, "re-add copies the whole leg: {}", whole.message);
+        if let Err(e) = self.store.update_job(&whole) {
+            error!(job = j.id, "cannot persist the whole copy: {e}");
+        }
+        true
     }
 
     /// Stop the volume's job threads, persisting how far they got; they stay
@@ -2032,6 +2065,28 @@ impl Daemon {
                 j.checkpoint = checkpoint.min(j.total);
                 j.message = message.chars().take(120).collect();
             }
+            // Another SP could not be held: still running, started again at
+            // the next inventory round (`retry_jobs`).
+            jobs::Outcome::Waiting {
+                checkpoint,
+                mismatches,
+                repaired,
+                message,
+            } => {
+                j.checkpoint = checkpoint.min(j.total);
+                (j.mismatches, j.repaired) = (mismatches, repaired);
+                warn!(job = id, "job waits: {message}");
+                if let Err(e) = self.store.update_job(&j) {
+                    error!(job = id, "cannot persist the job's checkpoint: {e}");
+                }
+                let vname = self.volume_by_id(j.volume).map(|v| v.name);
+                self.log.emit(
+                    "job-waiting",
+                    vname.as_deref(),
+                    format!("job {id} ({:?}): {message}", j.kind),
+                );
+                return;
+            }
         }
         let vname = self.volume_by_id(j.volume).map(|v| v.name);
         self.log.emit(
@@ -2056,6 +2111,10 @@ impl Daemon {
                     }
                 }
                 info!(volume = %v.name, member = m, "rebuild complete: leg in sync");
+                // The other SPs read the leg again.
+                if let Err(e) = self.assign_writers(&v) {
+                    warn!(volume = %v.name, "the other SPs keep the leg unread for now: {e}");
+                }
             }
         }
     }

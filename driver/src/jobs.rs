@@ -15,7 +15,7 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use tierblk_meta::{Job, JobKind, JobState};
-use tierblk_stack::resync::{rebuild_leg, resync_dirty, scrub, JobControl, JobError};
+use tierblk_stack::resync::{rebuild_leg, resync_dirty, scrub, JobControl, JobError, PeerFence};
 use tierblk_stack::uring::LocalRing;
 use tierblk_stack::volume::{build_volume, VolumeDesc};
 use tierblk_stack::{rollback, RollbackError, SetEntry, Snapshot, SnapshotOrigin, SnapshotState};
@@ -116,6 +116,14 @@ pub enum Outcome {
         checkpoint: u64,
         message: String,
     },
+    /// Stopped because another SP writing the legs could not be held: the
+    /// job stays running and is started again later.
+    Waiting {
+        checkpoint: u64,
+        mismatches: u64,
+        repaired: u64,
+        message: String,
+    },
 }
 
 /// A running job, as the daemon holds it.
@@ -168,6 +176,16 @@ pub struct Spec {
     pub rate: u64,
     /// Bytes per mirror leg: a scrub's checkpoint runs over every mirror in turn.
     pub leg_size: u64,
+    /// The other SPs writing the volume's legs, held off each span the job
+    /// works on (none: no other SP exposes the volume).
+    pub fence: Option<Arc<dyn MirrorFence>>,
+}
+
+/// A [`PeerFence`] over every mirror of a volume: the job names the mirror it
+/// works on before it holds spans of its legs.
+pub trait MirrorFence: PeerFence {
+    /// The spans held from now on are of mirror `mirror`'s legs.
+    fn at_mirror(&self, mirror: usize);
 }
 
 pub fn spawn(spec: Spec, events: mpsc::Sender<Event>) -> std::io::Result<Runner> {
@@ -182,7 +200,7 @@ pub fn spawn(spec: Spec, events: mpsc::Sender<Event>) -> std::io::Result<Runner>
         Work::Rollback(_) => ROLLBACK_CHECKPOINT_EVERY,
         _ => CHECKPOINT_EVERY,
     };
-    let control = Arc::new(JobControl::new().with_checkpoint(
+    let control = JobControl::new().with_checkpoint(
         every,
         Box::new(move |offset| {
             let _ = progress_events.send(Event::JobProgress {
@@ -190,7 +208,12 @@ pub fn spawn(spec: Spec, events: mpsc::Sender<Event>) -> std::io::Result<Runner>
                 checkpoint: b.load(Ordering::SeqCst) + offset,
             });
         }),
-    ));
+    );
+    let control = match &spec.fence {
+        Some(f) => control.with_fence(f.clone()),
+        None => control,
+    };
+    let control = Arc::new(control);
     control.set_rate_limit(spec.rate);
     let ctl = control.clone();
     let job_base = base.clone();
@@ -250,6 +273,9 @@ fn run(spec: &Spec, ctl: &JobControl, base: &AtomicU64) -> Outcome {
                     message: format!("no mirror {mirror}"),
                 };
             };
+            if let Some(f) = &spec.fence {
+                f.at_mirror(mirror);
+            }
             let bitmap = m.health().write_intent().is_some();
             let r = if *dirty_only && bitmap {
                 ring.block_on(resync_dirty(m, Some(leg), STEP, ctl))
@@ -275,6 +301,9 @@ fn run(spec: &Spec, ctl: &JobControl, base: &AtomicU64) -> Outcome {
             for (i, m) in mirrors.iter().enumerate().skip(first) {
                 let from = if i == first { spec.start % leg } else { 0 };
                 base.store(i as u64 * leg, Ordering::SeqCst);
+                if let Some(f) = &spec.fence {
+                    f.at_mirror(i);
+                }
                 match ring.block_on(scrub(m, from, STEP, *repair, ctl)) {
                     Ok(r) => {
                         mismatches += r.mismatches;
@@ -296,6 +325,9 @@ fn run(spec: &Spec, ctl: &JobControl, base: &AtomicU64) -> Outcome {
             let leg = spec.leg_size.max(1);
             let first = (spec.start / leg) as usize;
             for (i, m) in mirrors.iter().enumerate().skip(first) {
+                if let Some(f) = &spec.fence {
+                    f.at_mirror(i);
+                }
                 let Some(wi) = m.health().write_intent() else {
                     // No record of where writes were in flight (a mirror that
                     // ran without a bitmap: a leg on a peer's ALU): a
@@ -381,6 +413,12 @@ fn ended(
             checkpoint,
             mismatches,
             repaired,
+        },
+        JobError::Fence(why) => Outcome::Waiting {
+            checkpoint,
+            mismatches,
+            repaired,
+            message: why,
         },
         other => Outcome::Failed {
             checkpoint,

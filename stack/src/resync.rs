@@ -78,6 +78,7 @@ pub trait PeerFence: Send + Sync {
 /// A job's hold on the other writers of its mirror, through the control's
 /// [`PeerFence`] (nothing to do without one); released on drop.
 struct Fencing<'a> {
+    ctl: &'a JobControl,
     fence: Option<&'a dyn PeerFence>,
     held: std::ops::Range<u64>,
     until: Option<Instant>,
@@ -86,6 +87,7 @@ struct Fencing<'a> {
 impl<'a> Fencing<'a> {
     fn new(ctl: &'a JobControl) -> Self {
         Fencing {
+            ctl,
             fence: ctl.fence.as_deref(),
             held: 0..0,
             until: None,
@@ -108,6 +110,15 @@ impl<'a> Fencing<'a> {
         self.held = pos..end;
         self.until = Some(until);
         Ok(())
+    }
+
+    /// Why the job stops before the step `[pos, pos + n)`: cancelled, or the
+    /// other writers cannot be held off it.
+    fn stop_before(&mut self, pos: u64, n: u64, size: u64) -> Option<JobError> {
+        if self.ctl.is_cancelled() {
+            return Some(JobError::Cancelled { checkpoint: pos });
+        }
+        self.cover(pos, n, size).err()
     }
 
     /// Whether the hold lasted until now (the step just written needs no
@@ -456,14 +467,8 @@ pub async fn rebuild_leg<D: BlockDev, C: BlockDev>(
     tracing::info!(leg, from = pos, size, step, "mirror rebuild started");
     while pos < size {
         let n = step.min(size - pos);
-        // Cancelled, or the other writers cannot be held: stop here, with the
-        // copy so far durable.
-        let stop = if ctl.is_cancelled() {
-            Some(JobError::Cancelled { checkpoint: pos })
-        } else {
-            fencing.cover(pos, n, size).err()
-        };
-        if let Some(why) = stop {
+        // Stopped here with the copy so far durable.
+        if let Some(why) = fencing.stop_before(pos, n, size) {
             flush_leg(mirror, leg, pos).await?;
             pacer.finish(pos);
             tracing::info!(leg, checkpoint = pos, %why, "mirror rebuild stopped");
@@ -542,12 +547,7 @@ pub async fn scrub<D: BlockDev, C: BlockDev>(
     let mut pos = from;
     while pos < size {
         let n = step.min(size - pos);
-        let stop = if ctl.is_cancelled() {
-            Some(JobError::Cancelled { checkpoint: pos })
-        } else {
-            fencing.cover(pos, n, size).err()
-        };
-        if let Some(why) = stop {
+        if let Some(why) = fencing.stop_before(pos, n, size) {
             pacer.finish(pos);
             return Err(why);
         }

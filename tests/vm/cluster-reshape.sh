@@ -222,17 +222,8 @@ ok "fio: write + verify with 0 errors across expose and unexpose"
 no_io_error "expose, unexpose"
 
 # --- the end: verify everything, e2fsck, scrub the two legs -------------------
-engine=$(fio_engine)
-for f in data:96M data2:48M; do
-	fio --name=load --filename="/mnt/${f%%:*}" --rw=randwrite --bs=4k --direct=1 --ioengine="$engine" \
-		--iodepth=16 --size="${f##*:}" --verify=crc32c --verify_fatal=1 --randrepeat=1 --verify_only \
-		--output-format=terse --terse-version=3 >/tmp/fio-end.out 2>&1 || {
-		cat /tmp/fio-end.out
-		fail "final verify of /mnt/${f%%:*} failed"
-	}
-	e=$(grep ';' /tmp/fio-end.out | tail -n 1 | cut -d';' -f5)
-	[ "$e" = 0 ] || fail "final verify of /mnt/${f%%:*}: error=$e"
-done
+fio_verify_load /mnt/data 96M "final verify"
+fio_verify_load /mnt/data2 48M "final verify"
 ok "final verify pass of both files: 0 errors"
 umount /mnt
 fsck_clean "$dev" "e2fsck found problems"

@@ -19,10 +19,14 @@
 #   it), the same tree: it re-admits its reference to sp2's leg in place;
 # - no leg fails, fio sees 0 errors, the kernel logs no I/O error.
 # The takeover queues a repairing scrub (a mirror that ran on a master now
-# gone); it writes legs, so it waits while sp3 can still write m1 and runs
-# once m1 is unexposed there (sp1, given up on, holds no session). Ends with
-# the repair done, a scrub with 0 mismatches, fio's verify pass and e2fsck -fn
-# clean.
+# gone). It writes legs while sp3 can still write m1, and no longer waits for
+# sp3 to go: the new master fences each span it repairs on sp3 (md-cluster's
+# suspend range: sp3 holds its writes there until the span is done; sp1,
+# given up on, holds no session), so the repair runs and ends done while
+# sp3's writes go on and fio writes through sp2. Then `vol unexpose --on
+# sp3`; a checking scrub finds 0 mismatches, fio's verify pass and e2fsck
+# -fn are clean. (sp3 runs with the fence module's debug log: it must have
+# held its writes for the repair, and no hold may run out its lease.)
 # vm-run: --disks 3 --disk-size 384M
 set -eu
 . "$(dirname "$0")/lib.sh"
@@ -37,7 +41,12 @@ trap 'sp_cleanup $?' EXIT
 start_sp sp1 --alu /dev/vda --peer "sp2=unix:$R/sp2.sock" --peer "sp3=unix:$R/sp3.sock"
 SP1_PID=$LAST_PID
 start_sp sp2 --alu /dev/vdb --peer "sp1=unix:$R/sp1.sock" --peer "sp3=unix:$R/sp3.sock"
+# sp3 logs each hold it takes for the master's jobs (a debug line of the
+# fence module).
+log_was=${TIERBLK_LOG-}
+export TIERBLK_LOG="${TIERBLK_LOG:-info},tierblk::daemon::fence=debug"
 start_sp sp3 --alu /dev/vdc --peer "sp1=unix:$R/sp1.sock" --peer "sp2=unix:$R/sp2.sock"
+if [ -n "$log_was" ]; then TIERBLK_LOG=$log_was; else unset TIERBLK_LOG; fi
 wait_role "$TIERBLK_SOCKET" sp1 master
 ok "sp1 is master"
 for a in /dev/vda sp2:/dev/vdb sp3:/dev/vdc; do tb alu claim "$a" >/dev/null; done
@@ -83,6 +92,23 @@ wait_role "$R/sp3.ctl" sp2 master
 $TB2 sp list
 grep -q "taking the master role" /tmp/sp2.log || fail "sp2 did not take office"
 ok "sp2 took over; sp3 follows it"
+# From now on, the takeover's repair of m1 and the writes through sp3 side by
+# side: "STATE COUNT" every ~0.2 s until the repair ends (checked below).
+m1_jobs() { $TB2 --json job list | grep -o '{[^}]*}' | grep '"volume":"m1"'; }
+rep_trace() {
+	_k=0
+	while [ "$_k" -lt 1500 ]; do
+		_s=$(m1_jobs 2>/dev/null | grep '"kind":"scrub-repair"' | sed -n 's/.*"state":"\([a-z]*\)".*/\1/p')
+		echo "${_s:-none} $(cat /tmp/tail.count 2>/dev/null || echo 0)" >>/tmp/rep.trace
+		case "$_s" in done | failed) return ;; esac
+		_k=$((_k + 1))
+		sleep 0.2
+	done
+}
+rm -f /tmp/rep.trace
+rep_trace &
+TRACE_PID=$!
+PIDS="$PIDS $TRACE_PID"
 
 i=0
 until grep -q "kept online across the takeover" /tmp/sp2.log; do
@@ -121,16 +147,43 @@ case "$j" in *'"health":"failed"'* | *'"health":"rebuilding"'*) fail "a leg of m
 json_has "$j" state '"online"' || fail "m1 is not online on sp2: $j"
 ok "writes through sp3 go on ($c0 -> $c1 rounds), both legs healthy"
 
-# The takeover's repair of m1 writes legs: it waits while sp3 exposes m1.
-m1_jobs() { $TB2 --json job list | grep -o '{[^}]*}' | grep '"volume":"m1"'; }
+# The takeover's repair of m1 writes legs: it runs, fenced, while sp3 still
+# exposes m1 and writes it.
 rep=$(m1_jobs | grep '"kind":"scrub-repair"') || fail "the takeover queued no repair of m1: $($TB2 job list)"
-grep -q "job waits: the volume is also exposed on sp3" /tmp/sp2.log ||
-	fail "the repair did not wait for sp3: $rep"
-json_has "$rep" state '"running"' || fail "the repair is not pending: $rep"
-ok "the takeover's repairing scrub of m1 waits while sp3 exposes m1"
+rid=$(json_num "$rep" id)
+# (It may wait a round while sp3 does not follow sp2 yet: it needs m1's tree
+# from the new master first. It must not wait for an unexpose.)
+i=0
+until grep "job started" /tmp/sp2.log | grep -q "job=$rid "; do
+	i=$((i + 1))
+	[ "$i" -le 150 ] || fail "the repair of m1 never started while sp3 exposes m1: $($TB2 job list)"
+	sleep 0.2
+done
+out=$($TB2 --json job show "$rid" --wait) || fail "the repair failed: $out"
+json_has "$out" state '"done"' || fail "the repair did not end done: $out"
+wait "$TRACE_PID" || true
+[ -f /tmp/tail-failed ] && fail "$(cat /tmp/tail-failed)"
+[ -b "$dev3" ] || fail "$dev3 went away during the repair"
+kill -0 "$fio1" || fail "fio's write pass ended before the repair did: no load across it"
+# sp3's writes go on while the repair runs: a fence holds them only for the
+# span being repaired, never for the whole job.
+n=$(grep -c '^running ' /tmp/rep.trace || true)
+c0=$(grep '^running ' /tmp/rep.trace | head -n 1 | cut -d' ' -f2)
+c1=$(grep '^running ' /tmp/rep.trace | tail -n 1 | cut -d' ' -f2)
+echo "repair seen running in $n samples; writes through sp3: round ${c0:-?} -> ${c1:-?}"
+if [ "$n" -ge 20 ] && [ "$c1" -le "$c0" ]; then
+	cat /tmp/rep.trace
+	fail "no write through sp3 completed while the repair ran ($n samples)"
+fi
+grep -q "holding writes for the master's job.*volume=m1" /tmp/sp3.log ||
+	fail "sp3 never held its writes for the new master's repair"
+if grep "hold on writes ran out" /tmp/sp3.log; then
+	fail "a hold on sp3 ran out its lease (the master lost track of it)"
+fi
+ok "the takeover's repairing scrub ran while sp3 exposes m1 and writes it: done, $(json_num "$out" repaired) regions repaired"
 
-wait_fio "$fio1" /tmp/fio-load.out "across sp1's kill -9 and sp2's takeover"
-ok "fio: write + verify with 0 errors across the takeover"
+wait_fio "$fio1" /tmp/fio-load.out "across sp1's kill -9, sp2's takeover and the repair"
+ok "fio: write + verify with 0 errors across the takeover and the repair"
 touch /tmp/stop-tail
 wait "$TAIL_PID" || true
 [ -f /tmp/tail-failed ] && fail "$(cat /tmp/tail-failed)"
@@ -142,21 +195,13 @@ no_io_error "takeover"
 
 $TB2 vol unexpose m1 --on sp3 >/dev/null
 [ -e "$dev3" ] && fail "$dev3 still exists after unexpose"
-out=$($TB2 --json job show "$(json_num "$rep" id)" --wait)
-json_has "$out" state '"done"' || fail "the repair did not end done: $out"
-ok "m1 unexposed on sp3: the repair ran ($(json_num "$out" repaired) regions repaired)"
+ok "m1 unexposed on sp3"
 out=$($TB2 --json vol scrub m1 --wait)
 json_has "$out" state '"done"' || fail "scrub not done: $out"
 [ "$(json_num "$out" mismatches)" = 0 ] || fail "the legs differ: $out"
 ok "scrub: sp2's and sp3's legs are identical"
 
-fio --name=load --filename=/mnt/data --rw=randwrite --bs=4k --direct=1 --ioengine="$(fio_engine)" \
-	--iodepth=16 --size=96M --verify=crc32c --verify_fatal=1 --randrepeat=1 --verify_only \
-	--output-format=terse --terse-version=3 >/tmp/fio-end.out 2>&1 || {
-	cat /tmp/fio-end.out
-	fail "final verify failed"
-}
-[ "$(grep ';' /tmp/fio-end.out | tail -n 1 | cut -d';' -f5)" = 0 ] || fail "final verify: errors"
+fio_verify_load /mnt/data 96M "final verify"
 ok "final verify pass: 0 errors"
 umount /mnt
 fsck_clean "$dev2" "e2fsck found problems"

@@ -294,6 +294,20 @@ fio_load() {
 	FIO_PID=$!
 }
 
+# fio_verify_load FILE SIZE WHAT: read back what fio_load FILE SIZE wrote
+# (a verify-only pass of the same job); fails, naming WHAT, unless fio
+# reports error 0.
+fio_verify_load() {
+	fio --name=load --filename="$1" --rw=randwrite --bs=4k --direct=1 --ioengine="$(fio_engine)" \
+		--iodepth=16 --size="$2" --verify=crc32c --verify_fatal=1 --randrepeat=1 --verify_only \
+		--output-format=terse --terse-version=3 >/tmp/fio-end.out 2>&1 || {
+		cat /tmp/fio-end.out
+		fail "$3: verify of $1 failed"
+	}
+	_e=$(grep ';' /tmp/fio-end.out | tail -n 1 | cut -d';' -f5)
+	[ "$_e" = 0 ] || fail "$3: verify of $1: error=$_e"
+}
+
 # fio_write_verify DEV SIZE [EXTRA FIO ARGS...]: random 4k direct writes with
 # crc32c verify headers, then a separate verify-only pass that re-reads and
 # checks every block. Fails unless both passes report error 0 and the verify

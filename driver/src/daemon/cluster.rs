@@ -531,6 +531,9 @@ impl Daemon {
             return;
         };
         info!(sp = %c.sp.name, generation, "taking the master role");
+        // Holds for the old master's jobs: it is gone, and this SP runs the
+        // jobs from now on.
+        self.fences.clear();
         c.catalog.set_role(true, generation);
         c.role = Role::Master { generation };
         let (mut disks, mut missing) = open_disks(&self.cfg.alus);

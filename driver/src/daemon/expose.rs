@@ -59,6 +59,26 @@ pub enum ControlRequest {
         generation: u64,
         volume: String,
     },
+    /// Master -> SP: hold host writes to `[start, start + len)` of mirror
+    /// `mirror`'s legs of `volume` for `lease_ms`, and answer once none is in
+    /// flight there: a job on the master copies or repairs that span
+    /// (md-cluster's resync range; see `daemon::fence`).
+    Fence {
+        master: String,
+        generation: u64,
+        volume: String,
+        mirror: u16,
+        start: u64,
+        len: u64,
+        lease_ms: u64,
+    },
+    /// Master -> SP: the job no longer works on `volume`'s mirror `mirror`.
+    Unfence {
+        master: String,
+        generation: u64,
+        volume: String,
+        mirror: u16,
+    },
     /// SP -> master: a mirror leg of `volume` failed on the SP's data path.
     LegFailed {
         sp: String,
@@ -90,6 +110,11 @@ pub struct Assignment {
     /// member `stripes * copies`; see `VolumeDef::moving`).
     #[serde(default)]
     pub moving: Option<u16>,
+    /// Members being copied onto (also in `degraded`, for an SP that does
+    /// not know this field: it leaves them out altogether): written at every
+    /// offset, never read (see `fence`).
+    #[serde(default)]
+    pub rebuilding: Vec<u16>,
 }
 
 /// A volume this SP exposes for the master.
@@ -160,13 +185,20 @@ impl Assignment {
         for (i, b) in wwn.iter_mut().enumerate() {
             *b = u8::from_str_radix(&self.wwn[2 * i..2 * i + 2], 16).map_err(|_| bad("wwn"))?;
         }
+        let mut health = vec![MemberHealth::Ok; members];
+        for &m in &self.rebuilding {
+            *health
+                .get_mut(usize::from(m))
+                .ok_or_else(|| bad("rebuilding member"))? =
+                MemberHealth::Rebuilding { checkpoint: 0 };
+        }
         let def = VolumeDef {
             id: self.id,
             name: self.name.clone(),
             size: self.size,
             wwn,
             segments,
-            members: vec![MemberHealth::Ok; members],
+            members: health,
             layout,
             snapshot: None,
             // No bitmap on an exposing peer (module docs).
@@ -197,7 +229,7 @@ impl Daemon {
         }
     }
 
-    fn me(&self) -> Result<(String, u64), String> {
+    pub(super) fn me(&self) -> Result<(String, u64), String> {
         match self.cluster.as_ref().map(|c| (&c.sp.name, &c.role)) {
             Some((me, Role::Master { generation })) => Ok((me.clone(), *generation)),
             _ => Err("exposing on other SPs needs tierblkd --sp (this SP the master)".into()),
@@ -226,21 +258,6 @@ impl Daemon {
                 snaps.join(", ")
             ));
         }
-        if let Some(j) = self
-            .store
-            .jobs()
-            .into_iter()
-            .find(|j| j.volume == v.id && jobs::writes_legs(j) && !j.state.finished())
-        {
-            // Another SP's writes would not reach the leg being copied
-            // (module docs: no jobs on an exposing peer), and would race a
-            // resync's or repair's copy between legs.
-            return Err(format!(
-                "volume {name}: job {} ({}) writes its legs: expose it elsewhere once it is done",
-                j.id,
-                jobs::kind_name(&j)
-            ));
-        }
         if sp != me && self.cluster.as_ref().and_then(|c| c.paths_of(sp)).is_none() {
             return Err(format!("sp {sp}: not a configured peer"));
         }
@@ -248,24 +265,46 @@ impl Daemon {
         if on.iter().any(|s| s == sp) || (on.is_empty() && sp == me) {
             return Err(format!("volume {name}: already exposed on sp {sp}"));
         }
-        // The SP exposes it first; only then does the map say so.
+        // A job writing the legs holds off only the SPs that wrote when it
+        // started (`fence`): stopped before the new SP writes, started again
+        // over every writer once the map names it.
+        let job = self.leg_writer(&v).filter(|_| sp != me);
+        if job.is_some() {
+            self.stop_jobs_of(name);
+        }
+        let added = self.add_exposure(name, &v, sp, &me, on.is_empty());
+        if job.is_some() {
+            self.start_jobs_of(&v);
+        }
+        added?;
+        self.log.emit("volume-exposed", Some(name), sp.to_string());
+        Ok(Payload::Volume(self.volume_view(&self.volume(name)?)))
+    }
+
+    /// `sp` exposes `v`, then the map says so (the master too when the
+    /// volume had no entry, `first`: it keeps exposing it).
+    fn add_exposure(
+        &mut self,
+        name: &str,
+        v: &VolumeDef,
+        sp: &str,
+        me: &str,
+        first: bool,
+    ) -> Result<(), String> {
         if sp == me {
             self.online(name)?;
         } else {
-            self.assign(&v, sp)?;
+            self.assign(v, sp)?;
         }
-        // A volume with no entry is exposed by the master: keep it so when
-        // another SP is added.
-        if on.is_empty() && sp != me {
+        if first && sp != me {
             self.store
-                .set_exposure(name, &me, true)
+                .set_exposure(name, me, true)
                 .map_err(|e| e.to_string())?;
         }
         self.store
             .set_exposure(name, sp, true)
-            .map_err(|e| e.to_string())?;
-        self.log.emit("volume-exposed", Some(name), sp.to_string());
-        Ok(Payload::Volume(self.volume_view(&self.volume(name)?)))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 
     /// `vol unexpose NAME --on SP`: host I/O stops there first, then the
@@ -344,6 +383,13 @@ impl Daemon {
             degraded,
             owners,
             moving: v.moving,
+            rebuilding: v
+                .members
+                .iter()
+                .enumerate()
+                .filter(|(_, h)| matches!(h, MemberHealth::Rebuilding { .. }))
+                .map(|(m, _)| m as u16)
+                .collect(),
         };
         self.send(
             sp,
@@ -387,12 +433,13 @@ impl Daemon {
                 if sp == me || only.is_some_and(|o| o != sp) {
                     continue;
                 }
-                if let Some(j) = self.leg_writer(&v) {
-                    // Its writes would race the job's copy between legs:
-                    // it gets the volume once the job is done.
-                    debug!(volume = %v.name, %sp, job = j.id, "assignment waits for the job");
-                    failed.insert(sp);
-                    continue;
+                // A job writing the legs holds only the SPs that wrote when it
+                // started: stopped while this one gets the tree, started
+                // again over every writer.
+                let job = self.leg_writer(&v);
+                if let Some(j) = &job {
+                    debug!(volume = %v.name, %sp, job = j.id, "job stopped while the SP gets the volume");
+                    self.stop_jobs_of(&v.name);
                 }
                 match self.assign(&v, &sp) {
                     Ok(()) => info!(volume = %v.name, %sp, "assigned"),
@@ -400,6 +447,9 @@ impl Daemon {
                         warn!(volume = %v.name, %sp, "cannot assign: {e}");
                         failed.insert(sp);
                     }
+                }
+                if job.is_some() {
+                    self.start_jobs_of(&v);
                 }
             }
         }
@@ -463,6 +513,7 @@ impl Daemon {
                     self.offline(&volume)?;
                     self.assigned.remove(&volume);
                     self.runtime.remove(&volume);
+                    self.carry_fences(&volume);
                 }
                 Ok(format!("volume {volume}: withdrawn"))
             }
@@ -486,6 +537,14 @@ impl Daemon {
             }
             // Answered by the catalog itself (cluster.rs), never queued.
             ControlRequest::State => Err("state is answered by the fabric server".into()),
+            // Answered from a thread of its own (`fence_here`).
+            ControlRequest::Fence { .. } => Err("fence requests are answered apart".into()),
+            ControlRequest::Unfence {
+                master,
+                generation,
+                volume,
+                mirror,
+            } => self.unfence_here(&master, generation, &volume, mirror),
             ControlRequest::LegFailed {
                 sp,
                 volume,
@@ -685,7 +744,7 @@ impl Daemon {
             .collect()
     }
 
-    fn check_master(&self, master: &str, generation: u64) -> Result<(), String> {
+    pub(super) fn check_master(&self, master: &str, generation: u64) -> Result<(), String> {
         let c = self.cluster.as_ref().ok_or("no peers")?;
         let seen = c.catalog.generation();
         if generation < seen {
@@ -759,6 +818,7 @@ mod tests {
             degraded: vec![],
             owners: vec![("00112233-4455-6677-8899-aabbccddeeff".into(), "sp2".into())],
             moving: None,
+            rebuilding: vec![],
         }
     }
 
@@ -783,6 +843,7 @@ mod tests {
             |a: &mut Assignment| (a.stripes, a.copies) = (0, 2),
             // a move's extra leg is for stripes and raid10 only
             |a: &mut Assignment| a.moving = Some(0),
+            |a: &mut Assignment| a.rebuilding = vec![2],
         ] {
             let mut a = sample();
             f(&mut a);
@@ -812,5 +873,55 @@ mod tests {
                 let _ = volume.to_def();
             }
         }
+    }
+
+    /// A leg being copied reaches an exposing SP rebuilding (its writes go
+    /// there, its reads do not); an SP that predates the field reads the
+    /// assignment too, and finds the leg among the degraded ones.
+    #[test]
+    fn a_leg_being_copied_is_rebuilding_in_the_peer_tree() {
+        let mut a = sample();
+        (a.degraded, a.rebuilding) = (vec![1], vec![1]);
+        let (def, _) = a.to_def().unwrap();
+        assert_eq!(def.members[0], MemberHealth::Ok);
+        assert_eq!(def.members[1], MemberHealth::Rebuilding { checkpoint: 0 });
+        let json = serde_json::to_value(&a).unwrap();
+        assert_eq!(json["rebuilding"], serde_json::json!([1]));
+        assert_eq!(json["degraded"], serde_json::json!([1]));
+        // Without the field (an older master): no leg rebuilding.
+        let mut old = json.clone();
+        old.as_object_mut().unwrap().remove("rebuilding");
+        let a: Assignment = serde_json::from_value(old).unwrap();
+        assert!(a.rebuilding.is_empty());
+        assert_eq!(a.to_def().unwrap().0.members[1], MemberHealth::Ok);
+    }
+
+    /// Fence requests keep their wire form (`"op":"fence"`); one missing
+    /// its fields is refused.
+    #[test]
+    fn fence_requests_round_trip() {
+        let f = ControlRequest::Fence {
+            master: "sp1".into(),
+            generation: 4,
+            volume: "m1".into(),
+            mirror: 1,
+            start: 4 << 20,
+            len: 4 << 20,
+            lease_ms: 10_000,
+        };
+        let b = serde_json::to_vec(&f).unwrap();
+        assert!(String::from_utf8_lossy(&b).contains(r#""op":"fence""#));
+        assert_eq!(serde_json::from_slice::<ControlRequest>(&b).unwrap(), f);
+        let u = ControlRequest::Unfence {
+            master: "sp1".into(),
+            generation: 4,
+            volume: "m1".into(),
+            mirror: 1,
+        };
+        let b = serde_json::to_vec(&u).unwrap();
+        assert_eq!(serde_json::from_slice::<ControlRequest>(&b).unwrap(), u);
+        assert!(
+            serde_json::from_slice::<ControlRequest>(br#"{"op":"fence","volume":"m1"}"#).is_err()
+        );
     }
 }

@@ -111,10 +111,11 @@ impl Daemon {
     /// tell that it was the master before (a takeover: the old master ran
     /// mirrors on this SP's ALUs as remote, without bitmaps; a peer that does
     /// not answer may have been the master), nor for a leg whose ALU is not
-    /// present (it may have been a peer's). Otherwise the whole volume is
-    /// resynced.
+    /// present (it may have been a peer's), nor for a volume other SPs
+    /// expose (their writes in flight when this one stopped are in no bitmap
+    /// of its). Otherwise the whole volume is resynced.
     pub(super) fn bitmaps_cover(&self, v: &VolumeDef) -> bool {
-        if v.wi_slots.is_empty() {
+        if v.wi_slots.is_empty() || !self.exposing_peers(v).is_empty() {
             return false;
         }
         let Some(c) = self.cluster.as_ref() else {

@@ -31,13 +31,12 @@ use crate::size::format_size;
 
 impl Daemon {
     /// Run `op` (one object-database commit) on `name` under quiescence and
-    /// load its result on every SP exposing the volume. `copies`: the change
-    /// starts a leg copy (refused while other SPs expose the volume).
+    /// load its result on every SP exposing the volume. A leg the change
+    /// starts copying is rebuilding in every SP's tree (`fence`).
     fn reshape(
         &mut self,
         name: &str,
         what: &str,
-        copies: bool,
         op: impl FnOnce(&mut Store) -> Result<(VolumeDef, Option<Job>), tierblk_meta::MetaError>,
     ) -> Result<(VolumeDef, Option<Job>), String> {
         let v = self.volume(name)?;
@@ -65,14 +64,6 @@ impl Daemon {
             .filter(|s| matches!(self.runtime.get(&s.name), Some(Runtime::Online { .. })))
             .map(|s| s.name)
             .collect();
-        if copies && !peers.is_empty() {
-            // An exposing peer has no jobs and starts a leg being copied as
-            // failed: its writes would never reach the new leg.
-            return Err(format!(
-                "volume {name}: {what}: refused: also exposed on {} (a leg being copied is written only where the copy runs): `tierblk vol unexpose {name} --on SP` first",
-                peers.join(", ")
-            ));
-        }
         let hold = here || !peers.is_empty();
         if hold {
             self.quiesce(name)
@@ -254,6 +245,7 @@ impl Daemon {
         *d = desc;
         *h = health.clone();
         self.sweep_list_set(&def.name, Some(&health));
+        self.carry_fences(&def.name);
         Ok(())
     }
 
@@ -354,7 +346,7 @@ impl Daemon {
     pub(super) fn add_leg(&mut self, name: &str, to: &str, rate: u64) -> Result<Payload, String> {
         let v = self.volume(name)?;
         let alu = self.target_alu(&v, to, v.layout.member_size(v.size))?;
-        let (_, job) = self.reshape(name, "add leg", true, |st| {
+        let (_, job) = self.reshape(name, "add leg", |st| {
             let (def, mut job) = st.add_leg(name, alu)?;
             if rate > 0 {
                 job.rate = rate;
@@ -380,9 +372,8 @@ impl Daemon {
             ));
         }
         let m = self.pick_member(&v, member, alu)?;
-        let (def, _) = self.reshape(name, "remove leg", false, |st| {
-            Ok((st.remove_leg(name, m)?, None))
-        })?;
+        let (def, _) =
+            self.reshape(name, "remove leg", |st| Ok((st.remove_leg(name, m)?, None)))?;
         Ok(Payload::Volume(self.volume_view(&def)))
     }
 
@@ -399,7 +390,7 @@ impl Daemon {
         let v = self.volume(name)?;
         let m = self.pick_member(&v, member, from)?;
         let alu = self.target_alu(&v, to, v.layout.member_size(v.size))?;
-        let (_, job) = self.reshape(name, "move", true, |st| {
+        let (_, job) = self.reshape(name, "move", |st| {
             let (def, mut job) = st.move_member(name, m, alu)?;
             if rate > 0 {
                 job.rate = rate;
@@ -419,9 +410,7 @@ impl Daemon {
         let Some(v) = self.volume_by_id(j.volume) else {
             return;
         };
-        match self.reshape(&v.name, "finish move", false, |st| {
-            Ok((st.finish_move(id)?, None))
-        }) {
+        match self.reshape(&v.name, "finish move", |st| Ok((st.finish_move(id)?, None))) {
             Ok(_) => {
                 info!(volume = %v.name, job = id, "move complete: source member dropped");
                 self.log
@@ -481,7 +470,7 @@ impl Daemon {
         }
         // A mirror's other legs copy their new part: not while a peer exposes
         // the volume (its writes would miss the legs being copied).
-        let (def, _) = self.reshape(name, "extend", v.layout.redundant(), |st| {
+        let (def, _) = self.reshape(name, "extend", |st| {
             Ok((st.extend_volume(name, add, &uuids)?, None))
         })?;
         let copying: Vec<String> = self

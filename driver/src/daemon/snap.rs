@@ -566,6 +566,8 @@ impl Daemon {
             repaired: 0,
             rate: j.rate,
             leg_size: 0,
+            // The origin is offline: exposed nowhere.
+            fence: None,
         };
         let r = jobs::spawn(spec, self.events.clone())
             .map_err(|e| format!("job {}: cannot start its thread: {e}", j.id))?;
