@@ -1315,7 +1315,22 @@ impl Daemon {
     }
 
     fn volume_view(&self, v: &VolumeDef) -> VolumeView {
-        let degraded = self.store.degraded_members(&v.name);
+        let degraded = match self.assigned.get(&v.name) {
+            // An exposing SP knows what the master sent: the legs it does
+            // not use (a leg being copied is shown rebuilding).
+            Some(a) => a
+                .degraded
+                .iter()
+                .filter(|m| {
+                    !matches!(
+                        v.members.get(usize::from(**m)),
+                        Some(MemberHealth::Rebuilding { .. })
+                    )
+                })
+                .map(|m| (*m, "failed (by the master)".to_string()))
+                .collect(),
+            None => self.store.degraded_members(&v.name),
+        };
         let (state, device, problem) = match self.runtime.get(&v.name) {
             Some(Runtime::Online {
                 exposed, health, ..
@@ -1447,6 +1462,7 @@ impl Daemon {
         volumes.dedup();
         for name in volumes {
             let Ok(v) = self.volume(name) else { continue };
+            self.mark_unseen_writes(&v);
             for sp in self.writing_peers(&v) {
                 if Some(sp.as_str()) == reporter {
                     continue;
@@ -1516,43 +1532,21 @@ impl Daemon {
         }
     }
 
-    /// A stripe member's move keeps no write-intent bitmap (a stripe has no
-    /// slots): after an unclean stop the copied part of its target may miss
-    /// writes that were in flight, so the copy starts again from 0 (the
-    /// source is whole; writes reach both legs meanwhile). A raid10 move has
-    /// the mirror's bitmap and its resync.
-    fn restart_unlogged_move(&mut self, v: &VolumeDef) {
-        if v.moving.is_none() || !v.wi_slots.is_empty() {
-            return;
-        }
-        for mut j in self.store.jobs().into_iter().filter(|j| {
-            j.volume == v.id && j.kind == JobKind::Move && !j.state.finished() && j.checkpoint > 0
-        }) {
-            let was = j.checkpoint;
-            j.checkpoint = 0;
-            j.message = "copy restarted after an unclean stop (no write-intent bitmap)".into();
-            match self.store.update_job(&j) {
-                Ok(()) => {
-                    warn!(volume = %v.name, job = j.id, was, "unclean stop: the move copies again from 0")
-                }
-                Err(e) => {
-                    error!(volume = %v.name, job = j.id, "cannot restart the move's copy: {e}")
-                }
-            }
-        }
-    }
-
     /// After an unclean stop, legs of a mirror may differ where writes were
     /// in flight: queue a resync of every mirror volume, as MD resyncs an
     /// array that was not cleanly stopped: of the regions its write-intent
     /// bitmaps mark (a `resync` job), or, for a volume made before bitmaps
     /// or one that ran without them (a leg on a peer's ALU, or another SP
     /// its master: [`Daemon::bitmaps_cover`]), of everything (a repairing
-    /// scrub).
+    /// scrub). A stripe whose member moves is a stripe of mirrors meanwhile
+    /// (the moving column a mirror of source and target) without bitmaps: it
+    /// gets the repairing scrub too, which makes the target agree with the
+    /// source below the copy's checkpoint before the copy resumes from there
+    /// (`jobs::next_job` runs repairs first).
     fn resync_after_unclean_stop(&mut self) {
         for v in self.image_volumes() {
-            self.restart_unlogged_move(&v);
-            if !matches!(v.layout.kind, LayoutKind::Mirror | LayoutKind::Raid10) {
+            let mirrored = matches!(v.layout.kind, LayoutKind::Mirror | LayoutKind::Raid10);
+            if !mirrored && v.moving.is_none() {
                 continue;
             }
             // One is enough: an earlier unclean stop may have queued one
@@ -1652,7 +1646,7 @@ impl Daemon {
                 Work::Rebuild {
                     mirror,
                     leg,
-                    dirty_only: j.dirty_only && !self.whole_copy(&j, v),
+                    dirty_only: j.dirty_only,
                 }
             }
             (JobKind::Scrub, _) => Work::Scrub { repair: j.repair },
@@ -1684,24 +1678,6 @@ impl Daemon {
             }
             Err(e) => error!(job = j.id, "cannot start the job thread: {e}"),
         }
-    }
-
-    /// Whether the re-add `j` of a leg of `v` must copy the whole leg: the
-    /// writes of other SPs exposing `v` while the leg was away are in no
-    /// bitmap of this SP's. Says so in the job, once.
-    fn whole_copy(&mut self, j: &Job, v: &VolumeDef) -> bool {
-        let peers = self.exposing_peers(v);
-        if peers.is_empty() {
-            return false;
-        }
-        let mut whole = j.clone();
-        whole.dirty_only = false;
-        whole.message = format!("whole leg: also exposed on {}", peers.join(", "));
-        info!(job = j.id, volume = %v.name, "re-add copies the whole leg: {}", whole.message);
-        if let Err(e) = self.store.update_job(&whole) {
-            error!(job = j.id, "cannot persist the whole copy: {e}");
-        }
-        true
     }
 
     /// Stop the volume's job threads, persisting how far they got; they stay

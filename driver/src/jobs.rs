@@ -44,12 +44,12 @@ pub fn next_job(jobs: &[Job], volume: u64) -> Option<&Job> {
         .min_by_key(|j| (!repairs(j), j.id))
 }
 
-/// Whether `job` writes mirror legs (a copy, a resync or a repair): it runs
-/// only while the volume is exposed on the SP running it alone. A mirror's
-/// sync window holds back the writes of this SP's tree only; a peer's write
-/// landing between the job's read of a region and its write of the same
-/// region to another leg would be lost on that leg (md-cluster suspends
-/// every node's writes to the range a resync works on instead).
+/// Whether `job` writes mirror legs (a copy, a resync or a repair). A
+/// mirror's sync window holds back the writes of this SP's tree only; a
+/// peer's write landing between the job's read of a region and its write of
+/// the same region to another leg would be lost on that leg, so such a job
+/// holds the other SPs exposing the volume off each span it works on
+/// (`daemon::fence`, md-cluster's resync ranges).
 pub fn writes_legs(job: &Job) -> bool {
     match job.kind {
         JobKind::Rebuild | JobKind::Move | JobKind::Resync => true,
@@ -303,6 +303,11 @@ fn run(spec: &Spec, ctl: &JobControl, base: &AtomicU64) -> Outcome {
                 base.store(i as u64 * leg, Ordering::SeqCst);
                 if let Some(f) = &spec.fence {
                     f.at_mirror(i);
+                }
+                if m.legs().len() < 2 {
+                    // A stripe's column while another column moves: nothing
+                    // to compare.
+                    continue;
                 }
                 match ring.block_on(scrub(m, from, STEP, *repair, ctl)) {
                     Ok(r) => {

@@ -853,6 +853,33 @@ impl WriteIntent {
             .map_err(IntentError::Io)
     }
 
+    /// Mark every region dirty and write the bitmap to every copy whose leg
+    /// is not failed (FUA). For writes this bitmap never saw: another storage
+    /// processor's, made while a leg was out; they may be anywhere, so the
+    /// leg's return copies all of it. The bits stay set while a leg is not
+    /// healthy (the sweep clears nothing then), and no crash resync is
+    /// implied ([`WriteIntent::unsynced`] is unchanged). Fails only if no
+    /// copy could be written.
+    pub async fn mark_all<C: BlockDev>(
+        &self,
+        health: &MirrorHealth,
+        copies: &[C],
+    ) -> Result<(), IntentError> {
+        self.check_attached(health)?;
+        self.check_copies(copies.len())?;
+        for (w, m) in word_masks(0..self.regions) {
+            self.bits[w].fetch_or(m, SeqCst);
+        }
+        for i in self.idle.iter() {
+            i.store(false, SeqCst);
+        }
+        let _lock = self.lock().await;
+        let mut buf = AlignedBuf::new(BLOCK_SIZE);
+        self.persist_locked(Some(health), copies, &mut buf)
+            .await
+            .map_err(IntentError::Io)
+    }
+
     /// Start a new mirror's bitmap: every bit clear, and a clean block written
     /// (FUA) to every copy. Fails if any copy cannot be written. Call before the
     /// mirror serves I/O.

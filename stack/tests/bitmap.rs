@@ -635,6 +635,47 @@ fn a_failed_leg_keeps_the_bits_and_its_return_copies_only_them() {
     );
 }
 
+/// Writes made by another SP while a leg was out are in no bit: marking
+/// every region makes the leg's return copy all of it, and the bits survive
+/// sweeps and a reload until then.
+#[test]
+fn mark_all_makes_a_returning_leg_copy_everything() {
+    let ring = LocalRing::new(8).unwrap();
+    let mut rng = Rng::new(9);
+    let (h, wi, _calls) = health_with(2, SIZE);
+    let mems = same_legs(2, &mut rng);
+    let log: Log = Rc::default();
+    let (legs, cps) = devs(&mems, &copies(2), &log);
+    ring.block_on(wi.format(&cps)).unwrap();
+    let m = Mirror::with_copies(legs.clone(), cps.clone(), h.clone()).unwrap();
+    write_regions(&ring, &m, &mut rng, &[3]);
+    assert!(h.mark_failed(1));
+    // What another SP wrote to leg 0 alone, past this bitmap.
+    let other = data(&mut rng, MIB);
+    mems[0].0.data.borrow_mut()[(9 * MIB) as usize..(10 * MIB) as usize].copy_from_slice(&other);
+    ring.block_on(wi.mark_all(&h, &cps)).unwrap();
+    let regions = wi.regions();
+    assert_eq!(wi.dirty_regions(), regions);
+    assert!(!wi.unsynced(), "no crash resync implied");
+    let r = ring.block_on(wi.sweep(&h, &cps)).unwrap();
+    assert_eq!(r.cleared, 0, "a leg is out: nothing cleared");
+    // On disk in the working leg's copy: a reload finds every region dirty.
+    let block = decode(&cps[0].mem);
+    assert!((0..regions).all(|r| block.is_set(r)));
+    let again = WriteIntent::new(ID, 2, SIZE).unwrap();
+    ring.block_on(again.load(&cps[..1]));
+    assert_eq!(again.dirty_regions(), regions);
+    // The leg returns: its dirty-only copy takes everything, the other SP's
+    // megabyte too.
+    assert!(h.start_rebuild(1, 0));
+    let job = Mirror::with_copies(legs, cps, h.clone()).unwrap();
+    let r = ring
+        .block_on(resync_dirty(&job, Some(1), 256 << 10, &JobControl::new()))
+        .unwrap();
+    assert_eq!((r.regions, r.bytes), (regions as u64, SIZE));
+    assert!(mems[1].contents() == mems[0].contents());
+}
+
 #[test]
 fn load_takes_the_union_of_valid_copies_and_falls_back_to_a_full_resync() {
     let ring = LocalRing::new(8).unwrap();

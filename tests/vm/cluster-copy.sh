@@ -22,8 +22,9 @@
 #    degraded), then gets it back as rebuilding; the rebuild runs under the
 #    load and ends done with both legs healthy on sp1 and sp2. The legs are
 #    both on sp1, which keeps a write-intent bitmap, but sp2's writes while
-#    the leg was failed never marked it: the re-add must copy the whole leg,
-#    not the dirty regions. fio stops; a checking scrub finds 0 mismatches.
+#    the leg was failed never marked it: sp1 marks every region of it dirty
+#    when the leg fails while another SP writes, so the re-add's dirty-region
+#    copy takes the whole leg. fio stops; a checking scrub finds 0 mismatches.
 # 2. Moving a tier-1 object to another SP under the peer's writes (claims
 #    14-17: "move an existing first tier object from a first storage
 #    processor to a second storage processor", "sends a copy of the existing
@@ -136,7 +137,11 @@ until [ "$(sp2_state)" = degraded ]; do
 	[ "$i" -le 100 ] || fail "sp2 still writes the failed leg: $($TB2 --json vol show m1)"
 	sleep 0.1
 done
-# Writes through sp2 now land on vda only, and never mark sp1's bitmap.
+sp2_health | grep -q '"health":"failed"' || fail "sp2's view shows no failed leg: $(sp2_health)"
+# Writes through sp2 now land on vda only, and never mark sp1's bitmap: sp1
+# marked every region of it dirty instead.
+grep -q "failed leg while other SPs write: every region dirty" /tmp/sp1.log ||
+	fail "sp1 did not mark its bitmap whole for sp2's writes"
 sleep 4
 out=$(tbj alu readd /dev/vdb --rate 32M) || fail "alu readd refused: $out"
 rj=$(json_num "$out" id)

@@ -5,9 +5,12 @@
 #   ALU that holds member 1 (emptying /dev/vda, the usual reason to move).
 #   While the copy runs the stripe's column 0 is a mirror of the source and
 #   the target; tierblkd is killed with SIGKILL mid-copy; a stripe keeps no
-#   write-intent bitmap, so after the unclean stop the copy starts again from
-#   0, and the move ends with the target renumbered as member 0 and the
-#   source's extents free (alu release /dev/vda then works);
+#   write-intent bitmap, so the unclean stop queues a repairing scrub (it
+#   makes the target agree with the source below the copy's checkpoint,
+#   where writes were in flight), which runs first; then the copy resumes
+#   from its checkpoint (not 0), and the move ends with the target renumbered
+#   as member 0 and the source's extents free (alu release /dev/vda then
+#   works);
 # - raid10 (2 x 2), fio write+verify on the raw device: a move of member 0
 #   is abandoned (remove-leg of the target: the job fails, the volume is as
 #   before), then started again and completed; a scrub finds the legs equal.
@@ -59,15 +62,27 @@ kill -0 "$fio_pid" || fail "fio ended while the daemon was dead"
 start_daemon $alus
 [ "$(vol_device s1)" = "$dev" ] || fail "s1 came back as $(vol_device s1), not $dev"
 [ "$done_b" -lt $((128 << 20)) ] || fail "the copy was complete before the kill: no mid-copy crash"
-grep -q "the move copies again from 0" "$DAEMON_LOG" ||
-	fail "the unclean stop did not restart the bitmap-less copy: $(tb job list | tr '\n' '|')"
-ok "after the unclean stop the copy starts again from 0 (a stripe's move keeps no bitmap)"
+s1_jobs() { tbj job list | grep -o '{[^}]*}' | grep '"volume":"s1"'; }
+s1_jobs | grep -q '"kind":"scrub-repair"' ||
+	fail "the unclean stop queued no repair of s1: $(tb job list | tr '\n' '|')"
+ok "the unclean stop queued a repairing scrub of s1 (a stripe's move keeps no bitmap)"
 v=$(vol_json s1)
 json_has "$v" layout '"stripe"' || fail "s1 is not a stripe during the move: $v"
 [ "$(members_on s1)" = "0:/dev/vda 1:/dev/vdb 2:/dev/vdb " ] || fail "during the move: $(members_on s1)"
 echo "$v" | grep -q '"health":"rebuilding","index":2' || fail "the move target is not member 2, rebuilding: $v"
 ok "during the move s1 is a stripe whose member 2 on /dev/vdb copies member 0"
 expect_fail_match "is unfinished" tb vol move s1 --member 1 --to /dev/vdc
+i=0
+until grep "job started" "$DAEMON_LOG" | grep -q "job=$job "; do
+	i=$((i + 1))
+	[ "$i" -le 900 ] || fail "the move never resumed: $(tb job list)"
+	sleep 0.2
+done
+rep=$(s1_jobs | grep '"kind":"scrub-repair"')
+json_has "$rep" state '"done"' || fail "the move resumed before the repair of s1 ended: $rep"
+from=$(grep "job started" "$DAEMON_LOG" | grep "job=$job " | sed -n 's/.*from=\([0-9]*\).*/\1/p' | tail -n 1)
+[ "${from:-0}" -gt 0 ] || fail "the move did not resume from its checkpoint (from=${from:-?})"
+ok "after the repair, the move resumed from byte $from, not from 0"
 out=$(tbj job show "$job" --wait)
 json_has "$out" state '"done"' || fail "move not done: $out"
 i=0

@@ -277,6 +277,7 @@ impl Daemon {
             self.start_jobs_of(&v);
         }
         added?;
+        self.mark_unseen_writes(&v);
         self.log.emit("volume-exposed", Some(name), sp.to_string());
         Ok(Payload::Volume(self.volume_view(&self.volume(name)?)))
     }

@@ -219,6 +219,36 @@ impl Daemon {
         Ok(())
     }
 
+    /// Other SPs write `v` while some of its legs are failed: their writes
+    /// are in no bitmap of this SP's, so every region of those mirrors is
+    /// marked dirty (on disk): a re-add of the leg, even after the other SPs
+    /// stopped exposing `v`, copies all of it (`WriteIntent::mark_all`).
+    pub(super) fn mark_unseen_writes(&self, v: &VolumeDef) {
+        if self.exposing_peers(v).is_empty() {
+            return;
+        }
+        let Some(Runtime::Online { health, .. }) = self.runtime.get(&v.name) else {
+            return;
+        };
+        let ring = match ring() {
+            Ok(r) => r,
+            Err(e) => return error!(volume = %v.name, "cannot mark the bitmap: {e}"),
+        };
+        for (j, h) in health.iter().enumerate() {
+            let Some(wi) = h.write_intent().filter(|_| h.failed_mask() != 0) else {
+                continue;
+            };
+            match ring.block_on(wi.mark_all(h, &wi.copies_on(ring.clone()))) {
+                Ok(()) => {
+                    info!(volume = %v.name, mirror = j, "failed leg while other SPs write: every region dirty")
+                }
+                Err(e) => {
+                    error!(volume = %v.name, mirror = j, "cannot mark every region dirty: {e}")
+                }
+            }
+        }
+    }
+
     /// List (or unlist) an online volume's mirrors for the sweeper.
     pub(super) fn sweep_list_set(&self, name: &str, health: Option<&[Arc<MirrorHealth>]>) {
         let mut l = self.sweep.lock().unwrap_or_else(|e| e.into_inner());
