@@ -181,6 +181,16 @@ pub struct Spec {
     pub fence: Option<Arc<dyn MirrorFence>>,
 }
 
+impl Spec {
+    /// The job works on mirror `mirror` from now on: the spans its fence
+    /// holds are of that mirror's legs.
+    fn at_mirror(&self, mirror: usize) {
+        if let Some(f) = &self.fence {
+            f.at_mirror(mirror);
+        }
+    }
+}
+
 /// A [`PeerFence`] over every mirror of a volume: the job names the mirror it
 /// works on before it holds spans of its legs.
 pub trait MirrorFence: PeerFence {
@@ -273,9 +283,7 @@ fn run(spec: &Spec, ctl: &JobControl, base: &AtomicU64) -> Outcome {
                     message: format!("no mirror {mirror}"),
                 };
             };
-            if let Some(f) = &spec.fence {
-                f.at_mirror(mirror);
-            }
+            spec.at_mirror(mirror);
             let bitmap = m.health().write_intent().is_some();
             let r = if *dirty_only && bitmap {
                 ring.block_on(resync_dirty(m, Some(leg), STEP, ctl))
@@ -301,9 +309,7 @@ fn run(spec: &Spec, ctl: &JobControl, base: &AtomicU64) -> Outcome {
             for (i, m) in mirrors.iter().enumerate().skip(first) {
                 let from = if i == first { spec.start % leg } else { 0 };
                 base.store(i as u64 * leg, Ordering::SeqCst);
-                if let Some(f) = &spec.fence {
-                    f.at_mirror(i);
-                }
+                spec.at_mirror(i);
                 if m.legs().len() < 2 {
                     // A stripe's column while another column moves: nothing
                     // to compare.
@@ -330,9 +336,7 @@ fn run(spec: &Spec, ctl: &JobControl, base: &AtomicU64) -> Outcome {
             let leg = spec.leg_size.max(1);
             let first = (spec.start / leg) as usize;
             for (i, m) in mirrors.iter().enumerate().skip(first) {
-                if let Some(f) = &spec.fence {
-                    f.at_mirror(i);
-                }
+                spec.at_mirror(i);
                 let Some(wi) = m.health().write_intent() else {
                     // No record of where writes were in flight (a mirror that
                     // ran without a bitmap: a leg on a peer's ALU): a

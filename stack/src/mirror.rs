@@ -237,12 +237,6 @@ impl HeldWindow {
         !self.health.busy(start, len)
     }
 
-    /// Release the window (host writes anywhere proceed); the slot stays
-    /// held.
-    pub fn clear(&self) {
-        self.health.window_start.store(NO_WINDOW, Ordering::SeqCst);
-    }
-
     /// The health this window is held on.
     pub fn health(&self) -> &Arc<MirrorHealth> {
         &self.health

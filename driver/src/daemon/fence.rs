@@ -188,7 +188,7 @@ impl Daemon {
     }
 
     /// The fence of `v`'s leg-writing job over the SPs `peers`.
-    pub(super) fn fencer(&self, v: &VolumeDef, peers: &[String]) -> Result<Arc<Fencer>, String> {
+    fn fencer(&self, v: &VolumeDef, peers: &[String]) -> Result<Arc<Fencer>, String> {
         let (master, generation) = self.me()?;
         let c = self.cluster.as_ref().ok_or("no peers")?;
         let peers = peers
