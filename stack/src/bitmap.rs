@@ -866,18 +866,13 @@ impl WriteIntent {
         copies: &[C],
     ) -> Result<(), IntentError> {
         self.check_attached(health)?;
-        self.check_copies(copies.len())?;
         for (w, m) in word_masks(0..self.regions) {
             self.bits[w].fetch_or(m, SeqCst);
         }
         for i in self.idle.iter() {
             i.store(false, SeqCst);
         }
-        let _lock = self.lock().await;
-        let mut buf = AlignedBuf::new(BLOCK_SIZE);
-        self.persist_locked(Some(health), copies, &mut buf)
-            .await
-            .map_err(IntentError::Io)
+        self.persist(health, copies).await
     }
 
     /// Start a new mirror's bitmap: every bit clear, and a clean block written
