@@ -209,6 +209,28 @@ impl Assignment {
     }
 }
 
+/// One control request (`body`, JSON) to `sp` over the first of its `paths`
+/// that answers; a refusal is final (every path reaches the same daemon).
+pub(super) fn send_control(
+    sp: &str,
+    paths: &[tierblk_stack::nbd::NbdAddr],
+    secret: Option<&tierblk_stack::nbd::auth::Secret>,
+    body: &[u8],
+    timeout: Duration,
+) -> Result<(), String> {
+    let mut why = Vec::new();
+    for p in paths {
+        match tierblk_stack::nbd::control(p, secret, body, timeout) {
+            Ok(_) => return Ok(()),
+            Err(tierblk_stack::nbd::ClientError::Refused { message, .. }) => {
+                return Err(format!("sp {sp}: {message}"))
+            }
+            Err(e) => why.push(format!("{p}: {e}")),
+        }
+    }
+    Err(format!("sp {sp}: unreachable: {}", why.join("; ")))
+}
+
 impl Daemon {
     /// The SPs that expose `v` (empty: the master).
     pub(super) fn exposed_on(&self, v: &VolumeDef) -> Vec<String> {
@@ -409,17 +431,7 @@ impl Daemon {
             .paths_of(sp)
             .ok_or_else(|| format!("sp {sp}: not a configured peer"))?;
         let body = serde_json::to_vec(req).map_err(|e| e.to_string())?;
-        let mut why = Vec::new();
-        for p in paths {
-            match tierblk_stack::nbd::control(p, c.sp.secret.as_deref(), &body, ASSIGN_TIMEOUT) {
-                Ok(_) => return Ok(()),
-                Err(tierblk_stack::nbd::ClientError::Refused { message, .. }) => {
-                    return Err(format!("sp {sp}: {message}"))
-                }
-                Err(e) => why.push(format!("{p}: {e}")),
-            }
-        }
-        Err(format!("sp {sp}: unreachable: {}", why.join("; ")))
+        send_control(sp, paths, c.sp.secret.as_deref(), &body, ASSIGN_TIMEOUT)
     }
 
     /// Send every volume's assignment to the SPs of its map (after taking

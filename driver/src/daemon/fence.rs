@@ -35,7 +35,7 @@ use tierblk_stack::nbd::NbdAddr;
 use tierblk_stack::resync::PeerFence;
 use tierblk_stack::HeldWindow;
 
-use super::expose::ControlRequest;
+use super::expose::{send_control, ControlRequest};
 use super::*;
 
 /// How long an SP holds a span without news from the master.
@@ -65,20 +65,7 @@ impl Fencer {
     fn send_all(&self, req: &ControlRequest) -> Result<(), String> {
         let body = serde_json::to_vec(req).map_err(|e| e.to_string())?;
         for (sp, paths) in &self.peers {
-            let mut why = Vec::new();
-            let answered = paths.iter().any(|p| {
-                match tierblk_stack::nbd::control(p, self.secret.as_deref(), &body, ANSWER_TIMEOUT)
-                {
-                    Ok(_) => true,
-                    Err(e) => {
-                        why.push(format!("{p}: {e}"));
-                        false
-                    }
-                }
-            });
-            if !answered {
-                return Err(format!("sp {sp}: {}", why.join("; ")));
-            }
+            send_control(sp, paths, self.secret.as_deref(), &body, ANSWER_TIMEOUT)?;
         }
         Ok(())
     }
