@@ -135,15 +135,10 @@ m1_jobs | grep -q '"kind":"scrub-repair"' ||
 ok "the unclean stop queued a whole repairing resync of m1 (a mirror with a leg on a peer has no bitmap)"
 # The repair runs first (it also makes the new leg agree below the copy's
 # checkpoint); then the move resumes from that checkpoint.
-i=0
-until grep "job started" /tmp/sp1.log | grep -q "job=$job "; do
-	i=$((i + 1))
-	[ "$i" -le 900 ] || fail "the move never resumed: $(tb job list)"
-	sleep 0.2
-done
+wait_job_started /tmp/sp1.log "$job" || fail "the move never resumed: $(tb job list)"
 rep=$(m1_jobs | grep '"kind":"scrub-repair"')
 json_has "$rep" state '"done"' || fail "the move resumed before the repair of m1 ended: $rep"
-from=$(grep "job started" /tmp/sp1.log | grep "job=$job " | sed -n 's/.*from=\([0-9]*\).*/\1/p' | head -n 1)
+from=$(job_from /tmp/sp1.log "$job")
 [ "${from:-0}" -gt 0 ] || fail "the move did not resume from its checkpoint (from=${from:-?})"
 ok "after the repair, the move resumed from byte $from, not from 0"
 out=$(tbj job show "$job" --wait)

@@ -153,12 +153,8 @@ rep=$(m1_jobs | grep '"kind":"scrub-repair"') || fail "the takeover queued no re
 rid=$(json_num "$rep" id)
 # (It may wait a round while sp3 does not follow sp2 yet: it needs m1's tree
 # from the new master first. It must not wait for an unexpose.)
-i=0
-until grep "job started" /tmp/sp2.log | grep -q "job=$rid "; do
-	i=$((i + 1))
-	[ "$i" -le 150 ] || fail "the repair of m1 never started while sp3 exposes m1: $($TB2 job list)"
-	sleep 0.2
-done
+wait_job_started /tmp/sp2.log "$rid" 150 ||
+	fail "the repair of m1 never started while sp3 exposes m1: $($TB2 job list)"
 out=$($TB2 --json job show "$rid" --wait) || fail "the repair failed: $out"
 json_has "$out" state '"done"' || fail "the repair did not end done: $out"
 wait "$TRACE_PID" || true

@@ -294,6 +294,21 @@ fio_load() {
 	FIO_PID=$!
 }
 
+# wait_job_started LOG JOB [TRIES]: wait, 0.2 s apart (TRIES times, 900
+# by default), until the daemon log LOG says job JOB started; 1 if it never
+# does (the caller fails, with what it knows).
+wait_job_started() {
+	_i=0
+	until grep "job started" "$1" | grep -q "job=$2 "; do
+		_i=$((_i + 1))
+		[ "$_i" -le "${3:-900}" ] || return 1
+		sleep 0.2
+	done
+}
+
+# job_from LOG JOB: where job JOB's first start in LOG began (its from=).
+job_from() { grep "job started" "$1" | grep "job=$2 " | sed -n 's/.*from=\([0-9]*\).*/\1/p' | head -n 1; }
+
 # fio_verify_load FILE SIZE WHAT: read back what fio_load FILE SIZE wrote
 # (a verify-only pass of the same job); fails, naming WHAT, unless fio
 # reports error 0.

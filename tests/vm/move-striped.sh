@@ -72,15 +72,10 @@ json_has "$v" layout '"stripe"' || fail "s1 is not a stripe during the move: $v"
 echo "$v" | grep -q '"health":"rebuilding","index":2' || fail "the move target is not member 2, rebuilding: $v"
 ok "during the move s1 is a stripe whose member 2 on /dev/vdb copies member 0"
 expect_fail_match "is unfinished" tb vol move s1 --member 1 --to /dev/vdc
-i=0
-until grep "job started" "$DAEMON_LOG" | grep -q "job=$job "; do
-	i=$((i + 1))
-	[ "$i" -le 900 ] || fail "the move never resumed: $(tb job list)"
-	sleep 0.2
-done
+wait_job_started "$DAEMON_LOG" "$job" || fail "the move never resumed: $(tb job list)"
 rep=$(s1_jobs | grep '"kind":"scrub-repair"')
 json_has "$rep" state '"done"' || fail "the move resumed before the repair of s1 ended: $rep"
-from=$(grep "job started" "$DAEMON_LOG" | grep "job=$job " | sed -n 's/.*from=\([0-9]*\).*/\1/p' | tail -n 1)
+from=$(job_from "$DAEMON_LOG" "$job")
 [ "${from:-0}" -gt 0 ] || fail "the move did not resume from its checkpoint (from=${from:-?})"
 ok "after the repair, the move resumed from byte $from, not from 0"
 out=$(tbj job show "$job" --wait)

@@ -57,15 +57,10 @@ start_daemon $alus
 [ "$(vol_device l1)" = "$dev" ] || fail "l1 came back as $(vol_device l1), not $dev"
 # The crash resync runs first (it also copies the dirty regions onto the new
 # leg below the copy's checkpoint); then the move resumes from that checkpoint.
-i=0
-until grep "job started" "$DAEMON_LOG" | grep -q "job=$job "; do
-	i=$((i + 1))
-	[ "$i" -le 600 ] || fail "the move never resumed: $(tb job list)"
-	sleep 0.2
-done
+wait_job_started "$DAEMON_LOG" "$job" 600 || fail "the move never resumed: $(tb job list)"
 rs=$(tbj job list | grep -o '{[^}]*}' | grep '"volume":"l1"' | grep '"kind":"resync"')
 json_has "$rs" state '"done"' || fail "the move resumed before the crash resync of l1 ended: $rs"
-from=$(grep "job started" "$DAEMON_LOG" | grep "job=$job " | sed -n 's/.*from=\([0-9]*\).*/\1/p' | head -n 1)
+from=$(job_from "$DAEMON_LOG" "$job")
 [ "${from:-0}" -gt 0 ] || fail "the move did not resume from its checkpoint (from=${from:-?})"
 ok "after the crash resync, the move resumed from byte $from, not from 0"
 out=$(tbj job show "$job" --wait)
@@ -128,7 +123,7 @@ job=$(echo "$out" | sed -n 's/.*copies the new part of its other legs: job \([0-
 [ -n "$job" ] || fail "extend of a mirror started no copy: $out"
 out=$(tbj job show "$job" --wait)
 json_has "$out" state '"done"' || fail "the copy of the new part is not done: $out"
-from=$(grep "job started" "$DAEMON_LOG" | grep "job=$job " | sed -n 's/.*from=\([0-9]*\).*/\1/p' | head -n 1)
+from=$(job_from "$DAEMON_LOG" "$job")
 [ "$from" = 268435456 ] || fail "the copy started at ${from:-?}, not at the old end (256 MiB)"
 [ "$(members_on l1)" = "0:/dev/vdc 1:/dev/vdd " ] || fail "legs: $(members_on l1)"
 ok "extend: l1 is a 320 MiB mirror; leg 1 copied its new part from byte 256 MiB (job $job)"
