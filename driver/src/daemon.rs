@@ -13,6 +13,7 @@ mod fence;
 mod intent;
 mod legacy;
 mod meta;
+mod remote;
 mod reshape;
 mod snap;
 
@@ -126,6 +127,18 @@ enum Runtime {
         /// The tree the queues serve; reloaded under the gate to change the
         /// volume's shape online.
         slot: Arc<TopSlot>,
+    },
+    /// Exposed on other SPs only: the master keeps the volume's tree
+    /// (mirror healths, bitmaps, leg slots; no device) for its jobs
+    /// (`remote`).
+    Remote {
+        /// Where it is exposed, shown as the reason it is offline here.
+        reason: String,
+        desc: Arc<VolumeDesc>,
+        health: Vec<Arc<MirrorHealth>>,
+        /// No host I/O passes it: suspending it only marks the volume
+        /// quiesced (its jobs stay stopped until `resume`).
+        gate: Arc<Gate>,
     },
 }
 
@@ -307,13 +320,19 @@ impl Daemon {
             let origin = v.snapshot.and_then(|s| self.volume_by_id(s.origin));
             let placed = origin.as_ref().unwrap_or(&v);
             if !self.exposed_here(placed) {
-                let on = self.exposed_on(placed).join(", ");
-                self.runtime.insert(
-                    name,
-                    Runtime::Offline {
-                        reason: Some(format!("exposed on sp {on}")),
-                    },
-                );
+                if v.snapshot.is_some() {
+                    let on = self.exposed_on(placed).join(", ");
+                    self.runtime.insert(
+                        name,
+                        Runtime::Offline {
+                            reason: Some(format!("exposed on sp {on}")),
+                        },
+                    );
+                } else {
+                    // The master runs its jobs all the same.
+                    self.hold_remote(&v, false);
+                    self.start_jobs_of(&v);
+                }
                 continue;
             }
             if let Err(e) = self.online(&name) {
@@ -429,6 +448,11 @@ impl Daemon {
             }
             Request::VolOffline { name } => {
                 self.volume(&name)?;
+                if let Some(Runtime::Remote { reason, .. }) = self.runtime.get(&name) {
+                    return Err(format!(
+                        "volume {name}: not exposed on this SP ({reason}): `tierblk vol unexpose {name} --on SP` there"
+                    ));
+                }
                 self.offline(&name)?;
                 let v = self.volume(&name)?;
                 Ok(Payload::Volume(self.volume_view(&v)))
@@ -546,8 +570,12 @@ impl Daemon {
     /// Build the volume's stack and expose it; a volume with a problem stays
     /// offline and remembers why ([094]).
     fn online(&mut self, name: &str) -> Result<(), String> {
-        if matches!(self.runtime.get(name), Some(Runtime::Online { .. })) {
-            return Ok(());
+        match self.runtime.get(name) {
+            Some(Runtime::Online { .. }) => return Ok(()),
+            // Its jobs ran on the tree kept for them: they go on over the
+            // exposed one.
+            Some(Runtime::Remote { .. }) => self.stop_jobs_of(name),
+            _ => {}
         }
         let v = self.volume(name)?;
         // From the first volume online until a clean stop, mirror legs may
@@ -987,6 +1015,18 @@ impl Daemon {
                     .insert(name.to_string(), Runtime::Offline { reason: None });
                 r
             }
+            // The tree kept for its jobs (the SP stepping down, the volume
+            // exposed here or removed): they stop at their checkpoint.
+            Some(Runtime::Remote { reason, .. }) => {
+                self.stop_jobs_of(name);
+                self.runtime.insert(
+                    name.to_string(),
+                    Runtime::Offline {
+                        reason: Some(reason),
+                    },
+                );
+                Ok(())
+            }
             Some(other) => {
                 self.runtime.insert(name.to_string(), other);
                 Ok(())
@@ -1304,8 +1344,17 @@ impl Daemon {
         if self.is_legacy(name) {
             return self.forget(name);
         }
-        if self.volume(name)?.snapshot.is_some() {
+        let v = self.volume(name)?;
+        if v.snapshot.is_some() {
             return self.snap_remove(name);
+        }
+        // Their trees would go on over partitions freed here ([0115]).
+        let peers = self.exposing_peers(&v);
+        if !peers.is_empty() {
+            return Err(format!(
+                "volume {name}: exposed on sp {}: `tierblk vol unexpose {name} --on SP` each first",
+                peers.join(", ")
+            ));
         }
         self.offline(name)?;
         self.store.remove_volume(name).map_err(|e| e.to_string())?;
@@ -1349,6 +1398,11 @@ impl Daemon {
                 "offline",
                 None,
                 self.problem_of(&v.name).or_else(|| reason.clone()),
+            ),
+            Some(Runtime::Remote { reason, .. }) => (
+                "offline",
+                None,
+                self.problem_of(&v.name).or_else(|| Some(reason.clone())),
             ),
             None => ("offline", None, self.problem_of(&v.name)),
         };
@@ -1398,10 +1452,9 @@ impl Daemon {
                 .snapshot
                 .and_then(|sn| self.volume_by_id(sn.origin))
                 .map(|o| o.name),
-            bitmap: match self.runtime.get(&v.name) {
-                Some(Runtime::Online { health, .. }) => intent::bitmap_view(health),
-                _ => None,
-            },
+            bitmap: self
+                .job_tree(&v.name)
+                .and_then(|(_, health)| intent::bitmap_view(health)),
             members,
             segments: v
                 .segments
@@ -1485,7 +1538,7 @@ impl Daemon {
     /// persisted: no report back).
     pub(super) fn fail_members_here(&self, volume: &str, members: &[u16]) {
         let Ok(v) = self.volume(volume) else { return };
-        if let Some(Runtime::Online { health, .. }) = self.runtime.get(volume) {
+        if let Some((_, health)) = self.job_tree(volume) {
             for &m in members {
                 let (mirror, leg) = v.leg_of(m);
                 if let Some(h) = health.get(mirror) {
@@ -1611,7 +1664,7 @@ impl Daemon {
         if self.quiesced.contains_key(&v.name) {
             return;
         }
-        let Some(Runtime::Online { desc, .. }) = self.runtime.get(&v.name) else {
+        let Some((desc, _)) = self.job_tree(&v.name) else {
             return;
         };
         let desc = desc.clone();
@@ -1785,7 +1838,9 @@ impl Daemon {
         if self.quiesced.contains_key(name) {
             return Err(format!("volume {name}: already quiesced"));
         }
-        let Some(Runtime::Online { gate, .. }) = self.runtime.get(name) else {
+        let (Some(Runtime::Online { gate, .. }) | Some(Runtime::Remote { gate, .. })) =
+            self.runtime.get(name)
+        else {
             return Err(format!("volume {name}: offline: nothing to quiesce"));
         };
         let gate = gate.clone();
@@ -1848,10 +1903,18 @@ impl Daemon {
         for (name, member, job) in back {
             let def = self.volume(&name)?;
             let Some(job) = job else {
-                if !matches!(self.runtime.get(&name), Some(Runtime::Online { .. })) {
+                let down = !matches!(
+                    self.runtime.get(&name),
+                    Some(Runtime::Online { .. } | Runtime::Remote { .. })
+                );
+                if down && self.exposed_here(&def) {
                     if let Err(e) = self.online(&name) {
                         warn!("{e}");
                     }
+                } else if down {
+                    // Only other SPs expose it: its tree here, for its jobs.
+                    self.hold_remote(&def, false);
+                    self.start_jobs_of(&def);
                 }
                 continue;
             };
@@ -1870,10 +1933,10 @@ impl Daemon {
         // Only the leg slots change: every instance of the tree (queues and
         // jobs) takes its legs from the slots, whatever `desc` first said.
         let (mirror, leg) = def.leg_of(member);
-        let health = match self.runtime.get(&def.name) {
-            Some(Runtime::Online { health, .. }) => health[mirror].clone(),
-            _ => return Ok(()),
+        let Some((_, health)) = self.job_tree(&def.name) else {
+            return Ok(());
         };
+        let health = health[mirror].clone();
         // The new leg's bitmap copy first: its first write must find it.
         self.move_intent_copy(def, &health, member)?;
         let slot = health
@@ -1893,7 +1956,7 @@ impl Daemon {
                 layout_name(&v.layout)
             ));
         }
-        let Some(Runtime::Online { desc, .. }) = self.runtime.get(name) else {
+        let Some((desc, _)) = self.job_tree(name) else {
             return Err(format!(
                 "volume {name}: offline: bring it online to scrub it"
             ));
@@ -2080,7 +2143,7 @@ impl Daemon {
         }
         if j.state == JobState::Done && j.kind == JobKind::Rebuild {
             if let (Some(v), Some(m)) = (self.volume_by_id(j.volume), j.member) {
-                if let Some(Runtime::Online { health, .. }) = self.runtime.get(&v.name) {
+                if let Some((_, health)) = self.job_tree(&v.name) {
                     let (mirror, leg) = v.leg_of(m);
                     if let Some(h) = health.get(mirror) {
                         h.finish_rebuild(leg);

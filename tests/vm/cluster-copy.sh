@@ -38,6 +38,11 @@
 # 3. A repairing scrub under the same load finds and rewrites nothing (the
 #    fenced copy left the legs identical); fio stops; a checking scrub finds
 #    0 mismatches.
+# 4. The master stops exposing m1 (`vol unexpose m1 --on sp1`: sp2 alone
+#    does) and keeps its tree without a device, for its jobs: vdb failed and
+#    re-added under sp2's writes is rebuilt there (fenced, done, both legs
+#    healthy in sp2's view) without exposing m1 on sp1 again; a checking
+#    scrub runs there too and finds 0 mismatches. Then sp1 exposes it again.
 # Ends with fio's verify pass at 0 errors, e2fsck -fn clean, both exposures
 # reading the bytes written after the filesystem before the copies, and no
 # I/O error in the kernel log.
@@ -238,10 +243,67 @@ ok "fio through sp2: write + verify with 0 errors across the move and the repair
 check_scrub "the move and the repairing scrub"
 no_io_error "move, repairing scrub"
 
+# --- 4. a rebuild of a volume the master does not expose --------------------
+# sp1 stops exposing m1 (sp2 alone does). The master runs m1's jobs all the
+# same, on a tree it keeps without a device: a leg failed and re-added while
+# sp2 writes is rebuilt without `vol expose --on sp1` (before, the job stayed
+# queued until then), and a checking scrub runs there too.
+tb vol unexpose m1 --on sp1 >/dev/null
+json_has "$(vol_json m1)" device null || fail "m1 still has a device on sp1 after unexpose: $(vol_json m1)"
+[ ! -b "$dev1" ] || fail "$dev1 still exists after unexpose on sp1"
+case "$(vol_json m1)" in *'"problem":"exposed on sp sp2"'*) ;; *) fail "sp1 does not say where m1 is exposed: $(vol_json m1)" ;; esac
+grep -q "its tree kept here for its jobs.*volume=m1" /tmp/sp1.log ||
+	fail "sp1 kept no tree of m1 for its jobs"
+ok "m1 unexposed on sp1: exposed on sp2 alone, sp1 keeps its tree for its jobs (no device)"
+fio_load /mnt/data3 32M --rate=,1m
+fio3=$FIO_PID
+sleep 2
+tb alu fail /dev/vdb
+i=0
+until [ "$(sp2_state)" = degraded ]; do
+	i=$((i + 1))
+	[ "$i" -le 100 ] || fail "sp2 still writes the failed leg (m1 unexposed on sp1): $($TB2 --json vol show m1)"
+	sleep 0.1
+done
+sleep 3
+out=$(tbj alu readd /dev/vdb --rate 32M 2>&1) || fail "alu readd refused (m1 unexposed on sp1): $out"
+rj=$(json_num "$out" id)
+[ -n "$rj" ] || fail "alu readd started no job (m1 unexposed on sp1): $out"
+wait_job_started /tmp/sp1.log "$rj" 150 ||
+	fail "the rebuild of m1 never started while sp1 does not expose it: $(tbj job show "$rj")"
+i=0
+until sp2_health | grep -q '"health":"rebuilding"'; do
+	i=$((i + 1))
+	[ "$i" -le 100 ] || fail "sp2's tree never got vdb's leg back as rebuilding: $($TB2 --json vol show m1)"
+	sleep 0.1
+done
+out=$(tbj job show "$rj" --wait) || fail "the rebuild on sp1's device-less tree failed: $out"
+json_has "$out" state '"done"' || fail "the rebuild on sp1's device-less tree not done: $out"
+no_wait "rebuild, m1 unexposed on sp1"
+kill -0 "$fio3" || fail "fio's write pass ended before the rebuild did: no load across it"
+i=0
+until sp2_settled; do
+	i=$((i + 1))
+	[ "$i" -le 100 ] || fail "sp2 does not have both legs healthy after the rebuild: $($TB2 --json vol show m1)"
+	sleep 0.1
+done
+held_for "rebuild with m1 unexposed on sp1" "$h0"
+ok "vdb failed and re-added under sp2's writes, m1 not exposed on sp1: rebuild job $rj done (fenced), both legs healthy on sp2"
+wait_fio "$fio3" /tmp/fio-load.out "across the rebuild with m1 unexposed on sp1"
+check_scrub "the rebuild with m1 unexposed on sp1"
+# sp1 exposes m1 again, over the tree its jobs left.
+tb vol expose m1 --on sp1 >/dev/null
+dev1=$(vol_device m1)
+[ -n "$dev1" ] && [ -b "$dev1" ] || fail "m1 not exposed on sp1 again: $(vol_json m1)"
+wait_vol_state m1 online
+ok "m1 exposed on sp1 again ($dev1)"
+no_io_error "rebuild, m1 unexposed on sp1"
+
 # --- the end ---------------------------------------------------------------------
 fio_verify_load /mnt/data 32M "final verify"
 fio_verify_load /mnt/data2 64M "final verify"
-ok "final verify pass of both files through sp2: 0 errors"
+fio_verify_load /mnt/data3 32M "final verify"
+ok "final verify pass of the three files through sp2: 0 errors"
 umount /mnt
 fsck_clean "$dev2" "e2fsck found problems"
 ok "e2fsck -fn clean"

@@ -155,6 +155,10 @@ ok "quiesced on both SPs: a write through sp2 was held, then completed on resume
 e=$(tb snap create r10 s1 2>&1) && fail "a snapshot of r10 was taken while sp2 exposes it"
 case "$e" in *"also exposed on sp2"*) ;; *) fail "unexpected: $e" ;; esac
 ok "no snapshot while another SP exposes the volume"
+# Nor a removal: sp2's tree would run on freed partitions ([0115]).
+e=$(tb vol remove r10 2>&1) && fail "r10 was removed while sp2 exposes it"
+case "$e" in *"exposed on sp sp2"*"vol unexpose"*) ;; *) fail "unexpected: $e" ;; esac
+ok "no removal while another SP exposes the volume"
 tb vol unexpose r10 --on sp2
 [ -e "$dev2" ] && fail "$dev2 still exists after unexpose"
 e=$(tb vol unexpose r10 --on sp1 2>&1) && fail "unexposing the last exposure worked"

@@ -247,7 +247,7 @@ enum VolCmd {
     List,
     /// Show one volume with its segments.
     Show { name: String },
-    /// Remove a volume (it must not be mounted); its space is freed.
+    /// Remove a volume (it must not be mounted, nor exposed on other SPs); its space is freed.
     Remove { name: String },
     /// Compare the legs of a mirror or raid10 volume (md's check); --repair rewrites mismatches.
     Scrub {

@@ -469,7 +469,13 @@ impl Daemon {
             .map(|(n, _)| n.clone())
             .collect();
         for name in held {
-            if self.volume(&name).is_ok_and(|v| !self.exposed_here(&v)) {
+            let Ok(v) = self.volume(&name) else { continue };
+            if !self.exposed_here(&v) {
+                // Its tree for its jobs may build now.
+                if self.keeps_tree(&v) {
+                    self.hold_remote(&v, false);
+                    self.start_jobs_of(&v);
+                }
                 continue;
             }
             match self.online(&name) {

@@ -364,7 +364,11 @@ impl Daemon {
             .map_err(|e| e.to_string())?;
         self.log
             .emit("volume-unexposed", Some(name), sp.to_string());
-        // A job that waited for the volume to be exposed here alone.
+        let v = self.volume(name)?;
+        if sp == me {
+            // Its jobs still run here, on a tree without a device.
+            self.hold_remote(&v, false);
+        }
         self.start_jobs_of(&v);
         Ok(Payload::Volume(self.volume_view(&self.volume(name)?)))
     }
@@ -665,7 +669,10 @@ impl Daemon {
     pub(super) fn quiesce(&mut self, name: &str) -> Result<Payload, String> {
         let v = self.volume(name)?;
         let others = self.exposing_peers(&v);
-        if self.exposed_here(&v) {
+        // (The tree kept here for the jobs of a volume only others expose
+        // quiesces too: its jobs stop.)
+        let kept = matches!(self.runtime.get(name), Some(Runtime::Remote { .. }));
+        if self.exposed_here(&v) || kept {
             self.quiesce_here(name)?;
         }
         let mut held = Vec::new();
@@ -690,7 +697,8 @@ impl Daemon {
     pub(super) fn resume(&mut self, name: &str) -> Result<Payload, String> {
         let v = self.volume(name)?;
         let mut errors = Vec::new();
-        if self.exposed_here(&v) {
+        let kept = matches!(self.runtime.get(name), Some(Runtime::Remote { .. }));
+        if self.exposed_here(&v) || kept {
             if let Err(e) = self.resume_here(name) {
                 errors.push(e);
             }

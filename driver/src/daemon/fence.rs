@@ -164,7 +164,10 @@ impl Daemon {
         let online: Vec<String> = self
             .runtime
             .iter()
-            .filter(|(n, r)| matches!(r, Runtime::Online { .. }) && !self.assigned.contains_key(*n))
+            .filter(|(n, r)| {
+                matches!(r, Runtime::Online { .. } | Runtime::Remote { .. })
+                    && !self.assigned.contains_key(*n)
+            })
             .map(|(n, _)| n.clone())
             .collect();
         for name in online {

@@ -25,7 +25,7 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(4);
 /// perhaps removed, its slots reused) is never swept afterwards.
 pub type SweepList = Arc<Mutex<BTreeMap<String, Vec<Arc<MirrorHealth>>>>>;
 
-fn ring() -> Result<LocalRing, String> {
+pub(super) fn ring() -> Result<LocalRing, String> {
     LocalRing::new(8).map_err(|e| format!("cannot set up io_uring: {e}"))
 }
 
@@ -227,7 +227,7 @@ impl Daemon {
         if self.exposing_peers(v).is_empty() {
             return;
         }
-        let Some(Runtime::Online { health, .. }) = self.runtime.get(&v.name) else {
+        let Some((_, health)) = self.job_tree(&v.name) else {
             return;
         };
         let ring = match ring() {

@@ -33,6 +33,7 @@ impl Daemon {
         let (state, device, problem) = match self.runtime.get(&l.name) {
             Some(Runtime::Online { exposed, .. }) => ("online", Some(exposed.device()), None),
             Some(Runtime::Offline { reason }) => ("offline", None, reason.clone()),
+            Some(Runtime::Remote { reason, .. }) => ("offline", None, Some(reason.clone())),
             None => ("offline", None, path.clone().err()),
         };
         VolumeView {

@@ -170,12 +170,12 @@ impl Daemon {
         }
         let mut online: Vec<String> = affected
             .into_iter()
-            .filter(|n| matches!(self.runtime.get(n), Some(Runtime::Online { .. })))
+            .filter(|n| self.job_tree(n).is_some())
             .collect();
         online.dedup();
         if !online.is_empty() {
             return Err(format!(
-                "metadata restore of configuration {seq} refused: volume(s) {} online: take them offline first (`tierblk vol offline NAME`)",
+                "metadata restore of configuration {seq} refused: volume(s) {} online (here or on another SP): take them offline first (`tierblk vol offline NAME`; `vol unexpose NAME --on SP`)",
                 online.join(", ")
             ));
         }

@@ -54,6 +54,8 @@ impl Daemon {
             ));
         }
         let here = matches!(self.runtime.get(name), Some(Runtime::Online { .. }));
+        // Exposed on other SPs only, its jobs running on the tree kept here.
+        let remote = matches!(self.runtime.get(name), Some(Runtime::Remote { .. }));
         let peers = self.exposing_peers(&v);
         // A snapshot online here reads its origin's data through the origin's
         // tree: it is held with the origin and loads the new tree too, or it
@@ -72,11 +74,7 @@ impl Daemon {
         let held_views = match self.hold_views(&views) {
             Ok(h) => h,
             Err(e) => {
-                if hold {
-                    if let Err(r) = self.resume(name) {
-                        error!(volume = %name, "cannot resume after a refused {what}: {r}");
-                    }
-                }
+                self.undo_hold(&v, hold, what);
                 return Err(format!("volume {name}: {what}: {e}"));
             }
         };
@@ -97,11 +95,7 @@ impl Daemon {
                 (def, job)
             }
             Err(e) => {
-                if hold {
-                    if let Err(r) = self.resume(name) {
-                        error!(volume = %name, "cannot resume after a refused {what}: {r}");
-                    }
-                }
+                self.undo_hold(&v, hold, what);
                 self.release_views(&held_views);
                 return Err(self.alu_paths_in(e.to_string()));
             }
@@ -117,6 +111,10 @@ impl Daemon {
                 ));
             }
         }
+        if !here && !self.exposed_here(&def) {
+            // The tree its jobs run on, of the new definition.
+            self.hold_remote(&def, true);
+        }
         let mut stale = Vec::new();
         for sp in &peers {
             if let Err(e) = self.assign(&def, sp) {
@@ -128,7 +126,7 @@ impl Daemon {
             }
         }
         let stale_views = self.reload_views(&views);
-        if here {
+        if here || remote {
             if let Err(e) = self.resume_here(name) {
                 error!(volume = %name, "cannot resume after the {what}: {e}");
             }
@@ -143,10 +141,25 @@ impl Daemon {
                 warn!(volume = %name, %sp, "cannot resume there: {e}");
             }
         }
+        if !here && !remote {
+            // Newly kept here by `hold_remote` (`resume_here` starts the
+            // others' jobs).
+            self.start_jobs_of(&def);
+        }
         info!(volume = %name, "{what}: new tree loaded");
         self.log
             .emit("volume-reshaped", Some(name), what.to_string());
         Ok((def, job))
+    }
+
+    /// A refused change leaves `v` as it was: every SP resumed (`hold`:
+    /// they were quiesced), its jobs going on.
+    fn undo_hold(&mut self, v: &VolumeDef, hold: bool, what: &str) {
+        if hold {
+            if let Err(r) = self.resume(&v.name) {
+                error!(volume = %v.name, "cannot resume after a refused {what}: {r}");
+            }
+        }
     }
 
     /// `msg` (a store's refusal, which names ALUs by uuid) with each ALU's
@@ -468,8 +481,8 @@ impl Daemon {
                 v.layout.members()
             ));
         }
-        // A mirror's other legs copy their new part: not while a peer exposes
-        // the volume (its writes would miss the legs being copied).
+        // A mirror's other legs copy their new part: a job, fenced against
+        // the other SPs that write the volume (`fence`).
         let (def, _) = self.reshape(name, "extend", |st| {
             Ok((st.extend_volume(name, add, &uuids)?, None))
         })?;
