@@ -93,6 +93,20 @@ sp2_settled() {
 	case "$(sp2_health)" in *'"health":"ok"'*) ;; *) return 1 ;; esac
 	case "$(sp2_health)" in *rebuilding* | *failed*) return 1 ;; esac
 }
+# sp2_degraded / sp2_rebuilding: sp2's view of m1 is degraded / has a leg
+# rebuilding.
+sp2_degraded() { [ "$(sp2_state)" = degraded ]; }
+sp2_rebuilding() { sp2_health | grep -q '"health":"rebuilding"'; }
+# sp2_until COND WHY: wait (up to 10 s) until COND (one of the above) holds;
+# else fail with WHY and sp2's view of m1.
+sp2_until() {
+	i=0
+	until $1; do
+		i=$((i + 1))
+		[ "$i" -le 100 ] || fail "$2: $($TB2 --json vol show m1)"
+		sleep 0.1
+	done
+}
 # check_scrub WHAT: a checking scrub of m1 (no load) finds 0 mismatches.
 check_scrub() {
 	out=$(tbj vol scrub m1 --wait) || fail "checking scrub failed ($1): $out"
@@ -136,12 +150,7 @@ sleep 2
 tb alu fail /dev/vdb
 wait_vol_state m1 degraded
 # The master tells sp2: it writes vda's leg only.
-i=0
-until [ "$(sp2_state)" = degraded ]; do
-	i=$((i + 1))
-	[ "$i" -le 100 ] || fail "sp2 still writes the failed leg: $($TB2 --json vol show m1)"
-	sleep 0.1
-done
+sp2_until sp2_degraded "sp2 still writes the failed leg"
 sp2_health | grep -q '"health":"failed"' || fail "sp2's view shows no failed leg: $(sp2_health)"
 # Writes through sp2 now land on vda only, and never mark sp1's bitmap: sp1
 # marked every region of it dirty instead.
@@ -152,24 +161,14 @@ out=$(tbj alu readd /dev/vdb --rate 32M) || fail "alu readd refused: $out"
 rj=$(json_num "$out" id)
 [ -n "$rj" ] || fail "alu readd started no job: $out"
 # sp2 writes the returning leg again while it is rebuilt.
-i=0
-until sp2_health | grep -q '"health":"rebuilding"'; do
-	i=$((i + 1))
-	[ "$i" -le 100 ] || fail "sp2's tree never got vdb's leg back as rebuilding: $($TB2 --json vol show m1)"
-	sleep 0.1
-done
+sp2_until sp2_rebuilding "sp2's tree never got vdb's leg back as rebuilding"
 ok "sp2's tree has the returning leg as rebuilding"
 out=$(tbj job show "$rj" --wait) || fail "the re-add's rebuild failed: $out"
 json_has "$out" state '"done"' || fail "the re-add's rebuild not done: $out"
 no_wait "re-add"
 kill -0 "$fio1" || fail "fio's write pass ended before the re-add's rebuild did: no load across it"
 wait_vol_state m1 online
-i=0
-until sp2_settled; do
-	i=$((i + 1))
-	[ "$i" -le 100 ] || fail "sp2 does not have both legs healthy after the re-add: $($TB2 --json vol show m1)"
-	sleep 0.1
-done
+sp2_until sp2_settled "sp2 does not have both legs healthy after the re-add"
 held_for "re-add's rebuild" 0
 ok "vdb failed and re-added under sp2's writes: rebuild job $rj done (fenced), both legs healthy on sp1 and sp2"
 h0=$h
@@ -192,12 +191,7 @@ case "$(members_on m1)" in
 esac
 ok "move accepted as job $job while sp2 exposes m1: a temporary leg on sp3:/dev/vdd"
 # sp2 writes the new leg too while it is copied: its tree has it rebuilding.
-i=0
-until sp2_health | grep -q '"health":"rebuilding"'; do
-	i=$((i + 1))
-	[ "$i" -le 100 ] || fail "sp2's tree never got the new leg as rebuilding: $($TB2 --json vol show m1)"
-	sleep 0.1
-done
+sp2_until sp2_rebuilding "sp2's tree never got the new leg as rebuilding"
 $TB2 vol show m1
 ok "sp2's tree has the leg being copied as rebuilding"
 wait_job_past "$job" $((64 << 20))
@@ -216,12 +210,7 @@ done
 json_has "$(alu_of /dev/vda)" partitions '[]' || fail "vda still holds a piece: $(alu_of /dev/vda)"
 kill -0 "$fio2" || fail "fio's write pass ended before the move did: no load across it"
 # The copy is over: sp2 gets the tree with the leg healthy.
-i=0
-until sp2_settled; do
-	i=$((i + 1))
-	[ "$i" -le 100 ] || fail "sp2 still has a rebuilding leg after the move: $($TB2 --json vol show m1)"
-	sleep 0.1
-done
+sp2_until sp2_settled "sp2 still has a rebuilding leg after the move"
 [ "$(dev_on "$R/sp2.ctl" m1)" = "$dev2" ] || fail "m1 is no longer $dev2 on sp2: $($TB2 --json vol show m1)"
 tb vol show m1
 $TB2 vol show m1
@@ -259,34 +248,19 @@ fio_load /mnt/data3 32M --rate=,1m
 fio3=$FIO_PID
 sleep 2
 tb alu fail /dev/vdb
-i=0
-until [ "$(sp2_state)" = degraded ]; do
-	i=$((i + 1))
-	[ "$i" -le 100 ] || fail "sp2 still writes the failed leg (m1 unexposed on sp1): $($TB2 --json vol show m1)"
-	sleep 0.1
-done
+sp2_until sp2_degraded "sp2 still writes the failed leg (m1 unexposed on sp1)"
 sleep 3
 out=$(tbj alu readd /dev/vdb --rate 32M 2>&1) || fail "alu readd refused (m1 unexposed on sp1): $out"
 rj=$(json_num "$out" id)
 [ -n "$rj" ] || fail "alu readd started no job (m1 unexposed on sp1): $out"
 wait_job_started /tmp/sp1.log "$rj" 150 ||
 	fail "the rebuild of m1 never started while sp1 does not expose it: $(tbj job show "$rj")"
-i=0
-until sp2_health | grep -q '"health":"rebuilding"'; do
-	i=$((i + 1))
-	[ "$i" -le 100 ] || fail "sp2's tree never got vdb's leg back as rebuilding: $($TB2 --json vol show m1)"
-	sleep 0.1
-done
+sp2_until sp2_rebuilding "sp2's tree never got vdb's leg back as rebuilding"
 out=$(tbj job show "$rj" --wait) || fail "the rebuild on sp1's device-less tree failed: $out"
 json_has "$out" state '"done"' || fail "the rebuild on sp1's device-less tree not done: $out"
 no_wait "rebuild, m1 unexposed on sp1"
 kill -0 "$fio3" || fail "fio's write pass ended before the rebuild did: no load across it"
-i=0
-until sp2_settled; do
-	i=$((i + 1))
-	[ "$i" -le 100 ] || fail "sp2 does not have both legs healthy after the rebuild: $($TB2 --json vol show m1)"
-	sleep 0.1
-done
+sp2_until sp2_settled "sp2 does not have both legs healthy after the rebuild"
 held_for "rebuild with m1 unexposed on sp1" "$h0"
 ok "vdb failed and re-added under sp2's writes, m1 not exposed on sp1: rebuild job $rj done (fenced), both legs healthy on sp2"
 wait_fio "$fio3" /tmp/fio-load.out "across the rebuild with m1 unexposed on sp1"
