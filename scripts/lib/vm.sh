@@ -280,9 +280,14 @@ echo "TIERBLK-VM-RESULT rc=$rc"
 # until the host's timeout. The disks are throw-away images.
 sync &
 sleep 1
+# poweroff itself can block there too (ext4's journal on such a device):
+# then an immediate reboot, without sync or device shutdown, ends the VM
+# (qemu runs with -no-reboot).
+(
+	sleep 10
+	echo b >/proc/sysrq-trigger
+) &
 poweroff -f
-sleep 5
-echo o >/proc/sysrq-trigger
 EOF
 	chmod +x "$1/init"
 }

@@ -396,6 +396,8 @@ sp_cleanup() {
 		done
 		echo "---- last kernel messages ----"
 		dmesg | tail -n 30
+		# (A load still running keeps /mnt busy.)
+		killall -9 fio 2>/dev/null || true
 	fi
 	umount /mnt 2>/dev/null || true
 	# shellcheck disable=SC2086
