@@ -523,7 +523,10 @@ impl Daemon {
                 .filter(|(n, _)| volume.is_none_or(|v| v == n.as_str()))
                 .map(|(n, s)| {
                     let t = s.totals();
+                    let spans = s.buffers();
                     StatsView {
+                        buffer_bytes: spans.iter().map(|(_, len)| *len as u64).sum(),
+                        buffer_resident: ublk::resident_bytes(&spans),
                         volume: n.clone(),
                         ops: stats::OPS
                             .iter()

@@ -386,6 +386,13 @@ pub struct MetaAluView {
 pub struct StatsView {
     pub volume: String,
     pub ops: Vec<OpStatsView>,
+    /// Bytes of the ublk queues' tag I/O buffers (address space: queues x
+    /// depth x 512 KiB), and how many of them are resident now (touched by
+    /// a request).
+    #[serde(default)]
+    pub buffer_bytes: u64,
+    #[serde(default)]
+    pub buffer_resident: u64,
 }
 
 /// One operation's counters (`op`: read, write, flush, discard, write_zeroes).

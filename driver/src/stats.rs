@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 /// The operations counted, in this order.
@@ -32,6 +32,9 @@ pub struct QueueStats {
     bytes: [AtomicU64; OPS.len()],
     errors: [AtomicU64; OPS.len()],
     latency: [[AtomicU64; BUCKETS]; OPS.len()],
+    /// The queue's tag I/O buffers, `(address, length)`, set once at its
+    /// start (for `tierblk stats`' resident count, `ublk::resident_bytes`).
+    buffers: OnceLock<Vec<(usize, usize)>>,
 }
 
 /// Add `n` to a counter only this thread writes (no read-modify-write).
@@ -51,6 +54,11 @@ pub fn bucket_bound_us(i: usize) -> Option<u64> {
 }
 
 impl QueueStats {
+    /// Record the queue's tag I/O buffers (once, at its start).
+    pub fn set_buffers(&self, spans: Vec<(usize, usize)>) {
+        let _ = self.buffers.set(spans);
+    }
+
     /// Count one request of operation `op` (an index into [`OPS`]).
     pub fn record(&self, op: usize, bytes: u64, ok: bool, elapsed: Duration) {
         let Some(ops) = self.ops.get(op) else { return };
@@ -79,6 +87,16 @@ impl VolumeStats {
             .unwrap_or_else(|e| e.into_inner())
             .push(q.clone());
         q
+    }
+
+    /// Every queue's tag I/O buffers, `(address, length)`.
+    pub fn buffers(&self) -> Vec<(usize, usize)> {
+        self.queues
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .flat_map(|q| q.buffers.get().into_iter().flatten().copied())
+            .collect()
     }
 
     /// The sum over the queues.

@@ -318,9 +318,14 @@ mem_line() {
 	_n=$(tbj vol list | grep -o '"state":"online"' | wc -l)
 	_kv() { sed -n "s/^$1:[[:space:]]*\([0-9]*\) kB/\1/p" "$2" | head -n 1; }
 	_thp=$(sed -n 's/.*\[\(.*\)\].*/\1/p' /sys/kernel/mm/transparent_hugepage/enabled 2>/dev/null)
+	# The resident part of the ublk queues' tag I/O buffers (`tierblk stats`,
+	# summed over the volumes): the target counts them apart.
+	_iob=$(tbj stats | grep -o '"buffer_resident":[0-9]*' | cut -d: -f2 |
+		awk '{s += $1} END {if (NR) print int(s / 1024)}')
 	echo "BENCH-MEM phase=$1 volumes=$_n rss_kib=$(_kv VmRSS "$_st") hwm_kib=$(_kv VmHWM "$_st")" \
 		"anon_kib=$(_kv RssAnon "$_st") file_kib=$(_kv RssFile "$_st") vsz_kib=$(_kv VmSize "$_st")" \
 		"thp_kib=$(_kv AnonHugePages "/proc/$DAEMON_PID/smaps_rollup") thp=${_thp:-unknown}" \
+		"iobuf_kib=${_iob:-unknown}" \
 		"threads=$(sed -n 's/^Threads:[[:space:]]*//p' "$_st") queues=$QUEUES depth=$DEPTH"
 	# Request servers the queues started (each holds one request future),
 	# when tierblkd logs them: TIERBLK_LOG=info,tierblk::ublk=debug.

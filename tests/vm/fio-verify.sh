@@ -42,12 +42,16 @@ reads=$(printf '%s' "$st" | grep -o '"bytes":[0-9]*,"count":[0-9]*,[^}]*"op":"re
 rbytes=$(printf '%s' "$st" | grep -o '"bytes":[0-9]*,"count":[0-9]*,[^}]*"op":"read"' | sed 's/"bytes":\([0-9]*\).*/\1/')
 [ -n "$reads" ] && [ "$reads" -ge $((rkb / 4)) ] || fail "stats count $reads reads for ${rkb} KiB read: $st"
 [ "$rbytes" -ge $((rkb * 1024)) ] || fail "stats count $rbytes bytes read for ${rkb} KiB: $st"
+# The queues' I/O buffers: reserved, and resident where requests touched them.
+bb=$(json_num "$st" buffer_bytes)
+br=$(json_num "$st" buffer_resident)
+[ "${br:-0}" -gt 0 ] && [ "$br" -lt "${bb:-0}" ] || fail "stats: I/O buffers $br resident of $bb after the verify pass: $st"
 tb stats f1
 m=$(wget -qO- http://127.0.0.1:9101/metrics) || fail "metrics endpoint unreachable"
 pr=$(printf '%s\n' "$m" | grep '^tierblk_io_requests_total{volume="f1",op="read"}' | cut -d' ' -f2)
 [ "$pr" = "$reads" ] || [ "$pr" -ge "$reads" ] || fail "Prometheus read count $pr < $reads"
 printf '%s\n' "$m" | grep -q 'tierblk_io_latency_seconds_bucket{volume="f1",op="read",le="+Inf"}' || fail "no latency histogram"
-ok "stats: $reads reads, $rbytes bytes; Prometheus agrees ($pr)"
+ok "stats: $reads reads, $rbytes bytes, I/O buffers $br of $bb bytes resident; Prometheus agrees ($pr)"
 
 # Sequential pass over the whole volume, including the part on the 2nd ALU.
 fio --name=seq --filename=/dev/ublkb0 --rw=write --bs=1M --direct=1 --ioengine=libaio \

@@ -849,9 +849,23 @@ fn stats_rows(stats: &[StatsView]) -> String {
             })
         })
         .collect();
-    render(
+    let ops = render(
         &["VOLUME", "OP", "REQUESTS", "BYTES", "ERRORS", "P50", "P99"],
         &rows,
+    );
+    let bufs: Vec<Vec<String>> = stats
+        .iter()
+        .map(|s| {
+            vec![
+                s.volume.clone(),
+                format_size(s.buffer_bytes),
+                format_size(s.buffer_resident),
+            ]
+        })
+        .collect();
+    format!(
+        "{ops}\n{}",
+        render(&["VOLUME", "I/O BUFFERS", "RESIDENT"], &bufs)
     )
 }
 
