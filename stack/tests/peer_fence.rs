@@ -15,14 +15,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::memdev::MemDev;
-use common::workload::{random_op, KIB, MIB};
+use common::workload::{spawn_writer, KIB, MIB};
 use common::{Rng, TempImage};
 use tierblk_stack::leaf::Leaf;
 use tierblk_stack::resync::{rebuild_leg, scrub, JobControl, JobError, PeerFence, FENCE_SPAN};
 use tierblk_stack::uring::LocalRing;
 use tierblk_stack::{
-    build_volume, open_alu, BlockDev, HeldWindow, IoResult, Layout, Limits, MemberDesc, Mirror,
-    MirrorHealth, MirrorState, Piece, VolumeDesc,
+    open_alu, BlockDev, HeldWindow, IoResult, Layout, Limits, MemberDesc, Mirror, MirrorHealth,
+    MirrorState, Piece, VolumeDesc,
 };
 
 fn health(legs: usize, rebuilding: &[(usize, u64)], size: u64) -> Arc<MirrorHealth> {
@@ -170,21 +170,7 @@ fn a_copy_on_one_sp_while_another_sp_writes_converges_under_the_fence() {
             r
         })
     };
-    let writer = {
-        let done = done.clone();
-        std::thread::spawn(move || {
-            let ring = LocalRing::new(32).unwrap();
-            let vol = build_volume(&db, ring.clone()).unwrap();
-            let mut model = initial;
-            let mut rng = Rng::new(72);
-            let mut ops = 0;
-            while !done.load(Ordering::SeqCst) || ops < 200 {
-                random_op(&vol, &ring, &mut model, &mut rng, 64 * KIB).unwrap();
-                ops += 1;
-            }
-            (model, ops)
-        })
-    };
+    let writer = spawn_writer(db, done.clone(), initial, 72, 200);
     assert_eq!(job.join().unwrap(), Ok(LEG));
     let (model, ops) = writer.join().unwrap();
     assert!(ops >= 200);

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use common::memdev::{FailMode, MemDev, YieldOnce};
-use common::workload::{random_op, random_range, KIB, MIB};
+use common::workload::{random_op, random_range, spawn_writer, KIB, MIB};
 use common::{Rng, TempImage};
 use tierblk_stack::resync::{rebuild_leg, scrub, JobControl, JobError, ScrubReport};
 use tierblk_stack::uring::LocalRing;
@@ -687,21 +687,7 @@ fn rebuild_on_a_job_thread_while_a_queue_thread_writes() {
             r
         })
     };
-    let queue = {
-        let (desc, done) = (desc.clone(), done.clone());
-        std::thread::spawn(move || {
-            let ring = LocalRing::new(32).unwrap();
-            let vol = build_volume(&desc, ring.clone()).unwrap();
-            let mut model = initial;
-            let mut rng = Rng::new(13);
-            let mut ops = 0;
-            while !done.load(Ordering::SeqCst) || ops < 200 {
-                random_op(&vol, &ring, &mut model, &mut rng, 64 * KIB).unwrap();
-                ops += 1;
-            }
-            (model, ops)
-        })
-    };
+    let queue = spawn_writer(desc.clone(), done.clone(), initial, 13, 200);
     assert_eq!(job.join().unwrap(), Ok(LEG));
     let (model, ops) = queue.join().unwrap();
     assert!(ops >= 200);

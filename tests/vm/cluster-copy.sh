@@ -56,16 +56,6 @@ TIERBLK_SOCKET="$R/sp1.ctl"
 TB2="tierblk --socket $R/sp2.ctl"
 trap 'sp_cleanup $?' EXIT
 
-# members_on NAME: "member:path" of every segment of volume NAME (master).
-members_on() {
-	vol_json "$1" | grep -o '{"alu":"[^}]*}' | while read -r s; do
-		echo "$(json_num "$s" member):$(json_str "$s" path)"
-	done | sort -u | tr '\n' ' '
-}
-# alu_of PATH: the `alu list` JSON object of that ALU (up to its partitions).
-alu_of() { tbj alu list | sed 's/},{"boot_member"/}\n{"boot_member"/g' | grep "\"path\":\"$1\""; }
-# tail_sha DEV: sha256 of the 16 MiB after the filesystem (MiB 240-255).
-tail_sha() { dd if="$1" bs=1M skip=240 count=16 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1; }
 # no_wait WHEN: the master never parked a job because a peer exposes m1.
 no_wait() {
 	if grep "job waits" /tmp/sp1.log; then
@@ -135,12 +125,7 @@ dev2=$(dev_on "$R/sp2.ctl" m1)
 [ -n "$dev2" ] && [ -b "$dev2" ] && [ "$dev2" != "$dev1" ] || fail "m1 not exposed on sp2: '$dev2'"
 # A region outside the filesystem, written once through sp2 before any copy:
 # what both exposures must read at the end.
-dd if=/dev/urandom of=/tmp/tail bs=1M count=16 2>/dev/null
-dd if=/tmp/tail of="$dev2" bs=1M seek=240 count=16 oflag=direct conv=fsync 2>/dev/null
-want=$(sha256sum </tmp/tail | cut -d' ' -f1)
-mkfs.ext4 -q -F "$dev2" 240M
-mkdir -p /mnt
-mount "$dev2" /mnt
+tail_and_fs "$dev2"
 ok "m1: a mirror of sp1's /dev/vda and /dev/vdb, exposed on sp1 ($dev1) and sp2 ($dev2, ext4 mounted)"
 
 # --- 1. a leg failed and re-added while sp2 writes ---------------------------

@@ -61,16 +61,6 @@ start_sp1() {
 trap 'sp_cleanup $?' EXIT
 
 wait_master() { wait_role "$TIERBLK_SOCKET" sp1 master; }
-# members_on NAME: "member:path" of every segment of volume NAME.
-members_on() {
-	vol_json "$1" | grep -o '{"alu":"[^}]*}' | while read -r s; do
-		echo "$(json_num "$s" member):$(json_str "$s" path)"
-	done | sort -u | tr '\n' ' '
-}
-# alu_of PATH: the `alu list` JSON object of that ALU (up to its partitions).
-alu_of() { tbj alu list | sed 's/},{"boot_member"/}\n{"boot_member"/g' | grep "\"path\":\"$1\""; }
-# tail_sha DEV: sha256 of the 16 MiB after the filesystem (MiB 240-255).
-tail_sha() { dd if="$1" bs=1M skip=240 count=16 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1; }
 
 start_sp1
 start_sp sp2 --alu /dev/vdc --peer "sp1=unix:$R/sp1.sock" --peer "sp3=unix:$R/sp3.sock"
@@ -84,12 +74,7 @@ dev=$(vol_device m1)
 [ "$(members_on m1)" = "0:/dev/vda 1:/dev/vdb " ] || fail "m1 legs: $(members_on m1)"
 # A region outside the filesystem, never written by the host again: what
 # every exposure must read the same.
-dd if=/dev/urandom of=/tmp/tail bs=1M count=16 2>/dev/null
-dd if=/tmp/tail of="$dev" bs=1M seek=240 count=16 oflag=direct conv=fsync 2>/dev/null
-want=$(sha256sum </tmp/tail | cut -d' ' -f1)
-mkfs.ext4 -q -F "$dev" 240M
-mkdir -p /mnt
-mount "$dev" /mnt
+tail_and_fs "$dev"
 ok "m1 is a mirror of sp1's /dev/vda and /dev/vdb, ext4 mounted from $dev"
 
 # --- 1. move the leg on vda to sp2, sp1 killed -9 mid-copy ------------------

@@ -294,6 +294,29 @@ fio_load() {
 	FIO_PID=$!
 }
 
+# members_on NAME: "member:path" of every segment of volume NAME.
+members_on() {
+	vol_json "$1" | grep -o '{"alu":"[^}]*}' | while read -r s; do
+		echo "$(json_num "$s" member):$(json_str "$s" path)"
+	done | sort -u | tr '\n' ' '
+}
+# alu_of PATH: the `alu list` JSON object of that ALU (up to its partitions).
+alu_of() { tbj alu list | sed 's/},{"boot_member"/}\n{"boot_member"/g' | grep "\"path\":\"$1\""; }
+
+# tail_and_fs DEV: 16 random MiB at MiB 240-255 of DEV, outside the
+# filesystem (their sha256 in want: what every exposure must read at the
+# end, `tail_sha`), then ext4 on the first 240 MiB, mounted at /mnt.
+tail_and_fs() {
+	dd if=/dev/urandom of=/tmp/tail bs=1M count=16 2>/dev/null
+	dd if=/tmp/tail of="$1" bs=1M seek=240 count=16 oflag=direct conv=fsync 2>/dev/null
+	want=$(sha256sum </tmp/tail | cut -d' ' -f1)
+	mkfs.ext4 -q -F "$1" 240M
+	mkdir -p /mnt
+	mount "$1" /mnt
+}
+# tail_sha DEV: sha256 of the 16 MiB after the filesystem (MiB 240-255).
+tail_sha() { dd if="$1" bs=1M skip=240 count=16 iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1; }
+
 # wait_job_started LOG JOB [TRIES]: wait, 0.2 s apart (TRIES times, 900
 # by default), until the daemon log LOG says job JOB started; 1 if it never
 # does (the caller fails, with what it knows).

@@ -26,13 +26,6 @@ alus="--alu /dev/vda --alu /dev/vdb --alu /dev/vdc --alu /dev/vdd"
 start_daemon $alus
 for d in vda vdb vdc vdd; do tb alu claim /dev/$d >/dev/null; done
 
-# members_on NAME: "member:path" of every segment of volume NAME.
-members_on() {
-	vol_json "$1" | grep -o '{"alu":"[^}]*}' | while read -r s; do
-		echo "$(json_num "$s" member):$(json_str "$s" path)"
-	done | sort -u | tr '\n' ' '
-}
-
 # --- stripe, killed mid-copy ---------------------------------------------------
 tb vol create s1 --size 256M --layout stripe --stripes 2 --chunk 64K --alu /dev/vda --alu /dev/vdb >/dev/null
 wait_vol_state s1 online

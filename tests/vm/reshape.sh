@@ -32,13 +32,6 @@ fio_load /mnt/data 96M --rate=,2m
 fio_pid=$FIO_PID
 sleep 2
 
-# members_on NAME: "member:path" of every segment of volume NAME.
-members_on() {
-	vol_json "$1" | grep -o '{"alu":"[^}]*}' | while read -r s; do
-		echo "$(json_num "$s" member):$(json_str "$s" path)"
-	done | sort -u | tr '\n' ' '
-}
-
 # --- move, killed mid-copy ---------------------------------------------------
 out=$(tbj vol move l1 --to /dev/vdb --rate 16M)
 job=$(json_num "$out" id)

@@ -1,12 +1,40 @@
 //! Randomized workload against a `Vec<u8>` model, shared by the driver tests.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use tierblk_stack::uring::{join_all, LocalRing};
+use tierblk_stack::volume::{build_volume, VolumeDesc};
 use tierblk_stack::{AlignedBuf, BlockDev, IoResult};
 
 use super::Rng;
 
 pub const KIB: u64 = 1024;
 pub const MIB: u64 = 1024 * KIB;
+
+/// A host writing while a job runs: a thread with its own ring and its own
+/// instance of `desc`'s tree (as a ublk queue, or another SP, has) doing
+/// random ops against `model` (seeded `seed`) until `done` is set and at
+/// least `min_ops` ran; returns the model and the number of ops.
+pub fn spawn_writer(
+    desc: VolumeDesc,
+    done: Arc<AtomicBool>,
+    mut model: Vec<u8>,
+    seed: u64,
+    min_ops: usize,
+) -> JoinHandle<(Vec<u8>, usize)> {
+    std::thread::spawn(move || {
+        let ring = LocalRing::new(32).unwrap();
+        let vol = build_volume(&desc, ring.clone()).unwrap();
+        let mut rng = Rng::new(seed);
+        let mut ops = 0;
+        while !done.load(Ordering::SeqCst) || ops < min_ops {
+            random_op(&vol, &ring, &mut model, &mut rng, 64 * KIB).unwrap();
+            ops += 1;
+        }
+        (model, ops)
+    })
+}
 
 /// A 512-aligned range of 512 B..=`max_len` bytes fitting in `size`; one time
 /// in two it straddles a multiple of `chunk`.
