@@ -113,6 +113,16 @@ impl LocalRing {
                 if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
                     return v;
                 }
+                // Woken again while it was polled: a future yielding (a
+                // waiter spinning until another thread, or another future of
+                // this one, makes progress), so the loop polls again without
+                // reaching `submit_and_wait`. What the others queued must
+                // reach the kernel now, or the progress it waits for never
+                // comes (a host write spinning at a resync window while the
+                // write that holds the job back sat in the queue, unsubmitted).
+                if flag.0.load(Ordering::Acquire) {
+                    self.submit_queued();
+                }
                 // Completions the kernel already posted (no syscall).
                 self.reap();
                 continue;
@@ -130,6 +140,17 @@ impl LocalRing {
     /// Run all futures concurrently to completion.
     pub fn run_all<'a>(&self, futs: Vec<Pin<Box<dyn Future<Output = ()> + 'a>>>) {
         self.block_on(join_all(futs));
+    }
+
+    /// Hand the kernel the SQEs queued so far, without waiting (one syscall,
+    /// none when the queue is empty). A failure is left to the next
+    /// `submit_and_wait`, which sees the same queue.
+    fn submit_queued(&self) {
+        let mut ring = self.inner.ring.borrow_mut();
+        if ring.submission().is_empty() {
+            return;
+        }
+        let _ = ring.submit();
     }
 
     /// Submit queued SQEs and wait for `want` completions, retrying on
@@ -374,6 +395,41 @@ mod tests {
         let r = ring.block_on(ring.submit(opcode::Nop::new().build()));
         assert_eq!(r, 0);
         assert_eq!(ring.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_future_spinning_on_another_does_not_starve_its_submission() {
+        // One future submits an op; the other waits for it by yielding (as a
+        // host write waits at a resync window): the loop keeps polling, and
+        // the op must still reach the kernel. Bounded spins, so a starved
+        // op fails the test instead of hanging it.
+        let ring = LocalRing::new(8).unwrap();
+        let done = std::cell::Cell::new(false);
+        let submitter = async {
+            ring.submit(opcode::Nop::new().build()).await;
+            done.set(true);
+        };
+        let waiter = async {
+            let mut spins = 0u32;
+            while !done.get() {
+                spins += 1;
+                assert!(spins < 100_000, "the op was never submitted");
+                let mut yielded = false;
+                std::future::poll_fn(|cx| {
+                    if std::mem::replace(&mut yielded, true) {
+                        Poll::Ready(())
+                    } else {
+                        cx.waker().wake_by_ref();
+                        Poll::Pending
+                    }
+                })
+                .await;
+            }
+        };
+        let futs: Vec<Pin<Box<dyn Future<Output = ()> + '_>>> =
+            vec![Box::pin(submitter), Box::pin(waiter)];
+        ring.run_all(futs);
+        assert!(done.get());
     }
 
     #[test]
