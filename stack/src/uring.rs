@@ -399,10 +399,10 @@ mod tests {
 
     #[test]
     fn a_future_spinning_on_another_does_not_starve_its_submission() {
-        // One future submits an op; the other waits for it by yielding (as a
-        // host write waits at a resync window): the loop keeps polling, and
-        // the op must still reach the kernel. Bounded spins, so a starved
-        // op fails the test instead of hanging it.
+        // One future submits an op; the other waits for it with the mirror's
+        // `backoff` (as a host write waits at a resync window): the loop
+        // keeps polling, and the op must still reach the kernel. Bounded
+        // spins, so a starved op fails the test instead of hanging it.
         let ring = LocalRing::new(8).unwrap();
         let done = std::cell::Cell::new(false);
         let submitter = async {
@@ -412,18 +412,8 @@ mod tests {
         let waiter = async {
             let mut spins = 0u32;
             while !done.get() {
-                spins += 1;
                 assert!(spins < 100_000, "the op was never submitted");
-                let mut yielded = false;
-                std::future::poll_fn(|cx| {
-                    if std::mem::replace(&mut yielded, true) {
-                        Poll::Ready(())
-                    } else {
-                        cx.waker().wake_by_ref();
-                        Poll::Pending
-                    }
-                })
-                .await;
+                crate::mirror::backoff(&mut spins).await;
             }
         };
         let futs: Vec<Pin<Box<dyn Future<Output = ()> + '_>>> =
