@@ -399,12 +399,25 @@ vm_build_initramfs() {
 		done
 	fi
 	rm -rf "$extra"
-	# Extras a scenario asks for with `# vm-extra: udev` (scripts/lib/vm-udev.sh).
-	if grep -qE '^# vm-extra:.*\<udev\>' "$scenario"; then
+	# Extras a scenario asks for with `# vm-extra: udev perf`, or a run with
+	# TIERBLK_VM_EXTRA="perf".
+	local extras
+	extras=" $(sed -n 's/^# vm-extra://p' "$scenario" | tr '\n' ' ') ${TIERBLK_VM_EXTRA:-} "
+	case "$extras" in *" udev "*)
 		# shellcheck source=scripts/lib/vm-udev.sh
 		. "$REPO/scripts/lib/vm-udev.sh"
 		vm_udev_add "$root" || vm_die "the scenario needs udev in the guest"
-	fi
+		;;
+	esac
+	case "$extras" in *" perf "*)
+		# The host's perf (Debian's linux-perf): software events (cpu-clock)
+		# sample fine under TCG, which has no PMU.
+		v="$(vm_which perf || true)"
+		[ -n "$v" ] || vm_die "vm-extra perf: no perf on the host (apt-get install linux-perf)"
+		_vm_copy_file "$v" "$root" /usr/bin/perf
+		_vm_copy_libs "$v" "$root"
+		;;
+	esac
 	cp "$VM_BASE_CPIO" "$out"
 	(cd "$root" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) >>"$out"
 	rm -rf "$root"
