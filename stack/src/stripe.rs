@@ -149,12 +149,17 @@ fn keep_first(
     offset: u64,
     len: u64,
 ) {
-    if let Err(e) = r {
-        if slot.is_none() {
-            tracing::debug!(error = %e, "stripe member request failed");
-            *slot = Some(IoError::new(e.errno(), op, offset, len));
-        }
+    if slot.is_none() {
+        *slot = relabel(r, op, offset, len).err();
     }
+}
+
+/// A member's result, its error re-labelled with the stripe-level request.
+fn relabel(r: IoResult<()>, op: &'static str, offset: u64, len: u64) -> IoResult<()> {
+    r.map_err(|e| {
+        tracing::debug!(error = %e, "stripe member request failed");
+        IoError::new(e.errno(), op, offset, len)
+    })
 }
 
 fn into_result(err: Option<IoError>) -> IoResult<()> {
@@ -173,6 +178,13 @@ impl<D: BlockDev> BlockDev for Stripe<D> {
     async fn read(&self, offset: u64, buf: &mut [u8]) -> IoResult<()> {
         let len = buf.len() as u64;
         check_range("read", offset, len, self.size)?;
+        let (m, moff, left) = self.map(offset);
+        if len > 0 && len <= left {
+            // Within one chunk (a small request usually is): straight to its
+            // member. The join is the costly path: its slots are sized for
+            // `DEFAULT_WIDTH` member futures and each piece is moved in.
+            return relabel(self.members[m].read(moff, buf).await, "read", offset, len);
+        }
         let mut rest: &mut [u8] = buf;
         let mut pos = offset;
         // Lazily carve one chunk piece at a time off the front of the buffer.
@@ -195,6 +207,12 @@ impl<D: BlockDev> BlockDev for Stripe<D> {
     async fn write(&self, offset: u64, buf: &[u8], fua: bool) -> IoResult<()> {
         let len = buf.len() as u64;
         check_range("write", offset, len, self.size)?;
+        let (m, moff, left) = self.map(offset);
+        if len > 0 && len <= left {
+            // Within one chunk: straight to its member (see `read`).
+            let r = self.members[m].write(moff, buf, fua).await;
+            return relabel(r, "write", offset, len);
+        }
         let mut rest: &[u8] = buf;
         let mut pos = offset;
         let pieces = std::iter::from_fn(|| {

@@ -115,6 +115,16 @@ fn member_failure_propagates_errno() {
     assert_eq!((e.errno(), e.op(), e.offset()), (libc::ENOSPC, "read", 0));
     let e = ring.block_on(s.write(c / 2, &buf, false)).unwrap_err();
     assert_eq!(e.errno(), libc::ENOSPC);
+    // Within one chunk of member 1 (one member request, no join): the error
+    // names the stripe's request, not the member's.
+    let mut small = AlignedBuf::new(4096);
+    let e = ring.block_on(s.read(c + 512, &mut small)).unwrap_err();
+    assert_eq!(
+        (e.errno(), e.op(), e.offset(), e.request_len()),
+        (libc::ENOSPC, "read", c + 512, 4096)
+    );
+    let e = ring.block_on(s.write(4 * c, &small, false)).unwrap_err();
+    assert_eq!((e.op(), e.offset()), ("write", 4 * c));
     assert_eq!(
         ring.block_on(s.discard(0, 3 * c)).unwrap_err().errno(),
         libc::ENOSPC
