@@ -109,10 +109,11 @@ impl<F, const N: usize> Slots<F, N> {
 
     /// Start `f` in the free slot `i`.
     fn put(self: Pin<&mut Self>, i: usize, f: F) {
-        // SAFETY: nothing pinned is moved: slot `i` is free (no future to
-        // move out), and `f` is pinned only from here on, in place.
+        // SAFETY: nothing pinned is moved or overwritten: slot `i` is free
+        // (asserted: a future there would be lost without its drop), and
+        // `f` is pinned only from here on, in place.
         let this = unsafe { self.get_unchecked_mut() };
-        debug_assert!(!this.live[i], "join slot {i} is in use");
+        assert!(!this.live[i], "join slot {i} is in use");
         this.futs[i].write(f);
         this.live[i] = true;
     }
