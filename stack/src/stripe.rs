@@ -6,8 +6,9 @@
 //! `(k / N) * chunk`. A member contributes a whole number of chunks (its size
 //! rounded down), so the volume is `N * floor(member / chunk) * chunk` bytes.
 //!
-//! A read or write is split at chunk boundaries into sub-slices of the caller's
-//! buffer (no copy); the pieces run concurrently through the heapless
+//! A read or write within one chunk goes straight to its member. A larger one
+//! is split at chunk boundaries into sub-slices of the caller's buffer (no
+//! copy); the pieces run concurrently through the heapless
 //! [`join`](crate::join) so a large request keeps several members busy.
 //! Discard and write-zeroes need no buffer, and the part of a contiguous volume
 //! range that falls on one member is itself contiguous on that member, so they
