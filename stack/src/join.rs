@@ -238,17 +238,25 @@ mod tests {
         assert_eq!(seen, (0..20).map(|i| (i, i * 10)).collect::<Vec<_>>());
     }
 
-    /// Counts its drops; pending forever.
-    struct Tracked<'a>(&'a Cell<usize>);
+    /// Counts its drops; pending forever, or (`ready`) ready at once with
+    /// the drop count seen when polled.
+    struct Tracked<'a> {
+        dropped: &'a Cell<usize>,
+        ready: bool,
+    }
     impl Future for Tracked<'_> {
-        type Output = ();
-        fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
-            Poll::Pending
+        type Output = usize;
+        fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<usize> {
+            if self.ready {
+                Poll::Ready(self.dropped.get())
+            } else {
+                Poll::Pending
+            }
         }
     }
     impl Drop for Tracked<'_> {
         fn drop(&mut self) {
-            self.0.set(self.0.get() + 1);
+            self.dropped.set(self.dropped.get() + 1);
         }
     }
 
@@ -257,9 +265,12 @@ mod tests {
         let (made, dropped) = (Cell::new(0usize), Cell::new(0usize));
         let futs = (0..10).map(|_| {
             made.set(made.get() + 1);
-            Tracked(&dropped)
+            Tracked {
+                dropped: &dropped,
+                ready: false,
+            }
         });
-        let mut j = Box::pin(join_bounded::<4, _, _, _>(futs, |_, ()| {}));
+        let mut j = Box::pin(join_bounded::<4, _, _, _>(futs, |_, _| {}));
         let waker = Waker::from(Arc::new(CountWake(AtomicUsize::new(0))));
         assert!(j
             .as_mut()
@@ -273,23 +284,12 @@ mod tests {
     #[test]
     fn a_completed_future_is_dropped_when_it_completes() {
         let dropped = Cell::new(0usize);
-        struct ReadyTracked<'a>(&'a Cell<usize>);
-        impl Future for ReadyTracked<'_> {
-            type Output = usize;
-            fn poll(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<usize> {
-                Poll::Ready(self.0.get())
-            }
-        }
-        impl Drop for ReadyTracked<'_> {
-            fn drop(&mut self) {
-                self.0.set(self.0.get() + 1);
-            }
-        }
+        let futs = (0..5).map(|_| Tracked {
+            dropped: &dropped,
+            ready: true,
+        });
         let mut seen = Vec::new();
-        run(join_bounded::<2, _, _, _>(
-            (0..5).map(|_| ReadyTracked(&dropped)),
-            |i, v| seen.push((i, v)),
-        ));
+        run(join_bounded::<2, _, _, _>(futs, |i, v| seen.push((i, v))));
         // Each output was taken before the next future in its slot started,
         // and its future dropped before `on_done` ran.
         assert_eq!(dropped.get(), 5);
