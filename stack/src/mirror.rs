@@ -41,7 +41,9 @@
 //! Health is shared by every queue thread of a volume through
 //! [`MirrorHealth`] (one `AtomicU32` bitmask of failed legs): a leg failed on
 //! one queue is skipped by all. The daemon persists failures through the
-//! `on_fail` callback, which runs exactly once per leg transition.
+//! `on_fail` callback, which runs exactly once per leg transition; until it
+//! returns no write of the mirror is acknowledged on any queue (MD holds
+//! writes while a superblock change is pending).
 
 use std::cell::Cell;
 use std::fmt;
@@ -99,6 +101,10 @@ pub struct MirrorHealth {
     /// A resync or scrub job holds the window.
     job: AtomicBool,
     on_fail: OnFail,
+    /// Leg failures being recorded (`fail` calls under way, `on_fail`
+    /// running): no write that completes meanwhile is acknowledged until
+    /// there are none (see [`MirrorHealth::fail`]).
+    recording: AtomicU32,
     /// The legs' replaceable descriptions, set by the first tree built over
     /// this health record and shared by every queue's tree after it.
     slots: OnceLock<Vec<Arc<LegSlot>>>,
@@ -308,6 +314,7 @@ impl MirrorHealth {
             window_len: AtomicU64::new(0),
             job: AtomicBool::new(false),
             on_fail,
+            recording: AtomicU32::new(0),
             slots: OnceLock::new(),
             intent: None,
         }
@@ -458,18 +465,39 @@ impl MirrorHealth {
     /// device of an array): its error goes to the host for that one request,
     /// and the mirror keeps serving what it still can. Rebuilding legs do not
     /// count as healthy; failing one stops its rebuild.
+    ///
+    /// Until `on_fail` has returned (the daemon has persisted the failure),
+    /// no write, write-zeroes, discard or flush of this mirror completes on
+    /// any queue ([`MirrorHealth::recorded`]), as MD holds every write that
+    /// completes while a superblock change is pending: one acknowledged
+    /// meanwhile would be on the surviving legs only, and after a crash
+    /// before the record the failed leg, not known as failed, could be the
+    /// source of the resync and overwrite it. The count is raised before the
+    /// transition, so a request that sees the leg failed (and skips it) also
+    /// sees the count.
     pub fn fail(&self, leg: usize, errno: i32) -> bool {
-        if !self.transition(leg) {
-            return false;
+        self.recording.fetch_add(1, Ordering::SeqCst);
+        let changed = self.transition(leg);
+        if changed {
+            tracing::error!(
+                leg,
+                errno,
+                remaining = self.healthy_count(),
+                "mirror leg failed"
+            );
+            (self.on_fail)(leg, errno);
         }
-        tracing::error!(
-            leg,
-            errno,
-            remaining = self.healthy_count(),
-            "mirror leg failed"
-        );
-        (self.on_fail)(leg, errno);
-        true
+        self.recording.fetch_sub(1, Ordering::SeqCst);
+        changed
+    }
+
+    /// Resolves once no leg failure is being recorded (at once, one atomic
+    /// load, in the common case).
+    pub async fn recorded(&self) {
+        let mut spins = 0;
+        while self.recording.load(Ordering::SeqCst) != 0 {
+            backoff(&mut spins).await;
+        }
     }
 
     /// Mark `leg` failed without calling `on_fail`: for the daemon, when the
@@ -745,6 +773,8 @@ impl<D: BlockDev, C: BlockDev> Mirror<D, C> {
         })
         .await;
         if ok > 0 {
+            // Not acknowledged while a leg failure is being recorded.
+            self.health.recorded().await;
             return Ok(());
         }
         // Every healthy leg we tried failed, or none was healthy to begin with.

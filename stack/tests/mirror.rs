@@ -392,3 +392,75 @@ fn a_torn_write_fails_the_leg_not_the_host() {
     assert!(m.legs()[0].contents() == model);
     check_all(&m, &ring, &model, &mut rng).unwrap();
 }
+
+/// While one queue's leg failure is being recorded (the daemon persisting it
+/// in `on_fail`), another queue's write, which skips the failed leg and
+/// lands on the survivor only, is not acknowledged: after a crash before the
+/// record, the resync could copy from the failed leg and lose it (MD holds
+/// writes while a superblock change is pending).
+#[test]
+fn writes_wait_while_a_leg_failure_is_being_recorded() {
+    use std::sync::mpsc;
+    use std::time::Duration;
+    let (entered_tx, entered) = mpsc::channel::<()>();
+    let (release, release_rx) = mpsc::channel::<()>();
+    let release_rx = Mutex::new(release_rx);
+    let entered_tx = Mutex::new(entered_tx);
+    let h = Arc::new(MirrorHealth::new(
+        2,
+        0,
+        Box::new(move |_, _| {
+            entered_tx.lock().unwrap().send(()).unwrap();
+            release_rx.lock().unwrap().recv().unwrap();
+        }),
+    ));
+    // Queue A: its write fails on leg 1, and `on_fail` blocks its thread.
+    let ha = h.clone();
+    let a = std::thread::spawn(move || {
+        let legs = vec![MemDev::new(MIB as usize), MemDev::new(MIB as usize)];
+        legs[1].set_fail(FailMode::WritesOnly);
+        let m = Mirror::new(legs, ha).unwrap();
+        let ring = LocalRing::new(8).unwrap();
+        let data = AlignedBuf::from_slice(&[1; 4096]);
+        ring.block_on(m.write(0, &data, false))
+            .map_err(|e| e.errno())
+    });
+    entered.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert!(
+        !h.is_healthy(1),
+        "leg 1 failed in memory while it is recorded"
+    );
+    // Queue B: its own legs work; it sees leg 1 failed and writes leg 0 only.
+    let hb = h.clone();
+    let (done_tx, done) = mpsc::channel();
+    let b = std::thread::spawn(move || {
+        let legs = vec![MemDev::new(MIB as usize), MemDev::new(MIB as usize)];
+        let m = Mirror::new(legs, hb).unwrap();
+        let ring = LocalRing::new(8).unwrap();
+        let data = AlignedBuf::from_slice(&[2; 4096]);
+        let w = ring.block_on(m.write(8192, &data, false));
+        done_tx.send(("write", w.is_ok())).unwrap();
+        let f = ring.block_on(m.flush());
+        done_tx.send(("flush", f.is_ok())).unwrap();
+        (m.legs()[0].writes(), m.legs()[1].writes())
+    });
+    assert!(
+        done.recv_timeout(Duration::from_millis(300)).is_err(),
+        "a write was acknowledged before the leg failure was recorded"
+    );
+    release.send(()).unwrap();
+    assert_eq!(
+        done.recv_timeout(Duration::from_secs(10)),
+        Ok(("write", true))
+    );
+    assert_eq!(
+        done.recv_timeout(Duration::from_secs(10)),
+        Ok(("flush", true))
+    );
+    assert_eq!(
+        a.join().unwrap(),
+        Ok(()),
+        "queue A's write succeeded on leg 0"
+    );
+    assert_eq!(b.join().unwrap(), (1, 0), "queue B wrote leg 0 only");
+}
