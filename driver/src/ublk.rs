@@ -247,17 +247,20 @@ fn run_device(
         }
     }
     // Build once here to validate the tree and learn its size before the
-    // device exists.
-    let (_, first) = spec.top.current();
-    let size = match build_once(&first, UblkRing) {
-        Ok(v) => v.size(),
-        Err(e) => {
-            let _ = tx.send(Err(FrontendError::Create(spec.name.clone(), e)));
-            return;
+    // device exists. Not kept: this thread lives as long as the device, and
+    // a tree replaced later (a failed disk left out) must close its ALUs.
+    let (size, read_only) = {
+        let (_, first) = spec.top.current();
+        match build_once(&first, UblkRing) {
+            Ok(v) => (v.size(), first.read_only()),
+            Err(e) => {
+                let _ = tx.send(Err(FrontendError::Create(spec.name.clone(), e)));
+                return;
+            }
         }
     };
     let mut attrs = libublk::sys::UBLK_ATTR_VOLATILE_CACHE | libublk::sys::UBLK_ATTR_FUA;
-    if first.read_only() {
+    if read_only {
         attrs |= libublk::sys::UBLK_ATTR_READ_ONLY;
     }
     let json = serde_json::json!({ "tierblk": { "volume": spec.name, "wwn": spec.wwn } });
