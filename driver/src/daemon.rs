@@ -78,6 +78,9 @@ pub enum Event {
     Leadership(crate::etcd::Leadership),
     /// Time passed: run the snapshot schedules that are due.
     Tick,
+    /// Rebuild `volume`'s trees without a failed part, once the requests
+    /// that found the failure have their answer (`reshape::reconfigure`).
+    Reconfigure { volume: String, why: String },
 }
 
 /// How often the schedules are looked at.
@@ -736,8 +739,24 @@ impl Daemon {
         };
         let mut members = Vec::with_capacity(v.members.len());
         for m in 0..v.member_count() as u16 {
+            // A failed mirror leg is never read or written again: the tree
+            // leaves its device out altogether (claims 8 and 18 of 003_...),
+            // so the descriptor of a dead disk closes with the tree that
+            // found it dead. A re-add or replace gives the leg its pieces
+            // back through its slot (`swap_leg`).
+            // (A peer's definition marks the legs being copied rebuilding.)
+            let out = degraded.contains(&m)
+                && !matches!(
+                    v.members.get(usize::from(m)),
+                    Some(MemberHealth::Rebuilding { .. })
+                )
+                && v.group_members(v.leg_of(m).0).len() > 1;
             let mut pieces = Vec::new();
             for s in v.segments.iter().filter(|s| s.member == m) {
+                if out {
+                    pieces.push(Piece::local(absent_alu()?, s.start, s.len));
+                    continue;
+                }
                 let piece = match self.piece(s.alu, s.start, s.len) {
                     Ok(p) => p,
                     // A degraded leg starts marked failed in its mirror and is
@@ -769,6 +788,12 @@ impl Daemon {
             health: health.clone(),
             moving: v.moving_group(),
         };
+        // The mirrors' leg slots are made by the first tree built over their
+        // health: one is built now, so that a leg can be swapped in
+        // (`swap_leg`) before a queue or a job has built one (a tree
+        // reloaded under quiescence, or kept without a device).
+        tierblk_stack::volume::build_volume(&desc, intent::ring()?)
+            .map_err(|e| format!("volume {}: {e}", v.name))?;
         Ok((desc, health))
     }
 
@@ -932,6 +957,7 @@ impl Daemon {
                     }
                 }
             }
+            Event::Reconfigure { volume, why } => self.reconfigure(&volume, &why),
             Event::Peers(views) => self.on_peers(views),
             Event::Inventory(dead) => self.on_inventory(dead),
             Event::Leadership(l) => self.on_leadership(l),
@@ -1502,6 +1528,11 @@ impl Daemon {
         uuid: Uuid,
         reporter: Option<&str>,
     ) -> Result<Vec<(String, u16)>, String> {
+        let newly = self.owned_alus().iter().any(|(_, u)| *u == uuid);
+        let path = self
+            .store
+            .path_of(uuid)
+            .map_or_else(|| uuid.to_string(), str::to_string);
         let affected = self.store.fail_alu(uuid).map_err(|e| e.to_string())?;
         for (volume, member) in &affected {
             self.fail_members_here(volume, &[*member]);
@@ -1532,6 +1563,15 @@ impl Daemon {
                         }
                     }
                 }
+            }
+            // Queued, not run here: the requests that found the failure
+            // (on this SP or a peer) wait for this call's answer, and the
+            // reconfiguration drains them first.
+            if newly {
+                let _ = self.events.send(Event::Reconfigure {
+                    volume: name.clone(),
+                    why: format!("alu {path} failed"),
+                });
             }
         }
         Ok(affected)

@@ -85,9 +85,14 @@ impl Daemon {
             let (alu, off) = v
                 .wi_location(m)
                 .ok_or_else(|| format!("volume {}: member {m}: no write-intent slot", v.name))?;
-            let file = match self.data_file(alu) {
-                Ok(f) => f,
-                Err(_) => absent_alu()?,
+            // A failed leg's copy is never written: its device stays closed.
+            let failed = matches!(
+                v.members.get(usize::from(m)),
+                Some(MemberHealth::Failed { .. })
+            );
+            let file = match failed {
+                false => self.data_file(alu).or_else(|_| absent_alu())?,
+                true => absent_alu()?,
             };
             wi.set_copy(leg, file, off);
         }

@@ -83,11 +83,6 @@ impl Daemon {
         if persist {
             self.persist_intents(v, &health)?;
         }
-        // The mirrors' leg slots are made by the first tree built over them
-        // (an exposed volume's first queue): one is built here, so that a
-        // leg can be swapped in (`swap_leg`) before any job has run.
-        tierblk_stack::volume::build_volume(&desc, intent::ring()?)
-            .map_err(|e| format!("volume {}: {e}", v.name))?;
         Ok((Arc::new(desc), health))
     }
 }

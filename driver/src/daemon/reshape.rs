@@ -126,6 +126,9 @@ impl Daemon {
             }
         }
         let stale_views = self.reload_views(&views);
+        info!(volume = %name, "{what}: new tree loaded");
+        self.log
+            .emit("volume-reshaped", Some(name), what.to_string());
         if here || remote {
             if let Err(e) = self.resume_here(name) {
                 error!(volume = %name, "cannot resume after the {what}: {e}");
@@ -146,10 +149,42 @@ impl Daemon {
             // others' jobs).
             self.start_jobs_of(&def);
         }
-        info!(volume = %name, "{what}: new tree loaded");
-        self.log
-            .emit("volume-reshaped", Some(name), what.to_string());
         Ok((def, job))
+    }
+
+    /// Fig. 15 of section IX ([0171]; claims 1-8 and 17-18 of 003_...) after
+    /// a failure the data path, the inventory or an administrator found,
+    /// already persisted and already out of use (the failed legs are marked
+    /// in every running tree, and the requests that found it have their
+    /// answer): every SP exposing `name` quiesces (in-flight requests
+    /// complete, new ones are held, its jobs stop), loads the tree built from
+    /// the committed definition, which leaves the failed device out
+    /// altogether, and resumes; the jobs start again on the new tree.
+    pub(super) fn reconfigure(&mut self, name: &str, why: &str) {
+        let Ok(v) = self.volume(name) else { return };
+        if self.assigned.contains_key(name) || v.snapshot.is_some() {
+            return;
+        }
+        if self.job_tree(name).is_none() && self.exposing_peers(&v).is_empty() {
+            return;
+        }
+        if self.quiesced.contains_key(name) {
+            // Its failed legs are out of use already; the tree that leaves
+            // them out is loaded at its next reshape or online.
+            info!(volume = %name, "{why}: quiesced by an administrator: not reconfigured now");
+            return;
+        }
+        let what = format!("reconfiguration ({why})");
+        let current = |store: &mut Store| {
+            store
+                .image()
+                .and_then(|i| i.volumes.iter().find(|d| d.name == name).cloned())
+                .map(|d| (d, None))
+                .ok_or_else(|| tierblk_meta::MetaError::NotFound(format!("volume {name}")))
+        };
+        if let Err(e) = self.reshape(name, &what, current) {
+            error!(volume = %name, "{what}: {e}");
+        }
     }
 
     /// A refused change leaves `v` as it was: every SP resumed (`hold`:
