@@ -1641,62 +1641,84 @@ impl Daemon {
     /// (`jobs::next_job` runs repairs first).
     fn resync_after_unclean_stop(&mut self) {
         for v in self.image_volumes() {
-            let mirrored = matches!(v.layout.kind, LayoutKind::Mirror | LayoutKind::Raid10);
-            if !mirrored && v.moving.is_none() {
-                continue;
-            }
-            // One is enough: an earlier unclean stop may have queued one
-            // that never ran (the volume stayed offline).
-            let queued = self.store.jobs().iter().any(|j| {
-                j.volume == v.id
-                    && j.member.is_none()
-                    && (j.kind == JobKind::Resync || (j.kind == JobKind::Scrub && j.repair))
-                    && !j.state.finished()
-            });
-            if queued {
-                continue;
-            }
-            // Queued for offline volumes too: it runs when they come online.
-            let total = v.layout.member_size(v.size) * u64::from(v.layout.stripes.max(1));
             // A mirror that ran without a bitmap (a leg on a peer's ALU, or
             // another SP its master) has no record of its dirty regions.
             let bitmap = self.bitmaps_cover(&v);
-            let job = Job {
-                id: 0,
-                kind: if bitmap {
-                    JobKind::Resync
-                } else {
-                    JobKind::Scrub
-                },
-                volume: v.id,
-                source: None,
-                member: None,
-                repair: !bitmap,
-                state: JobState::Running,
-                checkpoint: 0,
-                total,
-                mismatches: 0,
-                repaired: 0,
-                rate: 0,
-                dirty_only: false,
-                message: if bitmap {
-                    "resync of the dirty regions after an unclean stop".into()
-                } else {
-                    "resync after an unclean stop".into()
-                },
-            };
-            match self.store.add_job(job) {
-                Ok(j) => {
-                    warn!(volume = %v.name, job = j.id, "unclean stop: resyncing the mirror legs");
-                    self.log.emit(
-                        "resync-queued",
-                        Some(&v.name),
-                        format!("job {} after an unclean stop", j.id),
-                    );
-                    self.start_jobs_of(&v);
-                }
-                Err(e) => error!(volume = %v.name, "cannot queue the resync: {e}"),
+            self.queue_resync(&v, bitmap, "an unclean stop");
+        }
+    }
+
+    /// A peer that exposed volumes stopped answering (claim 3 of 003_...: a
+    /// processor failed): writes it had in flight may have reached some legs
+    /// of a mirror and not others, and no bitmap of this SP's marks them, so
+    /// each mirrored volume it exposed gets a repairing scrub, as md-cluster
+    /// resyncs a failed node's dirty regions from another node. Its other
+    /// writers are fenced span by span as for any job; a peer that returns
+    /// is given the tree and the job starts again over it.
+    pub(super) fn resync_after_peer(&mut self, peer: &str) {
+        for v in self.image_volumes() {
+            if self.exposed_on(&v).iter().any(|sp| sp == peer) {
+                self.queue_resync(&v, false, &format!("sp {peer} stopped answering"));
             }
+        }
+    }
+
+    /// Queue a resync of mirrored volume `v` after `why`: of the regions its
+    /// bitmaps mark when `bitmap` (they cover every write that may differ),
+    /// else a repairing scrub of all of it; nothing when one is queued.
+    fn queue_resync(&mut self, v: &VolumeDef, bitmap: bool, why: &str) {
+        let mirrored = matches!(v.layout.kind, LayoutKind::Mirror | LayoutKind::Raid10);
+        if !mirrored && v.moving.is_none() {
+            return;
+        }
+        // One is enough: an earlier unclean stop may have queued one
+        // that never ran (the volume stayed offline).
+        let queued = self.store.jobs().iter().any(|j| {
+            j.volume == v.id
+                && j.member.is_none()
+                && (j.kind == JobKind::Resync || (j.kind == JobKind::Scrub && j.repair))
+                && !j.state.finished()
+        });
+        if queued {
+            return;
+        }
+        // Queued for offline volumes too: it runs when they come online.
+        let total = v.layout.member_size(v.size) * u64::from(v.layout.stripes.max(1));
+        let job = Job {
+            id: 0,
+            kind: if bitmap {
+                JobKind::Resync
+            } else {
+                JobKind::Scrub
+            },
+            volume: v.id,
+            source: None,
+            member: None,
+            repair: !bitmap,
+            state: JobState::Running,
+            checkpoint: 0,
+            total,
+            mismatches: 0,
+            repaired: 0,
+            rate: 0,
+            dirty_only: false,
+            message: if bitmap {
+                format!("resync of the dirty regions after {why}")
+            } else {
+                format!("resync after {why}")
+            },
+        };
+        match self.store.add_job(job) {
+            Ok(j) => {
+                warn!(volume = %v.name, job = j.id, "{why}: resyncing the mirror legs");
+                self.log.emit(
+                    "resync-queued",
+                    Some(&v.name),
+                    format!("job {} after {why}", j.id),
+                );
+                self.start_jobs_of(v);
+            }
+            Err(e) => error!(volume = %v.name, "cannot queue the resync: {e}"),
         }
     }
 

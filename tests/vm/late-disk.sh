@@ -4,7 +4,8 @@
 # leg, records the leg failed (as MD records a missing member), so that the
 # returning disk's stale copy is never read as current, even after a clean
 # stop; it rejoins through `alu readd` (mdadm --re-add), which copies only
-# the regions the bitmap marked while it was away.
+# the regions the bitmap marked while it was away; the same with
+# --auto-reclaim, then again with ext4 mounted under fio load.
 # vm-run: --disks 2 --disk-size 384M
 set -eu
 . "$(dirname "$0")/lib.sh"
@@ -89,5 +90,38 @@ json_has "$out" mismatches 0, || fail "legs differ after the auto re-add: $out"
 got=$(dd if="$dev" bs=1M count=256 iflag=direct status=none | sha256sum)
 [ "$got" = "$want" ] || fail "data changed across the auto re-add"
 ok "re-added without asking; exactly the 2 marked regions copied; legs equal"
+
+# Under load: ext4 mounted on m1 and fio write+verify running while the
+# disk is away, appears, and is re-added by the scan and resynced; fio sees
+# no error, the copy takes only the regions written while the disk was away
+# (fewer than all), and verify, scrub and e2fsck are clean afterwards.
+mkfs.ext4 -q -F "$dev"
+wait_bitmap_clean m1
+stop_daemon
+dmsetup remove late
+start_daemon --alu /dev/vda --alu /dev/mapper/late --auto-reclaim
+wait_vol_state m1 degraded
+mkdir -p /mnt
+mount "$dev" /mnt
+fio_load /mnt/load 48M
+sleep 3
+dmsetup create late --noudevsync --table "0 $sz linear /dev/vdb 0"
+dmsetup mknodes
+ok "the disk appears again under fio load"
+wait_vol_state m1 online 120
+wait_fio "$FIO_PID" /tmp/fio-load.out "across the late disk's return"
+ok "fio write+verify: 0 errors while the disk returned and resynced"
+no_io_error "late disk under load"
+j=$(tbj job list | grep -o '{[^}]*"kind":"rebuild"[^}]*}' | tail -n 1)
+json_has "$j" state '"done"' || fail "no finished rebuild under load: $(tbj job list)"
+copied=$(json_num "$j" repaired)
+[ "$copied" -gt 0 ] && [ "$copied" -lt 256 ] || fail "the re-add under load copied $copied of 256 regions (want only the dirty ones): $j"
+ok "re-added under load, $copied of 256 regions copied"
+fio_verify_load /mnt/load 48M "after the re-add under load"
+umount /mnt
+out=$(tbj vol scrub m1 --wait)
+json_has "$out" mismatches 0, || fail "legs differ after the re-add under load: $out"
+fsck_clean "$dev" "e2fsck after the re-add under load"
+ok "verify, scrub (0 mismatches) and e2fsck clean"
 stop_daemon
 say "late-disk passed"

@@ -377,6 +377,7 @@ impl Daemon {
         if let Some(Role::Master { generation }) = self.cluster.as_ref().map(|c| c.role.clone()) {
             for name in gone {
                 self.drop_peer_alus(&name);
+                self.resync_after_peer(&name);
             }
             for name in back {
                 self.add_peer_alus(&name, generation);

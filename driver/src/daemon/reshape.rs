@@ -162,7 +162,9 @@ impl Daemon {
     /// altogether, and resumes; the jobs start again on the new tree.
     pub(super) fn reconfigure(&mut self, name: &str, why: &str) {
         let Ok(v) = self.volume(name) else { return };
-        if self.assigned.contains_key(name) || v.snapshot.is_some() {
+        // Only a mirror goes on without a failed part; a linear or stripe
+        // volume has nothing to leave out.
+        if self.assigned.contains_key(name) || v.snapshot.is_some() || v.mirror_count() == 0 {
             return;
         }
         if self.job_tree(name).is_none() && self.exposing_peers(&v).is_empty() {
