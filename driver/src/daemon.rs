@@ -1684,29 +1684,19 @@ impl Daemon {
         }
         // Queued for offline volumes too: it runs when they come online.
         let total = v.layout.member_size(v.size) * u64::from(v.layout.stripes.max(1));
+        let kind = if bitmap {
+            JobKind::Resync
+        } else {
+            JobKind::Scrub
+        };
         let job = Job {
-            id: 0,
-            kind: if bitmap {
-                JobKind::Resync
-            } else {
-                JobKind::Scrub
-            },
-            volume: v.id,
-            source: None,
-            member: None,
             repair: !bitmap,
-            state: JobState::Running,
-            checkpoint: 0,
-            total,
-            mismatches: 0,
-            repaired: 0,
-            rate: 0,
-            dirty_only: false,
             message: if bitmap {
                 format!("resync of the dirty regions after {why}")
             } else {
                 format!("resync after {why}")
             },
+            ..Job::whole(kind, v.id, total)
         };
         match self.store.add_job(job) {
             Ok(j) => {
@@ -2042,20 +2032,9 @@ impl Daemon {
         let job = self
             .store
             .add_job(Job {
-                id: 0,
-                kind: JobKind::Scrub,
-                volume: v.id,
-                source: None,
-                member: None,
                 repair,
-                state: JobState::Running,
-                checkpoint: 0,
-                total,
-                mismatches: 0,
-                repaired: 0,
                 rate,
-                dirty_only: false,
-                message: String::new(),
+                ..Job::whole(JobKind::Scrub, v.id, total)
             })
             .map_err(|e| e.to_string())?;
         self.start_jobs_of(&v);

@@ -671,19 +671,16 @@ pub struct Job {
 }
 
 impl Job {
-    /// A running copy onto leg `member` of `volume` from its start (a
-    /// rebuild, or with `source` a move), `total` bytes.
-    pub fn leg_copy(id: u64, volume: u64, member: u16, source: Option<u16>, total: u64) -> Job {
+    /// A running job of `kind` over the whole of `volume` (no member),
+    /// `total` bytes, from the start, unthrottled; the store gives it its
+    /// id.
+    pub fn whole(kind: JobKind, volume: u64, total: u64) -> Job {
         Job {
-            id,
-            kind: if source.is_some() {
-                JobKind::Move
-            } else {
-                JobKind::Rebuild
-            },
+            id: 0,
+            kind,
             volume,
-            member: Some(member),
-            source,
+            member: None,
+            source: None,
             repair: false,
             state: JobState::Running,
             checkpoint: 0,
@@ -693,6 +690,22 @@ impl Job {
             rate: 0,
             dirty_only: false,
             message: String::new(),
+        }
+    }
+
+    /// A running copy onto leg `member` of `volume` from its start (a
+    /// rebuild, or with `source` a move), `total` bytes.
+    pub fn leg_copy(id: u64, volume: u64, member: u16, source: Option<u16>, total: u64) -> Job {
+        let kind = if source.is_some() {
+            JobKind::Move
+        } else {
+            JobKind::Rebuild
+        };
+        Job {
+            id,
+            member: Some(member),
+            source,
+            ..Job::whole(kind, volume, total)
         }
     }
 

@@ -507,20 +507,13 @@ impl Daemon {
         let job = self
             .store
             .add_job(Job {
-                id: 0,
-                kind: JobKind::Rollback,
-                volume: v.id,
-                source: None,
-                member: None,
-                repair: false,
-                state: JobState::Running,
-                checkpoint: 0,
-                total: st.exception_count() * st.chunk_size(),
-                mismatches: 0,
-                repaired: 0,
                 rate,
-                dirty_only: false,
                 message: format!("roll {} back to {name}", origin.name),
+                ..Job::whole(
+                    JobKind::Rollback,
+                    v.id,
+                    st.exception_count() * st.chunk_size(),
+                )
             })
             .map_err(|e| e.to_string())?;
         info!(snapshot = %name, origin = %origin.name, job = job.id, "rollback started");
