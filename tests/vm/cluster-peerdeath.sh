@@ -50,12 +50,7 @@ ok "member 1 ($leg1) differs from member 0 in one region: $(json_num "$out" mism
 
 kill -9 "$SP2"
 ok "sp2 killed with SIGKILL"
-i=0
-until tb events | grep -q "resync-queued *m1: job [0-9]* after sp sp2 stopped answering"; do
-	i=$((i + 1))
-	[ "$i" -le 150 ] || fail "no resync queued after sp2's death: $(tb events | tail -n 20)"
-	sleep 0.2
-done
+wait_event "resync-queued *m1: job [0-9]* after sp sp2 stopped answering"
 tb events | grep "sp-down\|resync-queued"
 job=$(tb events | sed -n 's/.*resync-queued *m1: job \([0-9]*\) after sp sp2.*/\1/p' | tail -n 1)
 out=$(tbj job show "$job" --wait)

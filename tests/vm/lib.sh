@@ -264,6 +264,18 @@ wait_fio() {
 	}
 }
 
+# wait_event REGEX [TRIES]: wait, 0.2 s apart (TRIES times, 150 by
+# default), until a line of `tierblk events` (TIME KIND VOLUME: DETAIL)
+# matches REGEX (grep); fails with the latest events if none does.
+wait_event() {
+	_i=0
+	until tb events | grep -q "$1"; do
+		_i=$((_i + 1))
+		[ "$_i" -le "${2:-150}" ] || fail "no event matching '$1': $(tb events | tail -n 20)"
+		sleep 0.2
+	done
+}
+
 # fsck_clean DEV WHAT: e2fsck -fn DEV must find nothing; else its output and
 # fail "WHAT".
 fsck_clean() {

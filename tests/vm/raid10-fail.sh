@@ -66,12 +66,7 @@ ok "r1 degraded, member failed"
 
 # Fig. 15 in the event log, in this order: the failure persisted, the
 # volume quiesced, its new tree (without the dead disk) loaded, resumed.
-i=0
-until tb events | grep -q "volume-reshaped *r1: reconfiguration (alu $victim failed)"; do
-	i=$((i + 1))
-	[ "$i" -le 100 ] || fail "no reconfiguration after the failure: $(tb events)"
-	sleep 0.2
-done
+wait_event "volume-reshaped *r1: reconfiguration (alu $victim failed)"
 seq=$(tb events | awk '$4 == "r1:" { print $3 }' | grep -v volume-online | tr '\n' ' ')
 echo "events: $seq"
 case "$seq" in
