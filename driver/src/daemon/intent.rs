@@ -90,9 +90,10 @@ impl Daemon {
                 v.members.get(usize::from(m)),
                 Some(MemberHealth::Failed { .. })
             );
-            let file = match failed {
-                false => self.data_file(alu).or_else(|_| absent_alu())?,
-                true => absent_alu()?,
+            let file = if failed {
+                absent_alu()?
+            } else {
+                self.data_file(alu).or_else(|_| absent_alu())?
             };
             wi.set_copy(leg, file, off);
         }
