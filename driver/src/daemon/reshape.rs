@@ -177,14 +177,9 @@ impl Daemon {
             return;
         }
         let what = format!("reconfiguration ({why})");
-        let current = |store: &mut Store| {
-            store
-                .image()
-                .and_then(|i| i.volumes.iter().find(|d| d.name == name).cloned())
-                .map(|d| (d, None))
-                .ok_or_else(|| tierblk_meta::MetaError::NotFound(format!("volume {name}")))
-        };
-        if let Err(e) = self.reshape(name, &what, current) {
+        // No commit: the failure is on disk already; `v` is the definition
+        // the new tree is built from.
+        if let Err(e) = self.reshape(name, &what, |_| Ok((v, None))) {
             error!(volume = %name, "{what}: {e}");
         }
     }
