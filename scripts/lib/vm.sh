@@ -446,6 +446,19 @@ vm_build_initramfs() {
 		_vm_copy_libs "$v" "$root"
 		;;
 	esac
+	case "$extras" in *" rublk "* | *" rublk? "*)
+		# rublk (crates.io), the ublk maintainers' server: scripts/bench's ublk
+		# reference. `rublk?`: only if the host has it.
+		v="$(vm_which rublk || true)"
+		if [ -n "$v" ]; then
+			_vm_copy_file "$v" "$root" /usr/local/bin/rublk
+			_vm_copy_libs "$v" "$root"
+		else
+			case "$extras" in *" rublk "*) vm_die "vm-extra rublk: no rublk on the host (cargo install rublk)" ;; esac
+			vm_log "no rublk on the host (cargo install rublk): no ublk reference in this run"
+		fi
+		;;
+	esac
 	cp "$VM_BASE_CPIO" "$out"
 	(cd "$root" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) >>"$out"
 	rm -rf "$root"

@@ -2,7 +2,9 @@
 # Benchmark: the same fio job set on the raw disk (the limit), on tierblk's
 # linear, mirror, stripe, raid10 and snapshot-origin volumes, and on the
 # kernel's peer for each (dm-linear, md raid1, dm-striped, md raid10,
-# dm-snapshot-origin), all in this one boot, one fio at a time; then
+# dm-snapshot-origin), and for linear also on the ublk reference server
+# (rublk's loop target, when the host has rublk), all in this one boot, one
+# fio at a time; then
 # tierblkd's resident memory with 10 online volumes: idle, after I/O, and
 # idle again after a restart of tierblkd.
 # Prints one machine-readable line per measurement:
@@ -15,10 +17,12 @@
 # TIERBLK_BENCH_SIZE (region per target, default 128M; at most 160M with
 # these 1G disks), TIERBLK_BENCH_GROUPS (space-separated subset of
 # "linear mirror stripe raid10 snapshot memory", default all),
-# TIERBLK_BENCH_JOBS (comma-separated subset of the job names, default all).
+# TIERBLK_BENCH_JOBS (comma-separated subset of the job names, default all),
+# TIERBLK_BENCH_UBLK_REF=0 (no rublk reference even if the guest has it).
 # With TIERBLK_LOG=info,tierblk::ublk=debug the memory phases also count the
 # request servers the ublk queues started (BENCH-MEM-SERVERS).
 # vm-run: --disks 8 --disk-size 1G --mem 2048
+# vm-extra: rublk?
 set -eu
 # shellcheck source=tests/vm/lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -224,8 +228,31 @@ if want linear; then
 	tb vol create blin --size "$SIZE" --layout linear --alu /dev/vda >/dev/null
 	wait_vol_state blin online
 	dmsetup create bench-linear --table "0 $SECT linear /dev/vdc $SECT"
-	bench_group linear "$RAW" "ours:tierblk-linear:$(vol_device blin)" "peer:dm-linear:$(dm_dev bench-linear)"
+	# The ublk reference: the loop target of rublk (the ublk maintainers'
+	# server, built on the same libublk) over its own disk, vdg [0, SIZE),
+	# with as many queues as ours and the same depth and buffer size. What
+	# ours/ref leaves below 1 is ours; what ref/peer leaves is ublk's round
+	# trip through a server process, which no server avoids.
+	REF=""
+	if [ "${TIERBLK_BENCH_UBLK_REF:-1}" = 0 ]; then
+		:
+	elif command -v rublk >/dev/null 2>&1; then
+		if rublk add loop -n 90 -f /dev/vdg -q "$(grep -c ^processor /proc/cpuinfo)" -d 128 --quiet \
+			>/tmp/rublk.out 2>&1; then
+			_i=0
+			while [ ! -b /dev/ublkb90 ] && [ "$_i" -lt 50 ]; do sleep 0.2; _i=$((_i + 1)); done
+			[ -b /dev/ublkb90 ] || fail "rublk added a loop device but /dev/ublkb90 did not appear"
+			REF="ref:rublk-loop:/dev/ublkb90"
+		else
+			echo "BENCH-PEER group=linear role=ref peer=rublk-loop status=unavailable reason=rublk_add_loop_failed"
+			sed 's/^/rublk: /' /tmp/rublk.out
+		fi
+	else
+		echo "BENCH-PEER group=linear role=ref peer=rublk-loop status=unavailable reason=no_rublk_on_the_host"
+	fi
+	bench_group linear "$RAW" "ours:tierblk-linear:$(vol_device blin)" "peer:dm-linear:$(dm_dev bench-linear)" $REF
 	dmsetup remove bench-linear
+	if [ -n "$REF" ]; then rublk del -n 90 >/dev/null 2>&1 || fail "rublk del -n 90 failed"; fi
 fi
 
 # --- mirror (2 copies) vs md raid1 --------------------------------------------
