@@ -239,9 +239,7 @@ if want linear; then
 	elif command -v rublk >/dev/null 2>&1; then
 		if rublk add loop -n 90 -f /dev/vdg -q "$(grep -c ^processor /proc/cpuinfo)" -d 128 --quiet \
 			>/tmp/rublk.out 2>&1; then
-			_i=0
-			while [ ! -b /dev/ublkb90 ] && [ "$_i" -lt 50 ]; do sleep 0.2; _i=$((_i + 1)); done
-			[ -b /dev/ublkb90 ] || fail "rublk added a loop device but /dev/ublkb90 did not appear"
+			wait_for_dev /dev/ublkb90 10 >/dev/null
 			REF="ref:rublk-loop:/dev/ublkb90"
 		else
 			echo "BENCH-PEER group=linear role=ref peer=rublk-loop status=unavailable reason=rublk_add_loop_failed"
