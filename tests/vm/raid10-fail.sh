@@ -66,7 +66,7 @@ ok "r1 degraded, member failed"
 
 # Fig. 15 in the event log, in this order: the failure persisted, the
 # volume quiesced, its new tree (without the dead disk) loaded, resumed.
-wait_event "volume-reshaped *r1: reconfiguration (alu $victim failed)"
+wait_event "volume-reshaped *r1: reconfiguration (alu $victim failed)" 100
 seq=$(tb events | awk '$4 == "r1:" { print $3 }' | grep -v volume-online | tr '\n' ' ')
 echo "events: $seq"
 case "$seq" in
