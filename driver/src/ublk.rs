@@ -6,14 +6,15 @@
 //! path shares nothing between queues: one buffer per tag allocated once, no
 //! lock and no allocation per I/O.
 //!
-//! Each tag has a small task that only fetches requests and commits their
-//! results (ublk's commands); it hands each request to the queue's pool of
-//! servers (the `pool` module), tasks that each hold one request's future
-//! (tens of KiB: the volume's write future, sized for its largest layout).
-//! The pool starts with `INITIAL_SERVERS` and gains a server when a request
-//! finds none idle, up to one per tag, so a queue's memory follows the
-//! concurrency it has seen rather than its depth, and a request held for long
-//! (a suspended gate) never keeps another tag's request from being served.
+//! Each tag has a small task: it fetches a request, serves it on a server it
+//! borrows from the queue's pool (the `pool` module: a server is a future in
+//! a heap slot that holds one request's future at a time, tens of KiB, sized
+//! for the volume's largest layout) by polling that server itself, commits
+//! the result and gives the server back. The pool starts with
+//! `INITIAL_SERVERS` and gains one when a request finds none idle, up to one
+//! per tag, so a queue's memory follows the concurrency it has seen rather
+//! than its depth, and a request held for long (a suspended gate) never
+//! keeps another tag's request from being served.
 //!
 //! Devices are created with `UBLK_F_USER_RECOVERY` and `_REISSUE`: when the
 //! daemon dies (kill -9, a crash) the kernel keeps `/dev/ublkbN` and holds
@@ -52,7 +53,7 @@ use tierblk_stack::{BlockDev, Ring};
 use tracing::{debug, error, info, info_span};
 
 mod pool;
-use pool::{Pool, Serve};
+use pool::{Mailbox, Pool, Serve};
 
 /// Largest single I/O the kernel will send us (per-tag buffer size).
 const IO_BUF_BYTES: u32 = 512 << 10;
@@ -60,8 +61,8 @@ const IO_BUF_BYTES: u32 = 512 << 10;
 /// Executor ticks between two polls of the queue's ring.
 const TICKS_PER_POLL: usize = 64;
 
-/// Servers a queue starts with (see `pool`); it gains more, up to one per tag,
-/// as its requests' concurrency needs them.
+/// Servers a queue's pool starts with (see `pool`); it gains more, up to one
+/// per tag, as its requests' concurrency needs them.
 const INITIAL_SERVERS: usize = 2;
 
 /// How long an idle queue waits in the ring before libublk's idle handling.
@@ -343,51 +344,28 @@ fn serve_queue(qid: u16, dev: &UblkDev, top: &Arc<TopSlot>, gate: &Arc<Gate>, st
             .map(|b| (b.borrow().as_ptr() as usize, buf_bytes))
             .collect(),
     );
-    let pool = Rc::new(Pool::new(depth));
-    let exe = Rc::new(smol::LocalExecutor::new());
-    // Start server `id` of the pool. Holds the executor weakly: the executor
-    // owns the tasks that hold this.
-    let spawn_server: Rc<dyn Fn(usize)> = {
-        let (exe, pool, vol, bufs) = (Rc::downgrade(&exe), pool.clone(), vol.clone(), bufs.clone());
-        Rc::new(move |id| {
-            let Some(exe) = exe.upgrade() else { return };
-            let serve = UblkServe {
-                vol: vol.clone(),
-                bufs: bufs.clone(),
-            };
-            exe.spawn(pool::server(pool.clone(), id, serve)).detach();
-            debug!(queue = qid, servers = id + 1, "request server started");
-        })
+    let serve = UblkServe {
+        vol: vol.clone(),
+        bufs: bufs.clone(),
     };
-    for _ in 0..INITIAL_SERVERS {
-        if let Some(id) = pool.add_server() {
-            spawn_server(id);
-        }
-    }
+    let pool = Rc::new(Pool::new(depth, INITIAL_SERVERS, move |id, mail| {
+        debug!(queue = qid, servers = id + 1, "request server started");
+        pool::server(mail, serve.clone())
+    }));
+    let exe = Rc::new(smol::LocalExecutor::new());
     let mut tasks = Vec::new();
     for tag in q.tags() {
         let q = q.clone();
         let bufs = bufs.clone();
         let pool = pool.clone();
-        let spawn_server = spawn_server.clone();
         let counters = counters.clone();
         tasks.push(exe.spawn(async move {
-            match tag_task(
-                &q,
-                tag,
-                &bufs[usize::from(tag)],
-                &pool,
-                &*spawn_server,
-                &counters,
-            )
-            .await
-            {
+            match tag_task(&q, tag, &bufs[usize::from(tag)], &*pool, &counters).await {
                 Err(UblkError::QueueIsDown) | Ok(()) => {}
                 Err(e) => error!(queue = qid, tag, "io task failed: {e}"),
             }
         }));
     }
-    drop(spawn_server);
     let exe2 = exe.clone();
     smol::block_on(exe.run(async move {
         // Whether the last round left runnable tasks: then poll without
@@ -420,21 +398,25 @@ fn serve_queue(qid: u16, dev: &UblkDev, top: &Arc<TopSlot>, gate: &Arc<Gate>, st
     }));
 }
 
-/// One tag's task: fetch a request, hand it to the queue's servers, commit
-/// its result and fetch the next. Small (no request future in it), so a queue
-/// holds `depth` of them at little cost.
+/// One tag's task: fetch a request, serve it on a server borrowed from the
+/// queue's pool, commit its result and fetch the next. Small (the request's
+/// future is in the server, not here), so a queue holds `depth` of them at
+/// little cost.
 // The buffer's borrow across the ublk commands is the point: the kernel
 // owns the buffer meanwhile, and no server borrows it until the tag hands a
 // request over.
 #[allow(clippy::await_holding_refcell_ref)]
-async fn tag_task(
+async fn tag_task<F, M>(
     q: &UblkQueue<'_>,
     tag: u16,
     buf: &RefCell<IoBuf<u8>>,
-    pool: &Pool<libublk::sys::ublksrv_io_desc>,
-    spawn_server: &dyn Fn(usize),
+    pool: &Pool<libublk::sys::ublksrv_io_desc, F, M>,
     stats: &QueueStats,
-) -> Result<(), UblkError> {
+) -> Result<(), UblkError>
+where
+    F: std::future::Future<Output = ()>,
+    M: Fn(usize, Rc<Mailbox<libublk::sys::ublksrv_io_desc>>) -> F,
+{
     {
         let b = buf.borrow();
         q.submit_io_prep_cmd(tag, BufDesc::Slice(b.as_slice()), 0, Some(&b))
@@ -443,7 +425,7 @@ async fn tag_task(
     loop {
         let iod = *q.get_iod(tag);
         let started = std::time::Instant::now();
-        let res = pool.call(tag, iod, spawn_server).await;
+        let res = pool.call(tag, iod, -libc::EBUSY).await;
         if let Some(op) = stats_op(iod.op_flags & 0xff) {
             let bytes = u64::from(iod.nr_sectors) << 9;
             stats.record(op, bytes, res >= 0, started.elapsed());
@@ -459,6 +441,15 @@ async fn tag_task(
 struct UblkServe<D> {
     vol: Rc<D>,
     bufs: Rc<[RefCell<IoBuf<u8>>]>,
+}
+
+impl<D> Clone for UblkServe<D> {
+    fn clone(&self) -> Self {
+        UblkServe {
+            vol: self.vol.clone(),
+            bufs: self.bufs.clone(),
+        }
+    }
 }
 
 impl<D: BlockDev> Serve<libublk::sys::ublksrv_io_desc> for UblkServe<D> {
