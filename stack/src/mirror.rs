@@ -8,7 +8,10 @@
 //!
 //! * Reads go to one healthy leg, chosen round-robin per request with a
 //!   per-instance counter (each ublk queue has its own `Mirror`, so no shared
-//!   cache line is touched per I/O). A leg that fails a read is marked failed
+//!   cache line is touched per I/O), except that a read starting where the
+//!   last read sent to a leg ended goes to that leg: a sequential stream stays
+//!   on one disk (MD's read_balance), whose readahead then serves it, instead
+//!   of every other chunk going to each disk. A leg that fails a read is marked failed
 //!   and the read is retried on the next healthy leg; only when no healthy leg
 //!   is left does the read fail.
 //! * Writes, write-zeroes and discard go to every healthy leg concurrently
@@ -618,6 +621,9 @@ pub struct Mirror<D: BlockDev, C: BlockDev = D> {
     health: Arc<MirrorHealth>,
     /// Round-robin position for reads (per instance, i.e. per queue).
     next_read: Cell<usize>,
+    /// Where the last read this instance sent to each leg ended (`u64::MAX`:
+    /// none yet): a read that starts there continues a stream on that leg.
+    read_end: [Cell<u64>; MAX_LEGS],
     size: u64,
     limits: Limits,
 }
@@ -693,6 +699,7 @@ impl<D: BlockDev, C: BlockDev> Mirror<D, C> {
             scratch: Cell::new(scratch),
             health,
             next_read: Cell::new(0),
+            read_end: std::array::from_fn(|_| Cell::new(u64::MAX)),
             size,
             limits,
         })
@@ -803,8 +810,17 @@ impl<D: BlockDev, C: BlockDev> BlockDev for Mirror<D, C> {
             .health
             .write_intent()
             .is_some_and(|wi| wi.unsynced_in(offset, len));
-        let start = if first { 0 } else { self.next_read.get() };
-        self.next_read.set(self.next_read.get().wrapping_add(1));
+        let stream =
+            (0..n).find(|&l| self.read_end[l].get() == offset && self.health.is_healthy(l));
+        let start = match stream {
+            _ if first => 0,
+            Some(leg) => leg,
+            None => {
+                let next = self.next_read.get();
+                self.next_read.set(next.wrapping_add(1));
+                next
+            }
+        };
         let mut last_errno = libc::EIO;
         for k in 0..n {
             let leg = (start + k) % n;
@@ -813,6 +829,10 @@ impl<D: BlockDev, C: BlockDev> BlockDev for Mirror<D, C> {
             if !self.health.is_healthy(leg) {
                 continue;
             }
+            // Set before the read, so that the next read of a stream issued
+            // while this one is in flight (readahead, a queue depth above 1)
+            // follows it to the same leg.
+            self.read_end[leg].set(offset + len);
             match self.legs[leg].read(offset, buf).await {
                 Ok(()) => return Ok(()),
                 Err(e) => {

@@ -69,6 +69,42 @@ fn randomized_io_keeps_legs_identical_and_spreads_reads() {
 }
 
 #[test]
+fn a_sequential_stream_stays_on_one_leg_random_reads_alternate() {
+    let (m, _calls) = mem_mirror(2, 4 * MIB);
+    let ring = LocalRing::new(8).unwrap();
+    let mut buf = AlignedBuf::new(128 * 1024);
+    // A stream of 16 consecutive 128 KiB reads: one leg serves it all (MD's
+    // read_balance), so that leg's readahead sees a sequential stream.
+    for i in 0..16u64 {
+        ring.block_on(m.read(MIB + i * 128 * KIB, &mut buf))
+            .unwrap();
+    }
+    let reads: Vec<u32> = m.legs().iter().map(|l| l.reads()).collect();
+    assert!(
+        reads == [16, 0] || reads == [0, 16],
+        "stream split: {reads:?}"
+    );
+    // Reads that do not continue a stream (each starts 64 KiB into a 256 KiB
+    // slot and ends 64 KiB before the next) alternate.
+    let before = reads;
+    for i in 0..16u64 {
+        let off = (i * 7 % 16) * 256 * KIB + 64 * KIB;
+        ring.block_on(m.read(off, &mut buf)).unwrap();
+    }
+    let spread: Vec<u32> = (0..2).map(|l| m.legs()[l].reads() - before[l]).collect();
+    assert_eq!(spread, [8, 8], "random reads not alternated");
+    // Two streams at once, interleaved: each keeps its own leg.
+    let (a, b) = (0, 2 * MIB);
+    let before: Vec<u32> = m.legs().iter().map(|l| l.reads()).collect();
+    for i in 0..8u64 {
+        ring.block_on(m.read(a + i * 128 * KIB, &mut buf)).unwrap();
+        ring.block_on(m.read(b + i * 128 * KIB, &mut buf)).unwrap();
+    }
+    let spread: Vec<u32> = (0..2).map(|l| m.legs()[l].reads() - before[l]).collect();
+    assert_eq!(spread, [8, 8], "two streams, one per leg");
+}
+
+#[test]
 fn leg_failure_mid_run_is_invisible_to_the_host() {
     let (m, calls) = mem_mirror(2, 4 * MIB);
     let ring = LocalRing::new(8).unwrap();
