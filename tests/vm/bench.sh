@@ -72,9 +72,11 @@ echo "BENCH-INFO kernel=$(uname -r) cpu=${cpu:-unknown} nproc=$(grep -c ^process
 
 # JOBS: name rw bs iodepth. Writes first, so the reads find written blocks.
 JOBS="seqwrite-128k-qd8:write:128k:8
+seqwrite-1m-qd4:write:1m:4
 randwrite-4k-qd1:randwrite:4k:1
 randwrite-4k-qd32:randwrite:4k:32
 seqread-128k-qd8:read:128k:8
+seqread-1m-qd4:read:1m:4
 randread-4k-qd1:randread:4k:1
 randread-4k-qd32:randread:4k:32"
 
