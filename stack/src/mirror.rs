@@ -11,9 +11,9 @@
 //!   cache line is touched per I/O), except that a read starting where the
 //!   last read sent to a leg ended goes to that leg: a sequential stream stays
 //!   on one disk (MD's read_balance), whose readahead then serves it, instead
-//!   of every other chunk going to each disk. A leg that fails a read is marked failed
-//!   and the read is retried on the next healthy leg; only when no healthy leg
-//!   is left does the read fail.
+//!   of every other chunk going to each disk. A leg that fails a read is
+//!   marked failed and the read is retried on the next healthy leg; only when
+//!   no healthy leg is left does the read fail.
 //! * Writes, write-zeroes and discard go to every healthy leg concurrently
 //!   (heapless [`join`](crate::join)). A leg that errors is marked failed; the
 //!   request succeeds if at least one leg succeeded. FUA is passed to every leg.
@@ -811,15 +811,15 @@ impl<D: BlockDev, C: BlockDev> BlockDev for Mirror<D, C> {
             .write_intent()
             .is_some_and(|wi| wi.unsynced_in(offset, len));
         let stream =
-            (0..n).find(|&l| self.read_end[l].get() == offset && self.health.is_healthy(l));
-        let start = match stream {
-            _ if first => 0,
-            Some(leg) => leg,
-            None => {
-                let next = self.next_read.get();
-                self.next_read.set(next.wrapping_add(1));
-                next
-            }
+            || (0..n).find(|&l| self.read_end[l].get() == offset && self.health.is_healthy(l));
+        let start = if first {
+            0
+        } else if let Some(leg) = stream() {
+            leg
+        } else {
+            let next = self.next_read.get();
+            self.next_read.set(next.wrapping_add(1));
+            next
         };
         let mut last_errno = libc::EIO;
         for k in 0..n {
