@@ -18,7 +18,8 @@
 //! hand the request over or the result back. (Servers used to be tasks of
 //! their own, two task wakes per request more; measured against rublk in one
 //! boot, five rounds each, 4k random reads at depth 32 went from 0.82 to 0.86
-//! of rublk's IOPS, writes from 0.86 to 0.87, depth 1 unchanged.)
+//! of rublk's IOPS, writes from 0.86 to 0.87, depth 1 within noise (0.90 to
+//! 0.88).)
 //!
 //! The pool starts with a few servers and gains one when a request arrives
 //! and none is idle; a tag holds at most one, so there are never more than
