@@ -30,6 +30,9 @@ pub struct Args {
     /// Queue depth per ublk queue.
     #[arg(long)]
     pub depth: Option<u16>,
+    /// Keep each ublk queue's thread on the CPUs the kernel maps to its hardware queue (libublk's default). Without it a queue thread may run on any CPU the daemon may, so that it need not share one CPU with the application submitting to it (see docs/ADMIN.md).
+    #[arg(long)]
+    pub pin_queues: bool,
     /// Serve Prometheus metrics on http://ADDR/metrics, e.g. 127.0.0.1:9101 (off by default).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,

@@ -6,6 +6,7 @@
 //! socket = "/run/tierblk/control.sock"
 //! queues = 2
 //! depth = 128
+//! pin_queues = false   # true: queue threads stay on their queue's CPUs
 //! # One SP among peers (optional):
 //! sp = "sp1"
 //! listen = ["unix:/run/tierblk/sp1.sock", "tcp:10.0.0.1:10809"]
@@ -30,6 +31,9 @@ pub struct FileConfig {
     pub socket: Option<PathBuf>,
     pub queues: Option<u16>,
     pub depth: Option<u16>,
+    /// Keep ublk queue threads on their hardware queue's CPUs (`--pin-queues`).
+    #[serde(default)]
+    pub pin_queues: bool,
     /// Serve Prometheus metrics on this address (`"127.0.0.1:9101"`).
     pub metrics: Option<std::net::SocketAddr>,
     /// Re-add failed ALUs that come back (`--auto-reclaim`).
@@ -88,6 +92,8 @@ mod tests {
         assert_eq!(c.cluster.as_deref(), Some("lab"));
         assert_eq!(c.alus, vec![PathBuf::from("/dev/vdb")]);
         assert_eq!(c.queues, Some(2));
+        assert!(!c.pin_queues, "pin_queues defaults to off");
+        assert!(parse("t", "pin_queues = true\n").unwrap().pin_queues);
         let e = parse("t", "clustr = \"lab\"\n").unwrap_err();
         assert!(e.to_string().contains("clustr"), "{e}");
     }

@@ -98,6 +98,9 @@ pub struct Config {
     pub socket: PathBuf,
     pub queues: u16,
     pub depth: u16,
+    /// Keep each ublk queue thread on its hardware queue's CPUs
+    /// ([`VolumeSpec::pin_queues`]).
+    pub pin_queues: bool,
     /// Re-add a failed ALU that appears again without asking ([0174]).
     pub auto_reclaim: bool,
     /// This daemon as one SP among peers; None: the embedded default.
@@ -716,6 +719,7 @@ impl Daemon {
             stats: stats.clone(),
             queues: self.cfg.queues,
             depth: self.cfg.depth,
+            pin_queues: self.cfg.pin_queues,
         })
         .map_err(|e| e.to_string())?;
         self.stats

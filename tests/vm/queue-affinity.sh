@@ -1,0 +1,66 @@
+#!/bin/sh
+# Where a volume's ublk queue threads may run. libublk binds each queue
+# thread to the CPUs the kernel maps to its hardware queue; tierblkd lets
+# them run on any CPU it may (so a queue thread need not share one CPU with
+# the application submitting to it), unless started with --pin-queues.
+# Checked on a fresh device, with --pin-queues, and on a device recovered
+# after kill -9 (the recovery path starts the queues again); data written
+# before the kill reads back.
+# vm-run: --disks 1 --disk-size 256M
+set -eu
+. "$(dirname "$0")/lib.sh"
+
+[ "$(grep -c ^processor /proc/cpuinfo)" -ge 2 ] || fail "needs at least 2 vCPUs"
+
+# queue_cpus VOL: one line per thread of the volume's device ("ublk-VOL"):
+# its allowed CPUs.
+queue_cpus() {
+	for _t in /proc/"$DAEMON_PID"/task/*; do
+		[ "$(cat "$_t/comm" 2>/dev/null)" = "ublk-$1" ] || continue
+		sed -n 's/^Cpus_allowed_list:[[:space:]]*//p' "$_t/status"
+	done
+}
+all_cpus=$(sed -n 's/^Cpus_allowed_list:[[:space:]]*//p' /proc/self/status)
+
+# expect_unpinned VOL WHAT: every thread of the volume may run on every CPU.
+expect_unpinned() {
+	_l=$(queue_cpus "$1")
+	[ "$(echo "$_l" | wc -l)" -ge 3 ] || fail "$2: expected a device thread and 2 queue threads, got: $_l"
+	echo "$_l" | grep -qvx "$all_cpus" && fail "$2: a ublk thread is bound: $(echo "$_l" | tr '\n' ' ') (daemon: $all_cpus)"
+	ok "$2: every ublk thread of $1 may run on CPUs $all_cpus ($(echo "$_l" | wc -l) threads)"
+}
+
+start_daemon --alu /dev/vda --queues 2
+tb alu claim /dev/vda >/dev/null
+tb vol create qa --size 64M >/dev/null
+wait_vol_state qa online
+dev=$(vol_device qa)
+expect_unpinned qa "default"
+
+stop_daemon
+start_daemon --alu /dev/vda --queues 2 --pin-queues
+wait_vol_state qa online
+l=$(queue_cpus qa)
+# The device thread keeps the daemon's CPUs; each queue thread is bound to
+# its own single CPU.
+single=$(echo "$l" | grep -cx '[0-9]*' || true)
+[ "$single" -eq 2 ] || fail "--pin-queues: expected 2 queue threads on one CPU each, got: $(echo "$l" | tr '\n' ' ')"
+[ "$(echo "$l" | grep -x '[0-9]*' | sort -u | wc -l)" -eq 2 ] ||
+	fail "--pin-queues: both queue threads on the same CPU: $(echo "$l" | tr '\n' ' ')"
+ok "--pin-queues: queue threads bound to CPUs $(echo "$l" | grep -x '[0-9]*' | tr '\n' ' ')"
+
+# Write under the pinned daemon, kill it, recover without --pin-queues.
+dd if=/dev/urandom of=/tmp/qa.bin bs=1M count=8 status=none
+dd if=/tmp/qa.bin of="$dev" bs=1M oflag=direct status=none
+kill -KILL "$DAEMON_PID"
+wait "$DAEMON_PID" 2>/dev/null || true
+DAEMON_PID=""
+start_daemon --alu /dev/vda --queues 2
+wait_vol_state qa online
+[ "$(vol_device qa)" = "$dev" ] || fail "recovered volume is $(vol_device qa), not $dev"
+grep -q "recovering the device" "$DAEMON_LOG" || fail "the device was not recovered (no 'recovering the device' in the log)"
+expect_unpinned qa "after recovery"
+[ "$(dd if="$dev" bs=1M count=8 iflag=direct status=none | sha256sum | cut -d' ' -f1)" = "$(sha256sum </tmp/qa.bin | cut -d' ' -f1)" ] ||
+	fail "data written before the kill does not read back"
+ok "data written before the kill reads back after recovery"
+stop_daemon
