@@ -232,9 +232,10 @@ if want linear; then
 	dmsetup create bench-linear --table "0 $SECT linear /dev/vdc $SECT"
 	# The ublk reference: the loop target of rublk (the ublk maintainers'
 	# server, built on the same libublk) over its own disk, vdg [0, SIZE),
-	# with as many queues as ours and the same depth and buffer size. What
-	# ours/ref leaves below 1 is ours; what ref/peer leaves is ublk's round
-	# trip through a server process, which no server avoids.
+	# with as many queues as ours and the same depth and buffer size (its
+	# queue threads keep libublk's CPU binding, ours do not: docs/ADMIN.md).
+	# What ref/peer leaves below 1 is ublk's round trip through a server
+	# process, which no server avoids.
 	REF=""
 	if [ "${TIERBLK_BENCH_UBLK_REF:-1}" = 0 ]; then
 		:
