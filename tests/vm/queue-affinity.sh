@@ -20,10 +20,10 @@ queue_cpus() {
 		sed -n 's/^Cpus_allowed_list:[[:space:]]*//p' "$_t/status"
 	done
 }
-all_cpus=$(sed -n 's/^Cpus_allowed_list:[[:space:]]*//p' /proc/self/status)
-
-# expect_unpinned VOL WHAT: every thread of the volume may run on every CPU.
+# expect_unpinned VOL WHAT: every thread of the volume may run on every CPU
+# the daemon may.
 expect_unpinned() {
+	all_cpus=$(sed -n 's/^Cpus_allowed_list:[[:space:]]*//p' /proc/"$DAEMON_PID"/status)
 	_l=$(queue_cpus "$1")
 	[ "$(echo "$_l" | wc -l)" -ge 3 ] || fail "$2: expected a device thread and 2 queue threads, got: $_l"
 	echo "$_l" | grep -qvx "$all_cpus" && fail "$2: a ublk thread is bound: $(echo "$_l" | tr '\n' ' ') (daemon: $all_cpus)"
@@ -60,7 +60,7 @@ wait_vol_state qa online
 [ "$(vol_device qa)" = "$dev" ] || fail "recovered volume is $(vol_device qa), not $dev"
 grep -q "recovering the device" "$DAEMON_LOG" || fail "the device was not recovered (no 'recovering the device' in the log)"
 expect_unpinned qa "after recovery"
-[ "$(dd if="$dev" bs=1M count=8 iflag=direct status=none | sha256sum | cut -d' ' -f1)" = "$(sha256sum </tmp/qa.bin | cut -d' ' -f1)" ] ||
+[ "$(sha_dev "$dev" 8)" = "$(sha256sum </tmp/qa.bin | cut -d' ' -f1)" ] ||
 	fail "data written before the kill does not read back"
 ok "data written before the kill reads back after recovery"
 stop_daemon
