@@ -232,10 +232,12 @@ if want linear; then
 	dmsetup create bench-linear --table "0 $SECT linear /dev/vdc $SECT"
 	# The ublk reference: the loop target of rublk (the ublk maintainers'
 	# server, built on the same libublk) over its own disk, vdg [0, SIZE),
-	# with as many queues as ours and the same depth and buffer size (its
-	# queue threads keep libublk's CPU binding, ours do not: docs/ADMIN.md).
-	# What ref/peer leaves below 1 is ublk's round trip through a server
-	# process, which no server avoids.
+	# with as many queues as ours and the same depth and buffer size. libublk
+	# binds its queue threads to their hardware queue's CPUs; tierblkd undoes
+	# that (docs/ADMIN.md, *ublk queues and CPUs*), and so does this test for
+	# rublk (taskset -a), so that ours/ref compares request paths, not
+	# placement. What ref/peer leaves below 1 is ublk's round trip through a
+	# server process, which no server avoids.
 	REF=""
 	if [ "${TIERBLK_BENCH_UBLK_REF:-1}" = 0 ]; then
 		:
@@ -244,6 +246,23 @@ if want linear; then
 			>/tmp/rublk.out 2>&1; then
 			wait_for_dev /dev/ublkb90 10 >/dev/null
 			REF="ref:rublk-loop:/dev/ublkb90"
+			ncpu=$(grep -c ^processor /proc/cpuinfo)
+			rpid=""
+			for p in /proc/[0-9]*; do
+				if [ "$(cat "$p/comm" 2>/dev/null)" = rublk ]; then
+					rpid=${p##*/}
+					break
+				fi
+			done
+			[ -n "$rpid" ] || fail "rublk add loop succeeded but no rublk process runs"
+			taskset -a -p -c "0-$((ncpu - 1))" "$rpid" >/dev/null || fail "taskset: cannot unbind rublk's threads"
+			for t in /proc/"$rpid"/task/*; do
+				case "$(sed -n 's/^Cpus_allowed_list:[[:space:]]*//p' "$t/status")" in
+				"0-$((ncpu - 1))") ;;
+				*) fail "rublk thread ${t##*/} is still bound: $(grep Cpus_allowed_list "$t/status")" ;;
+				esac
+			done
+			echo "BENCH-REF group=linear peer=rublk-loop queues=unbound threads=$(ls /proc/"$rpid"/task | wc -l)"
 		else
 			echo "BENCH-PEER group=linear role=ref peer=rublk-loop status=unavailable reason=rublk_add_loop_failed"
 			sed 's/^/rublk: /' /tmp/rublk.out
