@@ -26,14 +26,16 @@
 //! new queues, `END_USER_RECOVERY`): a filesystem mounted on it sees a
 //! pause, not an error. A clean stop deletes the device as before.
 //!
-//! The queue loop is ours rather than libublk's `wait_and_handle_io_events`:
-//! it runs a bounded number of executor ticks between two polls of the ring.
-//! A request waiting on another (a held request behind a suspended gate, a
-//! write waiting for a chunk another request is copying, a write outside a
-//! resync window) yields to the executor; with unbounded ticks such a waiter
-//! would keep the thread from ever reaping the completions it waits for. While
-//! some task is runnable the ring is polled without blocking.
-//! Otherwise the thread sleeps in the ring. Busy-polling it instead, for
+//! The queue loop is ours rather than libublk's `wait_and_handle_io_events`,
+//! and so is its executor (the `tags` module: the tag tasks are a fixed set,
+//! a wake sets a bit). Between two polls of the ring it runs one round: each
+//! task that was woken, once. A request waiting on another (a held request
+//! behind a suspended gate, a write waiting for a chunk another request is
+//! copying, a write outside a resync window) yields, waking itself; it runs
+//! again in the next round, after the ring has been reaped, so it cannot keep
+//! the thread from reaping the completions it waits for. While some task is
+//! ready the ring is polled without blocking. Otherwise the thread sleeps in
+//! the ring. Busy-polling it instead, for
 //! 50 or 200 µs after the last completion, was measured in the benchmark VM
 //! (2026-12-02, linear group): the depth-1 ratios to dm-linear stayed where
 //! they were (0.40-0.43) and every target in the VM, the raw disk included,
@@ -61,13 +63,12 @@ use tierblk_stack::{BlockDev, Ring};
 use tracing::{debug, error, info, info_span, warn};
 
 mod pool;
+mod tags;
 use pool::{Mailbox, Pool, Serve};
+use tags::TagTasks;
 
 /// Largest single I/O the kernel will send us (per-tag buffer size).
 const IO_BUF_BYTES: u32 = 512 << 10;
-
-/// Executor ticks between two polls of the queue's ring.
-const TICKS_PER_POLL: usize = 64;
 
 /// Servers a queue's pool starts with (see `pool`); it gains more, up to one
 /// per tag, as its requests' concurrency needs them.
@@ -417,32 +418,23 @@ fn serve_queue(qid: u16, dev: &UblkDev, top: &Arc<TopSlot>, gate: &Arc<Gate>, st
         debug!(queue = qid, servers = id + 1, "request server started");
         pool::server(mail, serve.clone())
     }));
-    let exe = Rc::new(smol::LocalExecutor::new());
-    let mut tasks = Vec::new();
-    for tag in q.tags() {
+    let tasks = RefCell::new(TagTasks::new(q.tags().map(|tag| {
         let q = q.clone();
         let bufs = bufs.clone();
         let pool = pool.clone();
         let counters = counters.clone();
-        tasks.push(exe.spawn(async move {
+        async move {
             match tag_task(&q, tag, &bufs[usize::from(tag)], &*pool, &counters).await {
                 Err(UblkError::QueueIsDown) | Ok(()) => {}
                 Err(e) => error!(queue = qid, tag, "io task failed: {e}"),
             }
-        }));
-    }
-    let exe2 = exe.clone();
-    smol::block_on(exe.run(async move {
-        // Whether the last round left runnable tasks: then poll without
+        }
+    })));
+    smol::block_on(async {
+        // Whether the last round left ready tasks: then poll without
         // blocking, so they run again right after the completions are reaped.
         let busy = Cell::new(false);
-        let run_ops = || {
-            let mut n = 0;
-            while n < TICKS_PER_POLL && exe2.try_tick() {
-                n += 1;
-            }
-            busy.set(n == TICKS_PER_POLL);
-        };
+        let run_ops = || busy.set(tasks.borrow_mut().round());
         let poll = || async {
             if busy.get() {
                 uring_poll_io_fn::<io_uring::squeue::Entry>(&q, None, 0)
@@ -456,11 +448,11 @@ fn serve_queue(qid: u16, dev: &UblkDev, top: &Arc<TopSlot>, gate: &Arc<Gate>, st
                 ublk_wake_task(cqe.user_data(), cqe)
             })
         };
-        let done = || tasks.iter().all(|t| t.is_finished());
+        let done = || tasks.borrow().finished();
         if let Err(e) = run_uring_tasks(poll, reap, run_ops, done).await {
             error!(queue = qid, "ublk queue loop failed: {e}");
         }
-    }));
+    });
 }
 
 /// One tag's task: fetch a request, serve it on a server borrowed from the
