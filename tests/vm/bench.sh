@@ -130,7 +130,8 @@ run_job() {
 # each job on every target back to back (raw, ours, peer), so that a drift of
 # the host's speed hits all of them alike. With ROUNDS > 1 each job's time is
 # cut into ROUNDS slices run in alternating order (raw ours peer, peer ours
-# raw, ...), one BENCH line per slice (scripts/bench averages them).
+# raw, ...), one BENCH line per slice (scripts/bench takes the median of the
+# slices' ratios).
 bench_group() {
 	_g="$1"
 	shift
