@@ -27,16 +27,16 @@
 //! pause, not an error. A clean stop deletes the device as before.
 //!
 //! The queue loop is ours rather than libublk's `wait_and_handle_io_events`,
-//! and so is its executor (the `tags` module: the tag tasks are a fixed set,
-//! a wake sets a bit). Between two polls of the ring it runs one round: each
-//! task that was woken, once. A request waiting on another (a held request
-//! behind a suspended gate, a write waiting for a chunk another request is
-//! copying, a write outside a resync window) yields, waking itself; it runs
-//! again in the next round, after the ring has been reaped, so it cannot keep
-//! the thread from reaping the completions it waits for. While some task is
-//! ready the ring is polled without blocking. Otherwise the thread sleeps in
-//! the ring. Busy-polling it instead, for
-//! 50 or 200 µs after the last completion, was measured in the benchmark VM
+//! and so is its executor ([`TaskSet`], shared with the fabric server: the
+//! tag tasks are a fixed set, a wake sets a bit). Between two polls of the
+//! ring it runs one round: each task that was woken, once. A request waiting
+//! on another (a held request behind a suspended gate, a write waiting for a
+//! chunk another request is copying, a write outside a resync window) yields,
+//! waking itself; it runs again in the next round, after the ring has been
+//! reaped, so it cannot keep the thread from reaping the completions it waits
+//! for. While some task is ready the ring is polled without blocking.
+//! Otherwise the thread sleeps in the ring. Busy-polling it instead, for 50
+//! or 200 µs after the last completion, was measured in the benchmark VM
 //! (2026-12-02, linear group): the depth-1 ratios to dm-linear stayed where
 //! they were (0.40-0.43) and every target in the VM, the raw disk included,
 //! lost a third to two thirds of its IOPS: a spinning vCPU takes host CPU
@@ -59,13 +59,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use thiserror::Error;
 use tierblk_stack::gate::Gate;
+use tierblk_stack::tasks::TaskSet;
 use tierblk_stack::{BlockDev, Ring};
 use tracing::{debug, error, info, info_span, warn};
 
 mod pool;
-mod tags;
 use pool::{Mailbox, Pool, Serve};
-use tags::TagTasks;
 
 /// Largest single I/O the kernel will send us (per-tag buffer size).
 const IO_BUF_BYTES: u32 = 512 << 10;
@@ -418,7 +417,7 @@ fn serve_queue(qid: u16, dev: &UblkDev, top: &Arc<TopSlot>, gate: &Arc<Gate>, st
         debug!(queue = qid, servers = id + 1, "request server started");
         pool::server(mail, serve.clone())
     }));
-    let tasks = RefCell::new(TagTasks::new(q.tags().map(|tag| {
+    let tasks = RefCell::new(TaskSet::new(q.tags().map(|tag| {
         let q = q.clone();
         let bufs = bufs.clone();
         let pool = pool.clone();

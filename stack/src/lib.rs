@@ -32,6 +32,8 @@
 //!   ones, resume in order), as dm's suspend/resume does: the barrier at which
 //!   a snapshot is taken and the tree is changed.
 //! * [`join`] runs the pieces of one request concurrently without allocating.
+//! * [`tasks`] polls a fixed set of tasks (a ublk queue's tags, an NBD
+//!   connection's slots) only when woken, with no allocation per wake.
 //! * [`AlignedBuf`] is a page-aligned heap buffer usable for `O_DIRECT` I/O.
 //!
 //! All futures in this crate are `!Send` and are meant to be driven on the
@@ -56,6 +58,7 @@ pub mod resync;
 pub mod snapshot;
 pub mod stripe;
 pub mod swap;
+pub mod tasks;
 pub mod uring;
 pub mod volume;
 

@@ -75,11 +75,11 @@ use std::io;
 use std::os::fd::RawFd;
 use std::pin::Pin;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::Poll;
 
 use io_uring::{opcode, types};
+use tierblk_stack::tasks::{ReadySet, TaskSet};
 use tierblk_stack::uring::LocalRing;
 use tierblk_stack::{BlockDev, IoResult, Ring};
 
@@ -123,7 +123,7 @@ pub(super) fn run<D: BlockDev>(
         .slot_buffer
         .clamp(4096, proto::MAX_REQUEST_LEN as usize)
         .next_multiple_of(4096);
-    let wake = Arc::new(WakeBits::new(slot_task(n)));
+    let wake = Arc::new(ReadySet::new(slot_task(n)));
     let total = n
         .checked_mul(slot_bytes)
         .ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))?;
@@ -173,7 +173,7 @@ pub(super) fn run<D: BlockDev>(
     for i in 0..n {
         tasks.push(Box::pin(conn.slot_loop(i)));
     }
-    ring.block_on(TaskSet::new(tasks, wake));
+    ring.block_on(TaskSet::with_ready(tasks, wake));
     // A send failure is the root cause when there was one (the reader then
     // only saw the socket go down); else whatever ended the reader.
     conn.writer_result.replace(Ok(())).map_err(ConnError::Io)?;
@@ -269,7 +269,7 @@ struct Conn<'a, D> {
     reader_done: Cell<bool>,
     /// Sending failed: the socket is shut down, replies are dropped.
     broken: Cell<bool>,
-    wake: Arc<WakeBits>,
+    wake: Arc<ReadySet>,
     reader_result: RefCell<Result<(), ConnError>>,
     writer_result: RefCell<io::Result<()>>,
 }
@@ -890,123 +890,6 @@ impl RecvBuf {
     }
 }
 
-// ---------------------------------------------------------------- scheduler
-
-/// One bit per task: set when the task was woken, cleared when it is polled.
-struct WakeBits {
-    words: Box<[AtomicU64]>,
-}
-
-impl WakeBits {
-    fn new(tasks: usize) -> Self {
-        WakeBits {
-            words: (0..tasks.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
-        }
-    }
-
-    fn set(&self, task: usize) {
-        self.words[task / 64].fetch_or(1 << (task % 64), Ordering::AcqRel);
-    }
-
-    fn any(&self) -> bool {
-        self.words.iter().any(|w| w.load(Ordering::Acquire) != 0)
-    }
-}
-
-/// The waker of one task: marks it and wakes the executor driving the set.
-struct TaskWaker {
-    task: usize,
-    bits: Arc<WakeBits>,
-    parent: Waker,
-}
-
-impl Wake for TaskWaker {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.bits.set(self.task);
-        self.parent.wake_by_ref();
-    }
-}
-
-/// A fixed set of `!Send` futures driven together as one future, each
-/// polled only when it was woken (by the ring, through its own waker, or by
-/// another task through [`WakeBits::set`]). The wakers are made once (at the
-/// first poll), so waking costs no allocation.
-struct TaskSet<'a> {
-    tasks: Vec<Option<Pin<Box<dyn Future<Output = ()> + 'a>>>>,
-    live: usize,
-    bits: Arc<WakeBits>,
-    wakers: Vec<Waker>,
-    parent: Option<Waker>,
-}
-
-impl<'a> TaskSet<'a> {
-    fn new(tasks: Vec<Pin<Box<dyn Future<Output = ()> + 'a>>>, bits: Arc<WakeBits>) -> Self {
-        TaskSet {
-            live: tasks.len(),
-            tasks: tasks.into_iter().map(Some).collect(),
-            bits,
-            wakers: Vec::new(),
-            parent: None,
-        }
-    }
-}
-
-impl Future for TaskSet<'_> {
-    type Output = ();
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let this = &mut *self;
-        if !this
-            .parent
-            .as_ref()
-            .is_some_and(|p| p.will_wake(cx.waker()))
-        {
-            // First poll (or another executor): wakers that reach this one,
-            // and every task polled once so that it registers them.
-            this.parent = Some(cx.waker().clone());
-            this.wakers = (0..this.tasks.len())
-                .map(|task| {
-                    Waker::from(Arc::new(TaskWaker {
-                        task,
-                        bits: this.bits.clone(),
-                        parent: cx.waker().clone(),
-                    }))
-                })
-                .collect();
-            for task in 0..this.tasks.len() {
-                this.bits.set(task);
-            }
-        }
-        for w in 0..this.bits.words.len() {
-            let mut bits = this.bits.words[w].swap(0, Ordering::AcqRel);
-            while bits != 0 {
-                let task = w * 64 + bits.trailing_zeros() as usize;
-                bits &= bits - 1;
-                let Some(Some(fut)) = this.tasks.get_mut(task) else {
-                    continue;
-                };
-                let mut tcx = Context::from_waker(&this.wakers[task]);
-                if fut.as_mut().poll(&mut tcx).is_ready() {
-                    this.tasks[task] = None;
-                    this.live -= 1;
-                }
-            }
-        }
-        if this.live == 0 {
-            return Poll::Ready(());
-        }
-        if this.bits.any() {
-            // Woken by one another during this pass: come back after the
-            // executor reaped the ring's completions (no syscall).
-            cx.waker().wake_by_ref();
-        }
-        Poll::Pending
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1029,51 +912,5 @@ mod tests {
         assert_eq!(iovs[3].iov_base as usize, d.as_ptr() as usize + 15);
         advance(&mut iovs, &mut first, 1);
         assert_eq!(first, 4);
-    }
-
-    #[test]
-    fn task_set_polls_only_woken_tasks_and_ends_when_all_did() {
-        use std::rc::Rc;
-        let bits = Arc::new(WakeBits::new(70));
-        let polls: Rc<Vec<Cell<u32>>> = Rc::new((0..70).map(|_| Cell::new(0)).collect());
-        let go = Rc::new(Cell::new(false));
-        let tasks: Vec<Pin<Box<dyn Future<Output = ()>>>> = (0..70)
-            .map(|t| {
-                let polls = polls.clone();
-                let go = go.clone();
-                Box::pin(poll_fn(move |_| {
-                    polls[t].set(polls[t].get() + 1);
-                    if go.get() {
-                        Poll::Ready(())
-                    } else {
-                        Poll::Pending
-                    }
-                })) as Pin<Box<dyn Future<Output = ()>>>
-            })
-            .collect();
-        let mut set = TaskSet::new(tasks, bits.clone());
-        let waker = Waker::from(Arc::new(Flag::default()));
-        let mut cx = Context::from_waker(&waker);
-        assert!(Pin::new(&mut set).poll(&mut cx).is_pending());
-        assert!(polls.iter().all(|p| p.get() == 1), "first poll polls all");
-        // Wake task 65 only (through its waker, as the ring would).
-        set.wakers[65].wake_by_ref();
-        assert!(Pin::new(&mut set).poll(&mut cx).is_pending());
-        let counts: Vec<u32> = polls.iter().map(Cell::get).collect();
-        assert_eq!(counts[65], 2);
-        assert_eq!(counts.iter().sum::<u32>(), 71);
-        go.set(true);
-        for t in 0..70 {
-            bits.set(t);
-        }
-        assert!(Pin::new(&mut set).poll(&mut cx).is_ready());
-    }
-
-    #[derive(Default)]
-    struct Flag(std::sync::atomic::AtomicBool);
-    impl Wake for Flag {
-        fn wake(self: Arc<Self>) {
-            self.0.store(true, Ordering::Release);
-        }
     }
 }
