@@ -2,8 +2,12 @@
 //! per operation, for `tierblk stats` and (opt-in) Prometheus.
 //!
 //! Each ublk queue thread owns its [`QueueStats`] (on cache lines of its own)
-//! and is its only writer: a request costs two clock reads and a few relaxed
-//! load/store pairs, no atomic read-modify-write, no lock, no allocation.
+//! and is its only writer: a request costs a few relaxed load/store pairs,
+//! no atomic read-modify-write, no lock, no allocation, and no clock read of
+//! its own: the queue loop reads the clock once per round (between two polls
+//! of its ring), and a request's latency runs from the round that received
+//! it to the round that completed it, coarser than a clock read per request
+//! by at most one round's work.
 //! Readers (the daemon, the metrics endpoint) sum the queues of a volume
 //! with relaxed loads; a sum may be a few requests behind, never torn per
 //! counter.
