@@ -6,7 +6,9 @@
 //! storage processor ([`RemoteRef`]) — the LRN and RRN of spec
 //! \[0109\]–\[0110\]. [`Piece`] is the shared description, [`Leaf`] one queue's
 //! instance; dispatch is a `match`, so the tree above stays statically
-//! dispatched and allocation-free per I/O.
+//! dispatched and allocation-free per I/O. A remote request's future runs in
+//! a frame its reference recycles ([`crate::frames`]): it is four times a
+//! partition's, and would otherwise size every leaf of every tree.
 
 use std::fs::File;
 use std::sync::Arc;
@@ -92,35 +94,35 @@ impl<R: Ring + Clone> BlockDev for Leaf<R> {
     async fn read(&self, offset: u64, buf: &mut [u8]) -> IoResult<()> {
         match self {
             Leaf::Local(p) => p.read(offset, buf).await,
-            Leaf::Remote(r) => r.read(offset, buf).await,
+            Leaf::Remote(r) => r.frames().run(r.read(offset, buf)).await,
         }
     }
 
     async fn write(&self, offset: u64, buf: &[u8], fua: bool) -> IoResult<()> {
         match self {
             Leaf::Local(p) => p.write(offset, buf, fua).await,
-            Leaf::Remote(r) => r.write(offset, buf, fua).await,
+            Leaf::Remote(r) => r.frames().run(r.write(offset, buf, fua)).await,
         }
     }
 
     async fn flush(&self) -> IoResult<()> {
         match self {
             Leaf::Local(p) => p.flush().await,
-            Leaf::Remote(r) => r.flush().await,
+            Leaf::Remote(r) => r.frames().run(r.flush()).await,
         }
     }
 
     async fn discard(&self, offset: u64, len: u64) -> IoResult<()> {
         match self {
             Leaf::Local(p) => p.discard(offset, len).await,
-            Leaf::Remote(r) => r.discard(offset, len).await,
+            Leaf::Remote(r) => r.frames().run(r.discard(offset, len)).await,
         }
     }
 
     async fn write_zeroes(&self, offset: u64, len: u64) -> IoResult<()> {
         match self {
             Leaf::Local(p) => p.write_zeroes(offset, len).await,
-            Leaf::Remote(r) => r.write_zeroes(offset, len).await,
+            Leaf::Remote(r) => r.frames().run(r.write_zeroes(offset, len)).await,
         }
     }
 }

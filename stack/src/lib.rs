@@ -31,6 +31,8 @@
 //! * [`gate`] suspends a volume's host I/O (drain in-flight requests, hold new
 //!   ones, resume in order), as dm's suspend/resume does: the barrier at which
 //!   a snapshot is taken and the tree is changed.
+//! * [`frames`] runs a future in a reused heap frame, so that a remote
+//!   reference's large request future does not size every local leaf's.
 //! * [`join`] runs the pieces of one request concurrently without allocating.
 //! * [`tasks`] polls a fixed set of tasks (a ublk queue's tags, an NBD
 //!   connection's slots) only when woken, with no allocation per wake.
@@ -46,6 +48,7 @@ use std::future::Future;
 
 pub mod aligned;
 pub mod bitmap;
+pub mod frames;
 pub mod gate;
 pub mod join;
 pub mod leaf;

@@ -42,6 +42,7 @@ use std::time::{Duration, Instant};
 
 use io_uring::{opcode, types};
 
+use crate::frames::Frames;
 use crate::nbd::auth::Secret;
 use crate::nbd::{NbdAddr, NbdDev};
 use crate::{check_range, BlockDev, IoError, IoResult, Limits, Ring};
@@ -299,6 +300,9 @@ pub struct RemoteRef<R: Ring + Clone> {
     conn: RefCell<Option<(usize, Rc<NbdDev<R>>)>>,
     /// When to try the preferred path again while on another one.
     failback_at: Cell<Option<Instant>>,
+    /// Where [`Leaf`](crate::Leaf) runs this reference's request futures,
+    /// so that a local leaf's future is not sized for the remote one.
+    frames: Frames,
 }
 
 impl<R: Ring + Clone> RemoteRef<R> {
@@ -309,7 +313,14 @@ impl<R: Ring + Clone> RemoteRef<R> {
             ring,
             conn: RefCell::new(None),
             failback_at: Cell::new(None),
+            frames: Frames::new(),
         }
+    }
+
+    /// The frames this reference's requests run in when a tree holds it
+    /// as one arm of a leaf (see [`crate::frames`]).
+    pub(crate) fn frames(&self) -> &Frames {
+        &self.frames
     }
 
     /// The description shared by every queue.
