@@ -71,7 +71,7 @@ pub struct Frames {
     /// Size of the frames the pool keeps: the largest future it has run,
     /// rounded up to [`FRAME_ALIGN`].
     size: Cell<usize>,
-    /// Frames allocated so far (tests, statistics).
+    /// Frames allocated so far (the tests check reuse with it).
     allocated: Cell<u64>,
 }
 
@@ -193,7 +193,7 @@ mod tests {
     use std::rc::Rc;
     use std::task::Waker;
 
-    /// Pending once, then ready with its payload's first byte; counts drops.
+    /// Pending once, then ready with its payload's last byte; counts drops.
     struct Probe<const N: usize> {
         payload: [u8; N],
         polled: bool,
