@@ -444,19 +444,19 @@ fn serve_queue(qid: u16, dev: &UblkDev, top: &Arc<TopSlot>, gate: &Arc<Gate>, st
     let counters = stats.register();
     // One buffer per tag, registered with the tag for ublk; the tag's task
     // borrows it for its ublk commands, the server serving the tag's request
-    // borrows it (mutably) meanwhile.
+    // borrows it (mutably) meanwhile. The buffers follow the host's
+    // transparent huge page policy, as rublk's do. Kept out of huge pages
+    // (MADV_NOHUGEPAGE, until 2026-12-03), 128 KiB and 1 MiB sequential reads
+    // ran at 0.85 and 0.76 of rublk's loop target; in huge pages at 1.18 and
+    // 1.06 (benchmark VM, THP `always`, three alternating boots each;
+    // docs/benchmarks/profile.md). Likely why: the kernel pins a buffer for
+    // the ALU's O_DIRECT I/O, and copies a request's data into or out of it,
+    // a huge page at a time instead of 4 KiB at a time. The cost is residency
+    // in 2 MiB steps (docs/ADMIN.md, *ublk I/O buffers and huge pages*).
     let depth = dev.dev_info.queue_depth;
     let buf_bytes = dev.dev_info.max_io_buf_bytes as usize;
     let bufs: Rc<[RefCell<IoBuf<u8>>]> = (0..depth)
-        .map(|_| {
-            let buf = IoBuf::<u8>::new(buf_bytes);
-            // Resident only where requests touch it: with transparent huge
-            // pages, a 4 KiB request would make 2 MiB around it resident.
-            // SAFETY: the range is this allocation's (page-aligned); the
-            // advice changes no content.
-            unsafe { libc::madvise(buf.as_mut_ptr().cast(), buf_bytes, libc::MADV_NOHUGEPAGE) };
-            RefCell::new(buf)
-        })
+        .map(|_| RefCell::new(IoBuf::<u8>::new(buf_bytes)))
         .collect();
     counters.set_buffers(
         bufs.iter()
@@ -667,7 +667,6 @@ async fn serve_one<D: BlockDev>(
     }
 }
 
-/// Whether this host can expose volumes at all.
 /// Resize live device `dev_id` to `bytes` (UBLK_CMD_UPDATE_SIZE, which the
 /// kernel's ublk driver has from Linux 6.16).
 pub fn resize(dev_id: u32, bytes: u64) -> Result<(), String> {
@@ -685,6 +684,7 @@ pub fn resize(dev_id: u32, bytes: u64) -> Result<(), String> {
         .map_err(|e| format!("cannot resize /dev/ublkb{dev_id}: {e}"))
 }
 
+/// Whether this host can expose volumes at all.
 pub fn available() -> bool {
     std::path::Path::new("/dev/ublk-control").exists()
 }
@@ -733,7 +733,8 @@ mod tests {
     #[test]
     fn resident_bytes_counts_the_pages_requests_touched() {
         // Fresh anonymous pages (a reused heap chunk could be resident
-        // already), without huge pages, as a queue advises its buffers.
+        // already), without huge pages, so that each touched page counts
+        // alone whatever the host's huge page policy.
         let len = 512 << 10;
         // SAFETY: a new private anonymous mapping; no existing memory changes.
         let p = unsafe {
