@@ -444,15 +444,12 @@ fn serve_queue(qid: u16, dev: &UblkDev, top: &Arc<TopSlot>, gate: &Arc<Gate>, st
     let counters = stats.register();
     // One buffer per tag, registered with the tag for ublk; the tag's task
     // borrows it for its ublk commands, the server serving the tag's request
-    // borrows it (mutably) meanwhile. The buffers follow the host's
-    // transparent huge page policy, as rublk's do. Kept out of huge pages
-    // (MADV_NOHUGEPAGE, until 2026-12-03), 128 KiB and 1 MiB sequential reads
-    // ran at 0.85 and 0.76 of rublk's loop target; in huge pages at 1.18 and
-    // 1.06 (benchmark VM, THP `always`, three alternating boots each;
-    // docs/benchmarks/profile.md). Likely why: the kernel pins a buffer for
-    // the ALU's O_DIRECT I/O, and copies a request's data into or out of it,
-    // a huge page at a time instead of 4 KiB at a time. The cost is residency
-    // in 2 MiB steps (docs/ADMIN.md, *ublk I/O buffers and huge pages*).
+    // borrows it (mutably) meanwhile. They follow the host's transparent
+    // huge page policy, as rublk's do: kept out of huge pages, large
+    // sequential reads were about a quarter slower
+    // (docs/benchmarks/profile.md, *I/O buffers in huge pages*); the cost,
+    // residency in 2 MiB steps, is in docs/ADMIN.md, *ublk I/O buffers and
+    // huge pages*.
     let depth = dev.dev_info.queue_depth;
     let buf_bytes = dev.dev_info.max_io_buf_bytes as usize;
     let bufs: Rc<[RefCell<IoBuf<u8>>]> = (0..depth)

@@ -12,8 +12,9 @@
 # did per request besides computing:
 #   PROFILE-WAIT job=... target=... enters=X switches=Y
 # (io_uring_enter calls, counted by perf stat on the syscall tracepoint, and
-# context switches, voluntary and not, from /proc/PID/task/*/status). rublk's user time is the control:
-# it is the same code in every run, so a change of ours against it is ours.
+# context switches, voluntary and not, from /proc/PID/task/*/status).
+# rublk's user time is the control: it is the same code in every run, so a
+# change of ours against it is ours.
 # IOPS under TCG vary by tens of percent from run to run; CPU time per
 # request varies much less. docs/benchmarks/profile.md has the findings.
 # Knobs: TIERBLK_PROFILE_SECONDS (per job, default 10), TIERBLK_PROFILE_JOBS
