@@ -33,6 +33,9 @@ pub struct Args {
     /// Keep each ublk queue's thread on the CPUs the kernel maps to its hardware queue (libublk's default). Without it a queue thread may run on any CPU the daemon may, so that it need not share one CPU with the application submitting to it (see docs/ADMIN.md).
     #[arg(long)]
     pub pin_queues: bool,
+    /// Keep the ublk queues' I/O buffers (512 KiB per tag) out of transparent huge pages (MADV_NOHUGEPAGE): resident only where requests touched them, for hosts short of memory; large sequential I/O is slower (see docs/ADMIN.md).
+    #[arg(long)]
+    pub no_huge_buffers: bool,
     /// Serve Prometheus metrics on http://ADDR/metrics, e.g. 127.0.0.1:9101 (off by default).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,

@@ -7,6 +7,7 @@
 //! queues = 2
 //! depth = 128
 //! pin_queues = false   # true: queue threads stay on their queue's CPUs
+//! no_huge_buffers = false  # true: I/O buffers out of transparent huge pages
 //! # One SP among peers (optional):
 //! sp = "sp1"
 //! listen = ["unix:/run/tierblk/sp1.sock", "tcp:10.0.0.1:10809"]
@@ -34,6 +35,10 @@ pub struct FileConfig {
     /// Keep ublk queue threads on their hardware queue's CPUs (`--pin-queues`).
     #[serde(default)]
     pub pin_queues: bool,
+    /// Keep the ublk queues' I/O buffers out of transparent huge pages
+    /// (`--no-huge-buffers`).
+    #[serde(default)]
+    pub no_huge_buffers: bool,
     /// Serve Prometheus metrics on this address (`"127.0.0.1:9101"`).
     pub metrics: Option<std::net::SocketAddr>,
     /// Re-add failed ALUs that come back (`--auto-reclaim`).
@@ -94,6 +99,15 @@ mod tests {
         assert_eq!(c.queues, Some(2));
         assert!(!c.pin_queues, "pin_queues defaults to off");
         assert!(parse("t", "pin_queues = true\n").unwrap().pin_queues);
+        assert!(
+            !c.no_huge_buffers,
+            "I/O buffers may be in huge pages by default"
+        );
+        assert!(
+            parse("t", "no_huge_buffers = true\n")
+                .unwrap()
+                .no_huge_buffers
+        );
         let e = parse("t", "clustr = \"lab\"\n").unwrap_err();
         assert!(e.to_string().contains("clustr"), "{e}");
     }

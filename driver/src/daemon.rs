@@ -101,6 +101,9 @@ pub struct Config {
     /// Keep each ublk queue thread on its hardware queue's CPUs
     /// ([`VolumeSpec::pin_queues`]).
     pub pin_queues: bool,
+    /// Let the ublk queues' I/O buffers be in transparent huge pages
+    /// ([`VolumeSpec::huge_buffers`]).
+    pub huge_buffers: bool,
     /// Re-add a failed ALU that appears again without asking ([0174]).
     pub auto_reclaim: bool,
     /// This daemon as one SP among peers; None: the embedded default.
@@ -720,6 +723,7 @@ impl Daemon {
             queues: self.cfg.queues,
             depth: self.cfg.depth,
             pin_queues: self.cfg.pin_queues,
+            huge_buffers: self.cfg.huge_buffers,
         })
         .map_err(|e| e.to_string())?;
         self.stats

@@ -109,6 +109,11 @@ pub struct VolumeSpec {
     /// started, every queue thread may run on any CPU the daemon may (see
     /// [`unpin`]).
     pub pin_queues: bool,
+    /// Let the tags' I/O buffers be in transparent huge pages, as the host's
+    /// policy decides (the default). Off (`--no-huge-buffers`): each buffer
+    /// is advised `MADV_NOHUGEPAGE`, resident only in the 4 KiB pages
+    /// requests touched (see `serve_queue`).
+    pub huge_buffers: bool,
 }
 
 /// A volume online as a ublk device; `stop` takes it offline.
@@ -362,6 +367,7 @@ fn run_device(
         Ok(())
     };
     let (top, gate, stats) = (spec.top.clone(), spec.gate.clone(), spec.stats.clone());
+    let huge_buffers = spec.huge_buffers;
     // Each queue thread's id, recorded before it fetches its first request,
     // so all are here once the device has started (START_DEV waits for every
     // queue's fetches).
@@ -371,7 +377,7 @@ fn run_device(
         // SAFETY: gettid has no preconditions.
         let tid = unsafe { libc::gettid() };
         tids.lock().unwrap_or_else(|p| p.into_inner()).push(tid);
-        serve_queue(qid, dev, &top, &gate, &stats)
+        serve_queue(qid, dev, &top, &gate, &stats, huge_buffers)
     };
     let started = tx.clone();
     let pin_queues = spec.pin_queues;
@@ -425,7 +431,14 @@ fn unpin(tids: &[libc::pid_t]) {
     }
 }
 
-fn serve_queue(qid: u16, dev: &UblkDev, top: &Arc<TopSlot>, gate: &Arc<Gate>, stats: &VolumeStats) {
+fn serve_queue(
+    qid: u16,
+    dev: &UblkDev,
+    top: &Arc<TopSlot>,
+    gate: &Arc<Gate>,
+    stats: &VolumeStats,
+    huge_buffers: bool,
+) {
     let q = match UblkQueue::new(qid, dev) {
         Ok(q) => Rc::new(q),
         Err(e) => {
@@ -444,17 +457,40 @@ fn serve_queue(qid: u16, dev: &UblkDev, top: &Arc<TopSlot>, gate: &Arc<Gate>, st
     let counters = stats.register();
     // One buffer per tag, registered with the tag for ublk; the tag's task
     // borrows it for its ublk commands, the server serving the tag's request
-    // borrows it (mutably) meanwhile. They follow the host's transparent
-    // huge page policy, as rublk's do: kept out of huge pages, large
-    // sequential reads were about a quarter slower
+    // borrows it (mutably) meanwhile. By default they follow the host's
+    // transparent huge page policy, as rublk's do: kept out of huge pages,
+    // large sequential reads were about a quarter slower
     // (docs/benchmarks/profile.md, *I/O buffers in huge pages*); the cost,
     // residency in 2 MiB steps, is in docs/ADMIN.md, *ublk I/O buffers and
-    // huge pages*.
+    // huge pages*, and `--no-huge-buffers` declines it.
     let depth = dev.dev_info.queue_depth;
     let buf_bytes = dev.dev_info.max_io_buf_bytes as usize;
     let bufs: Rc<[RefCell<IoBuf<u8>>]> = (0..depth)
         .map(|_| RefCell::new(IoBuf::<u8>::new(buf_bytes)))
         .collect();
+    if !huge_buffers {
+        for b in bufs.iter() {
+            // SAFETY: the range is this buffer's allocation (IoBuf allocates
+            // it page-aligned); the advice changes no content.
+            let r = unsafe {
+                libc::madvise(
+                    b.borrow().as_mut_ptr().cast(),
+                    buf_bytes,
+                    libc::MADV_NOHUGEPAGE,
+                )
+            };
+            if r != 0 {
+                // A kernel without transparent huge pages refuses the
+                // advice: nothing to keep the buffers out of.
+                warn!(
+                    queue = qid,
+                    "cannot keep the I/O buffers out of huge pages: {}",
+                    std::io::Error::last_os_error()
+                );
+                break;
+            }
+        }
+    }
     counters.set_buffers(
         bufs.iter()
             .map(|b| (b.borrow().as_ptr() as usize, buf_bytes))

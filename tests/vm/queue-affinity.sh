@@ -6,6 +6,10 @@
 # Checked on a fresh device, with --pin-queues, and on a device recovered
 # after kill -9 (the recovery path starts the queues again); data written
 # before the kill reads back.
+# Also the tags' I/O buffers and transparent huge pages: by default they
+# follow the host's policy (not advised MADV_NOHUGEPAGE); the daemon that
+# recovers the device runs with --no-huge-buffers, and then every buffer of
+# both queues is (docs/ADMIN.md, *ublk I/O buffers and huge pages*).
 # vm-run: --disks 1 --disk-size 256M
 set -eu
 . "$(dirname "$0")/lib.sh"
@@ -19,6 +23,12 @@ queue_cpus() {
 		[ "$(cat "$_t/comm" 2>/dev/null)" = "ublk-$1" ] || continue
 		sed -n 's/^Cpus_allowed_list:[[:space:]]*//p' "$_t/status"
 	done
+}
+# nohuge_kib: KiB of the daemon's mappings advised MADV_NOHUGEPAGE (the
+# "nh" flag of /proc/PID/smaps). The kernel marks thread stacks so too
+# (MAP_STACK; about 14 MiB here), far less than the buffers (BUF_KIB).
+nohuge_kib() {
+	awk '/^Size:/ { s = $2 } /^VmFlags:/ && / nh( |$)/ { t += s } END { print t + 0 }' /proc/"$DAEMON_PID"/smaps
 }
 # expect_unpinned VOL WHAT: every thread of the volume may run on every CPU
 # the daemon may.
@@ -36,6 +46,11 @@ tb vol create qa --size 64M >/dev/null
 wait_vol_state qa online
 dev=$(vol_device qa)
 expect_unpinned qa "default"
+# The buffers of 2 queues x 128 tags x 512 KiB.
+BUF_KIB=$((2 * 128 * 512))
+nh=$(nohuge_kib)
+[ "$nh" -lt $((BUF_KIB / 2)) ] || fail "default: $nh KiB of the daemon advised MADV_NOHUGEPAGE: the I/O buffers ($BUF_KIB KiB) are"
+ok "default: the I/O buffers follow the host's huge page policy ($nh KiB advised MADV_NOHUGEPAGE, the buffers are $BUF_KIB KiB)"
 
 stop_daemon
 start_daemon --alu /dev/vda --queues 2 --pin-queues
@@ -49,13 +64,14 @@ single=$(echo "$l" | grep -cx '[0-9]*' || true)
 	fail "--pin-queues: both queue threads on the same CPU: $(echo "$l" | tr '\n' ' ')"
 ok "--pin-queues: queue threads bound to CPUs $(echo "$l" | grep -x '[0-9]*' | tr '\n' ' ')"
 
-# Write under the pinned daemon, kill it, recover without --pin-queues.
+# Write under the pinned daemon, kill it, recover without --pin-queues and
+# with --no-huge-buffers.
 dd if=/dev/urandom of=/tmp/qa.bin bs=1M count=8 status=none
 dd if=/tmp/qa.bin of="$dev" bs=1M oflag=direct status=none
 kill -KILL "$DAEMON_PID"
 wait "$DAEMON_PID" 2>/dev/null || true
 DAEMON_PID=""
-start_daemon --alu /dev/vda --queues 2
+start_daemon --alu /dev/vda --queues 2 --no-huge-buffers
 wait_vol_state qa online
 [ "$(vol_device qa)" = "$dev" ] || fail "recovered volume is $(vol_device qa), not $dev"
 grep -q "recovering the device" "$DAEMON_LOG" || fail "the device was not recovered (no 'recovering the device' in the log)"
@@ -63,4 +79,8 @@ expect_unpinned qa "after recovery"
 [ "$(sha_dev "$dev" 8)" = "$(sha256sum </tmp/qa.bin | cut -d' ' -f1)" ] ||
 	fail "data written before the kill does not read back"
 ok "data written before the kill reads back after recovery"
+nh=$(nohuge_kib)
+[ "$nh" -ge "$BUF_KIB" ] ||
+	fail "--no-huge-buffers: $nh KiB advised MADV_NOHUGEPAGE, expected at least the buffers' $BUF_KIB KiB"
+ok "--no-huge-buffers: $nh KiB advised MADV_NOHUGEPAGE (the buffers are $BUF_KIB KiB)"
 stop_daemon

@@ -53,6 +53,7 @@ fn run(args: Args) -> Result<()> {
             .unwrap_or(cpus.clamp(1, 4) as u16),
         depth: args.depth.or(file.depth).unwrap_or(128),
         pin_queues: args.pin_queues || file.pin_queues,
+        huge_buffers: !(args.no_huge_buffers || file.no_huge_buffers),
         auto_reclaim: args.auto_reclaim || file.auto_reclaim,
         sp: sp_config(
             args.sp.or(file.sp),
