@@ -221,7 +221,10 @@ fi
 if [ -n "${TIERBLK_BENCH_MALLOC_MMAP_THRESHOLD:-}" ]; then
 	export MALLOC_MMAP_THRESHOLD_="$TIERBLK_BENCH_MALLOC_MMAP_THRESHOLD"
 fi
-start_daemon --alu /dev/vda --alu /dev/vdb --alu /dev/vde --alu /dev/vdf
+# TIERBLK_BENCH_DAEMON_ARGS (diagnosis only): more tierblkd options, e.g.
+# --no-huge-buffers to measure the I/O buffers in 4 KiB pages.
+# shellcheck disable=SC2086
+start_daemon --alu /dev/vda --alu /dev/vdb --alu /dev/vde --alu /dev/vdf ${TIERBLK_BENCH_DAEMON_ARGS:-}
 unset MALLOC_MMAP_THRESHOLD_
 for d in /dev/vda /dev/vdb /dev/vde /dev/vdf; do tb alu claim "$d" >/dev/null; done
 RAW=raw:raw-disk:/dev/vdc
@@ -437,7 +440,8 @@ if want memory; then
 	# A fresh daemon with the same volumes: what it holds before any I/O.
 	_online=$(tbj vol list | grep -o '"state":"online"' | wc -l)
 	stop_daemon
-	start_daemon --alu /dev/vda --alu /dev/vdb --alu /dev/vde --alu /dev/vdf
+	# shellcheck disable=SC2086
+	start_daemon --alu /dev/vda --alu /dev/vdb --alu /dev/vde --alu /dev/vdf ${TIERBLK_BENCH_DAEMON_ARGS:-}
 	_w=0
 	while [ "$(tbj vol list | grep -o '"state":"online"' | wc -l)" -lt "$_online" ]; do
 		_w=$((_w + 1))
