@@ -84,6 +84,25 @@ vm_ensure_deps() {
 	vm_apt_install "${missing[@]}"
 }
 
+_vm_fetch_mdadm() {
+	# _vm_fetch_mdadm: path of an mdadm binary extracted from Debian's
+	# package in the VM cache (downloaded once); fails if there is none.
+	local dir="$VM_CACHE/mdadm" deb
+	if [ ! -x "$dir/root/sbin/mdadm" ]; then
+		mkdir -p "$dir"
+		deb="$(ls "$dir"/mdadm_*.deb 2>/dev/null | sort -V | tail -n 1 || true)"
+		if [ -z "$deb" ]; then
+			(cd "$dir" && apt-get download -q mdadm >&2 2>/dev/null) || return 1
+			deb="$(ls "$dir"/mdadm_*.deb 2>/dev/null | sort -V | tail -n 1 || true)"
+		fi
+		[ -n "$deb" ] || return 1
+		rm -rf "$dir/root"
+		dpkg-deb -x "$deb" "$dir/root" || return 1
+	fi
+	[ -x "$dir/root/sbin/mdadm" ] || return 1
+	printf '%s\n' "$dir/root/sbin/mdadm"
+}
+
 vm_which() {
 	# vm_which TOOL: absolute path of a host tool (also looks in sbin dirs).
 	local t="$1" d
@@ -456,6 +475,21 @@ vm_build_initramfs() {
 		else
 			case "$extras" in *" rublk "*) vm_die "vm-extra rublk: no rublk on the host (cargo install rublk)" ;; esac
 			vm_log "no rublk on the host (cargo install rublk): no ublk reference in this run"
+		fi
+		;;
+	esac
+	case "$extras" in *" mdadm "* | *" mdadm? "*)
+		# mdadm, for md arrays with a superblock (scripts/bench's md peers
+		# with a write-intent bitmap): the host's, or one taken out of
+		# Debian's package (downloaded into the VM cache, never installed).
+		# `mdadm?`: only if one is to be had.
+		v="$(vm_which mdadm || _vm_fetch_mdadm || true)"
+		if [ -n "$v" ]; then
+			_vm_copy_file "$v" "$root" /sbin/mdadm
+			_vm_copy_libs "$v" "$root"
+		else
+			case "$extras" in *" mdadm "*) vm_die "vm-extra mdadm: no mdadm on the host and apt-get download mdadm failed" ;; esac
+			vm_log "no mdadm (host or package): md peers without a bitmap only"
 		fi
 		;;
 	esac

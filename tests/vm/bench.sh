@@ -194,6 +194,37 @@ md_create() {
 }
 md_stop() { echo clear >"/sys/block/$1/md/array_state" 2>/dev/null || true; }
 
+# md_create_bitmap NAME LEVEL OFFSET_SECTORS COMPONENT_KIB DEV...: an md
+# array with a version 1.2 superblock and an internal write-intent bitmap of
+# 1 MiB chunks (as tierblk's mirrors keep: docs/ADMIN.md), made by mdadm
+# (TIERBLK_VM_EXTRA=mdadm) over dm-linear windows of each DEV from
+# OFFSET_SECTORS (so that the superblock and bitmap stay out of the raw
+# disk's region); no initial resync (--assume-clean). Prints /dev/NAME.
+md_create_bitmap() {
+	_mdn=$1 _lvl=$2 _off=$3 _csz=$4
+	shift 4
+	command -v mdadm >/dev/null || return 1
+	_comps=""
+	for _d in "$@"; do
+		_b=bench-mdc-$(basename "$_d")
+		# The component, the 8 MiB data offset and 1 MiB to spare.
+		dmsetup create "$_b" --noudevsync --table "0 $(((_csz + 9216) * 2)) linear $_d $_off" || return 1
+		_comps="$_comps $(dm_dev "$_b")"
+	done
+	# shellcheck disable=SC2086
+	MDADM_NO_UDEV=1 mdadm --create "/dev/$_mdn" --run --quiet --level="$_lvl" --raid-devices=$# \
+		--metadata=1.2 --data-offset=8M --size="$_csz" --assume-clean \
+		--bitmap=internal --bitmap-chunk=1M $_comps >&2 || return 1
+	wait_for_dev "/dev/$_mdn" 5 >/dev/null || return 1
+	echo "/dev/$_mdn"
+}
+md_stop_bitmap() {
+	MDADM_NO_UDEV=1 mdadm --stop "/dev/$1" >/dev/null 2>&1 || true
+	for _b in $(dmsetup ls 2>/dev/null | awk '/^bench-mdc-/ {print $1}'); do
+		dmsetup remove --noudevsync "$_b" 2>/dev/null || true
+	done
+}
+
 dm_dev() {
 	dmsetup mknodes "$1" >/dev/null 2>&1 || true
 	echo "/dev/mapper/$1"
@@ -284,7 +315,17 @@ if want mirror; then
 	tb vol create bmir --size "$SIZE" --layout mirror --copies 2 >/dev/null
 	wait_vol_state bmir online
 	wait_jobs_idle
-	if md=$(md_create md127 raid1 - - $((2 * SECT)) "$KIB" /dev/vdc /dev/vdd); then
+	# TIERBLK_BENCH_MD_BITMAP=1 (diagnosis only; needs
+	# TIERBLK_VM_EXTRA=mdadm): the peer keeps a write-intent bitmap as our
+	# mirror does (md-raid1-bitmap), instead of the array without a
+	# superblock.
+	if [ "${TIERBLK_BENCH_MD_BITMAP:-0}" = 1 ]; then
+		md=$(md_create_bitmap md125 1 $((2 * SECT)) "$KIB" /dev/vdc /dev/vdd) ||
+			fail "md raid1 with a bitmap: mdadm --create failed (TIERBLK_VM_EXTRA=mdadm?)"
+		cat /proc/mdstat
+		bench_group mirror "$RAW" "ours:tierblk-mirror:$(vol_device bmir)" "peer:md-raid1-bitmap:$md"
+		md_stop_bitmap md125
+	elif md=$(md_create md127 raid1 - - $((2 * SECT)) "$KIB" /dev/vdc /dev/vdd); then
 		cat /proc/mdstat
 		bench_group mirror "$RAW" "ours:tierblk-mirror:$(vol_device bmir)" "peer:md-raid1:$md"
 		md_stop md127
