@@ -194,15 +194,16 @@ md_create() {
 }
 md_stop() { echo clear >"/sys/block/$1/md/array_state" 2>/dev/null || true; }
 
-# md_create_bitmap NAME LEVEL OFFSET_SECTORS COMPONENT_KIB DEV...: an md
-# array with a version 1.2 superblock and an internal write-intent bitmap of
-# 1 MiB chunks (as tierblk's mirrors keep: docs/ADMIN.md), made by mdadm
-# (TIERBLK_VM_EXTRA=mdadm) over dm-linear windows of each DEV from
-# OFFSET_SECTORS (so that the superblock and bitmap stay out of the raw
-# disk's region); no initial resync (--assume-clean). Prints /dev/NAME.
+# md_create_bitmap NAME LEVEL "MDADM_OPTIONS" OFFSET_SECTORS COMPONENT_KIB
+# DEV...: an md array with a version 1.2 superblock and an internal
+# write-intent bitmap of 1 MiB chunks (as tierblk's mirrors keep:
+# docs/ADMIN.md), made by mdadm (TIERBLK_VM_EXTRA=mdadm) over dm-linear
+# windows of each DEV from OFFSET_SECTORS (so that the superblock and bitmap
+# stay out of the raw disk's region); no initial resync (--assume-clean).
+# Prints /dev/NAME.
 md_create_bitmap() {
-	_mdn=$1 _lvl=$2 _off=$3 _csz=$4
-	shift 4
+	_mdn=$1 _lvl=$2 _opts=$3 _off=$4 _csz=$5
+	shift 5
 	command -v mdadm >/dev/null || return 1
 	_comps=""
 	for _d in "$@"; do
@@ -212,7 +213,7 @@ md_create_bitmap() {
 		_comps="$_comps $(dm_dev "$_b")"
 	done
 	# shellcheck disable=SC2086
-	MDADM_NO_UDEV=1 mdadm --create "/dev/$_mdn" --run --quiet --level="$_lvl" --raid-devices=$# \
+	MDADM_NO_UDEV=1 mdadm --create "/dev/$_mdn" --run --quiet --level="$_lvl" $_opts --raid-devices=$# \
 		--metadata=1.2 --data-offset=8M --size="$_csz" --assume-clean \
 		--bitmap=internal --bitmap-chunk=1M $_comps >&2 || return 1
 	wait_for_dev "/dev/$_mdn" 5 >/dev/null || return 1
@@ -318,9 +319,9 @@ if want mirror; then
 	# TIERBLK_BENCH_MD_BITMAP=1 (diagnosis only; needs
 	# TIERBLK_VM_EXTRA=mdadm): the peer keeps a write-intent bitmap as our
 	# mirror does (md-raid1-bitmap), instead of the array without a
-	# superblock.
+	# superblock. The same for raid10.
 	if [ "${TIERBLK_BENCH_MD_BITMAP:-0}" = 1 ]; then
-		md=$(md_create_bitmap md125 1 $((2 * SECT)) "$KIB" /dev/vdc /dev/vdd) ||
+		md=$(md_create_bitmap md125 1 "" $((2 * SECT)) "$KIB" /dev/vdc /dev/vdd) ||
 			fail "md raid1 with a bitmap: mdadm --create failed (TIERBLK_VM_EXTRA=mdadm?)"
 		cat /proc/mdstat
 		bench_group mirror "$RAW" "ours:tierblk-mirror:$(vol_device bmir)" "peer:md-raid1-bitmap:$md"
@@ -353,7 +354,16 @@ if want raid10; then
 	tb vol create br10 --size "$SIZE" --layout raid10 --stripes 2 --copies 2 --chunk 64K >/dev/null
 	wait_vol_state br10 online
 	wait_jobs_idle
-	if md=$(md_create md126 raid10 258 64 $((4 * SECT)) $((KIB / 2)) /dev/vdc /dev/vdd /dev/vdg /dev/vdh); then
+	# TIERBLK_BENCH_MD_BITMAP=1: as for the mirror group (md raid10 near 2,
+	# 64K chunks, with a bitmap).
+	if [ "${TIERBLK_BENCH_MD_BITMAP:-0}" = 1 ]; then
+		md=$(md_create_bitmap md124 10 "--layout=n2 --chunk=64" $((4 * SECT)) $((KIB / 2)) \
+			/dev/vdc /dev/vdd /dev/vdg /dev/vdh) ||
+			fail "md raid10 with a bitmap: mdadm --create failed (TIERBLK_VM_EXTRA=mdadm?)"
+		cat /proc/mdstat
+		bench_group raid10 "$RAW" "ours:tierblk-raid10:$(vol_device br10)" "peer:md-raid10-bitmap:$md"
+		md_stop_bitmap md124
+	elif md=$(md_create md126 raid10 258 64 $((4 * SECT)) $((KIB / 2)) /dev/vdc /dev/vdd /dev/vdg /dev/vdh); then
 		cat /proc/mdstat
 		bench_group raid10 "$RAW" "ours:tierblk-raid10:$(vol_device br10)" "peer:md-raid10:$md"
 		md_stop md126
