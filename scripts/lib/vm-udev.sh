@@ -27,13 +27,7 @@ vm_udev_udevadm() {
 		deb="$(ls -t "$VM_CACHE"/udev_*.deb 2>/dev/null | head -n 1 || true)"
 	fi
 	[ -n "$deb" ] || return 1
-	dir="$VM_CACHE/extract/$(basename "$deb" .deb)"
-	if [ ! -f "$dir/.extracted" ]; then
-		rm -rf "$dir"
-		mkdir -p "$dir"
-		dpkg-deb -x "$deb" "$dir" || return 1
-		touch "$dir/.extracted"
-	fi
+	dir="$(vm_deb_extract "$deb")" || return 1
 	for p in "$dir/usr/bin/udevadm" "$dir/bin/udevadm"; do
 		[ -x "$p" ] && {
 			printf '%s\n' "$p"

@@ -84,23 +84,36 @@ vm_ensure_deps() {
 	vm_apt_install "${missing[@]}"
 }
 
-_vm_fetch_mdadm() {
-	# _vm_fetch_mdadm: path of an mdadm binary extracted from Debian's
-	# package in the VM cache (downloaded once); fails if there is none.
-	local dir="$VM_CACHE/mdadm" deb
-	if [ ! -x "$dir/root/sbin/mdadm" ]; then
+vm_deb_extract() {
+	# vm_deb_extract DEB: DEB's files, extracted once into
+	# $VM_CACHE/extract/NAME (NAME: DEB without .deb); prints that directory.
+	local dir
+	dir="$VM_CACHE/extract/$(basename "$1" .deb)"
+	if [ ! -f "$dir/.extracted" ]; then
+		vm_log "extracting $(basename "$1")"
+		rm -rf "$dir"
 		mkdir -p "$dir"
-		deb="$(ls "$dir"/mdadm_*.deb 2>/dev/null | sort -V | tail -n 1 || true)"
-		if [ -z "$deb" ]; then
-			(cd "$dir" && apt-get download -q mdadm >&2 2>/dev/null) || return 1
-			deb="$(ls "$dir"/mdadm_*.deb 2>/dev/null | sort -V | tail -n 1 || true)"
-		fi
-		[ -n "$deb" ] || return 1
-		rm -rf "$dir/root"
-		dpkg-deb -x "$deb" "$dir/root" || return 1
+		dpkg-deb -x "$1" "$dir" || return 1
+		touch "$dir/.extracted"
 	fi
-	[ -x "$dir/root/sbin/mdadm" ] || return 1
-	printf '%s\n' "$dir/root/sbin/mdadm"
+	printf '%s\n' "$dir"
+}
+
+_vm_fetch_mdadm() {
+	# _vm_fetch_mdadm: path of an mdadm binary from Debian's package,
+	# downloaded into the VM cache once; fails if there is none.
+	local deb dir
+	mkdir -p "$VM_CACHE"
+	deb="$(ls "$VM_CACHE"/mdadm_*.deb 2>/dev/null | sort -V | tail -n 1 || true)"
+	if [ -z "$deb" ]; then
+		vm_log "downloading mdadm into $VM_CACHE"
+		(cd "$VM_CACHE" && apt-get download -q mdadm >&2 2>/dev/null) || return 1
+		deb="$(ls "$VM_CACHE"/mdadm_*.deb 2>/dev/null | sort -V | tail -n 1 || true)"
+	fi
+	[ -n "$deb" ] || return 1
+	dir="$(vm_deb_extract "$deb")" || return 1
+	[ -x "$dir/sbin/mdadm" ] || return 1
+	printf '%s\n' "$dir/sbin/mdadm"
 }
 
 vm_which() {
@@ -153,16 +166,7 @@ vm_fetch_kernel() {
 		deb="$(ls "$VM_CACHE"/linux-image-6.12.*-cloud-amd64-unsigned_*.deb 2>/dev/null | sort -V | tail -n 1 || true)"
 	fi
 	[ -n "$deb" ] && [ -f "$deb" ] || vm_die "no linux-image-6.12.*-cloud-amd64-unsigned package available"
-	local name
-	name="$(basename "$deb" .deb)"
-	VM_KROOT="$VM_CACHE/extract/$name"
-	if [ ! -f "$VM_KROOT/.extracted" ]; then
-		vm_log "extracting $(basename "$deb")"
-		rm -rf "$VM_KROOT"
-		mkdir -p "$VM_KROOT"
-		dpkg-deb -x "$deb" "$VM_KROOT" || vm_die "dpkg-deb -x $deb failed"
-		touch "$VM_KROOT/.extracted"
-	fi
+	VM_KROOT="$(vm_deb_extract "$deb")" || vm_die "dpkg-deb -x $deb failed"
 	VM_KVER="$(ls "$VM_KROOT/lib/modules" | sort -V | tail -n 1)"
 	VM_VMLINUZ="$VM_KROOT/boot/vmlinuz-$VM_KVER"
 	[ -f "$VM_VMLINUZ" ] || vm_die "no kernel image in $deb"
