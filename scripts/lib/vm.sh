@@ -130,17 +130,47 @@ vm_which() {
 
 # --- kernel -------------------------------------------------------------------
 
+# TIERBLK_VM_KERNEL=SERIES (e.g. 6.18) boots the newest Debian cloud kernel of
+# another series instead (a diagnosis knob: the scenarios and the benchmark
+# baselines are for 6.12). A series the host's apt sources do not carry is
+# looked up in $VM_KERNEL_SUITE of Debian's archive (TIERBLK_VM_KERNEL_SUITE,
+# default trixie-backports) through a private apt index under $VM_CACHE/apt,
+# verified by apt against debian-archive-keyring; the host's sources and
+# package state are not touched.
+VM_KSERIES="${TIERBLK_VM_KERNEL:-6.12}"
+VM_KERNEL_SUITE="${TIERBLK_VM_KERNEL_SUITE:-trixie-backports}"
+
 vm_newest_kernel_pkg() {
-	apt-cache search --names-only '^linux-image-6\.12\.[0-9.]+\+deb[0-9]+-cloud-amd64-unsigned$' 2>/dev/null |
-		awk '{print $1}' | sort -V | tail -n 1
+	# vm_newest_kernel_pkg [APT-OPTION...]: the newest cloud kernel package of
+	# $VM_KSERIES known to apt-cache (the -unsigned one where both exist).
+	local re="^linux-image-${VM_KSERIES//./\\.}\\.[0-9.]+\\+deb[0-9]+-cloud-amd64(-unsigned)?\$"
+	apt-cache "$@" search --names-only "$re" 2>/dev/null | awk '{print $1}' | sort -V | tail -n 1
+}
+
+_vm_cached_kernel_deb() {
+	ls "$VM_CACHE"/linux-image-"$VM_KSERIES".*-cloud-amd64*_*.deb 2>/dev/null | sort -V | tail -n 1 || true
+}
+
+_vm_apt_private() {
+	# _vm_apt_private: sets VM_APT_PRIVATE, the apt options of a private index
+	# of $VM_KERNEL_SUITE, and updates that index.
+	local d="$VM_CACHE/apt"
+	mkdir -p "$d/lists/partial" "$d/cache/archives/partial"
+	echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian $VM_KERNEL_SUITE main" >"$d/sources.list"
+	VM_APT_PRIVATE=(-o "Dir::Etc::SourceList=$d/sources.list" -o "Dir::Etc::SourceParts=$d/none"
+		-o "Dir::State::Lists=$d/lists" -o "Dir::Cache=$d/cache" -o "Dir::State::status=/dev/null")
+	vm_log "apt-get update of a private index of $VM_KERNEL_SUITE (for a $VM_KSERIES kernel)"
+	apt-get "${VM_APT_PRIVATE[@]}" update -qq >&2
 }
 
 vm_fetch_kernel() {
-	# Sets VM_KVER, VM_KROOT (extracted package root), VM_VMLINUZ.
+	# Sets VM_KVER, VM_KROOT (extracted package root), VM_KMODDIR (its module
+	# directory for VM_KVER), VM_VMLINUZ.
+	[[ "$VM_KSERIES" =~ ^[0-9]+\.[0-9]+$ ]] || vm_die "TIERBLK_VM_KERNEL=$VM_KSERIES: expected a kernel series such as 6.18"
 	mkdir -p "$VM_CACHE"
-	local pkg deb
+	local pkg deb apt_opts=()
 	pkg="$(vm_newest_kernel_pkg)"
-	if [ -z "$pkg" ] && ! ls "$VM_CACHE"/linux-image-6.12.*-cloud-amd64-unsigned_*.deb >/dev/null 2>&1; then
+	if [ -z "$pkg" ] && [ -z "$(_vm_cached_kernel_deb)" ]; then
 		# apt lists may be missing on a fresh machine.
 		local sudo=""
 		[ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -149,28 +179,37 @@ vm_fetch_kernel() {
 		_vm_apt_updated=1
 		pkg="$(vm_newest_kernel_pkg)"
 	fi
+	if [ -z "$pkg" ] && [ -z "$(_vm_cached_kernel_deb)" ] && [ "$VM_KSERIES" != 6.12 ]; then
+		_vm_apt_private || vm_die "apt-get update of $VM_KERNEL_SUITE failed"
+		apt_opts=("${VM_APT_PRIVATE[@]}")
+		pkg="$(vm_newest_kernel_pkg "${apt_opts[@]}")"
+	fi
 	if [ -n "$pkg" ]; then
 		deb="$(ls "$VM_CACHE/${pkg}"_*.deb 2>/dev/null | sort -V | tail -n 1 || true)"
 		if [ -z "$deb" ]; then
 			vm_log "downloading $pkg into $VM_CACHE"
-			if (cd "$VM_CACHE" && apt-get download -q "$pkg" >&2 2>/dev/null) ||
-				(cd "$VM_CACHE" && apt-get download "$pkg" >&2); then
+			if (cd "$VM_CACHE" && apt-get "${apt_opts[@]}" download -q "$pkg" >&2 2>/dev/null) ||
+				(cd "$VM_CACHE" && apt-get "${apt_opts[@]}" download "$pkg" >&2); then
 				deb="$(ls "$VM_CACHE/${pkg}"_*.deb 2>/dev/null | sort -V | tail -n 1 || true)"
 			else
 				vm_log "apt-get download $pkg failed; trying a cached kernel package"
-				deb="$(ls "$VM_CACHE"/linux-image-6.12.*-cloud-amd64-unsigned_*.deb 2>/dev/null | sort -V | tail -n 1 || true)"
+				deb="$(_vm_cached_kernel_deb)"
 			fi
 		fi
 	else
 		# Offline / package gone: use the newest cached one.
-		deb="$(ls "$VM_CACHE"/linux-image-6.12.*-cloud-amd64-unsigned_*.deb 2>/dev/null | sort -V | tail -n 1 || true)"
+		deb="$(_vm_cached_kernel_deb)"
 	fi
-	[ -n "$deb" ] && [ -f "$deb" ] || vm_die "no linux-image-6.12.*-cloud-amd64-unsigned package available"
+	[ -n "$deb" ] && [ -f "$deb" ] || vm_die "no linux-image-$VM_KSERIES.*-cloud-amd64 package available"
 	VM_KROOT="$(vm_deb_extract "$deb")" || vm_die "dpkg-deb -x $deb failed"
-	VM_KVER="$(ls "$VM_KROOT/lib/modules" | sort -V | tail -n 1)"
+	# Packages of a merged /usr (Debian 13 on) keep the modules in /usr/lib.
+	local mods="$VM_KROOT/lib/modules"
+	[ -d "$mods" ] || mods="$VM_KROOT/usr/lib/modules"
+	VM_KVER="$(ls "$mods" | sort -V | tail -n 1)"
+	VM_KMODDIR="$mods/$VM_KVER"
 	VM_VMLINUZ="$VM_KROOT/boot/vmlinuz-$VM_KVER"
 	[ -f "$VM_VMLINUZ" ] || vm_die "no kernel image in $deb"
-	export VM_KVER VM_KROOT VM_VMLINUZ
+	export VM_KVER VM_KROOT VM_KMODDIR VM_VMLINUZ
 }
 
 # --- binaries -----------------------------------------------------------------
@@ -230,7 +269,7 @@ _vm_copy_libs() {
 _vm_mod_file() {
 	# _vm_mod_file NAME: path (relative to the module dir) of module NAME,
 	# treating - and _ alike; empty if there is none.
-	local name="$1" moddir="$VM_KROOT/lib/modules/$VM_KVER" a b
+	local name="$1" moddir="$VM_KMODDIR" a b
 	a="${name//_/-}"
 	b="${name//-/_}"
 	(cd "$moddir" && find kernel \( -name "$a.ko" -o -name "$a.ko.xz" -o -name "$a.ko.zst" -o -name "$a.ko.gz" \
@@ -250,7 +289,7 @@ _vm_decompress_mod() {
 _vm_add_module() {
 	# _vm_add_module NAME ROOT: add module NAME and (first) its dependencies;
 	# appends to ROOT/etc/tierblk-modules (load order) and modules.dep.
-	local name="$1" root="$2" moddir="$VM_KROOT/lib/modules/$VM_KVER" rel dest deps d depfiles=""
+	local name="$1" root="$2" moddir="$VM_KMODDIR" rel dest deps d depfiles=""
 	local norm="${name//-/_}"
 	grep -qx "$norm" "$root/.mods-seen" 2>/dev/null && return 0
 	echo "$norm" >>"$root/.mods-seen"
@@ -392,7 +431,7 @@ vm_build_base_initramfs() {
 	mknod -m 600 "$root/dev/console" c 5 1 2>/dev/null || true
 	: >"$root/etc/tierblk-modules"
 	: >"$root/lib/modules/$VM_KVER/modules.dep"
-	cp "$VM_KROOT/lib/modules/$VM_KVER/modules.builtin" "$root/lib/modules/$VM_KVER/" 2>/dev/null || true
+	cp "$VM_KMODDIR/modules.builtin" "$root/lib/modules/$VM_KVER/" 2>/dev/null || true
 	local m
 	for m in $VM_MODULES; do
 		_vm_add_module "$m" "$root"
@@ -411,6 +450,28 @@ vm_build_base_initramfs() {
 _vm_shquote() {
 	# single-quote for /bin/sh
 	printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")"
+}
+
+_vm_wants_extra() {
+	# _vm_wants_extra EXTRAS NAME: whether EXTRAS (" a b? c ") asks for NAME,
+	# required (NAME) or optional (NAME?).
+	case "$1" in *" $2 "* | *" $2? "*) return 0 ;; esac
+	return 1
+}
+
+_vm_add_tool() {
+	# _vm_add_tool EXTRAS NAME PATH DEST ROOT WHY: put the host tool PATH,
+	# with its libraries, at DEST in the initramfs ROOT. An empty PATH (no
+	# such tool) is fatal when EXTRAS asks for NAME, logged (WHY) when it
+	# asks for NAME? only.
+	local extras="$1" name="$2" path="$3" dest="$4" root="$5" why="$6"
+	if [ -n "$path" ]; then
+		_vm_copy_file "$path" "$root" "$dest"
+		_vm_copy_libs "$path" "$root"
+		return 0
+	fi
+	case "$extras" in *" $name "*) vm_die "vm-extra $name: $why" ;; esac
+	vm_log "vm-extra $name?: $why"
 }
 
 vm_build_initramfs() {
@@ -460,43 +521,25 @@ vm_build_initramfs() {
 		vm_udev_add "$root" || vm_die "the scenario needs udev in the guest"
 		;;
 	esac
-	case "$extras" in *" perf "*)
-		# The host's perf (Debian's linux-perf): software events (cpu-clock)
-		# sample fine under TCG, which has no PMU.
-		v="$(vm_which perf || true)"
-		[ -n "$v" ] || vm_die "vm-extra perf: no perf on the host (apt-get install linux-perf)"
-		_vm_copy_file "$v" "$root" /usr/bin/perf
-		_vm_copy_libs "$v" "$root"
-		;;
-	esac
-	case "$extras" in *" rublk "* | *" rublk? "*)
-		# rublk (crates.io), the ublk maintainers' server: scripts/bench's ublk
-		# reference. `rublk?`: only if the host has it.
-		v="$(vm_which rublk || true)"
-		if [ -n "$v" ]; then
-			_vm_copy_file "$v" "$root" /usr/local/bin/rublk
-			_vm_copy_libs "$v" "$root"
-		else
-			case "$extras" in *" rublk "*) vm_die "vm-extra rublk: no rublk on the host (cargo install rublk)" ;; esac
-			vm_log "no rublk on the host (cargo install rublk): no ublk reference in this run"
-		fi
-		;;
-	esac
-	case "$extras" in *" mdadm "* | *" mdadm? "*)
-		# mdadm, for md arrays with a superblock (scripts/bench's md peers
-		# with a write-intent bitmap): the host's, or one taken out of
-		# Debian's package (downloaded into the VM cache, never installed).
-		# `mdadm?`: only if one is to be had.
-		v="$(vm_which mdadm || _vm_fetch_mdadm || true)"
-		if [ -n "$v" ]; then
-			_vm_copy_file "$v" "$root" /sbin/mdadm
-			_vm_copy_libs "$v" "$root"
-		else
-			case "$extras" in *" mdadm "*) vm_die "vm-extra mdadm: no mdadm on the host and apt-get download mdadm failed" ;; esac
-			vm_log "no mdadm (host or package): md peers without a bitmap only"
-		fi
-		;;
-	esac
+	# The host's perf (Debian's linux-perf): software events (cpu-clock)
+	# sample fine under TCG, which has no PMU.
+	if _vm_wants_extra "$extras" perf; then
+		_vm_add_tool "$extras" perf "$(vm_which perf || true)" /usr/bin/perf "$root" \
+			"no perf on the host (apt-get install linux-perf)"
+	fi
+	# rublk (crates.io), the ublk maintainers' server: scripts/bench's ublk
+	# reference.
+	if _vm_wants_extra "$extras" rublk; then
+		_vm_add_tool "$extras" rublk "$(vm_which rublk || true)" /usr/local/bin/rublk "$root" \
+			"no rublk on the host (cargo install rublk): no ublk reference in this run"
+	fi
+	# mdadm, for md arrays with a superblock (scripts/bench's md peers with a
+	# write-intent bitmap): the host's, or one taken out of Debian's package
+	# (downloaded into the VM cache, never installed).
+	if _vm_wants_extra "$extras" mdadm; then
+		_vm_add_tool "$extras" mdadm "$(vm_which mdadm || _vm_fetch_mdadm || true)" /sbin/mdadm "$root" \
+			"no mdadm on the host and apt-get download mdadm failed: md peers without a bitmap only"
+	fi
 	cp "$VM_BASE_CPIO" "$out"
 	(cd "$root" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) >>"$out"
 	rm -rf "$root"
