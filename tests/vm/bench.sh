@@ -274,12 +274,16 @@ if want linear; then
 	# rublk (taskset -a), so that ours/ref compares request paths, not
 	# placement. What ref/peer leaves below 1 is ublk's round trip through a
 	# server process, which no server avoids.
+	# TIERBLK_BENCH_REF_ARGS (diagnosis only): more `rublk add loop` options,
+	# e.g. -z (zero copy by UBLK_F_AUTO_BUF_REG, Linux 6.16 on: boot a newer
+	# kernel with TIERBLK_VM_KERNEL, docs/benchmarks/copy.md).
 	REF=""
 	if [ "${TIERBLK_BENCH_UBLK_REF:-1}" = 0 ]; then
 		:
 	elif command -v rublk >/dev/null 2>&1; then
+		# shellcheck disable=SC2086
 		if rublk add loop -n 90 -f /dev/vdg -q "$(grep -c ^processor /proc/cpuinfo)" -d 128 --quiet \
-			>/tmp/rublk.out 2>&1; then
+			${TIERBLK_BENCH_REF_ARGS:-} >/tmp/rublk.out 2>&1; then
 			wait_for_dev /dev/ublkb90 10 >/dev/null
 			REF="ref:rublk-loop:/dev/ublkb90"
 			ncpu=$(grep -c ^processor /proc/cpuinfo)
@@ -298,7 +302,7 @@ if want linear; then
 				*) fail "rublk thread ${t##*/} is still bound: $(grep Cpus_allowed_list "$t/status")" ;;
 				esac
 			done
-			echo "BENCH-REF group=linear peer=rublk-loop queues=unbound threads=$(ls /proc/"$rpid"/task | wc -l)"
+			echo "BENCH-REF group=linear peer=rublk-loop queues=unbound threads=$(ls /proc/"$rpid"/task | wc -l) args=${TIERBLK_BENCH_REF_ARGS:-none}"
 		else
 			echo "BENCH-PEER group=linear role=ref peer=rublk-loop status=unavailable reason=rublk_add_loop_failed"
 			sed 's/^/rublk: /' /tmp/rublk.out
