@@ -489,10 +489,13 @@ vm_build_initramfs() {
 			_vm_copy_file "$bindir/$v" "$root" "/usr/local/bin/$v"
 		done
 		# The path breaker of tests/vm/cluster.sh (optional with a prebuilt
-		# TIERBLK_BIN_DIR).
-		if [ -x "$bindir/examples/faultproxy" ]; then
-			_vm_copy_file "$bindir/examples/faultproxy" "$root" /usr/local/bin/faultproxy
-		fi
+		# TIERBLK_BIN_DIR), and the zero-copy probe of
+		# tests/vm/zero-copy-probe.sh (only where it was built).
+		for v in faultproxy zc_probe; do
+			if [ -x "$bindir/examples/$v" ]; then
+				_vm_copy_file "$bindir/examples/$v" "$root" "/usr/local/bin/$v"
+			fi
+		done
 	fi
 	{
 		echo "# TIERBLK_* variables passed from the host by scripts/vm-run"
