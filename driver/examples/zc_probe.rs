@@ -74,36 +74,22 @@ async fn serve(q: &UblkQueue<'_>, tag: u16, buf: &mut [u8], zc: bool) -> i32 {
             )
             .await
         }
-        libublk::sys::UBLK_IO_OP_READ => {
-            let r = submit(
-                opcode::Read::new(BACKING, buf.as_mut_ptr(), len)
-                    .offset(off)
-                    .build(),
-            )
-            .await;
+        // By user copy: a read goes BACKING -> buf -> the request, a write
+        // the request -> buf -> BACKING.
+        libublk::sys::UBLK_IO_OP_READ | libublk::sys::UBLK_IO_OP_WRITE => {
+            let ((from, from_off), (to, to_off)) = if op == libublk::sys::UBLK_IO_OP_READ {
+                ((BACKING, off), (CDEV, pos))
+            } else {
+                ((CDEV, pos), (BACKING, off))
+            };
+            let from = opcode::Read::new(from, buf.as_mut_ptr(), len).offset(from_off);
+            let r = submit(from.build()).await;
             if r < 0 {
                 return r;
             }
             submit(
-                opcode::Write::new(CDEV, buf.as_ptr(), len)
-                    .offset(pos)
-                    .build(),
-            )
-            .await
-        }
-        libublk::sys::UBLK_IO_OP_WRITE => {
-            let r = submit(
-                opcode::Read::new(CDEV, buf.as_mut_ptr(), len)
-                    .offset(pos)
-                    .build(),
-            )
-            .await;
-            if r < 0 {
-                return r;
-            }
-            submit(
-                opcode::Write::new(BACKING, buf.as_ptr(), len)
-                    .offset(off)
+                opcode::Write::new(to, buf.as_ptr(), len)
+                    .offset(to_off)
                     .build(),
             )
             .await
