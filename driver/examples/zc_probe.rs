@@ -19,7 +19,7 @@
 //! `tests/vm/zero-copy-probe.sh` runs it in the VM rig on a 6.16+ kernel and
 //! checks the data both ways.
 //!
-//! Usage: `zc_probe BACKING`
+//! Usage: `[ZC_PROBE_MODE=alternate|zc|uc] zc_probe BACKING`
 
 use io_uring::{opcode, types};
 use libublk::helpers::IoBuf;
@@ -36,6 +36,16 @@ use std::rc::Rc;
 const BACKING: types::Fixed = types::Fixed(1);
 const CDEV: types::Fixed = types::Fixed(0);
 const BUF_BYTES: u32 = 512 << 10;
+
+/// Which requests take which path (`ZC_PROBE_MODE`: `alternate`, the
+/// default, or `zc` / `uc` for every request one way, to time each path).
+#[derive(Clone, Copy)]
+enum Mode {
+    Alternate,
+    ZeroCopy,
+    UserCopy,
+}
+static MODE: std::sync::OnceLock<Mode> = std::sync::OnceLock::new();
 
 async fn submit(sqe: io_uring::squeue::Entry) -> i32 {
     ublk_submit_sqe_async(sqe, UblkUringData::Target as u64)
@@ -109,7 +119,12 @@ async fn tag_task(q: &UblkQueue<'_>, tag: u16, served: &Cell<u64>) -> Result<(),
     loop {
         let n = served.get();
         served.set(n + 1);
-        let res = serve(q, tag, buf.as_mut_slice(), n.is_multiple_of(2)).await;
+        let zc = match MODE.get().copied().unwrap_or(Mode::Alternate) {
+            Mode::Alternate => n.is_multiple_of(2),
+            Mode::ZeroCopy => true,
+            Mode::UserCopy => false,
+        };
+        let res = serve(q, tag, buf.as_mut_slice(), zc).await;
         q.submit_io_commit_cmd(tag, BufDesc::AutoReg(reg), res)
             .await?;
     }
@@ -142,6 +157,13 @@ fn queue(qid: u16, dev: &UblkDev) {
 }
 
 fn main() -> anyhow::Result<()> {
+    let mode = match std::env::var("ZC_PROBE_MODE").as_deref() {
+        Err(_) | Ok("alternate") => Mode::Alternate,
+        Ok("zc") => Mode::ZeroCopy,
+        Ok("uc") => Mode::UserCopy,
+        Ok(m) => anyhow::bail!("ZC_PROBE_MODE={m}: expected alternate, zc or uc"),
+    };
+    MODE.set(mode).ok();
     let path = std::env::args()
         .nth(1)
         .ok_or_else(|| anyhow::anyhow!("usage: zc_probe BACKING"))?;
