@@ -45,7 +45,6 @@ enum Mode {
     ZeroCopy,
     UserCopy,
 }
-static MODE: std::sync::OnceLock<Mode> = std::sync::OnceLock::new();
 
 async fn submit(sqe: io_uring::squeue::Entry) -> i32 {
     ublk_submit_sqe_async(sqe, UblkUringData::Target as u64)
@@ -108,7 +107,12 @@ async fn serve(q: &UblkQueue<'_>, tag: u16, buf: &mut [u8], zc: bool) -> i32 {
     }
 }
 
-async fn tag_task(q: &UblkQueue<'_>, tag: u16, served: &Cell<u64>) -> Result<(), UblkError> {
+async fn tag_task(
+    q: &UblkQueue<'_>,
+    tag: u16,
+    mode: Mode,
+    served: &Cell<u64>,
+) -> Result<(), UblkError> {
     let mut buf = IoBuf::<u8>::new(BUF_BYTES as usize);
     let reg = libublk::sys::ublk_auto_buf_reg {
         index: tag,
@@ -119,7 +123,7 @@ async fn tag_task(q: &UblkQueue<'_>, tag: u16, served: &Cell<u64>) -> Result<(),
     loop {
         let n = served.get();
         served.set(n + 1);
-        let zc = match MODE.get().copied().unwrap_or(Mode::Alternate) {
+        let zc = match mode {
             Mode::Alternate => n.is_multiple_of(2),
             Mode::ZeroCopy => true,
             Mode::UserCopy => false,
@@ -130,7 +134,7 @@ async fn tag_task(q: &UblkQueue<'_>, tag: u16, served: &Cell<u64>) -> Result<(),
     }
 }
 
-fn queue(qid: u16, dev: &UblkDev) {
+fn queue(qid: u16, dev: &UblkDev, mode: Mode) {
     let q = Rc::new(UblkQueue::new(qid, dev).expect("ublk queue"));
     let served = Rc::new(Cell::new(0u64));
     let exe = Rc::new(smol::LocalExecutor::new());
@@ -139,7 +143,7 @@ fn queue(qid: u16, dev: &UblkDev) {
         .map(|tag| {
             let (q, served) = (q.clone(), served.clone());
             exe.spawn(async move {
-                match tag_task(&q, tag, &served).await {
+                match tag_task(&q, tag, mode, &served).await {
                     Err(UblkError::QueueIsDown) | Ok(()) => {}
                     Err(e) => eprintln!("zc_probe: tag {tag}: {e}"),
                 }
@@ -163,7 +167,6 @@ fn main() -> anyhow::Result<()> {
         Ok("uc") => Mode::UserCopy,
         Ok(m) => anyhow::bail!("ZC_PROBE_MODE={m}: expected alternate, zc or uc"),
     };
-    MODE.set(mode).ok();
     let path = std::env::args()
         .nth(1)
         .ok_or_else(|| anyhow::anyhow!("usage: zc_probe BACKING"))?;
@@ -212,13 +215,17 @@ fn main() -> anyhow::Result<()> {
         };
         Ok(())
     };
-    ctrl.run_target(init, queue, |c: &UblkCtrl| {
-        println!(
-            "ZC-PROBE dev={} flags={:#x}",
-            c.dev_info().dev_id,
-            c.dev_info().flags
-        );
-    })?;
+    ctrl.run_target(
+        init,
+        move |qid, dev: &_| queue(qid, dev, mode),
+        |c: &UblkCtrl| {
+            println!(
+                "ZC-PROBE dev={} flags={:#x}",
+                c.dev_info().dev_id,
+                c.dev_info().flags
+            );
+        },
+    )?;
     drop(backing);
     Ok(())
 }

@@ -59,8 +59,9 @@ dd if=/dev/urandom of=/tmp/b bs=1M count=24 2>/dev/null
 dd if=/tmp/b of=/dev/vda bs=1M seek=32 oflag=direct 2>/dev/null
 want=$(sha256sum </tmp/b | cut -d' ' -f1)
 for bs in 4k 128k 512k; do
-	got=$(dd if="$dev" bs="$bs" skip=$((32 * 1024 * 1024 / $(echo "$bs" | sed 's/k$//') / 1024)) \
-		count=$((24 * 1024 / $(echo "$bs" | sed 's/k$//'))) iflag=direct 2>/dev/null | sha256sum | cut -d' ' -f1)
+	kib=${bs%k}
+	got=$(dd if="$dev" bs="$bs" skip=$((32 * 1024 / kib)) count=$((24 * 1024 / kib)) iflag=direct 2>/dev/null |
+		sha256sum | cut -d' ' -f1)
 	[ "$got" = "$want" ] || fail "reading vda's bytes through $dev in $bs requests gave other bytes"
 done
 ok "24 MiB written on vda read back through $dev in 4k, 128k and 512k requests"
