@@ -113,6 +113,11 @@ mod tests {
                 .unwrap()
                 .no_huge_buffers
         );
+        assert!(
+            !c.no_zero_copy,
+            "zero copy where the kernel offers it, by default"
+        );
+        assert!(parse("t", "no_zero_copy = true\n").unwrap().no_zero_copy);
         let e = parse("t", "clustr = \"lab\"\n").unwrap_err();
         assert!(e.to_string().contains("clustr"), "{e}");
     }

@@ -77,7 +77,7 @@ const IO_BUF_BYTES: u32 = 512 << 10;
 /// in the queue ring's buffer table at the tag's index, and the stack names
 /// them in `READ_FIXED`/`WRITE_FIXED`; a request whose tree needs its bytes
 /// copies them through the tag's buffer by reading or writing `/dev/ublkcN`
-/// (user copy). docs/benchmarks/copy.md, *Zero copy on a newer kernel*.
+/// (user copy). docs/benchmarks/copy.md, *Zero copy in tierblk*.
 const ZERO_COPY: u64 = (libublk::sys::UBLK_F_AUTO_BUF_REG | libublk::sys::UBLK_F_USER_COPY) as u64;
 
 /// The copy flags to create a device with: zero copy when it is wanted, the
@@ -959,6 +959,23 @@ mod tests {
             zc_request <= 24 << 10,
             "zero-copy request future: {zc_request} bytes"
         );
+    }
+
+    #[test]
+    fn zero_copy_only_when_wanted_offered_and_the_tree_takes_it() {
+        let all = Some(u64::MAX);
+        assert_eq!(zero_copy_flags(true, true, all), ZERO_COPY);
+        // Either feature alone is not enough: without USER_COPY a request
+        // whose tree needs the bytes could not be served.
+        let auto = u64::from(libublk::sys::UBLK_F_AUTO_BUF_REG);
+        let user = u64::from(libublk::sys::UBLK_F_USER_COPY);
+        assert_eq!(zero_copy_flags(true, true, Some(auto)), 0);
+        assert_eq!(zero_copy_flags(true, true, Some(user)), 0);
+        assert_eq!(zero_copy_flags(true, true, Some(auto | user)), ZERO_COPY);
+        // No GET_FEATURES (an old kernel), a remote leg, --no-zero-copy.
+        assert_eq!(zero_copy_flags(true, true, None), 0);
+        assert_eq!(zero_copy_flags(true, false, all), 0);
+        assert_eq!(zero_copy_flags(false, true, all), 0);
     }
 
     #[test]

@@ -95,12 +95,8 @@ ok "move started as job $job: a temporary leg on sp2:/dev/vdc, copied through a 
 zc=0
 if grep -q "ublk device [0-9]*: zero copy" /tmp/sp1.log; then
 	zc=1
-	i=0
-	until grep -q "needs the requests' bytes: copying them (user copy)" /tmp/sp1.log; do
-		i=$((i + 1))
-		[ "$i" -le 100 ] || fail "m1's zero-copy device never fell back to copying with a remote leg"
-		sleep 0.2
-	done
+	wait_log /tmp/sp1.log "needs the requests' bytes: copying them (user copy)" \
+		"m1's zero-copy device never fell back to copying with a remote leg"
 	ok "m1's zero-copy device copies each request's data now that a leg is remote"
 fi
 wait_job_past "$job" $((64 << 20))
