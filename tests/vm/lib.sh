@@ -20,6 +20,33 @@ fail() {
 	exit 1
 }
 
+# dump_stuck: where the guest's processes wait, for a scenario that failed
+# on a stall. The head of /proc/meminfo; each user process but tierblkd
+# (fio, dd, the scenario's shells) with its state, wait channel and kernel
+# stack; each tierblkd thread's name, state and wait channel. Printed before
+# anything is killed, so it shows the stall itself.
+dump_stuck() {
+	echo "---- memory ----"
+	head -n 5 /proc/meminfo
+	echo "---- processes (state, wait channel, kernel stack) ----"
+	for _t in /proc/[0-9]*; do
+		_a=$(tr '\0' ' ' <"$_t/cmdline" 2>/dev/null | cut -c1-80)
+		[ -n "$_a" ] || continue # a kernel thread, or gone
+		_c=$(cat "$_t/comm" 2>/dev/null) || continue
+		_st=$(awk '{print $3}' "$_t/stat" 2>/dev/null)
+		if [ "$_c" = tierblkd ]; then
+			echo "## $(basename "$_t") tierblkd: $_a"
+			for _k in "$_t"/task/*; do
+				echo "   $(basename "$_k") $(cat "$_k/comm" 2>/dev/null) $(awk '{print $3}' "$_k/stat" 2>/dev/null) $(cat "$_k/wchan" 2>/dev/null)"
+			done
+			continue
+		fi
+		echo "## $(basename "$_t") $_c $_st $(cat "$_t/wchan" 2>/dev/null): $_a"
+		sed -n '1,8s/^/   /p' "$_t/stack" 2>/dev/null
+	done
+	return 0
+}
+
 _lib_on_exit() {
 	_rc=$?
 	if [ "$_rc" -ne 0 ]; then
@@ -28,6 +55,7 @@ _lib_on_exit() {
 			echo "---- last lines of $DAEMON_LOG ----"
 			tail -n 60 "$DAEMON_LOG"
 		fi
+		dump_stuck
 		echo "---- last kernel messages ----"
 		dmesg | tail -n 30
 		# Unmount while the daemon still serves: a filesystem left mounted on
@@ -424,6 +452,7 @@ start_sp() {
 # and stop the SPs. For `trap 'sp_cleanup $?' EXIT`.
 sp_cleanup() {
 	if [ "$1" -ne 0 ]; then
+		dump_stuck
 		for f in /tmp/sp*.log; do
 			[ -f "$f" ] || continue
 			echo "---- $f ----"
