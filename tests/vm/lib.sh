@@ -33,7 +33,6 @@ dump_stuck() {
 		_a=$(tr '\0' ' ' <"$_t/cmdline" 2>/dev/null | cut -c1-80)
 		[ -n "$_a" ] || continue # a kernel thread, or gone
 		_c=$(cat "$_t/comm" 2>/dev/null) || continue
-		_st=$(awk '{print $3}' "$_t/stat" 2>/dev/null)
 		if [ "$_c" = tierblkd ]; then
 			echo "## $(basename "$_t") tierblkd: $_a"
 			for _k in "$_t"/task/*; do
@@ -41,7 +40,7 @@ dump_stuck() {
 			done
 			continue
 		fi
-		echo "## $(basename "$_t") $_c $_st $(cat "$_t/wchan" 2>/dev/null): $_a"
+		echo "## $(basename "$_t") $_c $(awk '{print $3}' "$_t/stat" 2>/dev/null) $(cat "$_t/wchan" 2>/dev/null): $_a"
 		sed -n '1,8s/^/   /p' "$_t/stack" 2>/dev/null
 	done
 	return 0
