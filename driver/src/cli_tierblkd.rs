@@ -36,6 +36,9 @@ pub struct Args {
     /// Keep the ublk queues' I/O buffers (512 KiB per tag) out of transparent huge pages (MADV_NOHUGEPAGE): resident only where requests touched them, for hosts short of memory; large sequential I/O is slower (see docs/ADMIN.md).
     #[arg(long)]
     pub no_huge_buffers: bool,
+    /// Copy every request's data through the tags' buffers, even where the kernel's ublk driver offers zero copy (UBLK_F_AUTO_BUF_REG with UBLK_F_USER_COPY, Linux 6.16 on), which is used by default for a volume whose tree is local when it comes online (see docs/ADMIN.md).
+    #[arg(long)]
+    pub no_zero_copy: bool,
     /// Serve Prometheus metrics on http://ADDR/metrics, e.g. 127.0.0.1:9101 (off by default).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<std::net::SocketAddr>,

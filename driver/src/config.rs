@@ -8,6 +8,7 @@
 //! depth = 128
 //! pin_queues = false   # true: queue threads stay on their queue's CPUs
 //! no_huge_buffers = false  # true: I/O buffers out of transparent huge pages
+//! no_zero_copy = false     # true: copy every request, even where zero copy works
 //! # One SP among peers (optional):
 //! sp = "sp1"
 //! listen = ["unix:/run/tierblk/sp1.sock", "tcp:10.0.0.1:10809"]
@@ -39,6 +40,10 @@ pub struct FileConfig {
     /// (`--no-huge-buffers`).
     #[serde(default)]
     pub no_huge_buffers: bool,
+    /// Copy every request's data, even where the kernel offers zero copy
+    /// (`--no-zero-copy`).
+    #[serde(default)]
+    pub no_zero_copy: bool,
     /// Serve Prometheus metrics on this address (`"127.0.0.1:9101"`).
     pub metrics: Option<std::net::SocketAddr>,
     /// Re-add failed ALUs that come back (`--auto-reclaim`).
@@ -108,6 +113,11 @@ mod tests {
                 .unwrap()
                 .no_huge_buffers
         );
+        assert!(
+            !c.no_zero_copy,
+            "zero copy where the kernel offers it, by default"
+        );
+        assert!(parse("t", "no_zero_copy = true\n").unwrap().no_zero_copy);
         let e = parse("t", "clustr = \"lab\"\n").unwrap_err();
         assert!(e.to_string().contains("clustr"), "{e}");
     }

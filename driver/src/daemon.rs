@@ -104,6 +104,9 @@ pub struct Config {
     /// Let the ublk queues' I/O buffers be in transparent huge pages
     /// ([`VolumeSpec::huge_buffers`]).
     pub huge_buffers: bool,
+    /// Serve requests with zero copy where the kernel and the tree allow
+    /// ([`VolumeSpec::zero_copy`]).
+    pub zero_copy: bool,
     /// Re-add a failed ALU that appears again without asking ([0174]).
     pub auto_reclaim: bool,
     /// This daemon as one SP among peers; None: the embedded default.
@@ -724,6 +727,7 @@ impl Daemon {
             depth: self.cfg.depth,
             pin_queues: self.cfg.pin_queues,
             huge_buffers: self.cfg.huge_buffers,
+            zero_copy: self.cfg.zero_copy,
         })
         .map_err(|e| e.to_string())?;
         self.stats

@@ -21,8 +21,8 @@ use std::sync::{Arc, Mutex};
 use tierblk_stack::gate::{Gate, Gated};
 use tierblk_stack::volume::{build_volume, Volume, VolumeDesc};
 use tierblk_stack::{
-    BlockDev, IoError, IoResult, Limits, Ring, SnapshotOrigin, SnapshotSet, SnapshotState,
-    SnapshotView,
+    BlockDev, IoError, IoResult, Limits, ReadBuf, Ring, SnapshotOrigin, SnapshotSet, SnapshotState,
+    SnapshotView, WriteBuf,
 };
 use tracing::error;
 
@@ -185,11 +185,27 @@ impl<R: Ring + Clone + 'static> BlockDev for Reloading<R> {
     }
 
     async fn read(&self, offset: u64, buf: &mut [u8]) -> IoResult<()> {
-        self.top("read", offset)?.read(offset, buf).await
+        self.read_to(offset, ReadBuf::Mem(buf)).await
     }
 
     async fn write(&self, offset: u64, buf: &[u8], fua: bool) -> IoResult<()> {
-        self.top("write", offset)?.write(offset, buf, fua).await
+        self.write_from(offset, WriteBuf::Mem(buf), fua).await
+    }
+
+    async fn read_to(&self, offset: u64, buf: ReadBuf<'_>) -> IoResult<()> {
+        self.top("read", offset)?.read_to(offset, buf).await
+    }
+
+    async fn write_from(&self, offset: u64, buf: WriteBuf<'_>, fua: bool) -> IoResult<()> {
+        self.top("write", offset)?
+            .write_from(offset, buf, fua)
+            .await
+    }
+
+    // The tree in place as of the last request: a request that meets a
+    // newer one is refused cleanly if that one cannot take the buffer.
+    fn fixed(&self) -> bool {
+        self.current.borrow().1.fixed()
     }
 
     async fn flush(&self) -> IoResult<()> {
@@ -223,16 +239,31 @@ impl<R: Ring + Clone> BlockDev for Top<R> {
     }
 
     async fn read(&self, offset: u64, buf: &mut [u8]) -> IoResult<()> {
-        match self {
-            Top::Origin(o) => o.read(offset, buf).await,
-            Top::View(v) => v.read(offset, buf).await,
-        }
+        self.read_to(offset, ReadBuf::Mem(buf)).await
     }
 
     async fn write(&self, offset: u64, buf: &[u8], fua: bool) -> IoResult<()> {
+        self.write_from(offset, WriteBuf::Mem(buf), fua).await
+    }
+
+    async fn read_to(&self, offset: u64, buf: ReadBuf<'_>) -> IoResult<()> {
         match self {
-            Top::Origin(o) => o.write(offset, buf, fua).await,
-            Top::View(v) => v.write(offset, buf, fua).await,
+            Top::Origin(o) => o.read_to(offset, buf).await,
+            Top::View(v) => v.read_to(offset, buf).await,
+        }
+    }
+
+    async fn write_from(&self, offset: u64, buf: WriteBuf<'_>, fua: bool) -> IoResult<()> {
+        match self {
+            Top::Origin(o) => o.write_from(offset, buf, fua).await,
+            Top::View(v) => v.write_from(offset, buf, fua).await,
+        }
+    }
+
+    fn fixed(&self) -> bool {
+        match self {
+            Top::Origin(o) => o.fixed(),
+            Top::View(v) => v.fixed(),
         }
     }
 

@@ -64,7 +64,7 @@ use std::time::Instant;
 use thiserror::Error;
 use tierblk_stack::gate::Gate;
 use tierblk_stack::tasks::TaskSet;
-use tierblk_stack::{BlockDev, Ring};
+use tierblk_stack::{BlockDev, Fixed, ReadBuf, Ring, WriteBuf};
 use tracing::{debug, error, info, info_span, warn};
 
 mod pool;
@@ -72,6 +72,30 @@ use pool::{Mailbox, Pool, Serve};
 
 /// Largest single I/O the kernel will send us (per-tag buffer size).
 const IO_BUF_BYTES: u32 = 512 << 10;
+
+/// The device flags of zero copy: the kernel registers each request's pages
+/// in the queue ring's buffer table at the tag's index, and the stack names
+/// them in `READ_FIXED`/`WRITE_FIXED`; a request whose tree needs its bytes
+/// copies them through the tag's buffer by reading or writing `/dev/ublkcN`
+/// (user copy). docs/benchmarks/copy.md, *Zero copy in tierblk*.
+const ZERO_COPY: u64 = (libublk::sys::UBLK_F_AUTO_BUF_REG | libublk::sys::UBLK_F_USER_COPY) as u64;
+
+/// The copy flags to create a device with: zero copy when it is wanted, the
+/// kernel's ublk driver offers both features (`features`, from
+/// `UBLK_CMD_GET_FEATURES`; Linux 6.16 on), and the volume's tree can take
+/// registered buffers when it comes online (`fixed`). A tree that cannot
+/// (a remote leg, which sends the bytes over a socket) would copy every
+/// request by user copy, slower than the tags' buffers at 4 KiB (copy.md):
+/// such a device copies as before, and so does every device on an older
+/// kernel. A zero-copy device whose tree changes online copies per request.
+fn zero_copy_flags(wanted: bool, fixed: bool, features: Option<u64>) -> u64 {
+    let offered = features.is_some_and(|f| f & ZERO_COPY == ZERO_COPY);
+    if wanted && fixed && offered {
+        ZERO_COPY
+    } else {
+        0
+    }
+}
 
 /// Servers a queue's pool starts with (see `pool`); it gains more, up to one
 /// per tag, as its requests' concurrency needs them.
@@ -114,6 +138,10 @@ pub struct VolumeSpec {
     /// is advised `MADV_NOHUGEPAGE`, resident only in the 4 KiB pages
     /// requests touched (see `serve_queue`).
     pub huge_buffers: bool,
+    /// Serve requests with zero copy where the kernel offers it and the
+    /// tree can take it (the default; see [`zero_copy_flags`]). Off
+    /// (`--no-zero-copy`): every device copies, as on a kernel without it.
+    pub zero_copy: bool,
 }
 
 /// A volume online as a ublk device; `stop` takes it offline.
@@ -291,6 +319,25 @@ fn run_device(
         Some(id) => (id as i32, UblkFlags::UBLK_DEV_F_RECOVER_DEV),
         None => (-1, UblkFlags::UBLK_DEV_F_ADD_DEV),
     };
+    // Build once here to validate the tree and learn its size before the
+    // device exists. Not kept: this thread lives as long as the device, and
+    // a tree replaced later (a failed disk left out) must close its ALUs.
+    let (size, read_only, fixed) = {
+        let (_, first) = spec.top.current();
+        match build_once(&first, UblkRing) {
+            Ok(v) => (v.size(), first.read_only(), v.fixed()),
+            Err(e) => {
+                let _ = tx.send(Err(FrontendError::Create(spec.name.clone(), e)));
+                return;
+            }
+        }
+    };
+    // A recovered device keeps the flags it was created with: libublk reads
+    // them back from the kernel, and the queues follow them (`serve_queue`).
+    let copy_flags = match recover {
+        Some(_) => 0,
+        None => zero_copy_flags(spec.zero_copy, fixed, UblkCtrl::get_features()),
+    };
     let ctrl = match UblkCtrlBuilder::default()
         .name("tierblk")
         .id(id)
@@ -299,7 +346,8 @@ fn run_device(
         .io_buf_bytes(IO_BUF_BYTES)
         .ctrl_flags(
             u64::from(libublk::sys::UBLK_F_USER_RECOVERY)
-                | u64::from(libublk::sys::UBLK_F_USER_RECOVERY_REISSUE),
+                | u64::from(libublk::sys::UBLK_F_USER_RECOVERY_REISSUE)
+                | copy_flags,
         )
         .dev_flags(dev_flags)
         .build()
@@ -319,19 +367,17 @@ fn run_device(
             return;
         }
     }
-    // Build once here to validate the tree and learn its size before the
-    // device exists. Not kept: this thread lives as long as the device, and
-    // a tree replaced later (a failed disk left out) must close its ALUs.
-    let (size, read_only) = {
-        let (_, first) = spec.top.current();
-        match build_once(&first, UblkRing) {
-            Ok(v) => (v.size(), first.read_only()),
-            Err(e) => {
-                let _ = tx.send(Err(FrontendError::Create(spec.name.clone(), e)));
-                return;
-            }
+    let zero_copy = ctrl.dev_info().flags & ZERO_COPY == ZERO_COPY;
+    info!(
+        zero_copy,
+        "ublk device {}: {}",
+        ctrl.dev_info().dev_id,
+        if zero_copy {
+            "zero copy (requests' pages are registered in the queue rings)"
+        } else {
+            "copying through the tags' buffers"
         }
-    };
+    );
     let mut attrs = libublk::sys::UBLK_ATTR_VOLATILE_CACHE | libublk::sys::UBLK_ATTR_FUA;
     if read_only {
         attrs |= libublk::sys::UBLK_ATTR_READ_ONLY;
@@ -455,6 +501,7 @@ fn serve_queue(
         }
     };
     let counters = stats.register();
+    let zero_copy = dev.dev_info.flags & ZERO_COPY == ZERO_COPY;
     // One buffer per tag, registered with the tag for ublk; the tag's task
     // borrows it for its ublk commands, the server serving the tag's request
     // borrows it (mutably) meanwhile. By default they follow the host's
@@ -499,6 +546,10 @@ fn serve_queue(
     let serve = UblkServe {
         vol: vol.clone(),
         bufs: bufs.clone(),
+        zero_copy: zero_copy.then(|| ZeroCopy {
+            qid,
+            copying: Rc::new(Cell::new(false)),
+        }),
     };
     let pool = Rc::new(Pool::new(depth, INITIAL_SERVERS, move |id, mail| {
         debug!(queue = qid, servers = id + 1, "request server started");
@@ -521,7 +572,8 @@ fn serve_queue(
                 stats: &counters,
                 clock,
             };
-            match tag_task(&q, tag, &bufs[usize::from(tag)], &*pool, ctx).await {
+            let buf = (!zero_copy).then(|| &bufs[usize::from(tag)]);
+            match tag_task(&q, tag, buf, &*pool, ctx).await {
                 Err(UblkError::QueueIsDown) | Ok(()) => {}
                 Err(e) => error!(queue = qid, tag, "io task failed: {e}"),
             }
@@ -558,7 +610,9 @@ fn serve_queue(
 /// One tag's task: fetch a request, serve it on a server borrowed from the
 /// queue's pool, commit its result and fetch the next. Small (the request's
 /// future is in the server, not here), so a queue holds `depth` of them at
-/// little cost.
+/// little cost. `buf` is the tag's buffer on a copying device, which the
+/// kernel copies requests' data through; `None` on a zero-copy device, whose
+/// requests' pages the kernel registers at the tag's index instead.
 // The buffer's borrow across the ublk commands is the point: the kernel
 // owns the buffer meanwhile, and no server borrows it until the tag hands a
 // request over.
@@ -566,7 +620,7 @@ fn serve_queue(
 async fn tag_task<F, M>(
     q: &UblkQueue<'_>,
     tag: u16,
-    buf: &RefCell<IoBuf<u8>>,
+    buf: Option<&RefCell<IoBuf<u8>>>,
     pool: &Pool<libublk::sys::ublksrv_io_desc, F, M>,
     ctx: TagCtx<'_>,
 ) -> Result<(), UblkError>
@@ -574,10 +628,21 @@ where
     F: std::future::Future<Output = ()>,
     M: Fn(usize, Rc<Mailbox<libublk::sys::ublksrv_io_desc>>) -> F,
 {
-    {
-        let b = buf.borrow();
-        q.submit_io_prep_cmd(tag, BufDesc::Slice(b.as_slice()), 0, Some(&b))
-            .await?;
+    let auto = || {
+        BufDesc::AutoReg(libublk::sys::ublk_auto_buf_reg {
+            index: tag,
+            ..Default::default()
+        })
+    };
+    match buf {
+        Some(buf) => {
+            let b = buf.borrow();
+            q.submit_io_prep_cmd(tag, BufDesc::Slice(b.as_slice()), 0, Some(&b))
+                .await?;
+        }
+        None => {
+            q.submit_io_prep_cmd(tag, auto(), 0, None).await?;
+        }
     }
     loop {
         let iod = *q.get_iod(tag);
@@ -588,9 +653,16 @@ where
             let elapsed = ctx.clock.get().saturating_duration_since(started);
             ctx.stats.record(op, bytes, res >= 0, elapsed);
         }
-        let b = buf.borrow();
-        q.submit_io_commit_cmd(tag, BufDesc::Slice(b.as_slice()), res)
-            .await?;
+        match buf {
+            Some(buf) => {
+                let b = buf.borrow();
+                q.submit_io_commit_cmd(tag, BufDesc::Slice(b.as_slice()), res)
+                    .await?;
+            }
+            None => {
+                q.submit_io_commit_cmd(tag, auto(), res).await?;
+            }
+        }
     }
 }
 
@@ -603,10 +675,12 @@ struct TagCtx<'a> {
 }
 
 /// What a server of a queue's pool serves requests with: the queue's
-/// instance of the volume, and the tags' buffers.
+/// instance of the volume, the tags' buffers, and on a zero-copy device
+/// where the requests' data is.
 struct UblkServe<D> {
     vol: Rc<D>,
     bufs: Rc<[RefCell<IoBuf<u8>>]>,
+    zero_copy: Option<ZeroCopy>,
 }
 
 impl<D> Clone for UblkServe<D> {
@@ -614,8 +688,19 @@ impl<D> Clone for UblkServe<D> {
         UblkServe {
             vol: self.vol.clone(),
             bufs: self.bufs.clone(),
+            zero_copy: self.zero_copy.clone(),
         }
     }
+}
+
+/// A zero-copy device's queue: its id (which, with a tag, locates a
+/// request's data in `/dev/ublkcN` for user copy), and whether its last
+/// read or write was copied, so that the queue logs each change of path
+/// once rather than per request.
+#[derive(Clone)]
+struct ZeroCopy {
+    qid: u16,
+    copying: Rc<Cell<bool>>,
 }
 
 impl<D: BlockDev> Serve<libublk::sys::ublksrv_io_desc> for UblkServe<D> {
@@ -626,7 +711,106 @@ impl<D: BlockDev> Serve<libublk::sys::ublksrv_io_desc> for UblkServe<D> {
             error!(tag, "the tag's buffer is in use: request failed");
             return -libc::EIO;
         };
-        serve_one(&*self.vol, &iod, buf.as_mut_slice()).await
+        match &self.zero_copy {
+            None => serve_one(&*self.vol, &iod, buf.as_mut_slice()).await,
+            Some(zc) => serve_zero_copy(&*self.vol, &iod, tag, zc, buf.as_mut_slice()).await,
+        }
+    }
+}
+
+/// Serve one request of a zero-copy device: a read or write in the
+/// request's own pages (registered at index `tag`) when the tree can take
+/// them; else, or when a changed tree refuses them
+/// ([`tierblk_stack::IoError::needs_bytes`]: a leg became remote), through
+/// `buf` by user copy, the data moved between `buf` and `/dev/ublkcN` (fixed
+/// file 0 of the queue's ring) by one more ring operation.
+async fn serve_zero_copy<D: BlockDev>(
+    vol: &D,
+    iod: &libublk::sys::ublksrv_io_desc,
+    tag: u16,
+    zc: &ZeroCopy,
+    buf: &mut [u8],
+) -> i32 {
+    use libublk::sys::{UBLK_IO_F_FUA, UBLK_IO_OP_READ, UBLK_IO_OP_WRITE};
+    let op = iod.op_flags & 0xff;
+    let read = match op {
+        UBLK_IO_OP_READ => true,
+        UBLK_IO_OP_WRITE => false,
+        _ => return serve_one(vol, iod, buf).await,
+    };
+    let fua = iod.op_flags & UBLK_IO_F_FUA != 0;
+    let off = iod.start_sector << 9;
+    let len = (iod.nr_sectors as usize) << 9;
+    if len > buf.len() {
+        return -libc::EINVAL;
+    }
+    if vol.fixed() {
+        let data = Fixed::new(tag, 0, len);
+        let r = if read {
+            vol.read_to(off, ReadBuf::Fixed(data)).await
+        } else {
+            vol.write_from(off, WriteBuf::Fixed(data), fua).await
+        };
+        match r {
+            Err(e) if e.is_needs_bytes() => {}
+            r => {
+                zc.path(false);
+                return r.map_or_else(|e| -e.errno(), |()| len as i32);
+            }
+        }
+    }
+    zc.path(true);
+    let buf = &mut buf[..len];
+    let pos = libublk::io::UblkIOCtx::ublk_user_copy_pos(zc.qid, tag, 0);
+    let cdev = io_uring::types::Fixed(0);
+    if read {
+        if let Err(e) = vol.read(off, buf).await {
+            return -e.errno();
+        }
+        let sqe = io_uring::opcode::Write::new(cdev, buf.as_ptr(), len as u32).offset(pos);
+        user_copy(UblkRing.submit(sqe.build()).await, len, "read", off)
+    } else {
+        let sqe = io_uring::opcode::Read::new(cdev, buf.as_mut_ptr(), len as u32).offset(pos);
+        let r = user_copy(UblkRing.submit(sqe.build()).await, len, "write", off);
+        if r < 0 {
+            return r;
+        }
+        vol.write(off, buf, fua)
+            .await
+            .map_or_else(|e| -e.errno(), |()| len as i32)
+    }
+}
+
+/// The ublk result of moving a request's `len` bytes by user copy: `len`,
+/// or -errno (a short copy is an I/O error: the request's data is whole).
+fn user_copy(res: i32, len: usize, op: &str, off: u64) -> i32 {
+    if res >= 0 && res as usize == len {
+        return res;
+    }
+    let err = if res < 0 { -res } else { libc::EIO };
+    warn!(
+        offset = off,
+        len,
+        "{op}: user copy of the request's data through /dev/ublkcN: {}",
+        std::io::Error::from_raw_os_error(err)
+    );
+    -err
+}
+
+impl ZeroCopy {
+    /// Note the path of this request (`copied`), logging a change.
+    fn path(&self, copied: bool) {
+        if self.copying.replace(copied) != copied {
+            info!(
+                queue = self.qid,
+                "{}",
+                if copied {
+                    "the volume's tree needs the requests' bytes: copying them (user copy)"
+                } else {
+                    "serving requests with zero copy"
+                }
+            );
+        }
     }
 }
 
@@ -752,6 +936,14 @@ mod tests {
             let iod: &libublk::sys::ublksrv_io_desc = panic!();
             serve_one(vol, iod, &mut [])
         });
+        // A zero-copy device's request: the same tree, in the request's own
+        // pages or (a tree that needs the bytes) by user copy.
+        let zc_request = future_size(|| {
+            let vol: &Served = panic!();
+            let iod: &libublk::sys::ublksrv_io_desc = panic!();
+            let zc: &ZeroCopy = panic!();
+            serve_zero_copy(vol, iod, 0, zc, &mut [])
+        });
         // The SQE and its completion's key: libublk's async fn was 168.
         assert!(submit <= 80, "ublk submission future: {submit} bytes");
         // A leaf is a partition or a remote reference; the remote request
@@ -759,8 +951,31 @@ mod tests {
         assert!(leaf <= part + 64, "leaf {leaf} bytes, partition {part}");
         // Every request's future is sized for a raid10 write (32 leaf
         // writes): 41,864 bytes before the two changes above, 20,104 after
-        // (rustc 1.95).
+        // (rustc 1.95); 20,712 with the two buffer forms (memory or a
+        // registered buffer, [`tierblk_stack::WriteBuf`]), 20,840 for a
+        // zero-copy device's request.
         assert!(request <= 24 << 10, "request future: {request} bytes");
+        assert!(
+            zc_request <= 24 << 10,
+            "zero-copy request future: {zc_request} bytes"
+        );
+    }
+
+    #[test]
+    fn zero_copy_only_when_wanted_offered_and_the_tree_takes_it() {
+        let all = Some(u64::MAX);
+        assert_eq!(zero_copy_flags(true, true, all), ZERO_COPY);
+        // Either feature alone is not enough: without USER_COPY a request
+        // whose tree needs the bytes could not be served.
+        let auto = u64::from(libublk::sys::UBLK_F_AUTO_BUF_REG);
+        let user = u64::from(libublk::sys::UBLK_F_USER_COPY);
+        assert_eq!(zero_copy_flags(true, true, Some(auto)), 0);
+        assert_eq!(zero_copy_flags(true, true, Some(user)), 0);
+        assert_eq!(zero_copy_flags(true, true, Some(auto | user)), ZERO_COPY);
+        // No GET_FEATURES (an old kernel), a remote leg, --no-zero-copy.
+        assert_eq!(zero_copy_flags(true, true, None), 0);
+        assert_eq!(zero_copy_flags(true, false, all), 0);
+        assert_eq!(zero_copy_flags(false, true, all), 0);
     }
 
     #[test]

@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::{BlockDev, IoResult, Limits};
+use crate::{BlockDev, IoResult, Limits, ReadBuf, WriteBuf};
 
 /// Why a suspension did not happen.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -196,13 +196,25 @@ impl<D: BlockDev> BlockDev for Gated<D> {
     }
 
     async fn read(&self, offset: u64, buf: &mut [u8]) -> IoResult<()> {
-        let _pass = self.gate.enter().await;
-        self.inner.read(offset, buf).await
+        self.read_to(offset, ReadBuf::Mem(buf)).await
     }
 
     async fn write(&self, offset: u64, buf: &[u8], fua: bool) -> IoResult<()> {
+        self.write_from(offset, WriteBuf::Mem(buf), fua).await
+    }
+
+    async fn read_to(&self, offset: u64, buf: ReadBuf<'_>) -> IoResult<()> {
         let _pass = self.gate.enter().await;
-        self.inner.write(offset, buf, fua).await
+        self.inner.read_to(offset, buf).await
+    }
+
+    async fn write_from(&self, offset: u64, buf: WriteBuf<'_>, fua: bool) -> IoResult<()> {
+        let _pass = self.gate.enter().await;
+        self.inner.write_from(offset, buf, fua).await
+    }
+
+    fn fixed(&self) -> bool {
+        self.inner.fixed()
     }
 
     async fn flush(&self) -> IoResult<()> {

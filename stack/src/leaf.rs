@@ -14,7 +14,7 @@ use std::fs::File;
 use std::sync::Arc;
 
 use crate::remote::{RemoteDesc, RemoteRef};
-use crate::{BlockDev, IoResult, Limits, Partition, Ring};
+use crate::{BlockDev, IoError, IoResult, Limits, Partition, ReadBuf, Ring, WriteBuf};
 
 /// One piece of a member, shared by the queue threads.
 #[derive(Clone, Debug)]
@@ -92,17 +92,37 @@ impl<R: Ring + Clone> BlockDev for Leaf<R> {
     }
 
     async fn read(&self, offset: u64, buf: &mut [u8]) -> IoResult<()> {
-        match self {
-            Leaf::Local(p) => p.read(offset, buf).await,
-            Leaf::Remote(r) => r.frames().run(r.read(offset, buf)).await,
-        }
+        self.read_to(offset, ReadBuf::Mem(buf)).await
     }
 
     async fn write(&self, offset: u64, buf: &[u8], fua: bool) -> IoResult<()> {
-        match self {
-            Leaf::Local(p) => p.write(offset, buf, fua).await,
-            Leaf::Remote(r) => r.frames().run(r.write(offset, buf, fua)).await,
+        self.write_from(offset, WriteBuf::Mem(buf), fua).await
+    }
+
+    async fn read_to(&self, offset: u64, buf: ReadBuf<'_>) -> IoResult<()> {
+        match (self, buf) {
+            (Leaf::Local(p), buf) => p.read_to(offset, buf).await,
+            (Leaf::Remote(r), ReadBuf::Mem(b)) => r.frames().run(r.read(offset, b)).await,
+            (Leaf::Remote(_), ReadBuf::Fixed(f)) => {
+                Err(IoError::needs_bytes("read", offset, f.len() as u64))
+            }
         }
+    }
+
+    async fn write_from(&self, offset: u64, buf: WriteBuf<'_>, fua: bool) -> IoResult<()> {
+        match (self, buf) {
+            (Leaf::Local(p), buf) => p.write_from(offset, buf, fua).await,
+            (Leaf::Remote(r), WriteBuf::Mem(b)) => r.frames().run(r.write(offset, b, fua)).await,
+            (Leaf::Remote(_), WriteBuf::Fixed(f)) => {
+                Err(IoError::needs_bytes("write", offset, f.len() as u64))
+            }
+        }
+    }
+
+    // A remote reference sends the request's bytes over a socket: it needs
+    // them in memory.
+    fn fixed(&self) -> bool {
+        matches!(self, Leaf::Local(_))
     }
 
     async fn flush(&self) -> IoResult<()> {

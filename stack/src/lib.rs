@@ -123,6 +123,8 @@ pub type IoResult<T> = Result<T, IoError>;
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub struct IoError {
     errno: i32,
+    /// A refusal of a registered buffer, not a failure ([`Self::needs_bytes`]).
+    needs_bytes: bool,
     op: &'static str,
     offset: u64,
     len: u64,
@@ -134,6 +136,7 @@ impl IoError {
     pub fn new(errno: i32, op: &'static str, offset: u64, len: u64) -> Self {
         IoError {
             errno: errno.checked_abs().filter(|&e| e != 0).unwrap_or(libc::EIO),
+            needs_bytes: false,
             op,
             offset,
             len,
@@ -143,6 +146,34 @@ impl IoError {
     /// Request outside the device.
     pub fn out_of_range(op: &'static str, offset: u64, len: u64) -> Self {
         Self::new(libc::EINVAL, op, offset, len)
+    }
+
+    /// A device that needs a request's bytes refused a registered buffer
+    /// (see [`BlockDev`]): nothing failed, and the request is to be served
+    /// again from memory. Its errno is `EOPNOTSUPP`, for a caller that has
+    /// no memory form to retry with. Layers that count device failures (a
+    /// mirror's legs) pass it up instead.
+    pub fn needs_bytes(op: &'static str, offset: u64, len: u64) -> Self {
+        IoError {
+            needs_bytes: true,
+            ..Self::new(libc::EOPNOTSUPP, op, offset, len)
+        }
+    }
+
+    /// The same error, re-labelled with the request of a layer above (its
+    /// operation, offset and length); a refusal stays one.
+    pub fn relabel(&self, op: &'static str, offset: u64, len: u64) -> Self {
+        IoError {
+            op,
+            offset,
+            len,
+            ..self.clone()
+        }
+    }
+
+    /// Whether this is the refusal of [`Self::needs_bytes`].
+    pub fn is_needs_bytes(&self) -> bool {
+        self.needs_bytes
     }
 
     /// The positive errno value.
@@ -208,11 +239,214 @@ impl Limits {
     }
 }
 
+/// A range of a buffer registered in the ring's buffer table (an io_uring
+/// fixed buffer): the form in which a zero-copy ublk request's data reaches
+/// the stack (`UBLK_F_AUTO_BUF_REG`; docs/benchmarks/copy.md, *Zero copy on
+/// a newer kernel*). The stack never sees its bytes: the leaves name it in
+/// `READ_FIXED`/`WRITE_FIXED`, and the layers above only cut sub-ranges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fixed {
+    addr: u64,
+    // u32 keeps a `WriteBuf` at 24 bytes: every layer's request future
+    // holds one (a ublk request is at most its 512 KiB tag buffer).
+    len: u32,
+    index: u16,
+}
+
+impl Fixed {
+    /// `len` bytes of the buffer at `index` of the ring's table, whose first
+    /// byte has the SQE address `addr`. For a buffer the kernel registered
+    /// (a ublk request's pages) the address is the offset into the request's
+    /// data, from 0; for one user space registered, the memory's address.
+    /// `len` must fit in a `u32` (panics otherwise).
+    pub fn new(index: u16, addr: u64, len: usize) -> Fixed {
+        let len = u32::try_from(len).expect("fixed buffer range over 4 GiB");
+        Fixed { addr, len, index }
+    }
+
+    /// The buffer's index in the ring's table.
+    pub fn index(&self) -> u16 {
+        self.index
+    }
+
+    /// The SQE address of the range's first byte.
+    pub fn addr(&self) -> u64 {
+        self.addr
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// Whether the range is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes `[start, start + len)` of this range; panics outside it, as
+    /// slicing does.
+    pub fn slice(self, start: usize, len: usize) -> Fixed {
+        assert!(
+            start.checked_add(len).is_some_and(|end| end <= self.len()),
+            "fixed buffer range {start}+{len} outside {}",
+            self.len
+        );
+        Fixed {
+            addr: self.addr + start as u64,
+            len: len as u32,
+            index: self.index,
+        }
+    }
+}
+
+/// Where a read lands: memory, or a registered buffer ([`Fixed`]). The
+/// layers that split a request (linear, stripe, mirror) are written once
+/// over it; [`BlockDev::read_to`] hands each piece to the right method.
+#[derive(Debug)]
+pub enum ReadBuf<'a> {
+    /// Bytes in memory.
+    Mem(&'a mut [u8]),
+    /// A range of a registered buffer.
+    Fixed(Fixed),
+}
+
+impl<'a> ReadBuf<'a> {
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            ReadBuf::Mem(b) => b.len(),
+            ReadBuf::Fixed(f) => f.len(),
+        }
+    }
+
+    /// Whether the buffer is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes `[start, start + len)`, borrowed.
+    pub fn part(&mut self, start: usize, len: usize) -> ReadBuf<'_> {
+        match self {
+            ReadBuf::Mem(b) => ReadBuf::Mem(&mut b[start..start + len]),
+            ReadBuf::Fixed(f) => ReadBuf::Fixed(f.slice(start, len)),
+        }
+    }
+
+    /// The first `mid` bytes and the rest.
+    pub fn split_at(self, mid: usize) -> (ReadBuf<'a>, ReadBuf<'a>) {
+        match self {
+            ReadBuf::Mem(b) => {
+                let (head, tail) = b.split_at_mut(mid);
+                (ReadBuf::Mem(head), ReadBuf::Mem(tail))
+            }
+            ReadBuf::Fixed(f) => (
+                ReadBuf::Fixed(f.slice(0, mid)),
+                ReadBuf::Fixed(f.slice(mid, f.len() - mid)),
+            ),
+        }
+    }
+
+    /// The SQE reading `n` bytes of `fd` at file offset `pos` into this
+    /// buffer from byte `at` on. The buffer must stay valid until the SQE
+    /// completes ([`Ring`]'s contract).
+    pub fn read_sqe(
+        &mut self,
+        fd: io_uring::types::Fd,
+        pos: u64,
+        at: usize,
+        n: u32,
+    ) -> io_uring::squeue::Entry {
+        use io_uring::opcode;
+        match self {
+            ReadBuf::Mem(b) => opcode::Read::new(fd, b[at..].as_mut_ptr(), n)
+                .offset(pos)
+                .build(),
+            ReadBuf::Fixed(f) => {
+                let f = f.slice(at, n as usize);
+                opcode::ReadFixed::new(fd, f.addr as *mut u8, n, f.index)
+                    .offset(pos)
+                    .build()
+            }
+        }
+    }
+}
+
+/// Where a write's data comes from: memory, or a registered buffer
+/// ([`Fixed`]); see [`ReadBuf`].
+#[derive(Clone, Copy, Debug)]
+pub enum WriteBuf<'a> {
+    /// Bytes in memory.
+    Mem(&'a [u8]),
+    /// A range of a registered buffer.
+    Fixed(Fixed),
+}
+
+impl<'a> WriteBuf<'a> {
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            WriteBuf::Mem(b) => b.len(),
+            WriteBuf::Fixed(f) => f.len(),
+        }
+    }
+
+    /// Whether the buffer is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes `[start, start + len)`.
+    pub fn part(self, start: usize, len: usize) -> WriteBuf<'a> {
+        match self {
+            WriteBuf::Mem(b) => WriteBuf::Mem(&b[start..start + len]),
+            WriteBuf::Fixed(f) => WriteBuf::Fixed(f.slice(start, len)),
+        }
+    }
+
+    /// The first `mid` bytes and the rest.
+    pub fn split_at(self, mid: usize) -> (WriteBuf<'a>, WriteBuf<'a>) {
+        (self.part(0, mid), self.part(mid, self.len() - mid))
+    }
+
+    /// The SQE writing `n` bytes of this buffer, from byte `at` on, to `fd`
+    /// at file offset `pos` with `rw_flags`. The buffer must stay valid
+    /// until the SQE completes ([`Ring`]'s contract).
+    pub fn write_sqe(
+        self,
+        fd: io_uring::types::Fd,
+        pos: u64,
+        at: usize,
+        n: u32,
+        rw_flags: i32,
+    ) -> io_uring::squeue::Entry {
+        use io_uring::opcode;
+        match self.part(at, n as usize) {
+            WriteBuf::Mem(b) => opcode::Write::new(fd, b.as_ptr(), n)
+                .offset(pos)
+                .rw_flags(rw_flags)
+                .build(),
+            WriteBuf::Fixed(f) => opcode::WriteFixed::new(fd, f.addr as *const u8, n, f.index)
+                .offset(pos)
+                .rw_flags(rw_flags)
+                .build(),
+        }
+    }
+}
+
 /// A block device in the stack. Offsets and lengths are in bytes.
 ///
 /// Requests that do not fit in `[0, size())` fail with `EINVAL`; they never
 /// panic. Futures borrow their buffers and must be driven to completion (see
 /// [`Ring`]).
+///
+/// Reads and writes take memory (`read`, `write`) or either memory or a
+/// registered buffer (`read_to`, `write_from` with a [`ReadBuf`] or
+/// [`WriteBuf`]: zero copy). A device that cannot name a registered buffer
+/// (one that needs the bytes: a remote reference) keeps the defaults, which
+/// refuse it with [`IoError::needs_bytes`]; the layers above pass that
+/// refusal up untouched (it is not a device failure), and the caller serves
+/// the request again from memory.
 pub trait BlockDev {
     /// Size in bytes.
     fn size(&self) -> u64;
@@ -228,6 +462,44 @@ pub trait BlockDev {
     fn discard(&self, offset: u64, len: u64) -> impl Future<Output = IoResult<()>>;
     /// Write zeroes over a range.
     fn write_zeroes(&self, offset: u64, len: u64) -> impl Future<Output = IoResult<()>>;
+
+    /// Whether `read_to` and `write_from` serve a registered buffer, as far
+    /// as the tree in place now tells: every device down to the leaves can
+    /// name one. A hint for choosing the form; a request that
+    /// meets a changed tree is still refused cleanly
+    /// ([`IoError::needs_bytes`]).
+    fn fixed(&self) -> bool {
+        false
+    }
+
+    /// Read into either form of buffer. The layers of the stack implement
+    /// their reads here and `read` in terms of it, and call their members'
+    /// `read_to`, so that one request's future nests one future per layer
+    /// whichever the form. The default serves memory with `read` and
+    /// refuses a registered buffer ([`IoError::needs_bytes`]).
+    fn read_to(&self, offset: u64, buf: ReadBuf<'_>) -> impl Future<Output = IoResult<()>> {
+        async move {
+            match buf {
+                ReadBuf::Mem(b) => self.read(offset, b).await,
+                ReadBuf::Fixed(f) => Err(IoError::needs_bytes("read", offset, f.len() as u64)),
+            }
+        }
+    }
+
+    /// Write from either form of buffer; see [`Self::read_to`].
+    fn write_from(
+        &self,
+        offset: u64,
+        buf: WriteBuf<'_>,
+        fua: bool,
+    ) -> impl Future<Output = IoResult<()>> {
+        async move {
+            match buf {
+                WriteBuf::Mem(b) => self.write(offset, b, fua).await,
+                WriteBuf::Fixed(f) => Err(IoError::needs_bytes("write", offset, f.len() as u64)),
+            }
+        }
+    }
 }
 
 /// Check that `[offset, offset + len)` fits in a device of `size` bytes.

@@ -2,9 +2,10 @@
 //! order, possibly partitions of different ALUs.
 //!
 //! A request is split at member boundaries into sub-slices of the caller's
-//! buffer (no copying) and the pieces are issued to the members in order.
+//! buffer (no copying) or of its registered buffer (zero copy), and the
+//! pieces are issued to the members in order.
 
-use crate::{check_range, BlockDev, IoResult, Limits};
+use crate::{check_range, BlockDev, IoResult, Limits, ReadBuf, WriteBuf};
 
 /// Concatenation of `members`.
 pub struct Linear<D: BlockDev> {
@@ -59,6 +60,8 @@ impl<D: BlockDev> Linear<D> {
     }
 }
 
+impl<D: BlockDev> Linear<D> {}
+
 impl<D: BlockDev> BlockDev for Linear<D> {
     fn size(&self) -> u64 {
         self.starts[self.members.len()]
@@ -68,22 +71,34 @@ impl<D: BlockDev> BlockDev for Linear<D> {
         self.limits
     }
 
-    async fn read(&self, offset: u64, buf: &mut [u8]) -> IoResult<()> {
+    async fn read_to(&self, offset: u64, mut buf: ReadBuf<'_>) -> IoResult<()> {
         check_range("read", offset, buf.len() as u64, self.size())?;
         for (i, moff, rel, len) in self.pieces(offset, buf.len() as u64) {
-            let piece = &mut buf[rel as usize..(rel + len) as usize];
-            self.members[i].read(moff, piece).await?;
+            let piece = buf.part(rel as usize, len as usize);
+            self.members[i].read_to(moff, piece).await?;
         }
         Ok(())
     }
 
-    async fn write(&self, offset: u64, buf: &[u8], fua: bool) -> IoResult<()> {
+    async fn write_from(&self, offset: u64, buf: WriteBuf<'_>, fua: bool) -> IoResult<()> {
         check_range("write", offset, buf.len() as u64, self.size())?;
         for (i, moff, rel, len) in self.pieces(offset, buf.len() as u64) {
-            let piece = &buf[rel as usize..(rel + len) as usize];
-            self.members[i].write(moff, piece, fua).await?;
+            let piece = buf.part(rel as usize, len as usize);
+            self.members[i].write_from(moff, piece, fua).await?;
         }
         Ok(())
+    }
+
+    async fn read(&self, offset: u64, buf: &mut [u8]) -> IoResult<()> {
+        self.read_to(offset, ReadBuf::Mem(buf)).await
+    }
+
+    async fn write(&self, offset: u64, buf: &[u8], fua: bool) -> IoResult<()> {
+        self.write_from(offset, WriteBuf::Mem(buf), fua).await
+    }
+
+    fn fixed(&self) -> bool {
+        self.members.iter().all(|m| m.fixed())
     }
 
     async fn flush(&self) -> IoResult<()> {

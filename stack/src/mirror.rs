@@ -58,7 +58,7 @@ use crate::bitmap::{IntentError, WriteIntent};
 use crate::join::join_bounded;
 use crate::swap::LegSlot;
 use crate::volume::BuildError;
-use crate::{check_range, AlignedBuf, BlockDev, IoError, IoResult, Limits};
+use crate::{check_range, AlignedBuf, BlockDev, IoError, IoResult, Limits, ReadBuf, WriteBuf};
 
 /// Largest number of legs of one mirror.
 pub const MAX_LEGS: usize = 4;
@@ -768,10 +768,15 @@ impl<D: BlockDev, C: BlockDev> Mirror<D, C> {
         let live = &live[..n];
         let mut ok = 0;
         let mut err = None;
+        let mut refused = false;
         join_bounded::<MAX_LEGS, _, _, _>(live.iter().map(|&i| op(&self.legs[i])), |k, r| {
             let leg = live[k];
             match r {
                 Ok(()) => ok += usize::from(rebuilding & (1 << leg) == 0),
+                // A leg that needs the bytes (now remote) did nothing and did
+                // not fail: the request is served again from memory, on
+                // every leg.
+                Err(e) if e.is_needs_bytes() => refused = true,
                 Err(e) => {
                     self.health.fail(leg, e.errno());
                     err.get_or_insert(e);
@@ -779,6 +784,9 @@ impl<D: BlockDev, C: BlockDev> Mirror<D, C> {
             }
         })
         .await;
+        if refused {
+            return Err(IoError::needs_bytes(name, offset, len));
+        }
         if ok > 0 {
             // Not acknowledged while a leg failure is being recorded.
             self.health.recorded().await;
@@ -799,7 +807,8 @@ impl<D: BlockDev, C: BlockDev> BlockDev for Mirror<D, C> {
         self.limits
     }
 
-    async fn read(&self, offset: u64, buf: &mut [u8]) -> IoResult<()> {
+    /// Read from one healthy leg, trying the next on failure.
+    async fn read_to(&self, offset: u64, mut buf: ReadBuf<'_>) -> IoResult<()> {
         let len = buf.len() as u64;
         check_range("read", offset, len, self.size)?;
         let n = self.legs.len();
@@ -833,8 +842,13 @@ impl<D: BlockDev, C: BlockDev> BlockDev for Mirror<D, C> {
             // while this one is in flight (readahead, a queue depth above 1)
             // follows it to the same leg.
             self.read_end[leg].set(offset + len);
-            match self.legs[leg].read(offset, buf).await {
+            match self.legs[leg]
+                .read_to(offset, buf.part(0, len as usize))
+                .await
+            {
                 Ok(()) => return Ok(()),
+                // The leg needs the bytes (it is remote now): not a failure.
+                Err(e) if e.is_needs_bytes() => return Err(e.relabel("read", offset, len)),
                 Err(e) => {
                     self.health.fail(leg, e.errno());
                     last_errno = e.errno();
@@ -844,13 +858,26 @@ impl<D: BlockDev, C: BlockDev> BlockDev for Mirror<D, C> {
         Err(IoError::new(last_errno, "read", offset, len))
     }
 
-    async fn write(&self, offset: u64, buf: &[u8], fua: bool) -> IoResult<()> {
+    /// Write to every leg not failed.
+    async fn write_from(&self, offset: u64, buf: WriteBuf<'_>, fua: bool) -> IoResult<()> {
         let len = buf.len() as u64;
         check_range("write", offset, len, self.size)?;
         let _in_flight = self.health.enter_write(offset, len).await;
         self.mark(offset, len, "write").await?;
-        self.all_legs(|l| l.write(offset, buf, fua), "write", offset, len)
+        self.all_legs(|l| l.write_from(offset, buf, fua), "write", offset, len)
             .await
+    }
+
+    async fn read(&self, offset: u64, buf: &mut [u8]) -> IoResult<()> {
+        self.read_to(offset, ReadBuf::Mem(buf)).await
+    }
+
+    async fn write(&self, offset: u64, buf: &[u8], fua: bool) -> IoResult<()> {
+        self.write_from(offset, WriteBuf::Mem(buf), fua).await
+    }
+
+    fn fixed(&self) -> bool {
+        self.legs.iter().all(|l| l.fixed())
     }
 
     async fn flush(&self) -> IoResult<()> {

@@ -16,11 +16,11 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use io_uring::{opcode, types};
 
-use crate::{check_range, BlockDev, IoError, IoResult, Limits, Ring};
+use crate::{check_range, BlockDev, IoError, IoResult, Limits, ReadBuf, Ring, WriteBuf};
 
 /// Largest transfer submitted as one SQE (must fit the SQE's `u32` length and
 /// stay block aligned).
@@ -37,6 +37,21 @@ const ZERO_CHUNK: usize = 64 * 1024;
 struct Zeroes([u8; ZERO_CHUNK]);
 
 static ZEROES: Zeroes = Zeroes([0; ZERO_CHUNK]);
+
+/// `/dev/zero`, opened once per process: the source of the zeroes a read
+/// past the end of an image file returns into a registered buffer.
+fn dev_zero() -> Result<&'static File, i32> {
+    static DEV_ZERO: OnceLock<Result<File, i32>> = OnceLock::new();
+    DEV_ZERO
+        .get_or_init(|| {
+            File::open("/dev/zero").map_err(|e| {
+                tracing::warn!("cannot open /dev/zero: {e}");
+                e.raw_os_error().unwrap_or(libc::EIO)
+            })
+        })
+        .as_ref()
+        .map_err(|&e| e)
+}
 
 /// Default limits for an ALU whose geometry is not queried.
 pub const DEFAULT_LIMITS: Limits = Limits {
@@ -144,27 +159,27 @@ impl<R: Ring> Partition<R> {
         Err(err)
     }
 
-    /// Write `buf` at partition offset `offset` (already range checked).
-    async fn write_at(&self, offset: u64, buf: &[u8], rw_flags: i32) -> IoResult<()> {
+    /// Fill `buf` with zeroes: in memory directly, in a registered buffer by
+    /// reading `/dev/zero` into it (the stack never holds its bytes).
+    async fn zero_fill(&self, mut buf: ReadBuf<'_>, pos: u64) -> IoResult<()> {
+        let len = buf.len();
+        let dev_zero = match &mut buf {
+            ReadBuf::Mem(b) => {
+                b.fill(0);
+                return Ok(());
+            }
+            ReadBuf::Fixed(_) => {
+                dev_zero().map_err(|e| IoError::new(e, "read", pos, len as u64))?
+            }
+        };
         let mut done = 0usize;
         let mut retries = 0;
-        while done < buf.len() {
-            let rest = &buf[done..];
-            let n = rest.len().min(MAX_CHUNK);
-            let pos = offset + done as u64;
-            let sqe = opcode::Write::new(self.fd(), rest.as_ptr(), n as u32)
-                .offset(self.start + pos)
-                .rw_flags(rw_flags)
-                .build();
-            // The future is awaited to completion and `buf` outlives it
-            // (Ring contract).
+        while done < len {
+            let n = (len - done).min(MAX_CHUNK);
+            let sqe = buf.read_sqe(types::Fd(dev_zero.as_raw_fd()), 0, done, n as u32);
             let res = self.ring.submit(sqe).await;
-            match self.outcome(res, &mut retries, "write", pos, n as u64)? {
-                Some(0) => {
-                    let err = IoError::new(libc::EIO, "write", pos, n as u64);
-                    tracing::warn!(start = self.start, error = %err, "partition write made no progress");
-                    return Err(err);
-                }
+            match self.outcome(res, &mut retries, "read", pos, n as u64)? {
+                Some(0) => return Err(IoError::new(libc::EIO, "read", pos, len as u64)),
                 Some(k) => done += k,
                 None => {}
             }
@@ -200,17 +215,15 @@ impl<R: Ring> BlockDev for Partition<R> {
         self.limits
     }
 
-    async fn read(&self, offset: u64, buf: &mut [u8]) -> IoResult<()> {
+    /// Read into `buf` at partition offset `offset`.
+    async fn read_to(&self, offset: u64, mut buf: ReadBuf<'_>) -> IoResult<()> {
         check_range("read", offset, buf.len() as u64, self.len)?;
         let mut done = 0usize;
         let mut retries = 0;
         while done < buf.len() {
-            let rest = &mut buf[done..];
-            let n = rest.len().min(MAX_CHUNK);
+            let n = (buf.len() - done).min(MAX_CHUNK);
             let pos = offset + done as u64;
-            let sqe = opcode::Read::new(self.fd(), rest.as_mut_ptr(), n as u32)
-                .offset(self.start + pos)
-                .build();
+            let sqe = buf.read_sqe(self.fd(), self.start + pos, done, n as u32);
             // The future is awaited to completion and `buf` outlives it
             // (Ring contract).
             let res = self.ring.submit(sqe).await;
@@ -218,8 +231,8 @@ impl<R: Ring> BlockDev for Partition<R> {
                 Some(0) => {
                     // End of an image file shorter than the partition: the
                     // unwritten tail reads as zeroes, like a sparse file.
-                    rest.fill(0);
-                    break;
+                    let rest = buf.len() - done;
+                    return self.zero_fill(buf.part(done, rest), pos).await;
                 }
                 Some(k) => done += k,
                 None => {}
@@ -228,10 +241,43 @@ impl<R: Ring> BlockDev for Partition<R> {
         Ok(())
     }
 
-    async fn write(&self, offset: u64, buf: &[u8], fua: bool) -> IoResult<()> {
+    /// Range-check and write `buf` at `offset`; with `fua` the data is
+    /// durable on completion.
+    async fn write_from(&self, offset: u64, buf: WriteBuf<'_>, fua: bool) -> IoResult<()> {
         check_range("write", offset, buf.len() as u64, self.len)?;
-        let flags = if fua { libc::RWF_DSYNC } else { 0 };
-        self.write_at(offset, buf, flags).await
+        let rw_flags = if fua { libc::RWF_DSYNC } else { 0 };
+        let mut done = 0usize;
+        let mut retries = 0;
+        while done < buf.len() {
+            let n = (buf.len() - done).min(MAX_CHUNK);
+            let pos = offset + done as u64;
+            let sqe = buf.write_sqe(self.fd(), self.start + pos, done, n as u32, rw_flags);
+            // The future is awaited to completion and `buf` outlives it
+            // (Ring contract).
+            let res = self.ring.submit(sqe).await;
+            match self.outcome(res, &mut retries, "write", pos, n as u64)? {
+                Some(0) => {
+                    let err = IoError::new(libc::EIO, "write", pos, n as u64);
+                    tracing::warn!(start = self.start, error = %err, "partition write made no progress");
+                    return Err(err);
+                }
+                Some(k) => done += k,
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
+    async fn read(&self, offset: u64, buf: &mut [u8]) -> IoResult<()> {
+        self.read_to(offset, ReadBuf::Mem(buf)).await
+    }
+
+    async fn write(&self, offset: u64, buf: &[u8], fua: bool) -> IoResult<()> {
+        self.write_from(offset, WriteBuf::Mem(buf), fua).await
+    }
+
+    fn fixed(&self) -> bool {
+        true
     }
 
     async fn flush(&self) -> IoResult<()> {
@@ -291,7 +337,8 @@ impl<R: Ring> BlockDev for Partition<R> {
             let end = offset + len;
             while pos < end {
                 let n = (end - pos).min(ZERO_CHUNK as u64) as usize;
-                self.write_at(pos, &ZEROES.0[..n], 0).await?;
+                self.write_from(pos, WriteBuf::Mem(&ZEROES.0[..n]), false)
+                    .await?;
                 pos += n as u64;
             }
             return Ok(());

@@ -110,7 +110,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::mirror::backoff;
 use crate::resync::{JobControl, Pacer};
-use crate::{check_range, AlignedBuf, BlockDev, IoError, IoResult, Limits};
+use crate::{check_range, AlignedBuf, BlockDev, IoError, IoResult, Limits, ReadBuf, WriteBuf};
 
 /// Size of the header and of each metadata block.
 pub const BLOCK: u64 = 4096;
@@ -964,9 +964,26 @@ impl<D: BlockDev, C: BlockDev, K: Clone> BlockDev for SnapshotOrigin<D, C, K> {
     }
 
     async fn write(&self, offset: u64, buf: &[u8], fua: bool) -> IoResult<()> {
+        self.write_from(offset, WriteBuf::Mem(buf), fua).await
+    }
+
+    async fn read_to(&self, offset: u64, buf: ReadBuf<'_>) -> IoResult<()> {
+        self.origin.read_to(offset, buf).await
+    }
+
+    /// Copy what the write would overwrite to every snapshot lacking it,
+    /// then write. Served again after a refusal of `buf`
+    /// ([`IoError::needs_bytes`]), the copies already made are kept.
+    async fn write_from(&self, offset: u64, buf: WriteBuf<'_>, fua: bool) -> IoResult<()> {
         check_range("write", offset, buf.len() as u64, self.size())?;
         self.protect_all(offset, buf.len() as u64).await?;
-        self.origin.write(offset, buf, fua).await
+        self.origin.write_from(offset, buf, fua).await
+    }
+
+    // The copies of old data go through buffers of their own
+    // (`protect_all`): the host's data only passes through to the origin.
+    fn fixed(&self) -> bool {
+        self.origin.fixed()
     }
 
     async fn flush(&self) -> IoResult<()> {
@@ -1027,6 +1044,12 @@ impl<D: BlockDev, C: BlockDev> BlockDev for SnapshotView<D, C> {
     }
 
     async fn read(&self, offset: u64, buf: &mut [u8]) -> IoResult<()> {
+        self.read_to(offset, ReadBuf::Mem(buf)).await
+    }
+
+    /// Read chunk by chunk, each from the COW device if it was copied there,
+    /// else from the origin.
+    async fn read_to(&self, offset: u64, mut buf: ReadBuf<'_>) -> IoResult<()> {
         let len = buf.len() as u64;
         check_range("read", offset, len, self.size())?;
         self.usable(offset, len)?;
@@ -1037,11 +1060,11 @@ impl<D: BlockDev, C: BlockDev> BlockDev for SnapshotView<D, C> {
             let chunk = pos >> st.chunk_shift;
             let within = pos & (st.chunk_size() - 1);
             let n = (st.chunk_size() - within).min(len - done);
-            let piece = &mut buf[done as usize..(done + n) as usize];
+            let mut piece = buf.part(done as usize, n as usize);
             let cow_chunk = match st.lookup(chunk) {
                 Some(c) => Some(c),
                 None => {
-                    self.origin.read(pos, piece).await?;
+                    self.origin.read_to(pos, piece.part(0, n as usize)).await?;
                     // The chunk may have been copied and the origin
                     // overwritten while we read it: the table insert precedes
                     // the origin write, so re-checking tells.
@@ -1049,12 +1072,16 @@ impl<D: BlockDev, C: BlockDev> BlockDev for SnapshotView<D, C> {
                 }
             };
             if let Some(c) = cow_chunk {
-                self.cow.read(st.data_offset(c) + within, piece).await?;
+                self.cow.read_to(st.data_offset(c) + within, piece).await?;
             }
             done += n;
         }
         // Invalidated meanwhile: the origin may have changed uncopied.
         self.usable(offset, len)
+    }
+
+    fn fixed(&self) -> bool {
+        self.origin.fixed() && self.cow.fixed()
     }
 
     async fn write(&self, offset: u64, buf: &[u8], _fua: bool) -> IoResult<()> {

@@ -19,7 +19,7 @@
 
 use crate::join::join;
 use crate::volume::BuildError;
-use crate::{check_range, BlockDev, IoError, IoResult, Limits};
+use crate::{check_range, BlockDev, IoError, IoResult, Limits, ReadBuf, WriteBuf};
 
 /// Smallest chunk size: one page, so chunk pieces of a page-aligned buffer stay
 /// page aligned for `O_DIRECT` members.
@@ -159,13 +159,15 @@ fn keep_first(
 fn relabel(r: IoResult<()>, op: &'static str, offset: u64, len: u64) -> IoResult<()> {
     r.map_err(|e| {
         tracing::debug!(error = %e, "stripe member request failed");
-        IoError::new(e.errno(), op, offset, len)
+        e.relabel(op, offset, len)
     })
 }
 
 fn into_result(err: Option<IoError>) -> IoResult<()> {
     err.map_or(Ok(()), Err)
 }
+
+impl<D: BlockDev> Stripe<D> {}
 
 impl<D: BlockDev> BlockDev for Stripe<D> {
     fn size(&self) -> u64 {
@@ -176,7 +178,7 @@ impl<D: BlockDev> BlockDev for Stripe<D> {
         self.limits
     }
 
-    async fn read(&self, offset: u64, buf: &mut [u8]) -> IoResult<()> {
+    async fn read_to(&self, offset: u64, buf: ReadBuf<'_>) -> IoResult<()> {
         let len = buf.len() as u64;
         check_range("read", offset, len, self.size)?;
         let (m, moff, left) = self.map(offset);
@@ -184,37 +186,40 @@ impl<D: BlockDev> BlockDev for Stripe<D> {
             // Within one chunk (a small request usually is): straight to its
             // member. The join is the costly path: its slots are sized for
             // `DEFAULT_WIDTH` member futures and each piece is moved in.
-            return relabel(self.members[m].read(moff, buf).await, "read", offset, len);
+            return relabel(
+                self.members[m].read_to(moff, buf).await,
+                "read",
+                offset,
+                len,
+            );
         }
-        let mut rest: &mut [u8] = buf;
+        let mut rest = Some(buf);
         let mut pos = offset;
         // Lazily carve one chunk piece at a time off the front of the buffer.
         let pieces = std::iter::from_fn(|| {
-            if rest.is_empty() {
-                return None;
-            }
+            let buf = rest.take().filter(|b| !b.is_empty())?;
             let (m, moff, left) = self.map(pos);
-            let n = left.min(rest.len() as u64) as usize;
-            let (piece, tail) = std::mem::take(&mut rest).split_at_mut(n);
-            rest = tail;
+            let n = left.min(buf.len() as u64) as usize;
+            let (piece, tail) = buf.split_at(n);
+            rest = Some(tail);
             pos += n as u64;
-            Some(self.members[m].read(moff, piece))
+            Some(self.members[m].read_to(moff, piece))
         });
         let mut err = None;
         join(pieces, |_, r| keep_first(&mut err, r, "read", offset, len)).await;
         into_result(err)
     }
 
-    async fn write(&self, offset: u64, buf: &[u8], fua: bool) -> IoResult<()> {
+    async fn write_from(&self, offset: u64, buf: WriteBuf<'_>, fua: bool) -> IoResult<()> {
         let len = buf.len() as u64;
         check_range("write", offset, len, self.size)?;
         let (m, moff, left) = self.map(offset);
         if len > 0 && len <= left {
             // Within one chunk: straight to its member (see `read`).
-            let r = self.members[m].write(moff, buf, fua).await;
+            let r = self.members[m].write_from(moff, buf, fua).await;
             return relabel(r, "write", offset, len);
         }
-        let mut rest: &[u8] = buf;
+        let mut rest = buf;
         let mut pos = offset;
         let pieces = std::iter::from_fn(|| {
             if rest.is_empty() {
@@ -225,11 +230,23 @@ impl<D: BlockDev> BlockDev for Stripe<D> {
             let (piece, tail) = rest.split_at(n);
             rest = tail;
             pos += n as u64;
-            Some(self.members[m].write(moff, piece, fua))
+            Some(self.members[m].write_from(moff, piece, fua))
         });
         let mut err = None;
         join(pieces, |_, r| keep_first(&mut err, r, "write", offset, len)).await;
         into_result(err)
+    }
+
+    async fn read(&self, offset: u64, buf: &mut [u8]) -> IoResult<()> {
+        self.read_to(offset, ReadBuf::Mem(buf)).await
+    }
+
+    async fn write(&self, offset: u64, buf: &[u8], fua: bool) -> IoResult<()> {
+        self.write_from(offset, WriteBuf::Mem(buf), fua).await
+    }
+
+    fn fixed(&self) -> bool {
+        self.members.iter().all(|m| m.fixed())
     }
 
     async fn flush(&self) -> IoResult<()> {

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use crate::volume::MemberDesc;
-use crate::{build_linear, BlockDev, IoResult, Leaf, Limits, Linear, Ring};
+use crate::{build_linear, BlockDev, IoResult, Leaf, Limits, Linear, ReadBuf, Ring, WriteBuf};
 
 /// The shared, replaceable description of one leg.
 #[derive(Debug)]
@@ -118,11 +118,23 @@ impl<R: Ring + Clone> BlockDev for SwapLeg<R> {
     }
 
     async fn read(&self, offset: u64, buf: &mut [u8]) -> IoResult<()> {
-        self.dev().read(offset, buf).await
+        self.read_to(offset, ReadBuf::Mem(buf)).await
     }
 
     async fn write(&self, offset: u64, buf: &[u8], fua: bool) -> IoResult<()> {
-        self.dev().write(offset, buf, fua).await
+        self.write_from(offset, WriteBuf::Mem(buf), fua).await
+    }
+
+    async fn read_to(&self, offset: u64, buf: ReadBuf<'_>) -> IoResult<()> {
+        self.dev().read_to(offset, buf).await
+    }
+
+    async fn write_from(&self, offset: u64, buf: WriteBuf<'_>, fua: bool) -> IoResult<()> {
+        self.dev().write_from(offset, buf, fua).await
+    }
+
+    fn fixed(&self) -> bool {
+        self.dev().fixed()
     }
 
     async fn flush(&self) -> IoResult<()> {

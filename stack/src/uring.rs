@@ -21,7 +21,7 @@ use std::task::{Context, Poll, Wake, Waker};
 
 use io_uring::{squeue, IoUring};
 
-use crate::Ring;
+use crate::{AlignedBuf, Fixed, Ring};
 
 /// State of one slab slot.
 enum Slot {
@@ -40,6 +40,9 @@ struct Inner {
     slots: RefCell<Slab>,
     /// Reused scratch list of wakers to call after releasing borrows.
     wake_scratch: RefCell<Vec<Waker>>,
+    /// The ring's registered buffers, kept as long as the ring (declared
+    /// after it, so dropped after the ring has unregistered them).
+    registered: RefCell<Vec<AlignedBuf>>,
 }
 
 #[derive(Default)]
@@ -87,7 +90,58 @@ impl LocalRing {
                 ring: RefCell::new(ring),
                 slots: RefCell::new(Slab::default()),
                 wake_scratch: RefCell::new(Vec::new()),
+                registered: RefCell::new(Vec::new()),
             }),
+        })
+    }
+
+    /// Register `bufs` in the ring's buffer table (index = position), once
+    /// per ring, and keep them as long as the ring lives. Requests then name
+    /// their ranges with [`Fixed`] descriptors (made by [`Self::fixed`]), as a zero-copy ublk request names its pages:
+    /// what lets the stack's tests run that path without ublk.
+    pub fn register_buffers(&self, bufs: Vec<AlignedBuf>) -> io::Result<()> {
+        let iovecs: Vec<libc::iovec> = bufs
+            .iter()
+            .map(|b| libc::iovec {
+                iov_base: b.as_ptr() as *mut libc::c_void,
+                iov_len: b.len(),
+            })
+            .collect();
+        let mut registered = self.inner.registered.borrow_mut();
+        if !registered.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "the ring's buffers are registered already",
+            ));
+        }
+        // SAFETY: each iovec is one of `bufs`' heap allocations, which move
+        // into `registered` below and stay there, unmoved (a Vec move keeps
+        // its elements' heap memory in place), until the ring is dropped;
+        // the ring is dropped first (field order), which unregisters them.
+        unsafe {
+            self.inner
+                .ring
+                .borrow()
+                .submitter()
+                .register_buffers(&iovecs)?;
+        }
+        *registered = bufs;
+        Ok(())
+    }
+
+    /// Bytes `[start, start + len)` of registered buffer `index`, as the
+    /// stack names them. Panics if there is no such range.
+    pub fn fixed(&self, index: u16, start: usize, len: usize) -> Fixed {
+        let registered = self.inner.registered.borrow();
+        let buf = &registered[usize::from(index)];
+        Fixed::new(index, buf.as_ptr() as u64, buf.len()).slice(start, len)
+    }
+
+    /// Registered buffer `index`, to fill it before a write or check it
+    /// after a read; never while an operation on it is in flight.
+    pub fn registered(&self, index: u16) -> std::cell::RefMut<'_, AlignedBuf> {
+        std::cell::RefMut::map(self.inner.registered.borrow_mut(), |r| {
+            &mut r[usize::from(index)]
         })
     }
 

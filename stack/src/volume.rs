@@ -31,7 +31,9 @@ use crate::bitmap::IntentCopy;
 use crate::mirror::{Mirror, MirrorHealth, MirrorState, MAX_LEGS};
 use crate::stripe::Stripe;
 use crate::swap::{LegSlot, SwapLeg};
-use crate::{build_linear, BlockDev, IoResult, Leaf, Limits, Linear, Piece, Ring};
+use crate::{
+    build_linear, BlockDev, IoResult, Leaf, Limits, Linear, Piece, ReadBuf, Ring, WriteBuf,
+};
 
 /// Volume layout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -526,20 +528,37 @@ impl<R: Ring + Clone> BlockDev for Volume<R> {
     }
 
     async fn read(&self, offset: u64, buf: &mut [u8]) -> IoResult<()> {
-        match self {
-            Volume::Linear(v) => v.read(offset, buf).await,
-            Volume::Stripe(v) => v.read(offset, buf).await,
-            Volume::Mirror(v) => v.read(offset, buf).await,
-            Volume::Raid10(v) => v.read(offset, buf).await,
-        }
+        self.read_to(offset, ReadBuf::Mem(buf)).await
     }
 
     async fn write(&self, offset: u64, buf: &[u8], fua: bool) -> IoResult<()> {
+        self.write_from(offset, WriteBuf::Mem(buf), fua).await
+    }
+
+    async fn read_to(&self, offset: u64, buf: ReadBuf<'_>) -> IoResult<()> {
         match self {
-            Volume::Linear(v) => v.write(offset, buf, fua).await,
-            Volume::Stripe(v) => v.write(offset, buf, fua).await,
-            Volume::Mirror(v) => v.write(offset, buf, fua).await,
-            Volume::Raid10(v) => v.write(offset, buf, fua).await,
+            Volume::Linear(v) => v.read_to(offset, buf).await,
+            Volume::Stripe(v) => v.read_to(offset, buf).await,
+            Volume::Mirror(v) => v.read_to(offset, buf).await,
+            Volume::Raid10(v) => v.read_to(offset, buf).await,
+        }
+    }
+
+    async fn write_from(&self, offset: u64, buf: WriteBuf<'_>, fua: bool) -> IoResult<()> {
+        match self {
+            Volume::Linear(v) => v.write_from(offset, buf, fua).await,
+            Volume::Stripe(v) => v.write_from(offset, buf, fua).await,
+            Volume::Mirror(v) => v.write_from(offset, buf, fua).await,
+            Volume::Raid10(v) => v.write_from(offset, buf, fua).await,
+        }
+    }
+
+    fn fixed(&self) -> bool {
+        match self {
+            Volume::Linear(v) => v.fixed(),
+            Volume::Stripe(v) => v.fixed(),
+            Volume::Mirror(v) => v.fixed(),
+            Volume::Raid10(v) => v.fixed(),
         }
     }
 

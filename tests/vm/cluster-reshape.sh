@@ -89,6 +89,16 @@ case "$(members_on m1)" in
 *) fail "no temporary leg on sp2's ALU: $(members_on m1)" ;;
 esac
 ok "move started as job $job: a temporary leg on sp2:/dev/vdc, copied through a remote reference"
+# On a kernel with zero copy (TIERBLK_VM_KERNEL=6.18) m1's device was created
+# with it, its legs all local then; the remote leg needs the requests' bytes,
+# so from now on its queues copy them per request (user copy).
+zc=0
+if grep -q "ublk device [0-9]*: zero copy" /tmp/sp1.log; then
+	zc=1
+	wait_log /tmp/sp1.log "needs the requests' bytes: copying them (user copy)" \
+		"m1's zero-copy device never fell back to copying with a remote leg"
+	ok "m1's zero-copy device copies each request's data now that a leg is remote"
+fi
 wait_job_past "$job" $((64 << 20))
 kill -KILL "$SP1_PID"
 wait "$SP1_PID" 2>/dev/null || true
@@ -106,6 +116,10 @@ until [ "$(vol_device m1 2>/dev/null)" = "$dev" ]; do
 done
 grep -q "recovering the device a previous daemon left" /tmp/sp1.log ||
 	fail "the new sp1 did not recover $dev"
+# A recovered device keeps its flags: still zero copy, copying per request.
+if [ "$zc" = 1 ]; then
+	grep -q "ublk device [0-9]*: zero copy" /tmp/sp1.log || fail "the recovered $dev lost zero copy"
+fi
 for n in sp2 sp3; do
 	grep -q "taking the master role" "/tmp/$n.log" && fail "$n took over while sp1 was restarting"
 done

@@ -110,12 +110,7 @@ rep_trace &
 TRACE_PID=$!
 PIDS="$PIDS $TRACE_PID"
 
-i=0
-until grep -q "kept online across the takeover" /tmp/sp2.log; do
-	i=$((i + 1))
-	[ "$i" -le 100 ] || fail "sp2 did not keep m1 online"
-	sleep 0.2
-done
+wait_log /tmp/sp2.log "kept online across the takeover" "sp2 did not keep m1 online"
 [ "$(dev_on "$R/sp2.ctl" m1)" = "$dev2" ] || fail "m1 is no longer $dev2 on sp2: $($TB2 --json vol show m1)"
 grep -q "/mnt" /proc/mounts || fail "the mount went away"
 # Both trees' remote references name generation 2 now, and are connected.

@@ -303,6 +303,17 @@ wait_event() {
 	done
 }
 
+# wait_log FILE PATTERN WHAT: wait, 0.2 s apart (20 s at most), until a
+# line of FILE (a daemon's log) matches PATTERN (grep); else fail "WHAT".
+wait_log() {
+	_i=0
+	until grep -q "$2" "$1"; do
+		_i=$((_i + 1))
+		[ "$_i" -le 100 ] || fail "$3"
+		sleep 0.2
+	done
+}
+
 # fsck_clean DEV WHAT: e2fsck -fn DEV must find nothing; else its output and
 # fail "WHAT".
 fsck_clean() {

@@ -54,6 +54,7 @@ fn run(args: Args) -> Result<()> {
         depth: args.depth.or(file.depth).unwrap_or(128),
         pin_queues: args.pin_queues || file.pin_queues,
         huge_buffers: !(args.no_huge_buffers || file.no_huge_buffers),
+        zero_copy: !(args.no_zero_copy || file.no_zero_copy),
         auto_reclaim: args.auto_reclaim || file.auto_reclaim,
         sp: sp_config(
             args.sp.or(file.sp),
