@@ -98,3 +98,35 @@ fn without_the_rename_a_cut_reference_fails_after_the_no_path_timeout() {
     );
     server.shutdown();
 }
+
+#[test]
+fn a_rename_moves_an_idle_connection_to_the_new_name_with_no_path_failure() {
+    let dir = TempDir::new("eager");
+    let (server, addr, valid) = serve_two_generations(&dir, 13);
+    let desc = Arc::new(RemoteDesc::new("part:1", SIZE, vec![addr.clone()], None).unwrap());
+    let ring = LocalRing::new(16).unwrap();
+    let dev = RemoteRef::new(desc.clone(), ring.clone());
+    let mut buf = AlignedBuf::new(4096);
+    buf.fill(0x3c);
+    ring.block_on(dev.write(0, &buf, false)).unwrap();
+    assert_eq!(desc.paths()[0].connects, 1);
+
+    // A new master re-admits the reference while its connection is idle:
+    // the next request goes out under part:2 at once. Sent on the part:1
+    // session it would be answered ESHUTDOWN, a failure on the path's
+    // record (what `path list` shows) for an expected cut.
+    valid.store(false, Ordering::SeqCst);
+    desc.rename("part:2");
+    buf.fill(0xc3);
+    ring.block_on(dev.write(4096, &buf, false)).unwrap();
+    let p = &desc.paths()[0];
+    assert_eq!(p.failures, 0, "last error: {:?}", p.last_error);
+    assert_eq!((p.connects, p.active), (2, 1));
+
+    let check = tierblk_fabric::NbdDev::connect(&addr, "part:2", ring.clone()).unwrap();
+    let mut back = AlignedBuf::new(8192);
+    ring.block_on(check.read(0, &mut back)).unwrap();
+    assert!(back[..4096].iter().all(|&b| b == 0x3c));
+    assert!(back[4096..].iter().all(|&b| b == 0xc3));
+    server.shutdown();
+}

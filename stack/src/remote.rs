@@ -133,6 +133,10 @@ pub struct RemoteDesc {
     /// The export's name at the peer; read at each connection, changed by
     /// [`RemoteDesc::rename`].
     export: Mutex<String>,
+    /// How many times the export was renamed: a queue whose connection was
+    /// opened under an older count opens a new one (an atomic load per
+    /// request, not the name's lock).
+    renames: AtomicU64,
     /// Size the volume needs; a shorter export is refused.
     pub size: u64,
     /// Limits every queue reports before its first connection (probe the
@@ -199,6 +203,7 @@ impl RemoteDesc {
         }
         Ok(RemoteDesc {
             export: Mutex::new(export),
+            renames: AtomicU64::new(0),
             size,
             limits: Limits {
                 logical_block: 512,
@@ -286,10 +291,13 @@ impl RemoteDesc {
     /// still match its object database this way (their references carried
     /// the old master's generation, which the peers now refuse): requests
     /// waiting on a cut connection reconnect under the new name and go on,
-    /// with nothing failed to the host. Connections open under the old name
-    /// run until the peer cuts them.
+    /// with nothing failed to the host. A queue's connection open under the
+    /// old name is closed at its next request, which opens one under the
+    /// new name: the peer cuts the old name's sessions, and a request sent
+    /// on one would only come back `ESHUTDOWN` and count as a path failure.
     pub fn rename(&self, export: impl Into<String>) {
         *self.export.lock().unwrap_or_else(|e| e.into_inner()) = export.into();
+        self.renames.fetch_add(1, Ordering::Release);
     }
 }
 
@@ -298,6 +306,8 @@ pub struct RemoteRef<R: Ring + Clone> {
     desc: Arc<RemoteDesc>,
     ring: R,
     conn: RefCell<Option<(usize, Rc<NbdDev<R>>)>>,
+    /// The desc's rename count when `conn` was opened.
+    conn_name: Cell<u64>,
     /// When to try the preferred path again while on another one.
     failback_at: Cell<Option<Instant>>,
     /// Where [`Leaf`](crate::Leaf) runs this reference's request futures,
@@ -312,6 +322,7 @@ impl<R: Ring + Clone> RemoteRef<R> {
             desc,
             ring,
             conn: RefCell::new(None),
+            conn_name: Cell::new(0),
             failback_at: Cell::new(None),
             frames: Frames::new(),
         }
@@ -333,8 +344,10 @@ impl<R: Ring + Clone> RemoteRef<R> {
         self.conn.borrow().as_ref().map(|(i, _)| *i)
     }
 
-    fn try_path(&self, i: usize) -> Option<Rc<NbdDev<R>>> {
+    fn try_path(&self, i: usize) -> Option<(Rc<NbdDev<R>>, u64)> {
         let p = &self.desc.paths[i];
+        // Read before the name: a rename in between reconnects once more.
+        let name = self.desc.renames.load(Ordering::Acquire);
         let export = self.desc.export();
         let r = NbdDev::connect_timeout(
             &p.addr,
@@ -349,7 +362,7 @@ impl<R: Ring + Clone> RemoteRef<R> {
                 p.connects.fetch_add(1, Ordering::Relaxed);
                 p.active.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(%export, path = %p.addr, "remote reference connected");
-                Some(Rc::new(dev))
+                Some((Rc::new(dev), name))
             }
             Ok(dev) => {
                 p.failed(format!(
@@ -367,13 +380,15 @@ impl<R: Ring + Clone> RemoteRef<R> {
         }
     }
 
-    fn install(&self, i: usize, dev: Rc<NbdDev<R>>) {
+    fn install(&self, i: usize, (dev, name): (Rc<NbdDev<R>>, u64)) -> Rc<NbdDev<R>> {
+        self.conn_name.set(name);
         let old = self.conn.borrow_mut().replace((i, dev.clone()));
         if let Some((j, _)) = old {
             self.desc.paths[j].active.fetch_sub(1, Ordering::Relaxed);
         }
         self.failback_at
             .set((i != 0).then(|| Instant::now() + FAILBACK_INTERVAL));
+        dev
     }
 
     /// The connection to use: the current one, the preferred path when it is
@@ -386,6 +401,9 @@ impl<R: Ring + Clone> RemoteRef<R> {
         len: u64,
         retry: &Retry,
     ) -> IoResult<Rc<NbdDev<R>>> {
+        if self.conn_name.get() != self.desc.renames.load(Ordering::Acquire) {
+            self.renamed();
+        }
         let current = self.conn.borrow().clone();
         if let Some((_, dev)) = current {
             let due = self.failback_at.get().is_some_and(|t| Instant::now() >= t);
@@ -395,8 +413,7 @@ impl<R: Ring + Clone> RemoteRef<R> {
             match self.try_path(0) {
                 Some(d) => {
                     tracing::info!(export = %self.desc.export(), "failed back to the preferred path");
-                    self.install(0, d.clone());
-                    return Ok(d);
+                    return Ok(self.install(0, d));
                 }
                 None => {
                     self.failback_at
@@ -410,8 +427,7 @@ impl<R: Ring + Clone> RemoteRef<R> {
         loop {
             for i in 0..self.desc.paths.len() {
                 if let Some(d) = self.try_path(i) {
-                    self.install(i, d.clone());
-                    return Ok(d);
+                    return Ok(self.install(i, d));
                 }
             }
             let now = Instant::now();
@@ -450,6 +466,19 @@ impl<R: Ring + Clone> RemoteRef<R> {
         self.sleep(retry.wait.min(deadline - now)).await;
         retry.wait = (retry.wait * 2).min(BACKOFF_MAX);
         Ok(())
+    }
+
+    /// The export was renamed since this queue's connection opened: close
+    /// it (requests in flight on it keep it until they end) so that the
+    /// next request opens one under the new name. Not a path failure.
+    fn renamed(&self) {
+        if let Some((i, _)) = self.conn.borrow_mut().take() {
+            let p = &self.desc.paths[i];
+            p.active.fetch_sub(1, Ordering::Relaxed);
+            tracing::info!(export = %self.desc.export(), path = %p.addr, "renamed: reconnecting under the new name");
+        }
+        self.conn_name
+            .set(self.desc.renames.load(Ordering::Acquire));
     }
 
     /// Forget `dev` if it is still the current connection (another task may
