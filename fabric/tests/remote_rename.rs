@@ -31,6 +31,16 @@ fn serve_two_generations(dir: &TempDir, seed: u64) -> (NbdServer, NbdAddr, Arc<A
     (server, NbdAddr::Unix(sock), valid)
 }
 
+/// The image's first two 4 KiB blocks, read through a fresh part:2 session,
+/// are filled with `first` and `second`.
+fn assert_blocks(addr: &NbdAddr, ring: &LocalRing, first: u8, second: u8) {
+    let check = tierblk_fabric::NbdDev::connect(addr, "part:2", ring.clone()).unwrap();
+    let mut back = AlignedBuf::new(8192);
+    ring.block_on(check.read(0, &mut back)).unwrap();
+    assert!(back[..4096].iter().all(|&b| b == first));
+    assert!(back[4096..].iter().all(|&b| b == second));
+}
+
 #[test]
 fn a_renamed_reference_reconnects_under_the_new_name_without_failing_io() {
     let dir = TempDir::new("rename");
@@ -66,12 +76,8 @@ fn a_renamed_reference_reconnects_under_the_new_name_without_failing_io() {
     renamer.join().unwrap();
     assert_eq!(desc.export(), "part:2");
 
-    // Both writes are on the image, read through a fresh part:2 session.
-    let check = tierblk_fabric::NbdDev::connect(&addr, "part:2", ring.clone()).unwrap();
-    let mut back = AlignedBuf::new(8192);
-    ring.block_on(check.read(0, &mut back)).unwrap();
-    assert!(back[..4096].iter().all(|&b| b == 0xa5));
-    assert!(back[4096..].iter().all(|&b| b == 0x5a));
+    // Both writes are on the image.
+    assert_blocks(&addr, &ring, 0xa5, 0x5a);
     server.shutdown();
 }
 
@@ -123,10 +129,6 @@ fn a_rename_moves_an_idle_connection_to_the_new_name_with_no_path_failure() {
     assert_eq!(p.failures, 0, "last error: {:?}", p.last_error);
     assert_eq!((p.connects, p.active), (2, 1));
 
-    let check = tierblk_fabric::NbdDev::connect(&addr, "part:2", ring.clone()).unwrap();
-    let mut back = AlignedBuf::new(8192);
-    ring.block_on(check.read(0, &mut back)).unwrap();
-    assert!(back[..4096].iter().all(|&b| b == 0x3c));
-    assert!(back[4096..].iter().all(|&b| b == 0xc3));
+    assert_blocks(&addr, &ring, 0x3c, 0xc3);
     server.shutdown();
 }
