@@ -19,12 +19,12 @@ vm_udev_udevadm() {
 	ver="$(dpkg-query -W -f '${Version}' libudev1 2>/dev/null || true)"
 	[ -n "$ver" ] || ver="$(dpkg-query -W -f '${Version}' systemd 2>/dev/null || true)"
 	mkdir -p "$VM_CACHE"
-	deb="$(ls "$VM_CACHE"/udev_"${ver//:/%3a}"_*.deb 2>/dev/null | head -n 1 || true)"
+	deb="$(_vm_newest_deb "udev_${ver//:/%3a}_*.deb")"
 	if [ -z "$deb" ]; then
 		vm_log "downloading udev${ver:+=$ver} into $VM_CACHE"
 		(cd "$VM_CACHE" && apt-get download -q "udev${ver:+=$ver}" >&2 2>/dev/null) ||
 			(cd "$VM_CACHE" && apt-get download "udev" >&2) || return 1
-		deb="$(ls -t "$VM_CACHE"/udev_*.deb 2>/dev/null | head -n 1 || true)"
+		deb="$(_vm_newest_deb "udev_*.deb")"
 	fi
 	[ -n "$deb" ] || return 1
 	dir="$(vm_deb_extract "$deb")" || return 1

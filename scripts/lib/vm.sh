@@ -99,16 +99,24 @@ vm_deb_extract() {
 	printf '%s\n' "$dir"
 }
 
+_vm_newest_deb() {
+	# _vm_newest_deb GLOB: the newest (by version) package $VM_CACHE/GLOB, or
+	# nothing. GLOB is a file-name pattern ending in .deb, left unquoted here
+	# so that it expands.
+	# shellcheck disable=SC2086
+	ls "$VM_CACHE"/$1 2>/dev/null | sort -V | tail -n 1 || true
+}
+
 _vm_fetch_mdadm() {
 	# _vm_fetch_mdadm: path of an mdadm binary from Debian's package,
 	# downloaded into the VM cache once; fails if there is none.
 	local deb dir
 	mkdir -p "$VM_CACHE"
-	deb="$(ls "$VM_CACHE"/mdadm_*.deb 2>/dev/null | sort -V | tail -n 1 || true)"
+	deb="$(_vm_newest_deb "mdadm_*.deb")"
 	if [ -z "$deb" ]; then
 		vm_log "downloading mdadm into $VM_CACHE"
 		(cd "$VM_CACHE" && apt-get download -q mdadm >&2 2>/dev/null) || return 1
-		deb="$(ls "$VM_CACHE"/mdadm_*.deb 2>/dev/null | sort -V | tail -n 1 || true)"
+		deb="$(_vm_newest_deb "mdadm_*.deb")"
 	fi
 	[ -n "$deb" ] || return 1
 	dir="$(vm_deb_extract "$deb")" || return 1
@@ -148,7 +156,7 @@ vm_newest_kernel_pkg() {
 }
 
 _vm_cached_kernel_deb() {
-	ls "$VM_CACHE"/linux-image-"$VM_KSERIES".*-cloud-amd64*_*.deb 2>/dev/null | sort -V | tail -n 1 || true
+	_vm_newest_deb "linux-image-$VM_KSERIES.*-cloud-amd64*_*.deb"
 }
 
 _vm_apt_private() {
@@ -185,12 +193,12 @@ vm_fetch_kernel() {
 		pkg="$(vm_newest_kernel_pkg "${apt_opts[@]}")"
 	fi
 	if [ -n "$pkg" ]; then
-		deb="$(ls "$VM_CACHE/${pkg}"_*.deb 2>/dev/null | sort -V | tail -n 1 || true)"
+		deb="$(_vm_newest_deb "${pkg}_*.deb")"
 		if [ -z "$deb" ]; then
 			vm_log "downloading $pkg into $VM_CACHE"
 			if (cd "$VM_CACHE" && apt-get "${apt_opts[@]}" download -q "$pkg" >&2 2>/dev/null) ||
 				(cd "$VM_CACHE" && apt-get "${apt_opts[@]}" download "$pkg" >&2); then
-				deb="$(ls "$VM_CACHE/${pkg}"_*.deb 2>/dev/null | sort -V | tail -n 1 || true)"
+				deb="$(_vm_newest_deb "${pkg}_*.deb")"
 			else
 				vm_log "apt-get download $pkg failed; trying a cached kernel package"
 				deb="$(_vm_cached_kernel_deb)"
