@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! cargo run --release -p tierblk-stack --example stackbench -- \
-//!     [--dir DIR] [--size MiB] [--seconds S] [--layouts linear,stripe,mirror,raid10] [--jobs NAME,...] [--rounds N]
+//!     [--dir DIR] [--size MiB] [--seconds S] [--layouts linear,stripe,mirror,raid10] [--jobs NAME,...] [--rounds N] [--tag T]
 //! ```
 //!
 //! Prints one line per measurement, in the format of tests/vm/bench.sh:
@@ -115,6 +115,9 @@ struct Args {
     layouts: Vec<String>,
     jobs: Vec<String>,
     rounds: u32,
+    /// Appended to each group's name (`linear-T`): tells runs on different
+    /// media apart in one log.
+    tag: Option<String>,
 }
 
 fn parse_args() -> Args {
@@ -130,6 +133,7 @@ fn parse_args() -> Args {
         ],
         jobs: JOBS.iter().map(|j| j.0.to_string()).collect(),
         rounds: 4,
+        tag: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -143,6 +147,7 @@ fn parse_args() -> Args {
             "--seconds" => a.seconds = val().parse().unwrap_or_else(|_| usage("bad --seconds")),
             "--layouts" => a.layouts = val().split(',').map(String::from).collect(),
             "--jobs" => a.jobs = val().split(',').map(String::from).collect(),
+            "--tag" => a.tag = Some(val()),
             "--rounds" => {
                 a.rounds = val()
                     .parse()
@@ -153,7 +158,7 @@ fn parse_args() -> Args {
             "-h" | "--help" => {
                 println!(
                     "usage: stackbench [--dir DIR] [--size MiB] [--seconds S] \
-                     [--layouts linear,stripe,mirror,raid10] [--jobs NAME,...] [--rounds N]"
+                     [--layouts linear,stripe,mirror,raid10] [--jobs NAME,...] [--rounds N] [--tag T]"
                 );
                 std::process::exit(0);
             }
@@ -388,12 +393,16 @@ fn main() {
                 ("raw", "raw-file".to_string()),
                 ("ours", format!("tierblk-{layout}")),
             ];
+            let group = match &a.tag {
+                Some(tag) => format!("{layout}-{tag}"),
+                None => layout.clone(),
+            };
             for (t, (role, target)) in targets.into_iter().enumerate() {
                 let (n, secs, lat_sum) = tot[t];
                 let lat = if n > 0 { lat_sum / n as f64 } else { 0.0 };
                 let iops = n as f64 / secs;
                 println!(
-                    "BENCH group={layout} role={role} target={target} job={} iops={:.0} bw_kib={:.0} clat_us={:.1}",
+                    "BENCH group={group} role={role} target={target} job={} iops={:.0} bw_kib={:.0} clat_us={:.1}",
                     job.0,
                     iops,
                     iops * job.3 as f64 / 1024.0,
