@@ -43,9 +43,22 @@ rbytes=$(printf '%s' "$st" | grep -o '"bytes":[0-9]*,"count":[0-9]*,[^}]*"op":"r
 [ -n "$reads" ] && [ "$reads" -ge $((rkb / 4)) ] || fail "stats count $reads reads for ${rkb} KiB read: $st"
 [ "$rbytes" -ge $((rkb * 1024)) ] || fail "stats count $rbytes bytes read for ${rkb} KiB: $st"
 # The queues' I/O buffers: reserved, and resident where requests touched them.
+# With zero copy (a 6.16+ kernel, docs/benchmarks/copy.md) no request's data
+# passes through them, and no request of the pass may have fallen back to
+# copying. Their residency is not asserted: tests/vm/zero-copy.sh proves them
+# untouched with 4 KiB pages (--no-huge-buffers); here they follow the guest's
+# huge page policy, under which some were seen resident with no copy
+# (15.75 MiB in one run, none in another), so only the report's sanity is.
 bb=$(json_num "$st" buffer_bytes)
 br=$(json_num "$st" buffer_resident)
-[ "${br:-0}" -gt 0 ] && [ "$br" -lt "${bb:-0}" ] || fail "stats: I/O buffers $br resident of $bb after the verify pass: $st"
+if grep -q "ublk device [0-9]*: zero copy" "$DAEMON_LOG"; then
+	! grep -q "copying them (user copy)" "$DAEMON_LOG" ||
+		fail "zero copy: requests of the verify pass were copied: $(grep "copying them" "$DAEMON_LOG" | head -n 1)"
+	[ "${bb:-0}" -gt 0 ] && [ -n "$br" ] && [ "$br" -lt "$bb" ] ||
+		fail "stats: zero copy: I/O buffers $br resident of $bb after the verify pass: $st"
+else
+	[ "${br:-0}" -gt 0 ] && [ "$br" -lt "${bb:-0}" ] || fail "stats: I/O buffers $br resident of $bb after the verify pass: $st"
+fi
 tb stats f1
 m=$(wget -qO- http://127.0.0.1:9101/metrics) || fail "metrics endpoint unreachable"
 pr=$(printf '%s\n' "$m" | grep '^tierblk_io_requests_total{volume="f1",op="read"}' | cut -d' ' -f2)
