@@ -370,6 +370,10 @@ fn main() {
                 "BENCH-INFO kind=futures read={read} write={write} flush={flush} discard={discard} write_zeroes={zeroes}"
             );
         }
+        let group = match &a.tag {
+            Some(tag) => format!("{layout}-{tag}"),
+            None => layout.clone(),
+        };
         for job in JOBS.iter().filter(|j| a.jobs.iter().any(|n| n == j.0)) {
             // The job's time is cut into `rounds` slices per target, run
             // raw, ours, ours, raw, raw, ours... so that a drift of the
@@ -393,10 +397,6 @@ fn main() {
                 ("raw", "raw-file".to_string()),
                 ("ours", format!("tierblk-{layout}")),
             ];
-            let group = match &a.tag {
-                Some(tag) => format!("{layout}-{tag}"),
-                None => layout.clone(),
-            };
             for (t, (role, target)) in targets.into_iter().enumerate() {
                 let (n, secs, lat_sum) = tot[t];
                 let lat = if n > 0 { lat_sum / n as f64 } else { 0.0 };
