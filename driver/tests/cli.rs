@@ -533,11 +533,7 @@ fn snapshot_schedules_take_expire_and_persist() {
 #[test]
 fn stats_and_metrics_endpoint() {
     use std::io::{Read, Write};
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut env = Env::new("stats", &[256 * MIB]);
     env.extra = vec!["--metrics".into(), format!("127.0.0.1:{port}")];
     env.start();

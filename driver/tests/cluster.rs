@@ -29,14 +29,6 @@ fn sock(root: &std::path::Path, name: &str) -> String {
     root.join(format!("{name}.sock")).display().to_string()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 impl Cluster {
     fn new(tag: &str) -> Cluster {
         Cluster::with(tag, None)

@@ -10,6 +10,35 @@ use std::time::{Duration, Instant};
 
 pub const MIB: u64 = 1 << 20;
 
+/// A TCP port on 127.0.0.1 for a daemon to listen on, free when chosen.
+///
+/// Taken below the kernel's ephemeral range (`ip_local_port_range`), from
+/// which `bind(127.0.0.1:0)` and every outgoing connection's source port
+/// come: a port from there, released before the daemon binds it, can go to
+/// another socket meanwhile (a cluster test's daemon failed so, "Address
+/// already in use"). Tests of one process get different ports by a counter,
+/// test processes by their process id.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 10_000;
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .filter(|&p| p > LOW + 1_000)
+        .unwrap_or(32_768);
+    let span = ephemeral - LOW;
+    let seed = std::process::id().wrapping_mul(2_654_435_761);
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOW + seed.wrapping_add(n.wrapping_mul(7_919)) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free TCP port on 127.0.0.1 in {LOW}..{ephemeral}");
+}
+
 pub struct Env {
     pub dir: PathBuf,
     pub socket: PathBuf,
