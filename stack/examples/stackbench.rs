@@ -3,7 +3,11 @@
 //! per request: the limit) or a tierblk volume tree (built with
 //! `build_volume`, as the daemon builds it per queue) over image files on the
 //! same ring, with the same jobs, one after the other. Used by
-//! `scripts/bench-host`, which repeats it and computes ratios.
+//! `scripts/bench-host`, which repeats it and computes ratios. The requests
+//! in flight are a [`TaskSet`], each polled only when its own completion (or
+//! its own yield) woke it, as the daemon polls a ublk queue's tags; a
+//! generator that polled every request on each wake would charge the tree's
+//! depth to every completion, N times over.
 //!
 //! ```text
 //! cargo run --release -p tierblk-stack --example stackbench -- \
@@ -26,7 +30,8 @@ use std::time::{Duration, Instant};
 
 use io_uring::{opcode, types};
 use tierblk_stack::mirror::MirrorHealth;
-use tierblk_stack::uring::{join_all, LocalRing};
+use tierblk_stack::tasks::TaskSet;
+use tierblk_stack::uring::LocalRing;
 use tierblk_stack::{
     build_volume, open_alu, AlignedBuf, BlockDev, IoError, IoResult, Layout, Limits, MemberDesc,
     Ring, VolumeDesc,
@@ -238,7 +243,7 @@ fn run_job<D: BlockDev>(
             }
         })
         .collect();
-    ring.block_on(join_all(futs));
+    ring.block_on(TaskSet::new(futs));
     let n = count.get();
     let elapsed = start.get().map_or(secs, |s| (end - s).as_secs_f64());
     let lat_us = if n > 0 {
@@ -269,7 +274,7 @@ fn fill<D: BlockDev>(ring: &LocalRing, dev: &D) {
             }
         })
         .collect();
-    ring.block_on(join_all(futs));
+    ring.block_on(TaskSet::new(futs));
 }
 
 fn image(dir: &std::path::Path, name: &str, size: u64) -> (PathBuf, Arc<File>) {
