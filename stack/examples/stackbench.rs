@@ -11,7 +11,7 @@
 //!
 //! ```text
 //! cargo run --release -p tierblk-stack --example stackbench -- \
-//!     [--dir DIR] [--size MiB] [--seconds S] [--layouts linear,stripe,mirror,raid10] [--jobs NAME,...] [--rounds N] [--tag T]
+//!     [--dir DIR] [--size MiB] [--seconds S] [--layouts aa,linear,stripe,mirror,raid10] [--jobs NAME,...] [--rounds N] [--tag T]
 //! ```
 //!
 //! Prints one line per measurement, in the format of tests/vm/bench.sh:
@@ -20,6 +20,11 @@
 //! is cut into `--rounds` slices (default 4) run alternately on raw and ours
 //! (raw, ours, ours, raw, ...), so a drift of the machine's speed hits both
 //! alike; each slice starts with a 0.2 s ramp that is not counted.
+//!
+//! Layout `aa` is the A/A run: *ours* is the raw file again, one SQE per
+//! request, at the volumes' offset (`PIECE_START`) instead of the stack. Its
+//! ratio would be 1 on a perfect rig; how far it strays is the measurement's
+//! own spread, the band within which a layout's ratio says nothing.
 
 use std::cell::Cell;
 use std::fs::File;
@@ -48,6 +53,9 @@ const JOBS: &[(&str, bool, bool, usize, usize)] = &[
     ("randread-4k-qd32", true, false, 4096, 32),
 ];
 
+/// What `--layouts` may name: `aa`, the A/A run, then the volume layouts.
+const LAYOUTS: &[&str] = &["aa", "linear", "stripe", "mirror", "raid10"];
+
 /// Stripe and raid10 chunk, as in the VM bench.
 const CHUNK: u32 = 64 << 10;
 /// Where volume pieces start on an image (past a metadata area, as on an ALU).
@@ -68,9 +76,11 @@ fn whole(n: i32, what: &'static str, offset: u64, len: usize) -> IoResult<()> {
 }
 
 /// An image file driven straight through the ring: one read or write SQE per
-/// request, no stack in between (the limit).
+/// request, no stack in between (the limit). `start` is where its region
+/// begins in the file.
 struct RawFile {
     file: Arc<File>,
+    start: u64,
     size: u64,
     ring: LocalRing,
 }
@@ -87,7 +97,7 @@ impl BlockDev for RawFile {
     async fn read(&self, offset: u64, buf: &mut [u8]) -> IoResult<()> {
         let fd = types::Fd(self.file.as_raw_fd());
         let sqe = opcode::Read::new(fd, buf.as_mut_ptr(), buf.len() as u32)
-            .offset(offset)
+            .offset(self.start + offset)
             .build();
         whole(self.ring.submit(sqe).await, "read", offset, buf.len())
     }
@@ -95,7 +105,7 @@ impl BlockDev for RawFile {
     async fn write(&self, offset: u64, buf: &[u8], _fua: bool) -> IoResult<()> {
         let fd = types::Fd(self.file.as_raw_fd());
         let sqe = opcode::Write::new(fd, buf.as_ptr(), buf.len() as u32)
-            .offset(offset)
+            .offset(self.start + offset)
             .build();
         whole(self.ring.submit(sqe).await, "write", offset, buf.len())
     }
@@ -130,12 +140,7 @@ fn parse_args() -> Args {
         dir: PathBuf::from("/var/tmp"),
         size: 256 << 20,
         seconds: 3.0,
-        layouts: vec![
-            "linear".into(),
-            "stripe".into(),
-            "mirror".into(),
-            "raid10".into(),
-        ],
+        layouts: LAYOUTS.iter().map(|l| l.to_string()).collect(),
         jobs: JOBS.iter().map(|j| j.0.to_string()).collect(),
         rounds: 4,
         tag: None,
@@ -163,7 +168,7 @@ fn parse_args() -> Args {
             "-h" | "--help" => {
                 println!(
                     "usage: stackbench [--dir DIR] [--size MiB] [--seconds S] \
-                     [--layouts linear,stripe,mirror,raid10] [--jobs NAME,...] [--rounds N] [--tag T]"
+                     [--layouts aa,linear,stripe,mirror,raid10] [--jobs NAME,...] [--rounds N] [--tag T]"
                 );
                 std::process::exit(0);
             }
@@ -173,6 +178,11 @@ fn parse_args() -> Args {
     for j in &a.jobs {
         if !JOBS.iter().any(|k| k.0 == j) {
             usage(&format!("unknown job {j}"));
+        }
+    }
+    for l in &a.layouts {
+        if !LAYOUTS.contains(&l.as_str()) {
+            usage(&format!("unknown layout {l}"));
         }
     }
     a
@@ -297,6 +307,7 @@ fn main() {
     let ring = LocalRing::new(256).expect("io_uring");
     let raw = RawFile {
         file: fa.clone(),
+        start: 0,
         size: region,
         ring: ring.clone(),
     };
@@ -318,8 +329,26 @@ fn main() {
             Box::new(|_, _| {}),
         ))
     };
+    let mut futures_told = false;
     for layout in &a.layouts {
+        let group = match &a.tag {
+            Some(tag) => format!("{layout}-{tag}"),
+            None => layout.clone(),
+        };
         let desc = match layout.as_str() {
+            "aa" => {
+                // The A/A run: the raw file again, where the volumes' pieces
+                // start, filled as theirs are.
+                let again = RawFile {
+                    file: fa.clone(),
+                    start: PIECE_START,
+                    size: region,
+                    ring: ring.clone(),
+                };
+                fill(&ring, &again);
+                compare(&ring, &raw, &again, "raw-file-again", &group, &a);
+                continue;
+            }
             "linear" => VolumeDesc {
                 layout: Layout::Linear,
                 copies: 1,
@@ -361,7 +390,8 @@ fn main() {
         let vol =
             build_volume(&desc, ring.clone()).unwrap_or_else(|e| usage(&format!("{layout}: {e}")));
         fill(&ring, &vol);
-        if layout == &a.layouts[0] {
+        if !futures_told {
+            futures_told = true;
             // The futures a ublk queue's task holds per request (the daemon
             // keeps one per tag): the size of the `Volume` enum's futures is
             // the largest over every layout.
@@ -375,45 +405,53 @@ fn main() {
                 "BENCH-INFO kind=futures read={read} write={write} flush={flush} discard={discard} write_zeroes={zeroes}"
             );
         }
-        let group = match &a.tag {
-            Some(tag) => format!("{layout}-{tag}"),
-            None => layout.clone(),
-        };
-        for job in JOBS.iter().filter(|j| a.jobs.iter().any(|n| n == j.0)) {
-            // The job's time is cut into `rounds` slices per target, run
-            // raw, ours, ours, raw, raw, ours... so that a drift of the
-            // machine's speed during the job hits both alike.
-            let slice = a.seconds / a.rounds as f64;
-            let mut tot = [(0u64, 0f64, 0f64); 2];
-            for r in 0..a.rounds {
-                let order: [usize; 2] = if r % 2 == 0 { [0, 1] } else { [1, 0] };
-                for t in order {
-                    let (n, secs, lat) = if t == 0 {
-                        run_job(&ring, &raw, job, region, slice)
-                    } else {
-                        run_job(&ring, &vol, job, vol.size(), slice)
-                    };
-                    tot[t].0 += n;
-                    tot[t].1 += secs;
-                    tot[t].2 += lat * n as f64;
-                }
+        compare(&ring, &raw, &vol, &format!("tierblk-{layout}"), &group, &a);
+    }
+}
+
+/// Every chosen job on `raw` and on `ours` (target name `target`), in
+/// alternating slices; prints a BENCH line per job and target.
+fn compare<A: BlockDev, B: BlockDev>(
+    ring: &LocalRing,
+    raw: &A,
+    ours: &B,
+    target: &str,
+    group: &str,
+    a: &Args,
+) {
+    for job in JOBS.iter().filter(|j| a.jobs.iter().any(|n| n == j.0)) {
+        // The job's time is cut into `rounds` slices per target, run
+        // raw, ours, ours, raw, raw, ours... so that a drift of the
+        // machine's speed during the job hits both alike.
+        let slice = a.seconds / a.rounds as f64;
+        let mut tot = [(0u64, 0f64, 0f64); 2];
+        for r in 0..a.rounds {
+            let order: [usize; 2] = if r % 2 == 0 { [0, 1] } else { [1, 0] };
+            for t in order {
+                let (n, secs, lat) = if t == 0 {
+                    run_job(ring, raw, job, raw.size(), slice)
+                } else {
+                    run_job(ring, ours, job, ours.size(), slice)
+                };
+                tot[t].0 += n;
+                tot[t].1 += secs;
+                tot[t].2 += lat * n as f64;
             }
-            let targets = [
-                ("raw", "raw-file".to_string()),
-                ("ours", format!("tierblk-{layout}")),
-            ];
-            for (t, (role, target)) in targets.into_iter().enumerate() {
-                let (n, secs, lat_sum) = tot[t];
-                let lat = if n > 0 { lat_sum / n as f64 } else { 0.0 };
-                let iops = n as f64 / secs;
-                println!(
-                    "BENCH group={group} role={role} target={target} job={} iops={:.0} bw_kib={:.0} clat_us={:.1}",
-                    job.0,
-                    iops,
-                    iops * job.3 as f64 / 1024.0,
-                    lat
-                );
-            }
+        }
+        for (t, (role, target)) in [("raw", "raw-file"), ("ours", target)]
+            .into_iter()
+            .enumerate()
+        {
+            let (n, secs, lat_sum) = tot[t];
+            let lat = if n > 0 { lat_sum / n as f64 } else { 0.0 };
+            let iops = n as f64 / secs;
+            println!(
+                "BENCH group={group} role={role} target={target} job={} iops={:.0} bw_kib={:.0} clat_us={:.1}",
+                job.0,
+                iops,
+                iops * job.3 as f64 / 1024.0,
+                lat
+            );
         }
     }
 }
